@@ -1,0 +1,1 @@
+//! The crashcart image as a thing on disk.

@@ -1,0 +1,1 @@
+//! cartbuild: recipes to images.
