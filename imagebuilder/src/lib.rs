@@ -1,1 +1,3 @@
 //! cartbuild: recipes to images.
+
+pub mod ext4;

@@ -1,1 +1,7 @@
-//! The crashcart image as a thing on disk.
+//! The crashcart image as a thing on disk, shared by `cartbuild` and `cartinject`.
+//!
+//! - [`detect`]: which filesystem (or GPT disk) a file holds, read from its superblock.
+//! - [`manifest`]: the manifest types written beside and inside every image.
+
+pub mod detect;
+pub mod manifest;

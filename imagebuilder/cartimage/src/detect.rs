@@ -1,0 +1,1 @@
+//! Recognising an image from its superblock.

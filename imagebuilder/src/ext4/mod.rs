@@ -1,0 +1,1 @@
+//! A reproducible ext4 writer.
