@@ -1,1 +1,346 @@
-//! The image manifest: what an image holds, written by cartbuild and read by cartinject.
+//! The image manifest: what an image holds, written by `cartbuild` and read by
+//! `cartinject` and `cartbuild inspect`/`diff`.
+//!
+//! One manifest lies beside every image (`<image>.manifest.json`) and one inside
+//! it (`.crashcart/manifest.json` under the mount point). The one inside cannot
+//! name the image's own digest; the one beside it does ([`Manifest::image_sha256`]).
+//! Serialisation is deterministic: fields in declaration order, lists sorted by
+//! the writer, no maps with random order, no timestamps other than the build epoch.
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The manifest format version this crate writes and reads.
+pub const SCHEMA: u32 = 1;
+
+/// Where the manifest lives inside an image, relative to its root.
+pub const PATH_IN_IMAGE: &str = ".crashcart/manifest.json";
+
+/// The mount point every crashcart image is laid out for.
+pub const MOUNT_POINT: &str = "/dev/crashcart";
+
+/// Errors reading or checking a manifest or a checksum file.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The file is not a manifest this version understands.
+    #[error("{path} is not a crashcart manifest: {reason}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        reason: String,
+    },
+    /// A `.sha256` file is not in `sha256sum` format.
+    #[error("{path} is not a sha256 checksum file (expected `<64 hex digits>  <name>`)")]
+    ChecksumFormat {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// Everything an image says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Format version, [`SCHEMA`].
+    pub schema: u32,
+    /// The image's name and version, from its recipe.
+    pub image: ImageId,
+    /// The mount point the image is laid out for (`/dev/crashcart`).
+    pub mount_point: String,
+    /// sha256 of the recipe and every recipe it includes, as resolved.
+    pub recipe_sha256: String,
+    /// Seconds since the epoch used for every time in the image.
+    pub epoch: u64,
+    /// sha256 of the image file itself; only in the manifest beside the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_sha256: Option<String>,
+    /// Size of the image file in bytes; only in the manifest beside the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<u64>,
+    /// The packages the image was built from, sorted by name.
+    pub packages: Vec<Package>,
+    /// Every entry of the image but the manifest itself, sorted by path.
+    pub files: Vec<FileEntry>,
+}
+
+/// An image's name and version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageId {
+    /// Name, e.g. `net`.
+    pub name: String,
+    /// Version, e.g. `1.0.0`.
+    pub version: String,
+}
+
+/// One package of a recipe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Package {
+    /// Package name.
+    pub name: String,
+    /// Package version.
+    pub version: String,
+    /// SPDX license expression, when the recipe gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub license: Option<String>,
+    /// `build`, `file`, `archive` or `local`.
+    pub kind: String,
+    /// The package's inputs.
+    pub sources: Vec<Source>,
+    /// The key of the package's build in the build cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_key: Option<String>,
+}
+
+/// One fetched input: the URLs it may come from and its pinned digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// The URLs as the recipe gives them (`mirror://` unresolved), in order.
+    pub urls: Vec<String>,
+    /// The pinned sha256, lower-case hex.
+    pub sha256: String,
+}
+
+/// What kind of entry a [`FileEntry`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+}
+
+/// One entry of the image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    /// Path relative to the image root, `/`-separated, no leading `/`.
+    pub path: String,
+    /// Kind of entry.
+    pub kind: FileKind,
+    /// Permission bits (`0o7777` at most).
+    pub mode: u32,
+    /// Size in bytes (files: content; symlinks: target length; directories: 0).
+    pub size: u64,
+    /// sha256 of the content, for regular files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Link target, for symlinks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+impl Manifest {
+    /// Parses a manifest from JSON bytes; `path` names the source in errors.
+    pub fn from_slice(bytes: &[u8], path: &Path) -> Result<Manifest, Error> {
+        let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| Error::Parse {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+        if manifest.schema != SCHEMA {
+            return Err(Error::Parse {
+                path: path.into(),
+                reason: format!(
+                    "schema {} (this program reads schema {SCHEMA})",
+                    manifest.schema
+                ),
+            });
+        }
+        Ok(manifest)
+    }
+
+    /// Reads a manifest file.
+    pub fn read(path: &Path) -> Result<Manifest, Error> {
+        let bytes = std::fs::read(path).map_err(|source| Error::Read {
+            path: path.into(),
+            source,
+        })?;
+        Manifest::from_slice(&bytes, path)
+    }
+
+    /// Deterministic, pretty JSON with a trailing newline.
+    pub fn to_json(&self) -> String {
+        // OK to unwrap: the types hold only strings, integers, lists and enums,
+        // which serde_json always serialises.
+        let mut s = serde_json::to_string_pretty(self).expect("manifest serialises");
+        s.push('\n');
+        s
+    }
+
+    /// The file entry at `path`, if any.
+    pub fn file(&self, path: &str) -> Option<&FileEntry> {
+        self.files
+            .binary_search_by(|f| f.path.as_str().cmp(path))
+            .ok()
+            .map(|i| &self.files[i])
+    }
+}
+
+/// Where the sidecar files of an image live: `<image>.sha256`, `<image>.manifest.json`, ….
+pub fn sidecar(image: &Path, suffix: &str) -> PathBuf {
+    let mut name = image
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(suffix);
+    image.with_file_name(name)
+}
+
+/// sha256 of everything `reader` yields, as lower-case hex, read through a fixed buffer.
+pub fn sha256_reader(mut reader: impl Read) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// sha256 of a file, as lower-case hex.
+pub fn sha256_file(path: &Path) -> Result<String, Error> {
+    let read_err = |source| Error::Read {
+        path: path.into(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    sha256_reader(file).map_err(read_err)
+}
+
+/// The line `sha256sum` prints for a file: `<hex>  <name>\n`.
+pub fn checksum_line(sha256: &str, name: &str) -> String {
+    format!("{sha256}  {name}\n")
+}
+
+/// Reads the digest from a `sha256sum`-style file (the first line's first field).
+pub fn read_checksum_file(path: &Path) -> Result<String, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.into(),
+        source,
+    })?;
+    let digest = text.split_whitespace().next().unwrap_or("");
+    if is_sha256_hex(digest) {
+        Ok(digest.to_ascii_lowercase())
+    } else {
+        Err(Error::ChecksumFormat { path: path.into() })
+    }
+}
+
+/// Whether `s` is 64 hex digits.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        Manifest {
+            schema: SCHEMA,
+            image: ImageId {
+                name: "net".into(),
+                version: "1.0.0".into(),
+            },
+            mount_point: MOUNT_POINT.into(),
+            recipe_sha256: "0".repeat(64),
+            epoch: 0,
+            image_sha256: None,
+            image_size: None,
+            packages: vec![Package {
+                name: "strace".into(),
+                version: "6.1".into(),
+                license: Some("LGPL-2.1-or-later".into()),
+                kind: "build".into(),
+                sources: vec![Source {
+                    urls: vec!["mirror://debian/pool/x".into()],
+                    sha256: "a".repeat(64),
+                }],
+                build_key: Some("b".repeat(64)),
+            }],
+            files: vec![
+                FileEntry {
+                    path: "bin".into(),
+                    kind: FileKind::Dir,
+                    mode: 0o755,
+                    size: 0,
+                    sha256: None,
+                    target: None,
+                },
+                FileEntry {
+                    path: "bin/strace".into(),
+                    kind: FileKind::File,
+                    mode: 0o755,
+                    size: 3,
+                    sha256: Some("c".repeat(64)),
+                    target: None,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trips_and_omits_sidecar_only_fields() {
+        let m = sample();
+        let json = m.to_json();
+        assert!(!json.contains("image_sha256"));
+        assert_eq!(
+            Manifest::from_slice(json.as_bytes(), Path::new("m.json")).unwrap(),
+            m
+        );
+        assert_eq!(m.file("bin/strace").unwrap().size, 3);
+        assert!(m.file("bin/lsof").is_none());
+    }
+
+    #[test]
+    fn rejects_unknown_fields_and_schemas() {
+        let json = sample()
+            .to_json()
+            .replacen("\"schema\": 1", "\"schema\": 2", 1);
+        let err = Manifest::from_slice(json.as_bytes(), Path::new("m.json")).unwrap_err();
+        assert!(err.to_string().contains("schema 2"), "{err}");
+        let json = sample().to_json().replacen("{", "{\"extra\": 1,", 1);
+        assert!(Manifest::from_slice(json.as_bytes(), Path::new("m.json")).is_err());
+    }
+
+    #[test]
+    fn checksum_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("net-1.0.0.img");
+        std::fs::write(&img, b"abc").unwrap();
+        let digest = sha256_file(&img).unwrap();
+        assert_eq!(
+            digest,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let sum = sidecar(&img, ".sha256");
+        assert_eq!(sum.file_name().unwrap(), "net-1.0.0.img.sha256");
+        std::fs::write(&sum, checksum_line(&digest, "net-1.0.0.img")).unwrap();
+        assert_eq!(read_checksum_file(&sum).unwrap(), digest);
+        std::fs::write(&sum, "nonsense\n").unwrap();
+        assert!(matches!(
+            read_checksum_file(&sum),
+            Err(Error::ChecksumFormat { .. })
+        ));
+    }
+}
