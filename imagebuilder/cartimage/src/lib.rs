@@ -5,3 +5,4 @@
 
 pub mod detect;
 pub mod manifest;
+pub mod superblock;
