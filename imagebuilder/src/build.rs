@@ -1,0 +1,509 @@
+//! Building packages into cached output trees, in dependency order.
+//!
+//! Each package's output is cached under its build key ([`crate::plan`]): a key
+//! already in the cache is never rebuilt. Otherwise, in a work directory under the
+//! cache's `tmp/`:
+//!
+//! 1. `unpack`: the verified source is unpacked (its single top-level directory,
+//!    if it has one, becomes the current directory);
+//! 2. `deps`: the outputs of every package it depends on (directly or not) are
+//!    merged into `$DEPS`;
+//! 3. `script`: the recipe's script runs under `/bin/sh -e -x` with the
+//!    environment of [`script_env`] and nothing else of the caller's; it
+//!    installs into `$OUT`;
+//! 4. `install`: the paths `install` selects must exist, every ELF file among
+//!    them must be static, and they are stripped unless the recipe says
+//!    `strip = false`.
+//!
+//! The finished tree is renamed into `builds/<key>/`. Packages whose dependencies
+//! are done build in parallel, up to `jobs` at once. A failure names the package
+//! and the step, prints the last 40 lines of the log and keeps the log.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+
+use crate::cache::{Cache, CacheError};
+use crate::plan::{Install, Package, Plan};
+use crate::progress::Reporter;
+use crate::recipe::Kind;
+use crate::stage::{StageError, check_static, copy_tree, select};
+use crate::toolchain::Toolchain;
+
+/// How many log lines a failure shows.
+pub const LOG_TAIL: usize = 40;
+
+/// The mount point the image is used at; `$PREFIX` in scripts.
+pub const MOUNT_POINT: &str = "/dev/crashcart";
+
+/// The `PATH` scripts run with.
+pub const SCRIPT_PATH: &str = "/usr/bin:/bin:/usr/sbin:/sbin";
+
+/// Why a package could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A step failed; its log's tail was printed.
+    #[error("package {package}: step {step} failed: {message}{}", log.as_ref().map(|l| format!("; log: {}", l.display())).unwrap_or_default())]
+    Step {
+        /// The package.
+        package: String,
+        /// The step (`unpack`, `deps`, `script`, `install`).
+        step: &'static str,
+        /// What failed.
+        message: String,
+        /// The log file, kept for inspection.
+        log: Option<PathBuf>,
+    },
+    /// An output is not fit for the image (dynamic ELF, missing install path).
+    #[error(transparent)]
+    Output(#[from] StageError),
+    /// The cache could not be used.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// A `build` package but no toolchain.
+    #[error("package {0} is built from source but no toolchain was set up")]
+    NoToolchain(String),
+    /// A source was not fetched before building.
+    #[error("package {0}: its source was not fetched")]
+    NoSource(String),
+}
+
+/// A package's output tree.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// The tree (`builds/<key>/out`).
+    pub dir: PathBuf,
+    /// The build key.
+    pub key: String,
+    /// Whether it came from the cache.
+    pub cached: bool,
+}
+
+/// Builds a plan's packages.
+pub struct Builder<'a> {
+    /// The plan.
+    pub plan: &'a Plan,
+    /// The toolchain (needed if any package is `kind = "build"`).
+    pub toolchain: Option<&'a Toolchain>,
+    /// The cache.
+    pub cache: &'a Cache,
+    /// Verified source files by package name.
+    pub sources: &'a BTreeMap<String, PathBuf>,
+    /// Packages built at once, and `$JOBS` of each build.
+    pub jobs: usize,
+    /// Progress.
+    pub reporter: Reporter,
+}
+
+impl Builder<'_> {
+    /// Where a package's output is (or will be) cached.
+    pub fn output_dir(cache: &Cache, key: &str) -> PathBuf {
+        cache.build(key).join("out")
+    }
+
+    /// Whether a package's output is already cached.
+    pub fn is_cached(cache: &Cache, pkg: &Package) -> bool {
+        Self::output_dir(cache, &pkg.key).is_dir()
+    }
+
+    /// Builds every package (or takes it from the cache); returns each output by
+    /// package name. Stops at the first failure, after letting running builds end.
+    pub fn build_all(&self) -> Result<BTreeMap<String, Output>, BuildError> {
+        let mut done: BTreeMap<String, Output> = BTreeMap::new();
+        let mut started: BTreeSet<String> = BTreeSet::new();
+        let mut failure: Option<BuildError> = None;
+        let jobs = self.jobs.max(1);
+        std::thread::scope(|scope| {
+            let (tx, rx) = mpsc::channel::<(String, Result<Output, BuildError>)>();
+            let mut running = 0usize;
+            loop {
+                if failure.is_none() {
+                    for pkg in &self.plan.packages {
+                        if running >= jobs {
+                            break;
+                        }
+                        if started.contains(&pkg.name)
+                            || !pkg.depends.iter().all(|d| done.contains_key(d))
+                        {
+                            continue;
+                        }
+                        started.insert(pkg.name.clone());
+                        let deps: Vec<Output> = self
+                            .plan
+                            .closure(&pkg.name)
+                            .iter()
+                            .filter_map(|p| done.get(&p.name).cloned())
+                            .collect();
+                        let tx = tx.clone();
+                        running += 1;
+                        scope.spawn(move || {
+                            let r = self.build_one(pkg, &deps);
+                            // The receiver outlives every sender in this scope.
+                            let _ = tx.send((pkg.name.clone(), r));
+                        });
+                    }
+                }
+                if running == 0 {
+                    break;
+                }
+                // OK to unwrap: `tx` is alive in this scope, so recv cannot fail.
+                let (name, result) = rx.recv().unwrap();
+                running -= 1;
+                match result {
+                    Ok(out) => {
+                        done.insert(name, out);
+                    }
+                    Err(e) => {
+                        if failure.is_none() {
+                            failure = Some(e);
+                        }
+                    }
+                }
+            }
+        });
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(done),
+        }
+    }
+
+    fn build_one(&self, pkg: &Package, deps: &[Output]) -> Result<Output, BuildError> {
+        let final_dir = self.cache.build(&pkg.key);
+        let out_dir = final_dir.join("out");
+        let short = &pkg.key[..12];
+        if out_dir.is_dir() {
+            self.reporter
+                .step(&pkg.name, &format!("cached (key {short})"));
+            return Ok(Output {
+                dir: out_dir,
+                key: pkg.key.clone(),
+                cached: true,
+            });
+        }
+        let _lock = self.cache.lock(&format!("{}.lock", pkg.key))?;
+        if out_dir.is_dir() {
+            return Ok(Output {
+                dir: out_dir,
+                key: pkg.key.clone(),
+                cached: true,
+            });
+        }
+        let work = WorkDir::new(self.cache.tmp().join(format!("work-{short}")));
+        let step_err =
+            |step: &'static str, message: String, log: Option<PathBuf>| BuildError::Step {
+                package: pkg.name.clone(),
+                step,
+                message,
+                log,
+            };
+        let io_err =
+            |step: &'static str| move |e: std::io::Error| step_err(step, e.to_string(), None);
+        if work.path.exists() {
+            fs::remove_dir_all(&work.path).map_err(io_err("unpack"))?;
+        }
+        let out = work.path.join("out");
+        for d in ["src", "out", "deps", "home", "tmp"] {
+            fs::create_dir_all(work.path.join(d)).map_err(io_err("unpack"))?;
+        }
+        let log_path = self.cache.log(&pkg.name, &pkg.key);
+        let source = || {
+            self.sources
+                .get(&pkg.name)
+                .ok_or_else(|| BuildError::NoSource(pkg.name.clone()))
+        };
+
+        match pkg.kind {
+            Kind::Build => {
+                let toolchain = self
+                    .toolchain
+                    .ok_or_else(|| BuildError::NoToolchain(pkg.name.clone()))?;
+                self.reporter
+                    .step(&pkg.name, &format!("unpack {}", pkg.version));
+                let src_root = work.path.join("src");
+                crate::unpack::unpack(source()?, &src_root)
+                    .map_err(|e| step_err("unpack", e.to_string(), None))?;
+                let src = crate::unpack::single_top(&src_root).map_err(io_err("unpack"))?;
+                let deps_dir = work.path.join("deps");
+                for d in deps {
+                    copy_tree(&d.dir, &deps_dir).map_err(io_err("deps"))?;
+                }
+                self.reporter.step(&pkg.name, "build");
+                let env = script_env(
+                    toolchain,
+                    &work.path,
+                    &out,
+                    &deps_dir,
+                    self.jobs,
+                    self.plan.image.epoch,
+                    pkg,
+                );
+                // OK to unwrap: build packages always have a script (plan::validate).
+                let script = pkg.script.as_deref().unwrap_or("");
+                self.run_script(pkg, script, &src, &env, &work.path, &log_path)?;
+            }
+            Kind::File => {
+                if let Install::File(rel) = &pkg.install {
+                    let to = out.join(rel);
+                    if let Some(parent) = to.parent() {
+                        fs::create_dir_all(parent).map_err(io_err("install"))?;
+                    }
+                    fs::copy(source()?, &to).map_err(io_err("install"))?;
+                    use std::os::unix::fs::PermissionsExt;
+                    fs::set_permissions(&to, fs::Permissions::from_mode(0o755))
+                        .map_err(io_err("install"))?;
+                }
+            }
+            Kind::Archive => {
+                self.reporter.step(&pkg.name, "unpack");
+                let src_root = work.path.join("src");
+                crate::unpack::unpack(source()?, &src_root)
+                    .map_err(|e| step_err("unpack", e.to_string(), None))?;
+                let top = crate::unpack::single_top(&src_root).map_err(io_err("unpack"))?;
+                copy_tree(&top, &out).map_err(io_err("unpack"))?;
+            }
+            Kind::Local => {
+                if let (Some(path), Install::Dir(rel)) = (&pkg.local, &pkg.install) {
+                    let to = out.join(rel);
+                    if path.is_dir() {
+                        copy_tree(path, &to).map_err(io_err("install"))?;
+                    } else {
+                        fs::create_dir_all(&to).map_err(io_err("install"))?;
+                        let name = path.file_name().unwrap_or_default();
+                        fs::copy(path, to.join(name)).map_err(io_err("install"))?;
+                    }
+                }
+            }
+        }
+
+        // install: what goes into the image must exist, be static, be stripped.
+        let selected = select(&out, &pkg.install).map_err(|message| {
+            step_err(
+                "install",
+                message,
+                log_path.exists().then(|| log_path.clone()),
+            )
+        })?;
+        for rel in &selected {
+            let meta = fs::symlink_metadata(out.join(rel)).map_err(io_err("install"))?;
+            if !meta.is_file() {
+                continue;
+            }
+            check_static(&pkg.name, &out, rel)?;
+            if pkg.strip
+                && let Some(t) = self.toolchain_for_strip()
+            {
+                self.strip(pkg, t, &out.join(rel))?;
+            }
+        }
+
+        // Publish: out/ and the log, renamed into place in one step.
+        let result = work.path.join("result");
+        fs::create_dir(&result).map_err(io_err("install"))?;
+        fs::rename(&out, result.join("out")).map_err(io_err("install"))?;
+        if log_path.exists() {
+            fs::copy(&log_path, result.join("build.log")).map_err(io_err("install"))?;
+        }
+        fs::rename(&result, &final_dir).map_err(io_err("install"))?;
+        self.reporter
+            .step(&pkg.name, &format!("done (key {short})"));
+        Ok(Output {
+            dir: out_dir,
+            key: pkg.key.clone(),
+            cached: false,
+        })
+    }
+
+    fn toolchain_for_strip(&self) -> Option<PathBuf> {
+        self.toolchain
+            .map(|t| t.strip.clone())
+            .or_else(|| crate::toolchain::which("strip"))
+    }
+
+    fn strip(&self, pkg: &Package, strip: PathBuf, file: &Path) -> Result<(), BuildError> {
+        let Some(info) = crate::elf::inspect(file).map_err(StageError::from)? else {
+            return Ok(());
+        };
+        if !info.is_loadable() {
+            return Ok(());
+        }
+        let out = Command::new(&strip)
+            .arg("--strip-all")
+            .arg(file)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| BuildError::Step {
+                package: pkg.name.clone(),
+                step: "install",
+                message: format!("cannot run {}: {e}", strip.display()),
+                log: None,
+            })?;
+        if !out.status.success() {
+            return Err(BuildError::Step {
+                package: pkg.name.clone(),
+                step: "install",
+                message: format!(
+                    "strip {} failed: {} (set strip = false to keep it as is)",
+                    file.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                log: None,
+            });
+        }
+        Ok(())
+    }
+
+    fn run_script(
+        &self,
+        pkg: &Package,
+        script: &str,
+        cwd: &Path,
+        env: &BTreeMap<String, String>,
+        work: &Path,
+        log_path: &Path,
+    ) -> Result<(), BuildError> {
+        let fail = |message: String| BuildError::Step {
+            package: pkg.name.clone(),
+            step: "script",
+            message,
+            log: Some(log_path.to_path_buf()),
+        };
+        let script_file = work.join("script.sh");
+        fs::write(&script_file, format!("umask 022\nset -x\n{script}\n"))
+            .map_err(|e| fail(e.to_string()))?;
+        let mut log =
+            File::create(log_path).map_err(|e| fail(format!("cannot create the log: {e}")))?;
+        let (reader, writer) = std::io::pipe().map_err(|e| fail(e.to_string()))?;
+        let writer2 = writer.try_clone().map_err(|e| fail(e.to_string()))?;
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-e")
+            .arg(&script_file)
+            .current_dir(cwd)
+            .env_clear()
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(writer2);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| fail(format!("cannot run /bin/sh: {e}")))?;
+        // Our copies of the pipe's write end must go, or the reader never sees EOF.
+        drop(cmd);
+        let mut tail: std::collections::VecDeque<String> = Default::default();
+        for line in BufReader::new(reader).split(b'\n') {
+            let Ok(line) = line else { break };
+            let line = String::from_utf8_lossy(&line).into_owned();
+            let _ = writeln!(log, "{line}");
+            self.reporter.log_line(&pkg.name, &line);
+            if tail.len() == LOG_TAIL {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+        let status = child.wait().map_err(|e| fail(e.to_string()))?;
+        let _ = log.flush();
+        if !status.success() {
+            if !self.reporter.verbose() {
+                self.reporter.line(&format!(
+                    "[{}] last {} lines of {}:",
+                    pkg.name,
+                    tail.len(),
+                    log_path.display()
+                ));
+                for l in &tail {
+                    self.reporter.line(&format!("[{}] | {l}", pkg.name));
+                }
+            }
+            return Err(fail(match status.code() {
+                Some(c) => format!("the script exited with status {c}"),
+                None => "the script was killed by a signal".into(),
+            }));
+        }
+        Ok(())
+    }
+}
+
+/// The environment a build script gets, and nothing else (`recipes/README.md`
+/// documents it).
+pub fn script_env(
+    toolchain: &Toolchain,
+    work: &Path,
+    out: &Path,
+    deps: &Path,
+    jobs: usize,
+    epoch: u64,
+    pkg: &Package,
+) -> BTreeMap<String, String> {
+    let d = |p: &Path| p.display().to_string();
+    // Map the work and toolchain directories to fixed names in anything compiled
+    // (__FILE__, debug info), so outputs do not depend on the cache's location.
+    let cflags = format!(
+        "-O2 -ffile-prefix-map={}=/build -ffile-prefix-map={}=/toolchain",
+        d(work),
+        d(&toolchain.dir)
+    );
+    let mut env = BTreeMap::new();
+    let mut set = |k: &str, v: String| {
+        env.insert(k.to_string(), v);
+    };
+    set("CC", d(&toolchain.cc));
+    set("AR", toolchain.ar.clone());
+    set("RANLIB", toolchain.ranlib.clone());
+    set("CFLAGS", cflags);
+    set("CPPFLAGS", format!("-I{}/include", d(deps)));
+    set("LDFLAGS", format!("-static -L{}/lib", d(deps)));
+    set("JOBS", jobs.max(1).to_string());
+    set("OUT", d(out));
+    set("DEPS", d(deps));
+    set("PREFIX", MOUNT_POINT.to_string());
+    set("SYSINCLUDE", d(&toolchain.sysinclude));
+    set("KERNEL_HEADERS", d(&toolchain.kernel_headers));
+    set("TARGET", toolchain.target.clone());
+    set("PKG_CONFIG_LIBDIR", format!("{}/lib/pkgconfig", d(deps)));
+    set("PKG_CONFIG_PATH", String::new());
+    set("SOURCE_DATE_EPOCH", epoch.to_string());
+    set("LC_ALL", "C".into());
+    set("TZ", "UTC".into());
+    set("PATH", SCRIPT_PATH.into());
+    set("HOME", d(&work.join("home")));
+    set("TMPDIR", d(&work.join("tmp")));
+    set("SHELL", "/bin/sh".into());
+    set("USER", "cartbuild".into());
+    set("LOGNAME", "cartbuild".into());
+    set("NAME", pkg.name.clone());
+    set("VERSION", pkg.version.clone());
+    env
+}
+
+/// A build's work directory: removed when dropped (success or failure; the log
+/// lives elsewhere).
+struct WorkDir {
+    path: PathBuf,
+}
+
+impl WorkDir {
+    fn new(path: PathBuf) -> WorkDir {
+        WorkDir { path }
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if self.path.exists() {
+            make_writable(&self.path);
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Some builds leave read-only directories behind; make them removable.
+fn make_writable(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for e in walkdir::WalkDir::new(root).into_iter().flatten() {
+        if e.file_type().is_dir() {
+            let _ = fs::set_permissions(e.path(), fs::Permissions::from_mode(0o755));
+        }
+    }
+}

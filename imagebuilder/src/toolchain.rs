@@ -1,0 +1,469 @@
+//! The musl C toolchain that builds every package, and its identity.
+//!
+//! Two toolchains are supported:
+//!
+//! - `musl-gcc` (Debian's `musl-tools`): it compiles with `-nostdinc` and sees only
+//!   musl's headers, so we give it the host's kernel UAPI headers (`linux-libc-dev`)
+//!   through a private directory of symlinks (`linux`, `asm`, `asm-generic`, `mtd`,
+//!   `rdma`, `misc`, `sound`, `video`, `xen`; not `scsi`, musl has its own) added
+//!   with `-isystem` by a wrapper script used as `CC`. It has to be in `CC` itself:
+//!   libpcap's Makefile ignores `CPPFLAGS`, and `-isystem` keeps kernel-header
+//!   warnings from tripping `-Werror` builds (strace).
+//! - `zig cc -target <arch>-linux-musl` (zig ships musl and kernel headers), used
+//!   when `musl-gcc` is missing or `--toolchain zig` asks for it.
+//!
+//! Both also get a `sysinclude` directory merging the libc headers with the kernel
+//! headers, for builds that probe header files in one directory (lsof's
+//! `LSOF_INCLUDE`). The identity, part of every build key, is a sha256 over the
+//! compiler's version, the C library, the header set's contents and the wrapper
+//! itself: a new compiler or new kernel headers rebuild everything.
+
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+use crate::cache::Cache;
+
+/// Why no toolchain could be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolchainError {
+    /// No musl C compiler was found.
+    #[error(
+        "no musl C toolchain found (looked for {looked}): install one with `apt-get install musl-tools linux-libc-dev`, or put zig on PATH"
+    )]
+    Missing {
+        /// What was looked for.
+        looked: String,
+    },
+    /// The kernel headers are missing.
+    #[error(
+        "kernel UAPI headers not found at {path}: install them with `apt-get install linux-libc-dev`"
+    )]
+    NoKernelHeaders {
+        /// Where they were expected.
+        path: PathBuf,
+    },
+    /// `strip` is missing.
+    #[error("`strip` not found on PATH: install it with `apt-get install binutils`")]
+    NoStrip,
+    /// A compiler was found but could not be inspected.
+    #[error("cannot use {compiler}: {message}")]
+    Broken {
+        /// The compiler.
+        compiler: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The wrapper directory could not be written.
+    #[error("cannot set up the toolchain directory {path}: {source}")]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// Which compiler to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Flavor {
+    /// `musl-gcc` if present, else zig.
+    #[default]
+    Auto,
+    /// Debian's `musl-gcc`.
+    MuslGcc,
+    /// `zig cc`.
+    Zig,
+}
+
+/// A ready toolchain.
+#[derive(Debug, Clone)]
+pub struct Toolchain {
+    /// `CC`: the wrapper script.
+    pub cc: PathBuf,
+    /// `AR`.
+    pub ar: String,
+    /// `RANLIB`.
+    pub ranlib: String,
+    /// The `strip` used on outputs.
+    pub strip: PathBuf,
+    /// libc headers and kernel headers merged in one directory (`SYSINCLUDE`).
+    pub sysinclude: PathBuf,
+    /// The kernel header directory given to the compiler (`KERNEL_HEADERS`).
+    pub kernel_headers: PathBuf,
+    /// The directory holding the wrapper and header directories.
+    pub dir: PathBuf,
+    /// Target triple, e.g. `x86_64-linux-musl`.
+    pub target: String,
+    /// A one-line description (`musl-gcc: gcc 12.2.0, musl 1.2.3`).
+    pub description: String,
+    /// Hex sha256 identifying compiler, libc and headers.
+    pub identity: String,
+}
+
+/// The UAPI directories handed to musl-gcc.
+const UAPI_DIRS: &[&str] = &[
+    "linux",
+    "asm-generic",
+    "mtd",
+    "rdma",
+    "misc",
+    "sound",
+    "video",
+    "xen",
+];
+
+/// Bumped when the wrapper's shape changes, to change every identity.
+const WRAPPER_FORMAT: &str = "cartbuild-toolchain-1";
+
+/// Finds an executable on the caller's PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+impl Toolchain {
+    /// Finds a toolchain and writes its wrapper into the cache.
+    pub fn detect(cache: &Cache, flavor: Flavor) -> Result<Toolchain, ToolchainError> {
+        let arch = std::env::consts::ARCH;
+        let musl = which("musl-gcc");
+        let zig = which("zig");
+        match (flavor, musl, zig) {
+            (Flavor::Auto | Flavor::MuslGcc, Some(gcc), _) => musl_gcc(cache, &gcc, arch),
+            (Flavor::Auto | Flavor::Zig, _, Some(zig)) => zig_cc(cache, &zig, arch),
+            (Flavor::MuslGcc, None, _) => Err(ToolchainError::Missing {
+                looked: "musl-gcc on PATH".into(),
+            }),
+            (Flavor::Zig, _, None) => Err(ToolchainError::Missing {
+                looked: "zig on PATH".into(),
+            }),
+            (Flavor::Auto, None, None) => Err(ToolchainError::Missing {
+                looked: "musl-gcc and zig on PATH".into(),
+            }),
+        }
+    }
+}
+
+fn run(program: &Path, args: &[&str]) -> Result<String, ToolchainError> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| ToolchainError::Broken {
+            compiler: program.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(ToolchainError::Broken {
+            compiler: program.to_path_buf(),
+            message: format!(
+                "`{} {}` failed: {}",
+                program.display(),
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// sha256 over every file under each directory (paths and contents), following
+/// the symlinks our header directory is made of.
+fn hash_dirs(h: &mut Sha256, dirs: &[PathBuf]) -> std::io::Result<()> {
+    for dir in dirs {
+        for entry in walkdir::WalkDir::new(dir)
+            .follow_links(true)
+            .sort_by_file_name()
+        {
+            let entry = entry.map_err(std::io::Error::other)?;
+            if entry.file_type().is_file() {
+                let rel = entry.path().strip_prefix(dir).unwrap_or(entry.path());
+                h.update(rel.as_os_str().as_encoded_bytes());
+                h.update([0]);
+                h.update(fs::read(entry.path())?);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The host's UAPI header sources: `(name in our dir, host path)`.
+fn host_uapi(arch: &str) -> Result<Vec<(String, PathBuf)>, ToolchainError> {
+    let inc = Path::new("/usr/include");
+    if !inc.join("linux/version.h").exists() {
+        return Err(ToolchainError::NoKernelHeaders {
+            path: inc.join("linux"),
+        });
+    }
+    let multiarch = inc.join(format!("{arch}-linux-gnu/asm"));
+    let asm = if multiarch.is_dir() {
+        multiarch
+    } else {
+        inc.join("asm")
+    };
+    if !asm.is_dir() {
+        return Err(ToolchainError::NoKernelHeaders { path: asm });
+    }
+    let mut out = vec![("asm".to_string(), asm)];
+    for d in UAPI_DIRS {
+        let p = inc.join(d);
+        if p.is_dir() {
+            out.push((d.to_string(), p));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Creates `dir` atomically from `fill` (built in a sibling temporary, renamed).
+fn create_dir_atomically(
+    dir: &Path,
+    fill: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> Result<(), ToolchainError> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let io = |source| ToolchainError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".toolchain-")
+        .tempdir_in(parent)
+        .map_err(io)?;
+    fill(tmp.path()).map_err(io)?;
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).map_err(io)?;
+    match fs::rename(tmp.path(), dir) {
+        Ok(()) => {
+            // The directory now lives at `dir`; nothing for the guard to remove.
+            let _ = tmp.keep();
+            Ok(())
+        }
+        // Another cartbuild made it first: theirs is identical.
+        Err(_) if dir.exists() => Ok(()),
+        Err(e) => Err(io(e)),
+    }
+}
+
+fn write_script(path: &Path, text: &str) -> std::io::Result<()> {
+    fs::write(path, text)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+}
+
+/// Symlinks every entry of `from` (each in order; the first of a name wins) into `to`.
+fn merge_into(to: &Path, from: &[PathBuf]) -> std::io::Result<()> {
+    fs::create_dir_all(to)?;
+    for dir in from {
+        let mut entries: Vec<_> = fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let link = to.join(e.file_name());
+            if fs::symlink_metadata(&link).is_err() {
+                symlink(e.path(), &link)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn find_strip() -> Result<PathBuf, ToolchainError> {
+    which("strip").ok_or(ToolchainError::NoStrip)
+}
+
+fn musl_gcc(cache: &Cache, gcc: &Path, arch: &str) -> Result<Toolchain, ToolchainError> {
+    let broken = |message: String| ToolchainError::Broken {
+        compiler: gcc.to_path_buf(),
+        message,
+    };
+    // Debian's musl-gcc is a script naming its specs file; the specs name musl's
+    // include directory (`-isystem DIR`), and libc.a sits beside the specs.
+    let script = fs::read_to_string(gcc).unwrap_or_default();
+    let specs = script
+        .split('"')
+        .find(|s| s.ends_with("musl-gcc.specs"))
+        .map(PathBuf::from)
+        .ok_or_else(|| broken("cannot find its specs file (is it Debian's musl-tools?)".into()))?;
+    let specs_text = fs::read_to_string(&specs)
+        .map_err(|e| broken(format!("cannot read {}: {e}", specs.display())))?;
+    let libc_include = specs_text
+        .split_whitespace()
+        .skip_while(|w| *w != "-isystem")
+        .nth(1)
+        .map(PathBuf::from)
+        .ok_or_else(|| broken(format!("no include directory in {}", specs.display())))?;
+    let libdir = specs.parent().unwrap_or(Path::new("/"));
+    let version = run(gcc, &["--version"])?;
+    let version_line = version.lines().next().unwrap_or("").to_string();
+    let strip = find_strip()?;
+    let strip_version = run(&strip, &["--version"])?;
+    let uapi = host_uapi(arch)?;
+
+    let mut h = Sha256::new();
+    h.update(WRAPPER_FORMAT);
+    h.update(&version);
+    h.update(&strip_version);
+    h.update(&specs_text);
+    h.update(
+        fs::read(libdir.join("libc.a")).map_err(|e| broken(format!("cannot read libc.a: {e}")))?,
+    );
+    let uapi_paths: Vec<PathBuf> = uapi.iter().map(|(_, p)| p.clone()).collect();
+    for (name, _) in &uapi {
+        h.update(name);
+    }
+    hash_dirs(&mut h, &uapi_paths)
+        .map_err(|e| broken(format!("cannot read kernel headers: {e}")))?;
+    hash_dirs(&mut h, std::slice::from_ref(&libc_include))
+        .map_err(|e| broken(format!("cannot read musl headers: {e}")))?;
+    let identity = hex::encode(h.finalize());
+
+    let dir = cache.toolchain(&identity);
+    let gcc_owned = gcc.to_path_buf();
+    let uapi_for_fill = uapi.clone();
+    let libc_include_fill = libc_include.clone();
+    create_dir_atomically(&dir, move |tmp| {
+        let kh = tmp.join("kernel-headers");
+        fs::create_dir(&kh)?;
+        for (name, path) in &uapi_for_fill {
+            symlink(path, kh.join(name))?;
+        }
+        fs::create_dir(tmp.join("bin"))?;
+        write_script(
+            &tmp.join("bin/cc"),
+            &format!(
+                "#!/bin/sh\n# {WRAPPER_FORMAT}: musl-gcc with the host's kernel UAPI headers.\nexec {} -isystem \"$(dirname \"$0\")/../kernel-headers\" \"$@\"\n",
+                sh_quote(&gcc_owned)
+            ),
+        )?;
+        // `asm` must come from the arch directory, so link it first.
+        let sys = tmp.join("sysinclude");
+        fs::create_dir(&sys)?;
+        if let Some((_, asm)) = uapi_for_fill.iter().find(|(n, _)| n == "asm") {
+            symlink(asm, sys.join("asm"))?;
+        }
+        // libc first (its scsi/ wins), then each kernel directory by name.
+        merge_into(&sys, std::slice::from_ref(&libc_include_fill))?;
+        for (name, path) in &uapi_for_fill {
+            let link = sys.join(name);
+            if fs::symlink_metadata(&link).is_err() {
+                symlink(path, link)?;
+            }
+        }
+        Ok(())
+    })?;
+    Ok(Toolchain {
+        cc: dir.join("bin/cc"),
+        ar: "ar".into(),
+        ranlib: "ranlib".into(),
+        strip,
+        sysinclude: dir.join("sysinclude"),
+        kernel_headers: dir.join("kernel-headers"),
+        target: format!("{arch}-linux-musl"),
+        description: format!(
+            "musl-gcc ({version_line}), musl from {}, kernel headers from /usr/include",
+            libdir.display()
+        ),
+        dir,
+        identity,
+    })
+}
+
+fn zig_cc(cache: &Cache, zig: &Path, arch: &str) -> Result<Toolchain, ToolchainError> {
+    let version = run(zig, &["version"])?;
+    let target = format!("{arch}-linux-musl");
+    let strip = find_strip()?;
+    let strip_version = run(&strip, &["--version"])?;
+    // zig prints its include search list on `-E -v`; those directories hold its
+    // musl and kernel headers for the target.
+    let probe = Command::new(zig)
+        .args([
+            "cc",
+            "-target",
+            &target,
+            "-E",
+            "-v",
+            "-x",
+            "c",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+        ])
+        .output()
+        .map_err(|e| ToolchainError::Broken {
+            compiler: zig.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    let stderr = String::from_utf8_lossy(&probe.stderr);
+    let includes: Vec<PathBuf> = stderr
+        .lines()
+        .skip_while(|l| !l.starts_with("#include <...>"))
+        .skip(1)
+        .take_while(|l| l.starts_with(' '))
+        .map(|l| PathBuf::from(l.trim()))
+        .filter(|p| p.is_dir())
+        .collect();
+    if includes.is_empty() {
+        return Err(ToolchainError::Broken {
+            compiler: zig.to_path_buf(),
+            message: "cannot find its include directories from `zig cc -E -v`".into(),
+        });
+    }
+    let mut h = Sha256::new();
+    h.update(WRAPPER_FORMAT);
+    h.update("zig");
+    h.update(&version);
+    h.update(&target);
+    h.update(&strip_version);
+    hash_dirs(&mut h, &includes).map_err(|e| ToolchainError::Broken {
+        compiler: zig.to_path_buf(),
+        message: format!("cannot read its headers: {e}"),
+    })?;
+    let identity = hex::encode(h.finalize());
+    let dir = cache.toolchain(&identity);
+    let zq = sh_quote(zig);
+    let target_fill = target.clone();
+    let includes_fill = includes.clone();
+    create_dir_atomically(&dir, move |tmp| {
+        fs::create_dir(tmp.join("bin"))?;
+        write_script(
+            &tmp.join("bin/cc"),
+            &format!(
+                "#!/bin/sh\n# {WRAPPER_FORMAT}: zig cc for {target_fill}.\nexec {zq} cc -target {target_fill} \"$@\"\n"
+            ),
+        )?;
+        write_script(
+            &tmp.join("bin/ar"),
+            &format!("#!/bin/sh\nexec {zq} ar \"$@\"\n"),
+        )?;
+        write_script(
+            &tmp.join("bin/ranlib"),
+            &format!("#!/bin/sh\nexec {zq} ranlib \"$@\"\n"),
+        )?;
+        fs::create_dir(tmp.join("kernel-headers"))?;
+        merge_into(&tmp.join("sysinclude"), &includes_fill)
+    })?;
+    Ok(Toolchain {
+        cc: dir.join("bin/cc"),
+        ar: dir.join("bin/ar").display().to_string(),
+        ranlib: dir.join("bin/ranlib").display().to_string(),
+        strip,
+        sysinclude: dir.join("sysinclude"),
+        kernel_headers: dir.join("kernel-headers"),
+        target,
+        description: format!("zig cc {} -target {arch}-linux-musl", version.trim()),
+        dir,
+        identity,
+    })
+}
+
+/// Quotes a path for a POSIX shell script.
+fn sh_quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
+}
