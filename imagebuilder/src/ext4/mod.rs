@@ -1,1 +1,19 @@
-//! A reproducible ext4 writer.
+//! A reproducible ext4 writer (see README.md beside this file).
+
+#![forbid(unsafe_code)]
+
+mod bitmap;
+mod data;
+mod dirent;
+mod error;
+mod extent;
+pub mod format;
+mod tree;
+mod writer;
+
+pub use error::{Error, Result};
+pub use tree::{FileData, Meta, SYMLINK_MAX, Tree};
+pub use writer::{
+    DEFAULT_FREE, FileKind, FileReport, ImageSize, Options, Report, write_image,
+    write_image_with_progress,
+};
