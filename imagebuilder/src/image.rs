@@ -29,8 +29,8 @@ pub enum ImageError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// `mke2fs` is missing.
-    #[error("mke2fs not found: install it with `apt-get install e2fsprogs`")]
+    /// `mke2fs` or `debugfs` is missing.
+    #[error("mke2fs or debugfs not found: install them with `apt-get install e2fsprogs`")]
     NoMke2fs,
     /// `mke2fs` failed.
     #[error("mke2fs failed: {0}")]
@@ -97,6 +97,16 @@ const MKE2FS_CONF: &str = "[defaults]
 [fs_types]
 \text4 = {
 \t\tfeatures = extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize
+\t}
+\tfloppy = {
+\t}
+\tsmall = {
+\t}
+\tdefault = {
+\t}
+\tbig = {
+\t}
+\thuge = {
 \t}
 ";
 
@@ -203,16 +213,18 @@ impl ImageWriter for Mke2fs {
                 .env_clear()
                 .env("PATH", crate::build::SCRIPT_PATH)
                 .env("MKE2FS_CONFIG", conf.path())
-                .env("E2FSPROGS_FAKE_TIME", opts.epoch.to_string())
+                // e2fsprogs reads a fake time of 0 as "unset" and uses the clock.
+                .env("E2FSPROGS_FAKE_TIME", opts.epoch.max(1).to_string())
                 .env("MKE2FS_DEVICE_SECTSIZE", "512")
                 .env("LC_ALL", "C")
                 .output()
                 .map_err(|_| ImageError::NoMke2fs)?;
             if output.status.success() {
-                return Ok(());
+                return pin_times(staged, &target, opts.epoch);
             }
             let msg = String::from_utf8_lossy(&output.stderr);
             let no_space = msg.contains("Could not allocate")
+                || msg.contains("Not enough space")
                 || msg.contains("No space left")
                 || msg.contains("inode table")
                 || msg.contains("too small");
@@ -231,6 +243,64 @@ impl ImageWriter for Mke2fs {
             }
         }
     }
+}
+
+/// Sets every inode's access, change and creation times to `epoch`.
+///
+/// `mke2fs -d` copies each source file's atime and ctime (which no one can set
+/// on the staged files: reading them moves atime, and ctime is the kernel's), so
+/// without this two builds of the same tree differ in those fields.
+fn pin_times(staged: &Path, image: &str, epoch: u64) -> Result<(), ImageError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ImageError::Io { path, source }
+    };
+    let debugfs = crate::toolchain::which("debugfs")
+        .or_else(|| Some(PathBuf::from("/sbin/debugfs")).filter(|p| p.exists()))
+        .ok_or(ImageError::NoMke2fs)?;
+    let mut cmds = String::new();
+    let mut paths = vec!["/".to_string(), "/lost+found".to_string()];
+    for e in walkdir::WalkDir::new(staged)
+        .min_depth(1)
+        .sort_by_file_name()
+    {
+        let e = e.map_err(|e| ImageError::Io {
+            path: staged.to_path_buf(),
+            source: e.into(),
+        })?;
+        let rel = e.path().strip_prefix(staged).unwrap_or(e.path());
+        paths.push(format!("/{}", rel.display()));
+    }
+    for p in &paths {
+        for field in ["atime", "ctime", "mtime", "crtime"] {
+            cmds.push_str(&format!(
+                "sif \"{p}\" {field} {epoch}\nsif \"{p}\" {field}_extra 0\n"
+            ));
+        }
+    }
+    let file = tempfile::NamedTempFile::new().map_err(io(Path::new("debugfs commands")))?;
+    fs::write(file.path(), cmds).map_err(io(file.path()))?;
+    let output = Command::new(&debugfs)
+        .arg("-w")
+        .arg("-f")
+        .arg(file.path())
+        .arg(image)
+        .env_clear()
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|_| ImageError::NoMke2fs)?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let problems: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
+        .collect();
+    if !output.status.success() || !problems.is_empty() {
+        return Err(ImageError::Mke2fs(format!(
+            "debugfs could not set time stamps: {}",
+            problems.join("; ")
+        )));
+    }
+    Ok(())
 }
 
 /// Writes an image with `writer` to `dest` through a temporary file in the same

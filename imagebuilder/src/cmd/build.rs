@@ -158,13 +158,13 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
     let output = args.output.clone().unwrap_or_else(|| {
         PathBuf::from("images").join(format!("{}-{}.img", plan.image.name, plan.image.version))
     });
-    if let Some(dir) = &args.staged {
-        if dir.exists() {
-            bail!(
-                "--staged {}: already exists; give a new directory",
-                dir.display()
-            );
-        }
+    if let Some(dir) = &args.staged
+        && dir.exists()
+    {
+        bail!(
+            "--staged {}: already exists; give a new directory",
+            dir.display()
+        );
     }
 
     // Fetch what is needed: sources of packages whose output is not cached.

@@ -1,0 +1,392 @@
+//! Helpers for cartbuild's integration tests: a real HTTP server on 127.0.0.1
+//! that can misbehave on purpose, synthetic source tarballs, and a runner for the
+//! real `cartbuild` binary with an isolated cache, config and output.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+/// What the server does for one path.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// 200 with this body.
+    Serve(Vec<u8>),
+    /// 404.
+    NotFound,
+    /// Closes the connection with a TCP reset without answering.
+    Reset,
+    /// Sends the headers and half the body, then says nothing for a long time.
+    Stall(Vec<u8>),
+    /// Announces the full length but sends only the first `n` bytes, then closes.
+    Truncate(Vec<u8>, usize),
+    /// 302 to another path on this server.
+    Redirect(String),
+}
+
+#[derive(Default)]
+struct State {
+    routes: BTreeMap<String, Route>,
+    hits: BTreeMap<String, usize>,
+}
+
+/// An HTTP/1.1 server on 127.0.0.1, one thread per connection.
+pub struct Server {
+    port: u16,
+    state: Arc<Mutex<State>>,
+}
+
+impl Server {
+    /// Starts the server on a free port.
+    pub fn start() -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(State::default()));
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let st = st.clone();
+                std::thread::spawn(move || handle(stream, st, port));
+            }
+        });
+        Server { port, state }
+    }
+
+    /// Sets what `path` answers.
+    pub fn route(&self, path: &str, route: Route) {
+        self.state
+            .lock()
+            .unwrap()
+            .routes
+            .insert(path.to_string(), route);
+    }
+
+    /// `http://127.0.0.1:PORT/path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The base URL, for `--mirror NAME=URL`.
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Requests received for `path`.
+    pub fn hits(&self, path: &str) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .hits
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Requests received in all.
+    pub fn total_hits(&self) -> usize {
+        self.state.lock().unwrap().hits.values().sum()
+    }
+}
+
+fn handle(mut stream: TcpStream, state: Arc<Mutex<State>>, port: u16) {
+    // Wait for the request to arrive, then decide without consuming it (a reset
+    // must close with unread data, which makes the kernel send RST).
+    let mut peek = [0u8; 1024];
+    let Ok(n) = stream.peek(&mut peek) else {
+        return;
+    };
+    let head = String::from_utf8_lossy(&peek[..n]).into_owned();
+    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let route = {
+        let mut st = state.lock().unwrap();
+        *st.hits.entry(path.clone()).or_default() += 1;
+        st.routes.get(&path).cloned()
+    };
+    if let Some(Route::Reset) = route {
+        drop(stream);
+        return;
+    }
+    // Consume the request head.
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) if line == "\r\n" || line == "\n" => break,
+            Ok(_) => {}
+        }
+    }
+    let header = |status: &str, len: usize, extra: &str| {
+        format!("HTTP/1.1 {status}\r\nContent-Length: {len}\r\nConnection: close\r\n{extra}\r\n")
+    };
+    let _ = match route {
+        None | Some(Route::NotFound) => stream.write_all(header("404 Not Found", 0, "").as_bytes()),
+        Some(Route::Serve(body)) => stream
+            .write_all(header("200 OK", body.len(), "").as_bytes())
+            .and_then(|_| stream.write_all(&body)),
+        Some(Route::Truncate(body, n)) => stream
+            .write_all(header("200 OK", body.len(), "").as_bytes())
+            .and_then(|_| stream.write_all(&body[..n])),
+        Some(Route::Stall(body)) => {
+            let r = stream
+                .write_all(header("200 OK", body.len(), "").as_bytes())
+                .and_then(|_| stream.write_all(&body[..body.len() / 2]))
+                .and_then(|_| stream.flush());
+            std::thread::sleep(Duration::from_secs(20));
+            r
+        }
+        Some(Route::Redirect(to)) => stream.write_all(
+            header(
+                "302 Found",
+                0,
+                &format!("Location: http://127.0.0.1:{port}{to}\r\n"),
+            )
+            .as_bytes(),
+        ),
+        Some(Route::Reset) => Ok(()),
+    };
+    let _ = stream.flush();
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    // Drain what the client still sends so the close is clean.
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let _ = stream.read(&mut [0u8; 64]);
+}
+
+/// Hex sha256.
+pub fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A gzipped tarball with `files` (path, contents, mode) under one top directory.
+pub fn tarball(top: &str, files: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data, mode) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(*mode);
+        h.set_mtime(1_600_000_000);
+        h.set_cksum();
+        b.append_data(&mut h, format!("{top}/{path}"), *data)
+            .unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).unwrap();
+    gz.finish().unwrap()
+}
+
+/// A source tarball of a C program printing `message`.
+pub fn hello_source(message: &str) -> Vec<u8> {
+    let c = format!("#include <stdio.h>\nint main(void) {{ puts(\"{message}\"); return 0; }}\n");
+    tarball("hello-1.0", &[("hello.c", c.as_bytes(), 0o644)])
+}
+
+/// An isolated cartbuild environment: its own cache, config dir and output.
+pub struct Env {
+    /// Holds everything; removed on drop.
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// A fresh environment.
+    pub fn new() -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("cartbuild-test-")
+            .tempdir()
+            .unwrap();
+        fs::create_dir_all(dir.path().join("config")).unwrap();
+        Env { dir }
+    }
+
+    /// The cache directory.
+    pub fn cache(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    /// Where the image is written.
+    pub fn image(&self) -> PathBuf {
+        self.dir.path().join("out/test.img")
+    }
+
+    /// A file counting build-script runs (scripts append a line to it).
+    pub fn counter(&self) -> PathBuf {
+        self.dir.path().join("builds.count")
+    }
+
+    /// How many build scripts ran.
+    pub fn builds(&self) -> usize {
+        fs::read_to_string(self.counter())
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    /// Writes `text` as `name` in the environment and returns its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// `cartbuild RECIPE` with the test's cache, output, config and fast
+    /// network timeouts; nothing of the caller's cartbuild settings leaks in.
+    pub fn command(&self, recipe: &Path) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cartbuild"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("CARTBUILD_") || k == "SOURCE_DATE_EPOCH" {
+                c.env_remove(k);
+            }
+        }
+        c.env("XDG_CONFIG_HOME", self.dir.path().join("config"))
+            .arg(recipe)
+            .arg("--cache")
+            .arg(self.cache())
+            .arg("-o")
+            .arg(self.image())
+            .args(["--connect-timeout", "2", "--read-timeout", "0.5"])
+            .args(["--retries", "1", "--retry-delay", "0.05"]);
+        c
+    }
+
+    /// Runs `cartbuild RECIPE ARGS...`.
+    pub fn run(&self, recipe: &Path, args: &[&str]) -> Output {
+        self.command(recipe)
+            .args(args)
+            .output()
+            .expect("run cartbuild")
+    }
+}
+
+/// A recipe with one `build` package `hello` fetched from `urls`.
+pub fn hello_recipe(env: &Env, urls: &[String], sha: &str) -> String {
+    format!(
+        r#"[image]
+name = "test"
+version = "1.0"
+epoch = 1700000000
+
+[[package]]
+name = "hello"
+version = "1.0"
+license = "MIT"
+urls = {urls:?}
+sha256 = "{sha}"
+script = """
+echo hello >> {counter}
+mkdir -p "$OUT/bin"
+$CC $CFLAGS $LDFLAGS -o "$OUT/bin/hello" hello.c
+"""
+"#,
+        counter = env.counter().display()
+    )
+}
+
+/// stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts a clean failure: non-zero exit, exactly one `cartbuild: error:` line
+/// (the last) that contains every needle; no image and no temporary image left;
+/// nothing unverified in the cache.
+pub fn assert_fails(env: &Env, o: &Output, needles: &[&str]) -> String {
+    let err = stderr(o);
+    assert!(!o.status.success(), "expected failure, got success:\n{err}");
+    let error_lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("cartbuild: error:"))
+        .collect();
+    assert_eq!(error_lines.len(), 1, "expected one error line:\n{err}");
+    let last = err.lines().last().unwrap_or("");
+    assert_eq!(
+        last, error_lines[0],
+        "the error is not the last line:\n{err}"
+    );
+    for n in needles {
+        assert!(last.contains(n), "{n:?} not in the error line:\n{last}");
+    }
+    assert_no_image(env);
+    assert_cache_verified(env);
+    last.to_string()
+}
+
+/// No image, and no temporary file beside where it would be.
+pub fn assert_no_image(env: &Env) {
+    let img = env.image();
+    assert!(!img.exists(), "{} was written", img.display());
+    if let Ok(rd) = fs::read_dir(img.parent().unwrap()) {
+        let left: Vec<_> = rd.map(|e| e.unwrap().file_name()).collect();
+        assert!(left.is_empty(), "left in the output directory: {left:?}");
+    }
+}
+
+/// Every cached source is named by its content's sha256, and no temporary is
+/// left in the cache.
+pub fn assert_cache_verified(env: &Env) {
+    let sources = env.cache().join("sources/sha256");
+    if let Ok(rd) = fs::read_dir(&sources) {
+        for e in rd {
+            let e = e.unwrap();
+            let bytes = fs::read(e.path()).unwrap();
+            assert_eq!(
+                e.file_name().to_string_lossy(),
+                sha256(&bytes),
+                "unverified file in the cache"
+            );
+        }
+    }
+    if let Ok(rd) = fs::read_dir(env.cache().join("tmp")) {
+        let left: Vec<_> = rd.map(|e| e.unwrap().file_name()).collect();
+        assert!(left.is_empty(), "temporaries left in the cache: {left:?}");
+    }
+}
+
+/// The cached source files.
+pub fn cached_sources(env: &Env) -> Vec<String> {
+    fs::read_dir(env.cache().join("sources/sha256"))
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Reads a file out of an ext4 image with debugfs (no root, no mount).
+pub fn image_file(image: &Path, path: &str, to: &Path) {
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("dump -p {path} {}", to.display()))
+        .arg(image)
+        .output()
+        .expect("debugfs is missing: apt-get install e2fsprogs");
+    assert!(
+        to.exists(),
+        "{path} not in the image: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `e2fsck -fn` passes on the image.
+pub fn assert_fsck_clean(image: &Path) {
+    let out = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(image)
+        .output()
+        .expect("e2fsck is missing: apt-get install e2fsprogs");
+    assert!(
+        out.status.success(),
+        "e2fsck -fn failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
