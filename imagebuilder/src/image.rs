@@ -287,6 +287,8 @@ fn pin_times(staged: &Path, image: &str, epoch: u64) -> Result<(), ImageError> {
         .arg(image)
         .env_clear()
         .env("LC_ALL", "C")
+        // debugfs stamps the superblock's last write time on close.
+        .env("E2FSPROGS_FAKE_TIME", epoch.max(1).to_string())
         .output()
         .map_err(|_| ImageError::NoMke2fs)?;
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -32,7 +32,7 @@ use crate::cache::Cache;
 pub enum ToolchainError {
     /// No musl C compiler was found.
     #[error(
-        "no musl C toolchain found (looked for {looked}): install one with `apt-get install musl-tools linux-libc-dev`, or put zig on PATH"
+        "no musl C toolchain found (looked for {looked}): install one with `apt-get install musl-tools linux-libc-dev` (or `pip install ziglang`)"
     )]
     Missing {
         /// What was looked for.
@@ -135,7 +135,7 @@ impl Toolchain {
     pub fn detect(cache: &Cache, flavor: Flavor) -> Result<Toolchain, ToolchainError> {
         let arch = std::env::consts::ARCH;
         let musl = which("musl-gcc");
-        let zig = which("zig");
+        let zig = find_zig();
         match (flavor, musl, zig) {
             (Flavor::Auto | Flavor::MuslGcc, Some(gcc), _) => musl_gcc(cache, &gcc, arch),
             (Flavor::Auto | Flavor::Zig, _, Some(zig)) => zig_cc(cache, &zig, arch),
@@ -143,13 +143,34 @@ impl Toolchain {
                 looked: "musl-gcc on PATH".into(),
             }),
             (Flavor::Zig, _, None) => Err(ToolchainError::Missing {
-                looked: "zig on PATH".into(),
+                looked: "zig on PATH and python3 -m ziglang".into(),
             }),
             (Flavor::Auto, None, None) => Err(ToolchainError::Missing {
-                looked: "musl-gcc and zig on PATH".into(),
+                looked: "musl-gcc and zig on PATH, python3 -m ziglang".into(),
             }),
         }
     }
+}
+
+/// `zig` on PATH, else the one PyPI's `ziglang` package installs (used as
+/// `python3 -m ziglang`).
+fn find_zig() -> Option<PathBuf> {
+    if let Some(z) = which("zig") {
+        return Some(z);
+    }
+    let python = which("python3")?;
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import ziglang, os; print(os.path.dirname(ziglang.__file__))",
+        ])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let zig = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("zig");
+    zig.is_file().then_some(zig)
 }
 
 fn run(program: &Path, args: &[&str]) -> Result<String, ToolchainError> {

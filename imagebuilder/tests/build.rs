@@ -88,6 +88,8 @@ fn two_cold_builds_in_different_caches_give_the_same_image() {
     let a = Env::new();
     let b = Env::new();
     for env in [&a, &b] {
+        // A second apart, so a clock leaking into the image would show.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
         let recipe = env.write(
             "r.toml",
             &hello_recipe(env, &[server.url("/hello.tar.gz")], &sha),

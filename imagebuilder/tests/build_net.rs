@@ -1,0 +1,196 @@
+//! The real thing: `cartbuild recipes/net.toml` with the Debian mirror resolved
+//! from the host's apt sources (or `CARTBUILD_MIRROR_DEBIAN`), then every tool
+//! of the image run from the image's bytes and checked static.
+//!
+//! Cold, this takes minutes (it builds ncurses, bash, busybox, libpcap, tcpdump,
+//! lsof and strace). The cache lives in the target directory
+//! (`$CARGO_TARGET_TMPDIR/cartbuild-net-cache`) so repeated local runs are quick;
+//! `CARTBUILD_TEST_COLD=1` uses an empty cache instead. Needs musl-tools,
+//! linux-libc-dev, flex, bison, gcc and e2fsprogs (`.ci/packages`) and the
+//! Debian mirror; a missing one fails the test.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{assert_fsck_clean, sha256};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn cartbuild(cache: &Path, image: &Path) -> std::process::Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cartbuild"));
+    c.current_dir(repo_root())
+        .arg("recipes/net.toml")
+        .arg("--cache")
+        .arg(cache)
+        .arg("-o")
+        .arg(image)
+        .env_remove("SOURCE_DATE_EPOCH")
+        .env_remove("CARTBUILD_CACHE");
+    c.output().expect("run cartbuild")
+}
+
+/// Runs `bin args` and returns stdout and stderr together.
+fn run(bin: &Path, args: &[&str]) -> String {
+    let o = Command::new(bin)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn net_image_builds_and_its_tools_run() {
+    let work = tempfile::Builder::new()
+        .prefix("cartbuild-net-")
+        .tempdir()
+        .unwrap();
+    let cold;
+    let cache = if std::env::var_os("CARTBUILD_TEST_COLD").is_some() {
+        cold = tempfile::tempdir().unwrap();
+        cold.path().to_path_buf()
+    } else {
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cartbuild-net-cache")
+    };
+    let image = work.path().join("net.img");
+
+    let o = cartbuild(&cache, &image);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success(),
+        "cartbuild recipes/net.toml failed:\n{err}"
+    );
+    assert!(image.exists());
+    assert_fsck_clean(&image);
+    let first_sha = sha256(&fs::read(&image).unwrap());
+    let sidecar = fs::read_to_string(work.path().join("net.img.sha256")).unwrap();
+    assert_eq!(sidecar, format!("{first_sha}  net.img\n"));
+
+    // Take the tree out of the image (no root, no mount).
+    let tree = work.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("rdump / {}", tree.display()))
+        .arg(&image)
+        .output()
+        .expect("debugfs is missing: apt-get install e2fsprogs");
+    assert!(out.status.success());
+    let bin = tree.join("bin");
+
+    for (tool, args, want) in [
+        ("bash", &["--version"][..], "version 5.2.15"),
+        ("tcpdump", &["--version"][..], "tcpdump version 4.99.3"),
+        ("strace", &["-V"][..], "strace -- version 6.1"),
+        ("lsof", &["-v"][..], "revision: 4.95.0"),
+        ("busybox", &["--help"][..], "BusyBox v1.35.0"),
+    ] {
+        let path = bin.join(tool);
+        let info = cartbuild::elf::inspect(&path)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{tool} is not an ELF file"));
+        assert!(info.is_static(), "{tool} is not static: {info:?}");
+        let text = run(&path, args);
+        assert!(
+            text.contains(want),
+            "{tool} {args:?}: {want:?} not in:\n{text}"
+        );
+    }
+    assert!(run(&bin.join("tcpdump"), &["--version"]).contains("libpcap version 1.10.3"));
+
+    // Core utilities are busybox applets.
+    for applet in [
+        "cat", "ls", "ps", "sleep", "tail", "grep", "less", "vi", "sh",
+    ] {
+        let link =
+            fs::read_link(bin.join(applet)).unwrap_or_else(|_| panic!("bin/{applet} is missing"));
+        assert_eq!(link, Path::new("busybox"));
+    }
+    // lsof comes from its own package, not busybox.
+    assert!(fs::symlink_metadata(bin.join("lsof")).unwrap().is_file());
+
+    // Nothing of the build host is embedded: lsof prints none of it.
+    let lsof_v = run(&bin.join("lsof"), &["-v"]);
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert!(!lsof_v.contains("constructed"), "{lsof_v}");
+    assert!(!lsof_v.contains(host.trim()), "{lsof_v}");
+    assert!(!lsof_v.contains(cache.to_str().unwrap()), "{lsof_v}");
+
+    // The tools work: strace traces, lsof lists this process's files.
+    let traced = run(
+        &bin.join("strace"),
+        &[
+            "-f",
+            "-e",
+            "trace=execve",
+            &bin.join("busybox").display().to_string(),
+            "true",
+        ],
+    );
+    assert!(traced.contains("execve("), "{traced}");
+    let me = std::process::id().to_string();
+    let open = run(&bin.join("lsof"), &["-l", "-n", "-p", &me]);
+    assert!(open.contains(&me) && open.contains("REG"), "{open}");
+
+    // The rc file, terminfo, and bash reading the rc file by itself.
+    let etc = tree.join("etc");
+    for t in [
+        "x/xterm",
+        "x/xterm-256color",
+        "s/screen",
+        "v/vt100",
+        "l/linux",
+        "t/tmux",
+    ] {
+        assert!(
+            etc.join("terminfo").join(t).is_file(),
+            "terminfo {t} missing"
+        );
+    }
+    let rc = etc.join("crashcartrc");
+    let bash_bytes = fs::read(bin.join("bash")).unwrap();
+    assert!(
+        bash_bytes
+            .windows(30)
+            .any(|w| w == b"/dev/crashcart/etc/crashcartrc"),
+        "bash does not read the image's rc file"
+    );
+    let o = Command::new(bin.join("bash"))
+        .arg("--rcfile")
+        .arg(&rc)
+        .arg("-i")
+        .arg("-c")
+        .arg("alias lsof; echo TERMINFO=$TERMINFO; echo PATH=$PATH")
+        .env_clear()
+        .env("TERM", "xterm")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("alias lsof='lsof -l'"), "{text}");
+    assert!(
+        text.contains("TERMINFO=/dev/crashcart/etc/terminfo"),
+        "{text}"
+    );
+    assert!(
+        text.contains("PATH=/dev/crashcart/bin:/dev/crashcart/sbin"),
+        "{text}"
+    );
+
+    // A second build rebuilds nothing and gives the same bytes.
+    let o = cartbuild(&cache, &image);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("0 built, 8 cached"), "{err}");
+    assert_eq!(sha256(&fs::read(&image).unwrap()), first_sha);
+}
