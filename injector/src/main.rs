@@ -1,1 +1,138 @@
-fn main() {}
+//! `cartinject`: sideload a debug image into a running container and get a shell there.
+//!
+//! See `injector/README.md` for usage. The modules, in the order a session uses them:
+//! [`image`] (which file, is it usable), [`target`] (which process), [`join`] (pin it, join
+//! its namespaces), [`loopdev`] and [`mount`] (the image on a loop device, mounted detached),
+//! [`child`] (the forked namespace child), [`place`] (the image at `/dev/crashcart`), [`exec`]
+//! (the user's command), [`session`] (the parent: pty, signals, exit status). [`sys`] is the
+//! only place that talks to the kernel directly.
+
+mod child;
+mod command;
+mod exec;
+mod image;
+mod join;
+mod list;
+mod loopdev;
+mod mount;
+mod mountinfo;
+mod place;
+mod procfs;
+mod session;
+mod sys;
+mod target;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::child::EXIT_FAILURE;
+use crate::session::{ExitWith, SessionArgs};
+
+/// Give a container that has no shell a working shell and tools from a debug image.
+///
+/// With IMAGE and TARGET, mounts the image at /dev/crashcart for the target (privately: the
+/// container does not see it) and starts the image's shell, or runs CMD, inside all of the
+/// target's namespaces, with the target's root and working directory and PATH led by the
+/// image's bin and sbin. When it ends, what was mounted goes away and cartinject exits with
+/// its status (128+N for signal N, 127 for a command that does not exist).
+///
+/// IMAGE defaults to $CARTINJECT_IMAGE, then ./crashcart.img. TARGET is a PID, or a Docker
+/// container name, full ID or unique ID prefix; `pid:N` and `docker:NAME` force the kind; an
+/// ID of any runtime is also found in /proc/*/cgroup. A lone argument is the TARGET.
+///
+/// The debug process runs as the container's root with all of cartinject's capabilities
+/// (ptrace, raw sockets), so tcpdump, strace and lsof work.
+///
+/// Exit status: the command's, or 125 when cartinject itself fails, 2 for bad usage.
+#[derive(Parser, Debug)]
+#[command(name = "cartinject", version, verbatim_doc_comment)]
+struct Cli {
+    /// [IMAGE] TARGET
+    #[arg(value_name = "ARGS", num_args = 0..=2)]
+    args: Vec<PathBuf>,
+
+    /// The command to run instead of the image's shell, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<OsString>,
+
+    /// Only mount the image at /dev/crashcart in the target (for docker exec, nsenter) and exit.
+    #[arg(short = 'm', long = "mount", conflicts_with_all = ["unmount", "list"])]
+    mount: bool,
+
+    /// Remove an image that -m left at /dev/crashcart in the target.
+    #[arg(short = 'u', long = "unmount", conflicts_with_all = ["list"])]
+    unmount: bool,
+
+    /// List where images are mounted now (target, image, loop device).
+    #[arg(short = 'l', long = "list")]
+    list: bool,
+
+    /// With --list: print JSON.
+    #[arg(long, requires = "list")]
+    json: bool,
+
+    /// Use mount(2) and /proc/PID/ns instead of the new mount API and pidfds, as on a
+    /// kernel before 5.2 (also: CARTINJECT_LEGACY_MOUNT=1).
+    #[arg(long, env = "CARTINJECT_LEGACY_MOUNT", value_parser = clap::builder::FalseyValueParser::new())]
+    legacy_mount: bool,
+
+    /// Print each step to stderr.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+fn run(cli: Cli) -> anyhow::Result<i32> {
+    if !sys::process::is_root() {
+        anyhow::bail!(
+            "cartinject must run as root (it attaches loop devices and joins namespaces): run it with sudo"
+        );
+    }
+    if cli.list {
+        if !cli.args.is_empty() || !cli.command.is_empty() {
+            anyhow::bail!("--list takes no IMAGE, TARGET or command");
+        }
+        return command::list::run(cli.json);
+    }
+    let (image_arg, target) = match cli.args.as_slice() {
+        [target] => (None, target),
+        [image, target] => (Some(image.as_path()), target),
+        _ => anyhow::bail!(
+            "no TARGET given: name a container or PID, as in `cartinject IMAGE TARGET` (see --help)"
+        ),
+    };
+    let target = target.to_string_lossy().into_owned();
+    let image = image::choose(image_arg);
+    if (cli.mount || cli.unmount) && !cli.command.is_empty() {
+        anyhow::bail!("-m and -u take no command: run `cartinject IMAGE TARGET -- CMD` for one");
+    }
+    if cli.unmount {
+        return command::unmount::run(&target, cli.legacy_mount);
+    }
+    if cli.mount {
+        return command::mount::run(&image, &target, cli.legacy_mount, cli.verbose);
+    }
+    session::run(SessionArgs {
+        image,
+        target,
+        command: (!cli.command.is_empty()).then_some(cli.command),
+        legacy: cli.legacy_mount,
+        verbose: cli.verbose,
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)),
+        Err(e) => {
+            eprintln!("cartinject: {e:#}");
+            let code = e
+                .downcast_ref::<ExitWith>()
+                .map_or(EXIT_FAILURE, |x| x.code);
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! `cartinject --list [--json]`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::list;
+use crate::target::docker::Docker;
+
+/// Prints where images are mounted now.
+pub fn run(json: bool) -> anyhow::Result<i32> {
+    let mut placements = list::scan(Path::new("/proc"), Path::new("/sys"));
+    // Names, when Docker is there to ask; IDs are enough otherwise.
+    if placements.iter().any(|p| p.container_id.is_some())
+        && let Ok(all) = Docker::from_env().containers()
+    {
+        let names: BTreeMap<String, String> = all
+            .into_iter()
+            .filter_map(|(name, id)| name.map(|n| (id, n)))
+            .collect();
+        for p in &mut placements {
+            p.container_name = p
+                .container_id
+                .as_ref()
+                .and_then(|id| names.get(id).cloned());
+        }
+    }
+    if json {
+        let text = serde_json::to_string_pretty(&placements).context("failed to encode JSON")?;
+        println!("{text}");
+        return Ok(0);
+    }
+    if placements.is_empty() {
+        println!("no image is mounted at /dev/crashcart anywhere");
+        return Ok(0);
+    }
+    println!(
+        "{:<8} {:<24} {:>8} {:<12} IMAGE",
+        "KIND", "TARGET", "PID", "DEVICE"
+    );
+    for p in &placements {
+        let target = p
+            .container_name
+            .clone()
+            .or_else(|| {
+                p.container_id
+                    .as_ref()
+                    .map(|id| id.chars().take(12).collect())
+            })
+            .unwrap_or_else(|| "-".into());
+        let image = p
+            .image
+            .as_ref()
+            .map_or_else(|| "?".into(), |i| i.display().to_string());
+        let pid = match p.session_pid {
+            Some(s) => format!("{}/{s}", p.target_pid),
+            None => p.target_pid.to_string(),
+        };
+        println!(
+            "{:<8} {:<24} {:>8} {:<12} {image}",
+            p.kind, target, pid, p.device
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,130 @@
+//! `cartinject -m IMAGE TARGET`: leave the image mounted at `/dev/crashcart` in the
+//! target's own mount namespace, for `docker exec` and `nsenter`.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::child::{self, Child, EXIT_FAILURE};
+use crate::image::Image;
+use crate::join::Joiner;
+use crate::loopdev::{self, LOOP_MAJOR};
+use crate::mount::ImageMount;
+use crate::mountinfo;
+use crate::place::{self, HostRoot, MOUNT_POINT};
+use crate::session::{ExitWith, pin_target};
+use crate::sys::ns::Namespace;
+use crate::sys::process;
+
+/// What is mounted at `/dev/crashcart` in process `pid`'s namespace: (device, image file).
+pub fn current(pid: i32) -> anyhow::Result<Option<(String, Option<PathBuf>, String)>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .with_context(|| format!("failed to read /proc/{pid}/mountinfo"))?;
+    let entries = mountinfo::parse(&text);
+    Ok(mountinfo::at(&entries, MOUNT_POINT).last().map(|top| {
+        if top.major == LOOP_MAJOR {
+            (
+                format!("/dev/loop{}", top.minor),
+                loopdev::backing_file(Path::new("/sys"), top.major, top.minor),
+                top.fstype.clone(),
+            )
+        } else {
+            (top.source.clone(), None, top.fstype.clone())
+        }
+    }))
+}
+
+/// Runs `-m`.
+pub fn run(
+    image_path: &Path,
+    target_arg: &str,
+    legacy: bool,
+    verbose: bool,
+) -> anyhow::Result<i32> {
+    let image = Image::open(image_path)?;
+    let (target, pin) = pin_target(target_arg, legacy)?;
+    let _lock = image.lock()?;
+    if let Some((device, backing, fstype)) = current(target.pid)? {
+        let same = backing
+            .as_ref()
+            .and_then(|b| std::fs::metadata(b).ok())
+            .is_some_and(|m| {
+                image
+                    .file()
+                    .metadata()
+                    .is_ok_and(|ours| (ours.dev(), ours.ino()) == (m.dev(), m.ino()))
+            });
+        if same {
+            println!(
+                "{} is already mounted at {MOUNT_POINT} in {target} ({device}): nothing to do",
+                image.path().display()
+            );
+            return Ok(0);
+        }
+        let what = backing.map_or_else(
+            || format!("a {fstype} filesystem from {device}"),
+            |b| b.display().to_string(),
+        );
+        anyhow::bail!(
+            "{what} is already mounted at {MOUNT_POINT} in {target}: remove it first with `cartinject -u {target_arg}`"
+        );
+    }
+    let (image_mount, notes) = image.mount(legacy)?;
+    if verbose {
+        notes.iter().for_each(|n| eprintln!("cartinject: {n}"));
+    }
+    let device = match &image_mount {
+        ImageMount::Detached(_) => None,
+        ImageMount::Legacy { device, .. } => Some(device.path().display().to_string()),
+    };
+    let host_root = match image_mount {
+        ImageMount::Legacy { .. } => Some(HostRoot::open().map_err(|e| anyhow::anyhow!("{e}"))?),
+        ImageMount::Detached(_) => None,
+    };
+    let mut joiner = Joiner::plan(&pin, &[Namespace::Mnt])?;
+    let child = Child::spawn(move |reporter| {
+        let result = (|| -> Result<(), String> {
+            process::set_non_dumpable().map_err(|e| format!("prctl: {e}"))?;
+            joiner.prepare().map_err(|e| e.to_string())?;
+            joiner.join_non_user().map_err(|e| e.to_string())?;
+            let created = place::ensure_mount_point()
+                .map_err(|e| format!("cannot create {MOUNT_POINT} in the target: {e}"))?;
+            place::attach(&image_mount, Path::new(MOUNT_POINT), host_root.as_ref()).map_err(|e| {
+                if created {
+                    place::remove_mount_point();
+                }
+                format!("cannot mount the image in the target: {e}")
+            })
+        })();
+        match result {
+            Ok(()) => 0,
+            Err(message) => {
+                reporter.fail(EXIT_FAILURE, message);
+                EXIT_FAILURE
+            }
+        }
+    })
+    .context("failed to fork")?;
+    let (reports, ended) = child
+        .finish()
+        .context("failed to wait for the mount child")?;
+    if let Some((code, message)) = child::failure(&reports) {
+        anyhow::bail!(ExitWith {
+            code,
+            message: message.to_string(),
+        });
+    }
+    if ended.code() != 0 {
+        anyhow::bail!("the mount child ended with status {}", ended.code());
+    }
+    let device = match device {
+        Some(d) => d,
+        None => current(target.pid)?.map_or_else(|| "?".into(), |(d, _, _)| d),
+    };
+    println!(
+        "mounted {} at {MOUNT_POINT} in {target} ({device}); remove it with `cartinject -u {target_arg}`",
+        image.path().display()
+    );
+    Ok(0)
+}

@@ -1,0 +1,135 @@
+//! The image file: which one, whether it is usable, and getting it onto a loop device and
+//! mounted (detached) for a child to place.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use cartimage::detect::{self, DetectError, Detected};
+
+use crate::loopdev::{LoopDevice, LoopError};
+use crate::mount::{DetachedMount, ImageMount, MountError};
+
+/// The image used when none is given and `$CARTINJECT_IMAGE` is unset.
+pub const DEFAULT_IMAGE: &str = "./crashcart.img";
+
+/// Failures between the image file and a mounted filesystem.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The file is not a usable image.
+    #[error(transparent)]
+    Detect(#[from] DetectError),
+    /// No loop device.
+    #[error(transparent)]
+    Loop(#[from] LoopError),
+    /// The kernel refused the filesystem.
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    /// flock failed.
+    #[error("cannot lock image {path}: {source}")]
+    Lock {
+        /// The image.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The image to use: the argument, else `$CARTINJECT_IMAGE`, else `./crashcart.img`.
+pub fn choose(arg: Option<&Path>) -> PathBuf {
+    arg.map(Path::to_path_buf)
+        .or_else(|| {
+            std::env::var_os("CARTINJECT_IMAGE")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_IMAGE))
+}
+
+/// An image file, open and checked.
+pub struct Image {
+    path: PathBuf,
+    file: File,
+    detected: Detected,
+}
+
+/// An exclusive `flock` on the image, so that concurrent cartinjects share one loop device
+/// and do not mount twice; released on drop.
+pub struct ImageLock<'a>(&'a File);
+
+impl Drop for ImageLock<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
+impl Image {
+    /// Opens `path` and checks what it holds (see [`cartimage::detect`]).
+    pub fn open(path: &Path) -> Result<Image, ImageError> {
+        let (file, detected) = detect::open(path)?;
+        Ok(Image {
+            path: path.to_owned(),
+            file,
+            detected,
+        })
+    }
+
+    /// The path as given.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Takes the image's lock.
+    pub fn lock(&self) -> Result<ImageLock<'_>, ImageError> {
+        self.file.lock().map_err(|source| ImageError::Lock {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(ImageLock(&self.file))
+    }
+
+    /// Attaches (or reuses) a loop device and mounts it detached; with `legacy`, or on a
+    /// kernel without the new mount API, returns the held loop device for `mount(2)`
+    /// instead. Callers hold [`Image::lock`].
+    pub fn mount(&self, legacy: bool) -> Result<(ImageMount, Vec<String>), ImageError> {
+        let mut notes = Vec::new();
+        let device = LoopDevice::attach_or_reuse(
+            &self.file,
+            &self.path,
+            self.detected.offset,
+            self.detected.size,
+        )?;
+        notes.push(format!(
+            "{} {} for {}",
+            if device.reused() {
+                "reusing"
+            } else {
+                "attached"
+            },
+            device.path().display(),
+            self.path.display()
+        ));
+        let fstype = self.detected.format.kernel_fstype();
+        if !legacy {
+            match DetachedMount::new(&device, fstype, &self.path) {
+                Ok(detached) => {
+                    notes.push(format!("mounted {fstype} detached (fsopen/fsmount)"));
+                    // The mount holds the device now; our fd can go.
+                    drop(device);
+                    return Ok((ImageMount::Detached(detached), notes));
+                }
+                Err(MountError::NoMountApi(_)) => {
+                    notes.push("no new mount API: falling back to mount(2)".into());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            notes.push("legacy mode: mount(2) from inside the namespace".into());
+        }
+        Ok((ImageMount::Legacy { device, fstype }, notes))
+    }
+}

@@ -1,0 +1,280 @@
+//! Joining a target's namespaces (`setns(2)`), in the order runc and nsenter use: every
+//! namespace but the user namespace, then the user namespace, then whatever was refused with
+//! EPERM before it.
+//!
+//! The target is pinned by a pidfd, so that a PID reused after the target exits cannot send
+//! us into another process's namespaces. With a pidfd, Linux 5.8+ joins several namespaces
+//! in one atomic `setns`. Without (older kernels, or legacy mode) the `/proc/PID/ns/*` files
+//! are opened first, the target is checked to be the same process (PID and start time)
+//! afterwards, and they are joined one by one.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+
+use nix::sched::CloneFlags;
+
+use crate::procfs;
+use crate::sys::ns::{self, Namespace};
+use crate::sys::{Errno, pidfd};
+
+/// Failures to pin or join a target.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The target exited.
+    #[error(
+        "PID {0} exited while cartinject was joining it: check that the container is still running"
+    )]
+    Gone(i32),
+    /// `pidfd_open` failed for another reason.
+    #[error("cannot pin PID {pid} with a pidfd: {errno}")]
+    Pin {
+        /// The PID.
+        pid: i32,
+        /// Why.
+        errno: Errno,
+    },
+    /// A namespace file could not be opened.
+    #[error("cannot open /proc/{pid}/ns/{ns}: {source}")]
+    Open {
+        /// The PID.
+        pid: i32,
+        /// The namespace.
+        ns: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `setns` failed.
+    #[error("cannot join the {ns} namespace of PID {pid}: {errno}")]
+    Setns {
+        /// The PID.
+        pid: i32,
+        /// Which namespace(s).
+        ns: String,
+        /// Why.
+        errno: Errno,
+    },
+    /// /proc could not be read.
+    #[error(transparent)]
+    Proc(#[from] procfs::ProcError),
+}
+
+/// A target process, pinned.
+pub struct Pin {
+    pid: i32,
+    start_time: u64,
+    pidfd: Option<OwnedFd>,
+}
+
+impl Pin {
+    /// Pins `pid`, whose start time was `start_time` when the target was resolved. Without
+    /// `use_pidfd` (or on kernels before 5.3) the PID and start time stand in for a pidfd.
+    pub fn new(pid: i32, start_time: u64, use_pidfd: bool) -> Result<Pin, JoinError> {
+        let pidfd = if use_pidfd {
+            match pidfd::open(pid) {
+                Ok(fd) => Some(fd),
+                Err(Errno::ENOSYS) => None,
+                Err(Errno::ESRCH) => return Err(JoinError::Gone(pid)),
+                Err(errno) => return Err(JoinError::Pin { pid, errno }),
+            }
+        } else {
+            None
+        };
+        let pin = Pin {
+            pid,
+            start_time,
+            pidfd,
+        };
+        // The pidfd (if any) names whatever process has the PID now: make sure it is the one
+        // that was resolved.
+        if !pin.is_alive() {
+            return Err(JoinError::Gone(pid));
+        }
+        Ok(pin)
+    }
+
+    /// Whether a pidfd holds the target.
+    pub fn has_pidfd(&self) -> bool {
+        self.pidfd.is_some()
+    }
+
+    /// Whether the pinned process is still running (not a zombie, same start time).
+    pub fn is_alive(&self) -> bool {
+        if let Some(fd) = &self.pidfd
+            && pidfd::send_signal(fd.as_fd(), 0).is_err()
+        {
+            return false;
+        }
+        matches!(procfs::read_stat(self.pid), Ok(stat) if stat.start_time == self.start_time)
+    }
+}
+
+/// Which of the target's namespaces differ from ours, and how to join them.
+pub struct Joiner<'p> {
+    pin: &'p Pin,
+    non_user: Vec<Namespace>,
+    user: bool,
+    files: BTreeMap<&'static str, (Namespace, File)>,
+    deferred: Vec<Namespace>,
+}
+
+impl<'p> Joiner<'p> {
+    /// Plans to join those of `wanted` that differ from the caller's (joining one's own user
+    /// namespace is an error, and the others would be no-ops). Namespaces the kernel does
+    /// not have (no `/proc/PID/ns/NAME`) are skipped.
+    pub fn plan(pin: &'p Pin, wanted: &[Namespace]) -> Result<Joiner<'p>, JoinError> {
+        let mut non_user = Vec::new();
+        let mut user = false;
+        for &ns in wanted {
+            let theirs = match ns::identity(ns, Some(pin.pid)) {
+                Ok(id) => id,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if !pin.is_alive() {
+                        return Err(JoinError::Gone(pin.pid));
+                    }
+                    continue;
+                }
+                Err(source) => {
+                    return Err(JoinError::Open {
+                        pid: pin.pid,
+                        ns: ns.proc_name(),
+                        source,
+                    });
+                }
+            };
+            if ns::identity(ns, None).ok() == Some(theirs) {
+                continue;
+            }
+            if ns == Namespace::User {
+                user = true;
+            } else {
+                non_user.push(ns);
+            }
+        }
+        Ok(Joiner {
+            pin,
+            non_user,
+            user,
+            files: BTreeMap::new(),
+            deferred: Vec::new(),
+        })
+    }
+
+    /// The namespaces that will be joined.
+    pub fn describe(&self) -> String {
+        let mut names: Vec<&str> = self.non_user.iter().map(|n| n.proc_name()).collect();
+        if self.user {
+            names.push("user");
+        }
+        if names.is_empty() {
+            "none (the target shares all of ours)".into()
+        } else {
+            names.join(",")
+        }
+    }
+
+    /// Opens `/proc/PID/ns/*` for the one-by-one path, then checks the target is still the
+    /// same process, so the files are known to be its.
+    fn open_files(&mut self) -> Result<(), JoinError> {
+        if !self.files.is_empty() {
+            return Ok(());
+        }
+        let mut all = self.non_user.clone();
+        if self.user {
+            all.push(Namespace::User);
+        }
+        for ns in all {
+            let file = File::open(ns.proc_path(Some(self.pin.pid))).map_err(|source| {
+                if source.kind() == std::io::ErrorKind::NotFound {
+                    JoinError::Gone(self.pin.pid)
+                } else {
+                    JoinError::Open {
+                        pid: self.pin.pid,
+                        ns: ns.proc_name(),
+                        source,
+                    }
+                }
+            })?;
+            self.files.insert(ns.proc_name(), (ns, file));
+        }
+        if !self.pin.is_alive() {
+            return Err(JoinError::Gone(self.pin.pid));
+        }
+        Ok(())
+    }
+
+    /// Prepares the one-by-one path ahead of time when there is no pidfd (the files must be
+    /// opened before the first namespace is joined, while `/proc` is still the host's).
+    pub fn prepare(&mut self) -> Result<(), JoinError> {
+        if self.pin.pidfd.is_none() {
+            self.open_files()?;
+        }
+        Ok(())
+    }
+
+    fn setns_error(&self, ns: String, errno: Errno) -> JoinError {
+        if errno == Errno::ESRCH || !self.pin.is_alive() {
+            JoinError::Gone(self.pin.pid)
+        } else {
+            JoinError::Setns {
+                pid: self.pin.pid,
+                ns,
+                errno,
+            }
+        }
+    }
+
+    /// Joins every planned namespace except the user namespace. Returns how (for `-v`).
+    pub fn join_non_user(&mut self) -> Result<&'static str, JoinError> {
+        if self.non_user.is_empty() {
+            return Ok("nothing to join");
+        }
+        if let Some(pidfd) = &self.pin.pidfd {
+            let flags = self
+                .non_user
+                .iter()
+                .fold(CloneFlags::empty(), |acc, ns| acc | ns.flag());
+            match ns::setns(pidfd.as_fd(), flags) {
+                Ok(()) => return Ok("one setns through the pidfd"),
+                Err(Errno::ESRCH) => return Err(JoinError::Gone(self.pin.pid)),
+                // EINVAL: a kernel before 5.8 takes no pidfd here. EPERM: some namespace
+                // needs the user namespace first. Either way, one by one.
+                Err(_) => {}
+            }
+        }
+        self.open_files()?;
+        for ns in self.non_user.clone() {
+            let (_, file) = &self.files[ns.proc_name()];
+            match ns::setns(file.as_fd(), ns.flag()) {
+                Ok(()) => {}
+                Err(Errno::EPERM) => self.deferred.push(ns),
+                Err(errno) => return Err(self.setns_error(ns.proc_name().into(), errno)),
+            }
+        }
+        Ok("/proc/PID/ns files one by one")
+    }
+
+    /// Joins the user namespace (if it differs), becomes its root, then retries what EPERM
+    /// refused before.
+    pub fn join_user_and_rest(&mut self) -> Result<(), JoinError> {
+        if self.user {
+            let result = match &self.pin.pidfd {
+                Some(pidfd) => ns::setns(pidfd.as_fd(), CloneFlags::CLONE_NEWUSER),
+                None => {
+                    self.open_files()?;
+                    let (_, file) = &self.files["user"];
+                    ns::setns(file.as_fd(), CloneFlags::CLONE_NEWUSER)
+                }
+            };
+            result.map_err(|errno| self.setns_error("user".into(), errno))?;
+            crate::sys::process::become_root()
+                .map_err(|errno| self.setns_error("user (setresuid 0)".into(), errno))?;
+        }
+        for ns in std::mem::take(&mut self.deferred) {
+            let (_, file) = &self.files[ns.proc_name()];
+            ns::setns(file.as_fd(), ns.flag())
+                .map_err(|errno| self.setns_error(ns.proc_name().into(), errno))?;
+        }
+        Ok(())
+    }
+}

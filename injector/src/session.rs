@@ -1,0 +1,465 @@
+//! A session: the image's shell, or one command, inside every namespace of the target.
+//!
+//! The steps, in the order they happen:
+//!
+//! 1. In cartinject (the host): check the image, resolve and pin the target, read its
+//!    environment, root and working directory, block every catchable signal into a signalfd,
+//!    open a new pty (stdin is a terminal) or pipes (for an output that is a terminal),
+//!    attach the loop device and mount the image detached.
+//! 2. Fork the *namespace child* (single-threaded): non-dumpable, joins every namespace of
+//!    the target but the user namespace, unshares a private copy of the mount namespace,
+//!    places the image there (see [`crate::place`]), joins the user namespace, and forks.
+//! 3. The *command process* (now inside the target's PID namespace) takes the target's root
+//!    and working directory, a new session, the pty as controlling terminal, the default
+//!    signal dispositions and mask, closes every other fd at exec, and execs.
+//! 4. cartinject proxies the pty (raw mode, window size on SIGWINCH) or the pipes, forwards
+//!    every other signal to the command, and when the namespace child exits (it waits for
+//!    the command and exits with its status, 128+N for signal N) restores the terminal and
+//!    exits with that status. The private namespace dies with the session's processes and the
+//!    image's mount with it; the loop device, set to autoclear, then detaches itself.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::child::{Child, EXIT_FAILURE, Report, Reporter};
+use crate::exec::{self, ExecSpec, Stdio};
+use crate::image::Image;
+use crate::join::{Joiner, Pin};
+use crate::mount::ImageMount;
+use crate::place::{self, HostRoot, MOUNT_POINT};
+use crate::procfs;
+use crate::sys::ns::Namespace;
+use crate::sys::process::{self, Ended, Forked};
+use crate::sys::signal::{self, SignalSet};
+use crate::sys::{Errno, fd, pidfd, pty};
+use crate::target::{self, Target};
+
+/// What the user asked for.
+pub struct SessionArgs {
+    /// The image file.
+    pub image: PathBuf,
+    /// The TARGET argument.
+    pub target: String,
+    /// The command, or `None` for the image's shell.
+    pub command: Option<Vec<OsString>>,
+    /// Use `mount(2)` and no pidfds, as on a kernel before 5.2.
+    pub legacy: bool,
+    /// Print each step.
+    pub verbose: bool,
+}
+
+/// Every namespace, for a session.
+const ALL_NAMESPACES: [Namespace; 8] = [
+    Namespace::Cgroup,
+    Namespace::Ipc,
+    Namespace::Uts,
+    Namespace::Net,
+    Namespace::Pid,
+    Namespace::Mnt,
+    Namespace::Time,
+    Namespace::User,
+];
+
+/// Resolves the target and pins it: the shared first steps of every mode.
+pub fn pin_target(arg: &str, legacy: bool) -> anyhow::Result<(Target, Pin)> {
+    let target = target::resolve(arg, &target::resolvers())?;
+    let stat = procfs::read_stat(target.pid)?;
+    let pin = Pin::new(target.pid, stat.start_time, !legacy)?;
+    Ok((target, pin))
+}
+
+fn stdin() -> BorrowedFd<'static> {
+    // SAFETY: fd 0 stays open for the life of the process (cartinject never closes it).
+    unsafe { BorrowedFd::borrow_raw(0) }
+}
+
+fn stdout() -> BorrowedFd<'static> {
+    // SAFETY: as for stdin: fd 1 is never closed by cartinject.
+    unsafe { BorrowedFd::borrow_raw(1) }
+}
+
+fn stderr_fd() -> BorrowedFd<'static> {
+    // SAFETY: as for stdin: fd 2 is never closed by cartinject.
+    unsafe { BorrowedFd::borrow_raw(2) }
+}
+
+/// Runs a session and returns the exit status cartinject should exit with.
+pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
+    let verbose = args.verbose;
+    let note = |text: &str| {
+        if verbose {
+            eprintln!("cartinject: {text}");
+        }
+    };
+    let image = Image::open(&args.image)?;
+    let (target, pin) = pin_target(&args.target, args.legacy)?;
+    note(&format!(
+        "target {target}, pinned {}",
+        if pin.has_pidfd() {
+            "by pidfd"
+        } else {
+            "by PID and start time"
+        }
+    ));
+    let target_env = procfs::read_environ(target.pid)?;
+    let root = procfs::usable_dir(&procfs::read_link(target.pid, "root")?);
+    let cwd = procfs::usable_dir(&procfs::read_link(target.pid, "cwd")?);
+    let mut joiner = Joiner::plan(&pin, &ALL_NAMESPACES)?;
+    note(&format!("joining namespaces: {}", joiner.describe()));
+
+    // Signals first, so none is lost between here and the command's start.
+    let catchable = SignalSet::of(&signal::catchable());
+    let saved_mask = signal::block(&catchable).context("failed to block signals")?;
+    let sigfd = signal::signalfd(&catchable).context("failed to create a signalfd")?;
+
+    let interactive = pty::is_terminal(stdin());
+    let term = interactive.then(|| std::env::var_os("TERM").unwrap_or_else(|| "xterm".into()));
+    let env = exec::session_env(&target_env, &target.label(), term.as_deref());
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| exec::split_path(v))
+        .unwrap_or_default();
+
+    let mut master = None;
+    let mut out_pipes: Vec<(OwnedFd, BorrowedFd<'static>)> = Vec::new();
+    let stdio = if interactive {
+        let size = pty::window_size(stdin()).ok();
+        let (m, slave) = pty::open_pair(size.as_ref()).context("failed to open a new pty")?;
+        fd::set_nonblocking(m.as_fd()).context("failed to set up the pty")?;
+        master = Some(m);
+        Stdio::Pty(slave)
+    } else {
+        // Never hand a terminal of the host to the container: an output that is one gets a
+        // pipe that cartinject copies from.
+        let mut replace = |host: BorrowedFd<'static>| -> anyhow::Result<Option<OwnedFd>> {
+            if !pty::is_terminal(host) {
+                return Ok(None);
+            }
+            let (read_end, write_end) = fd::pipe().context("failed to create a pipe")?;
+            fd::set_nonblocking(read_end.as_fd()).context("failed to set up a pipe")?;
+            out_pipes.push((read_end, host));
+            Ok(Some(write_end))
+        };
+        let stdout_pipe = replace(stdout())?;
+        let stderr_pipe = replace(stderr_fd())?;
+        Stdio::Inherit {
+            stdout: stdout_pipe,
+            stderr: stderr_pipe,
+        }
+    };
+    let spec = ExecSpec {
+        command: args.command.clone(),
+        env: exec::to_cstrings(&env),
+        path,
+        root,
+        cwd,
+        stdio,
+        signal_mask: saved_mask,
+    };
+
+    let (image_mount, notes) = {
+        let _lock = image.lock()?;
+        image.mount(args.legacy)?
+    };
+    notes.iter().for_each(|n| note(n));
+    let host_root = match image_mount {
+        ImageMount::Legacy { .. } => Some(HostRoot::open().map_err(|e| anyhow::anyhow!("{e}"))?),
+        ImageMount::Detached(_) => None,
+    };
+
+    // The closure owns the pty slave, the pipes' write ends, the detached mount or loop
+    // device: in the parent they are dropped (closed) as soon as the child is forked.
+    let mut child = Child::spawn(move |reporter| {
+        namespace_child(reporter, &mut joiner, image_mount, host_root.as_ref(), spec)
+    })
+    .context("failed to fork")?;
+
+    let raw = if interactive {
+        Some(pty::RawMode::enter(stdin()).context("failed to put the terminal in raw mode")?)
+    } else {
+        None
+    };
+    let outcome = proxy(&mut child, &sigfd, master, out_pipes, interactive, verbose);
+    drop(raw);
+    let outcome = outcome?;
+    if let Some((code, message)) = outcome.failure {
+        anyhow::bail!(ExitWith { code, message });
+    }
+    if let Some(sig) = outcome.aborted_by {
+        return Ok(128 + sig);
+    }
+    Ok(outcome.ended.code())
+}
+
+/// A failure with its own exit code (126, 127, or 125).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ExitWith {
+    /// The exit code.
+    pub code: i32,
+    /// The message.
+    pub message: String,
+}
+
+/// Steps 2 and 3 of the module doc, in the namespace child. Returns its exit code.
+fn namespace_child(
+    reporter: &Reporter,
+    joiner: &mut Joiner<'_>,
+    image: ImageMount,
+    host_root: Option<&HostRoot>,
+    spec: ExecSpec,
+) -> i32 {
+    match enter_and_place(reporter, joiner, image, host_root) {
+        Ok(()) => {}
+        Err(message) => {
+            reporter.fail(EXIT_FAILURE, message);
+            return EXIT_FAILURE;
+        }
+    }
+    match process::fork() {
+        Ok(Forked::Child) => {
+            let code = exec::exec(spec, reporter);
+            process::exit_now(code)
+        }
+        Ok(Forked::Parent(pid)) => {
+            reporter.send(&Report::CommandPid(pid));
+            drop(spec);
+            match process::wait(pid) {
+                Ok(ended) => ended.code(),
+                Err(e) => {
+                    reporter.fail(EXIT_FAILURE, format!("waiting for the command: {e}"));
+                    EXIT_FAILURE
+                }
+            }
+        }
+        Err(e) => {
+            reporter.fail(EXIT_FAILURE, format!("cannot fork inside the target: {e}"));
+            EXIT_FAILURE
+        }
+    }
+}
+
+fn enter_and_place(
+    reporter: &Reporter,
+    joiner: &mut Joiner<'_>,
+    image: ImageMount,
+    host_root: Option<&HostRoot>,
+) -> Result<(), String> {
+    process::set_non_dumpable().map_err(|e| format!("prctl(PR_SET_DUMPABLE): {e}"))?;
+    process::die_with_parent().map_err(|e| format!("prctl(PR_SET_PDEATHSIG): {e}"))?;
+    joiner.prepare().map_err(|e| e.to_string())?;
+    let how = joiner.join_non_user().map_err(|e| e.to_string())?;
+    reporter.note(format!("joined the target's namespaces: {how}"));
+    let placed = place::private_namespace()
+        .and_then(|()| place::shadow_dev())
+        .and_then(|()| place::attach(&image, std::path::Path::new(MOUNT_POINT), host_root));
+    placed.map_err(|e| {
+        format!("cannot place the image in a private mount namespace of the target: {e}")
+    })?;
+    reporter.note(format!(
+        "image placed at {MOUNT_POINT} in a private mount namespace"
+    ));
+    // The mount holds the filesystem and the loop device from here on.
+    drop(image);
+    joiner.join_user_and_rest().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// How the proxy loop ended.
+struct Outcome {
+    ended: Ended,
+    failure: Option<(i32, String)>,
+    aborted_by: Option<i32>,
+}
+
+/// The command process, once known, and how to signal it.
+struct CommandProcess {
+    pid: i32,
+    pidfd: Option<OwnedFd>,
+}
+
+impl CommandProcess {
+    fn signal(&self, sig: i32) {
+        let _ = match &self.pidfd {
+            Some(fd) => pidfd::send_signal(fd.as_fd(), sig),
+            None => pidfd::kill(self.pid, sig),
+        };
+    }
+}
+
+/// What one [`pump`] did.
+#[derive(PartialEq, Eq)]
+enum Pumped {
+    /// Copied some bytes.
+    Data,
+    /// Nothing to read now (only for non-blocking sources).
+    Empty,
+    /// End of file, or EIO, which a pty master returns once every slave fd is closed.
+    Closed,
+}
+
+/// One `read` from `from`, written to `to` (one read only: stdin is blocking, and setting
+/// O_NONBLOCK on it would change the user's terminal for the shell that started us too).
+fn pump(from: BorrowedFd<'_>, to: BorrowedFd<'_>, sink_ok: &mut bool) -> Pumped {
+    let mut buf = [0u8; 16 * 1024];
+    match fd::read(from, &mut buf) {
+        Ok(0) => Pumped::Closed,
+        Ok(n) => {
+            if *sink_ok && fd::write_all(to, &buf[..n]).is_err() {
+                // The reader went away (a closed pipe): keep draining, stop writing.
+                *sink_ok = false;
+            }
+            Pumped::Data
+        }
+        Err(Errno::EAGAIN) => Pumped::Empty,
+        Err(_) => Pumped::Closed,
+    }
+}
+
+/// Pumps a non-blocking source until it has nothing more.
+fn drain(from: BorrowedFd<'_>, to: BorrowedFd<'_>, sink_ok: &mut bool) {
+    while pump(from, to, sink_ok) == Pumped::Data {}
+}
+
+/// Step 4 of the module doc.
+fn proxy(
+    child: &mut Child,
+    sigfd: &OwnedFd,
+    mut master: Option<OwnedFd>,
+    mut pipes: Vec<(OwnedFd, BorrowedFd<'static>)>,
+    interactive: bool,
+    verbose: bool,
+) -> io::Result<Outcome> {
+    let mut stdin_open = interactive;
+    let mut stdout_ok = true;
+    let mut stdin_ok = true;
+    let mut pipe_ok = vec![true; pipes.len()];
+    let mut command: Option<CommandProcess> = None;
+    let mut queued: Vec<i32> = Vec::new();
+    let mut failure = None;
+    let mut aborted_by = None;
+    let eol = if interactive { "\r\n" } else { "\n" };
+
+    let ended = loop {
+        let mut fds: Vec<BorrowedFd<'_>> = vec![sigfd.as_fd()];
+        let reports_at = child.reports_fd().map(|r| {
+            fds.push(r);
+            fds.len() - 1
+        });
+        let master_at = master.as_ref().map(|m| {
+            fds.push(m.as_fd());
+            fds.len() - 1
+        });
+        let stdin_at = stdin_open.then(|| {
+            fds.push(stdin());
+            fds.len() - 1
+        });
+        let pipes_from = fds.len();
+        fds.extend(pipes.iter().map(|(r, _)| r.as_fd()));
+        let ready = fd::poll_readable(&fds, None).map_err(io::Error::from)?;
+
+        if ready[0] {
+            while let Some(sig) = signal::read_signal(sigfd.as_fd()).map_err(io::Error::from)? {
+                if sig == libc::SIGCHLD {
+                    continue;
+                }
+                if sig == libc::SIGWINCH && interactive {
+                    if let (Some(m), Ok(size)) = (&master, pty::window_size(stdin())) {
+                        let _ = pty::set_window_size(m.as_fd(), &size);
+                    }
+                    continue;
+                }
+                match &command {
+                    Some(cmd) => cmd.signal(sig),
+                    None if matches!(
+                        sig,
+                        libc::SIGINT | libc::SIGTERM | libc::SIGHUP | libc::SIGQUIT
+                    ) =>
+                    {
+                        // Interrupted while setting up: stop the child; the kernel undoes the rest.
+                        let _ = pidfd::kill(child.pid(), libc::SIGKILL);
+                        aborted_by = Some(sig);
+                    }
+                    None => queued.push(sig),
+                }
+            }
+        }
+        if reports_at.is_some_and(|i| ready[i]) {
+            for report in child.read_reports() {
+                match report {
+                    Report::Note(text) => {
+                        if verbose {
+                            eprint!("cartinject: {text}{eol}");
+                        }
+                    }
+                    Report::CommandPid(pid) => {
+                        let cmd = CommandProcess {
+                            pid,
+                            pidfd: pidfd::open(pid).ok(),
+                        };
+                        for sig in queued.drain(..) {
+                            cmd.signal(sig);
+                        }
+                        command = Some(cmd);
+                    }
+                    Report::Failed { code, message } => {
+                        failure.get_or_insert((code, message));
+                    }
+                }
+            }
+        }
+        if let (Some(i), Some(m)) = (master_at, &master)
+            && ready[i]
+            && pump(m.as_fd(), stdout(), &mut stdout_ok) == Pumped::Closed
+        {
+            master = None;
+        }
+        if let (Some(i), Some(m)) = (stdin_at, &master)
+            && ready[i]
+            && pump(stdin(), m.as_fd(), &mut stdin_ok) == Pumped::Closed
+        {
+            stdin_open = false;
+        }
+        let mut closed = Vec::new();
+        for (k, (read_end, host)) in pipes.iter().enumerate() {
+            if ready[pipes_from + k]
+                && pump(read_end.as_fd(), *host, &mut pipe_ok[k]) == Pumped::Closed
+            {
+                closed.push(k);
+            }
+        }
+        for k in closed.into_iter().rev() {
+            pipes.remove(k);
+            pipe_ok.remove(k);
+        }
+        if master.is_none() && interactive {
+            stdin_open = false;
+        }
+        if let Some(ended) = process::try_wait(child.pid()).map_err(io::Error::from)? {
+            break ended;
+        }
+    };
+
+    // Whatever the command wrote last.
+    if let Some(m) = &master {
+        drain(m.as_fd(), stdout(), &mut stdout_ok);
+    }
+    for (k, (read_end, host)) in pipes.iter().enumerate() {
+        drain(read_end.as_fd(), *host, &mut pipe_ok[k]);
+    }
+    for report in child.read_reports() {
+        if let Report::Failed { code, message } = report {
+            failure.get_or_insert((code, message));
+        }
+    }
+    Ok(Outcome {
+        ended,
+        failure,
+        aborted_by,
+    })
+}

@@ -1,0 +1,18 @@
+//! The thin layer between cartinject and the kernel.
+//!
+//! Every `unsafe` block and every direct call into `libc`, `nix` or `rustix` that reaches a
+//! syscall lives under this module, one file per kernel concept, each `unsafe` with its
+//! `// SAFETY:` reason. The layers above call these functions and turn the returned [`Errno`]
+//! into their own errors, which name the path, fd or PID involved.
+
+pub mod fd;
+pub mod loopdev;
+pub mod mount;
+pub mod mount_api;
+pub mod ns;
+pub mod pidfd;
+pub mod process;
+pub mod pty;
+pub mod signal;
+
+pub use nix::errno::Errno;

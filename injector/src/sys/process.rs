@@ -1,0 +1,181 @@
+//! Process control: fork, exec, wait, identity, root and working directory, and the `prctl`
+//! switches a process needs before it enters a container.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::path::Path;
+
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitPidFlag, WaitStatus};
+use nix::unistd::{ForkResult, Gid, Pid, Uid};
+
+use super::Errno;
+
+/// Which side of a [`fork`] this is.
+pub enum Forked {
+    /// The parent, with the child's PID (in the parent's PID namespace).
+    Parent(i32),
+    /// The child.
+    Child,
+}
+
+/// `fork(2)`.
+///
+/// Callers must be single-threaded (cartinject never starts a thread), so the child may go on
+/// running ordinary Rust code: no other thread can hold a lock the child would need.
+pub fn fork() -> Result<Forked, Errno> {
+    // SAFETY: cartinject is single-threaded (it never spawns threads), so the child inherits
+    // no lock held by another thread and may allocate and run normal code.
+    match unsafe { nix::unistd::fork() }? {
+        ForkResult::Parent { child } => Ok(Forked::Parent(child.as_raw())),
+        ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
+/// `_exit(2)`: ends a forked child without running the parent's exit handlers or flushing
+/// buffers it inherited.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no Rust state.
+    unsafe { libc::_exit(code) }
+}
+
+/// How a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// `exit(code)`.
+    Exited(i32),
+    /// Killed by signal N.
+    Signaled(i32),
+}
+
+impl Ended {
+    /// The shell convention: the code, or 128 + N for signal N.
+    pub fn code(self) -> i32 {
+        match self {
+            Ended::Exited(code) => code,
+            Ended::Signaled(sig) => 128 + sig,
+        }
+    }
+}
+
+/// Waits for child `pid` to end (stops and continues are waited through).
+pub fn wait(pid: i32) -> Result<Ended, Errno> {
+    loop {
+        match nix::sys::wait::waitpid(Pid::from_raw(pid), Some(WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(Ended::Exited(code)),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(Ended::Signaled(sig as i32)),
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reaps child `pid` if it has ended, without waiting.
+pub fn try_wait(pid: i32) -> Result<Option<Ended>, Errno> {
+    match nix::sys::wait::waitpid(
+        Pid::from_raw(pid),
+        Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
+    ) {
+        Ok(WaitStatus::Exited(_, code)) => Ok(Some(Ended::Exited(code))),
+        Ok(WaitStatus::Signaled(_, sig, _)) => Ok(Some(Ended::Signaled(sig as i32))),
+        Ok(_) => Ok(None),
+        Err(Errno::EINTR) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the effective user is root.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// `prctl(PR_SET_DUMPABLE, 0)`: other processes of the same user cannot ptrace this one or
+/// open its `/proc/PID/{exe,fd,mem}` (runc does this before joining: CVE-2019-5736).
+pub fn set_non_dumpable() -> Result<(), Errno> {
+    nix::sys::prctl::set_dumpable(false)
+}
+
+/// `prctl(PR_SET_PDEATHSIG, SIGKILL)`: die with the parent, so a killed cartinject leaves no
+/// session behind.
+pub fn die_with_parent() -> Result<(), Errno> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+}
+
+/// `setsid()`: a new session with no controlling terminal.
+pub fn new_session() -> Result<(), Errno> {
+    nix::unistd::setsid().map(|_| ())
+}
+
+/// `chroot(path)`.
+pub fn chroot(path: &Path) -> Result<(), Errno> {
+    nix::unistd::chroot(path)
+}
+
+/// `chdir(path)`.
+pub fn chdir(path: &Path) -> Result<(), Errno> {
+    nix::unistd::chdir(path)
+}
+
+/// `fchdir(fd)`.
+pub fn fchdir(dir: BorrowedFd<'_>) -> Result<(), Errno> {
+    nix::unistd::fchdir(dir)
+}
+
+/// `dup2(fd, target)` without `O_CLOEXEC`, so `target` survives exec.
+pub fn dup_onto(fd: BorrowedFd<'_>, target: i32) -> Result<(), Errno> {
+    if fd.as_raw_fd() == target {
+        // dup2 to itself keeps FD_CLOEXEC; clear it.
+        let flags = nix::fcntl::FdFlag::empty();
+        return nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(flags)).map(|_| ());
+    }
+    // SAFETY: dup2 takes two fd numbers; `fd` is valid for the borrow and `target` is one of
+    // the standard descriptors, whose previous file is meant to be replaced.
+    let rc = unsafe { libc::dup2(fd.as_raw_fd(), target) };
+    if rc < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// `close_range(3, ~0, CLOSE_RANGE_CLOEXEC)`: every fd above stderr closes at exec, so none
+/// of cartinject's (loop device, pidfds, host directories) leaks into the container
+/// (CVE-2024-21626 class). Linux 5.11; older kernels get each fd marked by hand.
+pub fn cloexec_from_3() -> Result<(), Errno> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range takes plain integers and only changes fd flags.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if rc == 0 {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir("/proc/self/fd").map_err(|_| Errno::last())? {
+        let Ok(entry) = entry else { continue };
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if fd > 2 {
+            // SAFETY: F_SETFD on a number that may or may not be open is harmless (EBADF).
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
+    Ok(())
+}
+
+/// `setgroups([])`, `setresgid(0,0,0)`, `setresuid(0,0,0)`: become root of the user
+/// namespace just joined (nsenter and runc do this after `setns(CLONE_NEWUSER)`).
+pub fn become_root() -> Result<(), Errno> {
+    // setgroups is refused in a user namespace with setgroups=deny; that is fine.
+    let _ = nix::unistd::setgroups(&[]);
+    let zero_g = Gid::from_raw(0);
+    let zero_u = Uid::from_raw(0);
+    nix::unistd::setresgid(zero_g, zero_g, zero_g)?;
+    nix::unistd::setresuid(zero_u, zero_u, zero_u)
+}
+
+/// `execve(path, argv, envp)`; returns only on failure.
+pub fn exec(path: &CStr, argv: &[CString], envp: &[CString]) -> Errno {
+    match nix::unistd::execve(path, argv, envp) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    }
+}

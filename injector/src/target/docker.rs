@@ -1,0 +1,149 @@
+//! Docker containers by name, full ID or unique ID prefix, through the Engine API on its Unix
+//! socket (`GET /containers/json?all=1`, then `GET /containers/ID/json` for `.State.Pid`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::http::{self, HttpError};
+use super::{Candidate, Lookup, ResolveError, Resolver, Target, looks_like_id};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The Docker Engine API at a socket.
+pub struct Docker {
+    socket: PathBuf,
+}
+
+#[derive(Deserialize)]
+struct Summary {
+    #[serde(rename = "Id")]
+    id: String,
+    #[serde(rename = "Names", default)]
+    names: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Inspect {
+    #[serde(rename = "Id")]
+    id: String,
+    #[serde(rename = "Name", default)]
+    name: String,
+    #[serde(rename = "State")]
+    state: State,
+}
+
+#[derive(Deserialize)]
+struct State {
+    #[serde(rename = "Running", default)]
+    running: bool,
+    #[serde(rename = "Pid", default)]
+    pid: i32,
+}
+
+impl Docker {
+    /// The socket named by `DOCKER_HOST=unix://PATH`, else `/var/run/docker.sock`.
+    pub fn from_env() -> Docker {
+        let socket = std::env::var("DOCKER_HOST")
+            .ok()
+            .and_then(|h| h.strip_prefix("unix://").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"));
+        Docker { socket }
+    }
+
+    fn get(&self, path: &str) -> Result<http::Response, ResolveError> {
+        http::get(&self.socket, path, TIMEOUT).map_err(|e| match e {
+            HttpError::Connect { .. } => ResolveError::Unavailable {
+                runtime: "docker",
+                detail: e.to_string(),
+            },
+            other => ResolveError::Api {
+                runtime: "docker",
+                detail: other.to_string(),
+            },
+        })
+    }
+
+    fn json<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<T, ResolveError> {
+        let response = self.get(path)?;
+        if response.status != 200 {
+            return Err(ResolveError::Api {
+                runtime: "docker",
+                detail: format!(
+                    "GET {path}: HTTP {}: {}",
+                    response.status,
+                    String::from_utf8_lossy(&response.body).trim()
+                ),
+            });
+        }
+        serde_json::from_slice(&response.body).map_err(|e| ResolveError::Api {
+            runtime: "docker",
+            detail: format!("GET {path}: {e}"),
+        })
+    }
+
+    /// Every container Docker knows (running or not): `(name, full ID)`.
+    pub fn containers(&self) -> Result<Vec<(Option<String>, String)>, ResolveError> {
+        let all: Vec<Summary> = self.json("/containers/json?all=1")?;
+        Ok(all
+            .into_iter()
+            .map(|c| {
+                let name = c
+                    .names
+                    .first()
+                    .map(|n| n.trim_start_matches('/').to_string());
+                (name, c.id)
+            })
+            .collect())
+    }
+}
+
+impl Resolver for Docker {
+    fn runtime(&self) -> &'static str {
+        "docker"
+    }
+
+    fn lookup(&self, query: &str) -> Result<Lookup, ResolveError> {
+        let all = self.containers()?;
+        let candidate = |(name, id): &(Option<String>, String)| Candidate {
+            name: name.clone(),
+            id: id.clone(),
+            runtime: "docker",
+        };
+        // Docker's own order: an exact name or full ID wins over an ID prefix.
+        let exact: Vec<_> = all
+            .iter()
+            .filter(|(name, id)| name.as_deref() == Some(query) || id == query)
+            .collect();
+        let hits = if exact.is_empty() && looks_like_id(query) {
+            all.iter().filter(|(_, id)| id.starts_with(query)).collect()
+        } else {
+            exact
+        };
+        let chosen = match hits.as_slice() {
+            [one] => *one,
+            [] => return Ok(Lookup::NotFound(all.iter().map(candidate).collect())),
+            many => {
+                return Err(ResolveError::Ambiguous {
+                    query: query.to_string(),
+                    candidates: many.iter().map(|c| candidate(c)).collect(),
+                });
+            }
+        };
+        let inspect: Inspect = self.json(&format!("/containers/{}/json", chosen.1))?;
+        let name = inspect.name.trim_start_matches('/').to_string();
+        if !inspect.state.running || inspect.state.pid <= 0 {
+            return Err(ResolveError::NotRunning {
+                name,
+                runtime: "docker",
+            });
+        }
+        Ok(Lookup::Found(Target {
+            pid: inspect.state.pid,
+            runtime: "docker",
+            id: Some(inspect.id),
+            name: Some(name),
+        }))
+    }
+}
