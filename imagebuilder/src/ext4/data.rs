@@ -5,17 +5,21 @@
 //! handed out in order from one cursor, so the data of all files forms a
 //! single dense run and is written in large sequential chunks.
 //!
-//! A block that is all zeros is not allocated: it becomes a hole, exactly as
-//! a hole in the source would (e2fsprogs' `mke2fs -d` does the same in
-//! `copy_file_chunk`, misc/create_inode.c). This keeps holes as holes and
-//! makes the image depend only on the bytes of a file, never on whether the
-//! staging filesystem happened to store its zeros sparsely.
+//! Holes in a source file are found with `SEEK_DATA`/`SEEK_HOLE` and never
+//! read. Beyond that, a block that is all zeros is not allocated either: it
+//! becomes a hole, exactly as a hole in the source would (e2fsprogs'
+//! `mke2fs -d` does the same in `copy_file_chunk`, misc/create_inode.c).
+//! This keeps holes as holes and makes the image depend only on the bytes of
+//! a file, never on whether the staging filesystem happened to store its
+//! zeros sparsely.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use nix::errno::Errno;
+use nix::unistd::{Whence, lseek};
 use sha2::{Digest, Sha256};
 
 use super::error::{Error, Result};
@@ -98,41 +102,60 @@ impl<'f> DataOut<'f> {
                 sink.feed_zeros(self, len - at)?;
             }
             FileData::Path { path, len } => {
-                let read_error = |source| Error::Read {
-                    path: path.clone(),
-                    source,
-                };
-                let changed = || Error::FileChanged {
-                    path: path.clone(),
-                    expected: *len,
-                };
-                let mut file = File::open(path).map_err(read_error)?;
                 let mut buf = std::mem::take(&mut self.read_buf);
-                let result = (|| {
-                    loop {
-                        let n = read_full(&mut file, &mut buf).map_err(read_error)?;
-                        if n == 0 {
-                            break;
-                        }
-                        if sink.pos_bytes() + u64::try_from(n).unwrap_or(u64::MAX) > *len {
-                            return Err(changed());
-                        }
-                        sink.feed(self, &buf[..n])?;
-                        if n < buf.len() {
-                            break;
-                        }
-                    }
-                    if sink.pos_bytes() == *len {
-                        Ok(())
-                    } else {
-                        Err(changed())
-                    }
-                })();
+                let result = self.stream_path(&mut sink, path, *len, &mut buf);
                 self.read_buf = buf;
                 result?;
             }
         }
         sink.finish(self)
+    }
+
+    /// Streams a file on disk: only its data regions are read (found with
+    /// `SEEK_DATA`/`SEEK_HOLE`, lseek(2)); its holes are fed as zeros, which
+    /// the sink turns back into holes.
+    fn stream_path(
+        &mut self,
+        sink: &mut FileSink<'_>,
+        path: &Path,
+        len: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let read_error = |source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let changed = || Error::FileChanged {
+            path: path.to_path_buf(),
+            expected: len,
+        };
+        let file = File::open(path).map_err(read_error)?;
+        let size_now = || file.metadata().map(|m| m.len()).map_err(read_error);
+        if size_now()? != len {
+            return Err(changed());
+        }
+        let mut at = 0;
+        while at < len {
+            let (data, hole) = next_data(&file, at, len).map_err(read_error)?;
+            sink.feed_zeros(self, data - at)?;
+            let mut pos = data;
+            while pos < hole {
+                let want = usize::try_from(hole - pos)
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len());
+                let n = read_full_at(&file, &mut buf[..want], pos).map_err(read_error)?;
+                if n == 0 {
+                    return Err(changed());
+                }
+                sink.feed(self, &buf[..n])?;
+                pos += u64::try_from(n).unwrap_or(u64::MAX);
+            }
+            at = hole;
+        }
+        if size_now()? != len {
+            return Err(changed());
+        }
+        Ok(())
     }
 
     /// Hands out the next block for `block`'s bytes.
@@ -167,11 +190,13 @@ impl<'f> DataOut<'f> {
     }
 }
 
-/// Fills `buf` from `file` unless the file ends first; returns the bytes read.
-fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+/// Fills `buf` from `file` at `offset` unless the file ends first; returns
+/// the bytes read.
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
+        let at = offset + u64::try_from(filled).unwrap_or(u64::MAX);
+        match file.read_at(&mut buf[filled..], at) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -179,6 +204,29 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(filled)
+}
+
+/// The next data region at or after `at`, as `(start, end)`, both at most
+/// `len`. With no data left, `(len, len)`. Filesystems without hole
+/// tracking report the whole file as data (the kernel's generic lseek).
+fn next_data(file: &File, at: u64, len: u64) -> io::Result<(u64, u64)> {
+    let seek = |offset: u64, whence: Whence| -> io::Result<Option<u64>> {
+        let offset = i64::try_from(offset).map_err(io::Error::other)?;
+        match lseek(file, offset, whence) {
+            Ok(found) => Ok(Some(u64::try_from(found).map_err(io::Error::other)?)),
+            // No data (or no hole) past `offset`.
+            Err(Errno::ENXIO) => Ok(None),
+            Err(errno) => Err(io::Error::from(errno)),
+        }
+    };
+    let Some(data) = seek(at, Whence::SeekData)? else {
+        return Ok((len, len));
+    };
+    let data = data.min(len);
+    let hole = seek(data, Whence::SeekHole)?
+        .unwrap_or(len)
+        .clamp(data, len);
+    Ok((data, hole))
 }
 
 fn is_zero(block: &[u8]) -> bool {
@@ -299,6 +347,8 @@ impl FileSink<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Seek, SeekFrom, Write};
+
     use super::*;
 
     fn run(data: &FileData) -> (Written, Vec<u8>) {
@@ -387,6 +437,37 @@ mod tests {
         }
         let data = FileData::Path { path, len: 5 };
         assert_eq!(out.write_file(&data, Path::new("f")).unwrap().size, 5);
+    }
+
+    #[test]
+    fn holes_in_a_file_on_disk_are_skipped_and_stay_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse");
+        let mut f = File::create(&path).unwrap();
+        f.set_len(64 << 20).unwrap();
+        f.seek(SeekFrom::Start(32 << 20)).unwrap();
+        // Logical blocks 0 and 1 (partly), then written zeros: the rest of
+        // block 1, all of block 2 (a hole in the image), part of block 3,
+        // where "end" lands.
+        f.write_all(&[5; 5000]).unwrap();
+        f.write_all(&[0; 2 * BLOCK_SIZE]).unwrap();
+        f.write_all(b"end").unwrap();
+        drop(f);
+        let (w, image) = run(&FileData::from_path(&path).unwrap());
+        assert_eq!(w.size, 64 << 20);
+        let at = (32 << 20) / 4096;
+        let got: Vec<(u32, u16, u32)> = w
+            .extents
+            .iter()
+            .map(|e| (e.block, e.len, e.start))
+            .collect();
+        assert_eq!(got, [(at, 2, 10), (at + 3, 1, 12)]);
+        assert_eq!(w.blocks, 3);
+        let mut expected = vec![0u8; 3 * BLOCK_SIZE];
+        expected[..5000].fill(5);
+        let end = 2 * BLOCK_SIZE + 5000 + 2 * BLOCK_SIZE - 3 * BLOCK_SIZE;
+        expected[end..end + 3].copy_from_slice(b"end");
+        assert_eq!(image[10 * BLOCK_SIZE..13 * BLOCK_SIZE], expected[..]);
     }
 
     #[test]
