@@ -1,1 +1,618 @@
-//! Shared harness for the end-to-end tests.
+//! Shared harness for the end-to-end tests: the binaries under test, fixture containers and
+//! images built from the host's static binaries, a real pty, and the checks every test ends
+//! with (no loop device left on its image, no `/dev/crashcart` left in its container).
+//!
+//! Everything a test creates is named after the test and this process (`cc-<test>-<pid>`)
+//! and removed by a guard's `Drop`, also when the test fails. Nothing here asserts global
+//! state: other tests and other people's tests run on the same machine at the same time.
+//! A missing prerequisite (not root, no Docker, no mke2fs, no musl-gcc) is a failure that
+//! says what is missing, never a silent skip.
+
+use std::collections::hash_map::DefaultHasher;
+use std::fs::File;
+use std::hash::{Hash, Hasher};
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The repository's root (the parent of `tests/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Fails the test unless it runs as root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "these tests need root (loop devices, mounts, namespaces): run them with sudo or through tests/run"
+    );
+}
+
+/// Fails the test unless `tool` runs (`tool --version` or `tool -V`).
+pub fn require_tool(tool: &str, package: &str) {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "`{tool}` is missing: install the Debian package {package} (tests/run does)"
+    );
+}
+
+/// A binary of the workspace, next to the test executable (`target/<profile>/NAME`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}
+
+/// A `cartinject` command with a clean environment for the variables it reads.
+pub fn cartinject() -> Command {
+    let mut cmd = Command::new(bin("cartinject"));
+    cmd.env_remove("CARTINJECT_IMAGE")
+        .env_remove("CARTINJECT_LEGACY_MOUNT")
+        .env_remove("DOCKER_HOST");
+    cmd
+}
+
+/// Runs a command to completion, stdin closed, and returns its output.
+pub fn output(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Stdout as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts a zero exit and returns stdout.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = output(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+/// A unique name for something a test creates.
+pub fn unique(test: &str) -> String {
+    format!("cc-{test}-{}", std::process::id())
+}
+
+fn hash_of(parts: &[&[u8]]) -> String {
+    let mut h = DefaultHasher::new();
+    for p in parts {
+        p.hash(&mut h);
+    }
+    format!("{:016x}", h.finish())
+}
+
+/// A directory that lives as long as the test process (fixtures shared by all tests).
+fn scratch() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        tempfile::Builder::new()
+            .prefix("cc-fixtures-")
+            .tempdir()
+            .expect("temp dir")
+            .keep()
+    })
+}
+
+fn docker_ok() {
+    require_tool("docker", "docker.io");
+    let out = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .expect("run docker");
+    assert!(
+        out.status.success(),
+        "the Docker daemon is not running: start dockerd (tests/run does): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Imports `root` as Docker image `tag` unless an image with the same content label exists.
+fn import_image(tag: &str, root: &Path, label: &str, cmd: &str) {
+    let have = Command::new("docker")
+        .args([
+            "image",
+            "inspect",
+            "-f",
+            "{{index .Config.Labels \"cc.fixture\"}}",
+            tag,
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == label);
+    if have {
+        return;
+    }
+    let mut tar = Command::new("tar")
+        .arg("-C")
+        .arg(root)
+        .args(["-c", "."])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run tar");
+    let status = Command::new("docker")
+        .args([
+            "import",
+            "-c",
+            &format!("LABEL cc.fixture={label}"),
+            "-c",
+            cmd,
+            "-",
+            tag,
+        ])
+        .stdin(tar.stdout.take().expect("tar stdout"))
+        .stdout(Stdio::null())
+        .status()
+        .expect("run docker import");
+    let tar_status = tar.wait().expect("wait for tar");
+    assert!(tar_status.success(), "tar of {} failed", root.display());
+    assert!(status.success(), "docker import {tag} failed");
+}
+
+/// The "thin" image: its root holds only `/httpd`, a static HTTP server built from
+/// `tests/fixtures/httpd.c` (no shell, no `/etc`). Built and imported once per test run.
+pub fn thin_image() -> &'static str {
+    static TAG: OnceLock<String> = OnceLock::new();
+    TAG.get_or_init(|| {
+        docker_ok();
+        let source = repo_root().join("tests/fixtures/httpd.c");
+        let text = std::fs::read(&source).expect("read httpd.c");
+        let root = scratch().join("thin-root");
+        std::fs::create_dir_all(&root).expect("mkdir");
+        let cc = ["musl-gcc", "gcc"]
+            .into_iter()
+            .find(|cc| {
+                Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("command -v {cc}"))
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            })
+            .expect("no C compiler: install musl-tools (tests/run does)");
+        let status = Command::new(cc)
+            .args(["-static", "-O2", "-o"])
+            .arg(root.join("httpd"))
+            .arg(&source)
+            .status()
+            .expect("run the C compiler");
+        assert!(status.success(), "compiling tests/fixtures/httpd.c failed");
+        let tag = "cc-inject-thin:test".to_string();
+        import_image(&tag, &root, &hash_of(&[&text]), r#"CMD ["/httpd"]"#);
+        tag
+    })
+}
+
+/// The "fat" image: Debian's static busybox as `/bin/sh` and its applets, but no lsof or
+/// tcpdump.
+pub fn fat_image() -> &'static str {
+    static TAG: OnceLock<String> = OnceLock::new();
+    TAG.get_or_init(|| {
+        docker_ok();
+        let busybox = Path::new("/bin/busybox");
+        assert!(
+            busybox.is_file(),
+            "/bin/busybox is missing: install busybox-static (tests/run does)"
+        );
+        let root = scratch().join("fat-root");
+        std::fs::create_dir_all(root.join("bin")).expect("mkdir");
+        std::fs::copy(busybox, root.join("bin/busybox")).expect("copy busybox");
+        for applet in ["sh", "ls", "cat", "sleep", "ps", "echo", "grep"] {
+            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+        }
+        let len = std::fs::metadata(busybox)
+            .expect("stat")
+            .len()
+            .to_le_bytes();
+        let tag = "cc-inject-fat:test".to_string();
+        import_image(
+            &tag,
+            &root,
+            &hash_of(&[b"fat-v1", &len]),
+            r#"CMD ["/bin/sleep", "100000"]"#,
+        );
+        tag
+    })
+}
+
+/// A running container, removed (`docker rm -f`) on drop.
+pub struct Container {
+    /// Its name.
+    pub name: String,
+    /// Its full ID.
+    pub id: String,
+    /// The PID of its first process in the host.
+    pub pid: i32,
+}
+
+impl Container {
+    /// Starts `image` as `cc-<test>-<pid>` with `--network none`.
+    pub fn start(test: &str, image: &str) -> Container {
+        let name = unique(test);
+        Container::start_named(&name, image)
+    }
+
+    /// Starts `image` under `name`.
+    pub fn start_named(name: &str, image: &str) -> Container {
+        let _ = Command::new("docker").args(["rm", "-f", name]).output();
+        let id = ok(Command::new("docker").args([
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            name,
+            image,
+        ]))
+        .trim()
+        .to_string();
+        let pid: i32 = ok(Command::new("docker").args(["inspect", "-f", "{{.State.Pid}}", &id]))
+            .trim()
+            .parse()
+            .expect("a PID");
+        assert!(pid > 0, "container {name} has no PID");
+        Container {
+            name: name.to_string(),
+            id,
+            pid,
+        }
+    }
+
+    /// Waits until the container listens on TCP port `port` (its `/proc/PID/net/tcp`).
+    pub fn wait_listening(&self, port: u16) {
+        let needle = format!(":{port:04X} 00000000:0000 0A");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let tcp =
+                std::fs::read_to_string(format!("/proc/{}/net/tcp", self.pid)).unwrap_or_default();
+            if tcp.contains(&needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("container {} does not listen on port {port}", self.name);
+    }
+
+    /// Lines of the container's mountinfo that mention `/dev/crashcart`.
+    pub fn crashcart_mounts(&self) -> Vec<String> {
+        crashcart_mounts(self.pid)
+    }
+
+    /// Asserts that nothing of cartinject is left in the container: no mount, no directory.
+    pub fn assert_clean(&self) {
+        let mounts = self.crashcart_mounts();
+        assert!(mounts.is_empty(), "{} still has {mounts:?}", self.name);
+        assert!(
+            !Path::new(&format!("/proc/{}/root/dev/crashcart", self.pid)).exists(),
+            "{} still has /dev/crashcart",
+            self.name
+        );
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &self.name])
+            .output();
+    }
+}
+
+/// Lines of `/proc/PID/mountinfo` that mention `/dev/crashcart`.
+pub fn crashcart_mounts(pid: i32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("/dev/crashcart"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The fixture image every test copies: busybox (with applet symlinks), bash and an rc file
+/// in an ext4 image made with `mke2fs -d` (without a journal).
+fn fixture_image() -> &'static Path {
+    static IMG: OnceLock<PathBuf> = OnceLock::new();
+    IMG.get_or_init(|| {
+        require_tool("mke2fs", "e2fsprogs");
+        for (path, package) in [
+            ("/bin/busybox", "busybox-static"),
+            ("/bin/bash-static", "bash-static"),
+        ] {
+            assert!(
+                Path::new(path).is_file(),
+                "{path} is missing: install {package} (tests/run does)"
+            );
+        }
+        let root = scratch().join("image-root");
+        std::fs::create_dir_all(root.join("bin")).expect("mkdir");
+        std::fs::create_dir_all(root.join("etc")).expect("mkdir");
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("copy");
+        std::fs::copy("/bin/bash-static", root.join("bin/bash")).expect("copy");
+        let applets = ok(Command::new("/bin/busybox").arg("--list"));
+        for applet in applets
+            .lines()
+            .filter(|a| !a.is_empty() && *a != "busybox" && *a != "bash")
+        {
+            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+        }
+        std::fs::write(
+            root.join("etc/bashrc"),
+            "alias ll='ls -l'\nCRASHCART_RC=read\n",
+        )
+        .expect("rc");
+        let img = scratch().join("fixture.img");
+        ok(Command::new("mke2fs")
+            .args([
+                "-q",
+                "-F",
+                "-t",
+                "ext4",
+                "-O",
+                "^has_journal",
+                "-L",
+                "crashcart",
+                "-d",
+            ])
+            .arg(&root)
+            .arg(&img)
+            .arg("16M"));
+        img
+    })
+}
+
+/// A test's own copy of an image (so its loop device can be told apart from every other
+/// test's), in a temporary directory removed on drop.
+pub struct TestImage {
+    dir: tempfile::TempDir,
+    /// The image file.
+    pub path: PathBuf,
+}
+
+impl TestImage {
+    /// A copy of the fixture image (busybox, bash, an rc file).
+    pub fn fixture() -> TestImage {
+        TestImage::copy_of(fixture_image())
+    }
+
+    /// A copy of `source`.
+    pub fn copy_of(source: &Path) -> TestImage {
+        let dir = tempfile::Builder::new()
+            .prefix("cc-img-")
+            .tempdir()
+            .expect("temp dir");
+        let path = dir.path().join("crashcart.img");
+        std::fs::copy(source, &path).expect("copy image");
+        TestImage { dir, path }
+    }
+
+    /// A file in the image's directory (for bad images beside it).
+    pub fn sibling(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Loop devices whose backing file is this image (sysfs).
+    pub fn loop_devices(&self) -> Vec<String> {
+        loop_devices_for(&self.path)
+    }
+
+    /// Waits (up to 10 s: autoclear runs when the last user is gone, which the kernel may
+    /// finish a moment after cartinject exits) until no loop device is backed by this image,
+    /// and fails the test if one stays.
+    pub fn assert_no_loop_device(&self) {
+        assert_no_loop_device(&self.path);
+    }
+}
+
+/// Loop devices whose backing file is `image`.
+pub fn loop_devices_for(image: &Path) -> Vec<String> {
+    let wanted = image.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/sys/block") else {
+        return found;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("loop") {
+            continue;
+        }
+        let Ok(backing) = std::fs::read_to_string(entry.path().join("loop/backing_file")) else {
+            continue;
+        };
+        let backing = backing.trim_end();
+        if backing == wanted || backing.strip_suffix(" (deleted)") == Some(wanted.as_str()) {
+            found.push(format!("/dev/{name}"));
+        }
+    }
+    found
+}
+
+/// See [`TestImage::assert_no_loop_device`].
+pub fn assert_no_loop_device(image: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = loop_devices_for(image);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "loop devices still attached to {}: {left:?}",
+            image.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The image built by `cartbuild recipes/net.toml` (tcpdump, lsof, strace, bash, busybox):
+/// `$CRASHCART_NET_IMAGE` when set, else built once per test run with the workspace's
+/// `cartbuild` into a temporary directory.
+pub fn net_image() -> &'static Path {
+    static IMG: OnceLock<PathBuf> = OnceLock::new();
+    IMG.get_or_init(|| {
+        if let Some(path) = std::env::var_os("CRASHCART_NET_IMAGE") {
+            let path = PathBuf::from(path);
+            assert!(path.is_file(), "CRASHCART_NET_IMAGE={} does not exist", path.display());
+            return path;
+        }
+        let img = scratch().join("net.img");
+        let out = output(
+            Command::new(bin("cartbuild"))
+                .arg(repo_root().join("recipes/net.toml"))
+                .arg("-o")
+                .arg(&img),
+        );
+        assert!(
+            out.status.success(),
+            "`cartbuild recipes/net.toml` failed (set CRASHCART_NET_IMAGE to use a built image):\n{}",
+            stderr(&out)
+        );
+        img
+    })
+}
+
+/// A new pseudo-terminal for driving an interactive program like a user would.
+pub struct Pty {
+    /// The master side: what the "user" reads and writes.
+    pub master: File,
+    slave: OwnedFd,
+}
+
+impl Pty {
+    /// Opens a pty pair with the given window size.
+    pub fn open(rows: u16, cols: u16) -> Pty {
+        let mut master = -1;
+        let mut slave = -1;
+        let size = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: openpty writes two fds into the given ints; name and termios may be NULL;
+        // the winsize pointer is valid for the call.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                &size,
+            )
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: both fds were just returned by openpty and are owned by nobody else.
+        let (master, slave) = unsafe { (File::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        Pty { master, slave }
+    }
+
+    /// Starts `cmd` with the slave as its stdin, stdout, stderr and controlling terminal.
+    pub fn spawn(&self, cmd: &mut Command) -> std::process::Child {
+        let fd = || File::from(self.slave.try_clone().expect("dup slave"));
+        cmd.stdin(fd()).stdout(fd()).stderr(fd());
+        // SAFETY: the closure only makes async-signal-safe calls (setsid, ioctl) between fork
+        // and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn().expect("spawn on the pty")
+    }
+
+    /// The terminal settings of the slave side (what cartinject must restore).
+    pub fn termios(&self) -> libc::termios {
+        // SAFETY: an all-zero termios is a valid value to be overwritten by tcgetattr.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: the fd is open for the life of self; `t` is writable.
+        let rc = unsafe { libc::tcgetattr(self.slave.as_raw_fd(), &mut t) };
+        assert_eq!(rc, 0, "tcgetattr: {}", std::io::Error::last_os_error());
+        t
+    }
+
+    /// Reads from the master until `needle` appears or `timeout` passes; returns all read.
+    pub fn read_until(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        let fd = self.master.as_raw_fd();
+        while Instant::now() < deadline {
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            let n = unsafe { libc::poll(&mut pfd, 1, 100) };
+            if n <= 0 {
+                continue;
+            }
+            let mut buf = [0u8; 4096];
+            match self.master.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+            if String::from_utf8_lossy(&seen).contains(needle) {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    }
+}
+
+/// Waits for `child` (up to `timeout`), killing it if it does not end.
+pub fn wait_with_timeout(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process {} did not end within {timeout:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
