@@ -488,7 +488,7 @@ fn stdin_and_stdout_are_plain_pipes() {
     );
 
     // ... | grep, with the command's stdout a pipe.
-    let session = inject(
+    let mut session = inject(
         &img,
         &c.name,
         &["sh", "-c", "printf 'alpha\\nbeta\\ngamma\\n'"],
@@ -498,10 +498,11 @@ fn stdin_and_stdout_are_plain_pipes() {
     .expect("session");
     let grep = Command::new("grep")
         .arg("beta")
-        .stdin(session.stdout.expect("stdout"))
+        .stdin(session.stdout.take().expect("stdout"))
         .output()
         .expect("grep");
     assert_eq!(stdout(&grep), "beta\n");
+    assert!(wait_with_timeout(&mut session, LONG).success());
 
     // Exit status of a failing pipeline member comes back.
     let out = output(&mut inject(&img, &c.name, &["sh", "-c", "exit 42"]));
@@ -641,7 +642,8 @@ fn bad_images_are_refused_with_nothing_left() {
     let c = thin("badimg");
     let img = TestImage::fixture();
     let bytes = std::fs::read(&img.path).expect("read image");
-    let cases: Vec<(&str, Box<dyn Fn(&std::path::Path)>, &str)> = vec![
+    type Make<'a> = Box<dyn Fn(&std::path::Path) + 'a>;
+    let cases: Vec<(&str, Make<'_>, &str)> = vec![
         ("missing.img", Box::new(|_| {}), "does not exist"),
         (
             "empty.img",
