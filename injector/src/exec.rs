@@ -19,8 +19,14 @@ use crate::sys::signal::{self, SignalSet};
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Shells looked for in the image's `bin/` when it has no bash, in order.
 pub const SHELLS: [&str; 6] = ["bash", "zsh", "mksh", "ash", "dash", "sh"];
-/// Where an image may keep the rc file bash reads for an interactive session, in order.
-pub const RC_FILES: [&str; 3] = ["etc/bashrc", "etc/bash.bashrc", ".bashrc"];
+/// Where an image may keep the rc file bash reads for an interactive session, in order
+/// (`etc/crashcartrc` is where `recipes/base.toml` puts it).
+pub const RC_FILES: [&str; 4] = [
+    "etc/crashcartrc",
+    "etc/bashrc",
+    "etc/bash.bashrc",
+    ".bashrc",
+];
 
 /// What the session's stdin, stdout and stderr are.
 pub enum Stdio {
