@@ -123,12 +123,26 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     })
 }
 
+/// The error and its causes on one line, each cause once (our messages often already
+/// quote their source).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line.replace('\n', " ")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)),
         Err(e) => {
-            eprintln!("cartinject: {e:#}");
+            eprintln!("cartinject: {}", one_line(&e));
             let code = e
                 .downcast_ref::<ExitWith>()
                 .map_or(EXIT_FAILURE, |x| x.code);

@@ -42,6 +42,18 @@ pub enum PlaceError {
         /// Why.
         errno: Errno,
     },
+    /// `mount(2)` of the image was refused (legacy path).
+    #[error(
+        "the kernel cannot mount the image as {fstype} at {path} ({errno}): the image is corrupt or not a filesystem the kernel supports; build it again"
+    )]
+    Refused {
+        /// The filesystem type.
+        fstype: String,
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        errno: Errno,
+    },
     /// A file operation failed.
     #[error("{step} {path}: {source}")]
     File {
@@ -224,7 +236,11 @@ fn legacy_attach(
     let result = process::fchdir(parent_dir.as_fd())
         .and_then(|()| mount::mount_block_readonly(device, &name, fstype));
     restore(&ns_root)?;
-    result.map_err(mount_err("mount(2) the image at", at))
+    result.map_err(|errno| PlaceError::Refused {
+        fstype: fstype.to_string(),
+        path: at.to_owned(),
+        errno,
+    })
 }
 
 /// For `-m`: makes sure `/dev/crashcart` exists in the target's real `/dev`. Returns whether

@@ -105,9 +105,32 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
             "by PID and start time"
         }
     ));
-    let target_env = procfs::read_environ(target.pid)?;
-    let root = procfs::usable_dir(&procfs::read_link(target.pid, "root")?);
-    let cwd = procfs::usable_dir(&procfs::read_link(target.pid, "cwd")?);
+    // Some processes' environment is unreadable even to root (another user namespace's
+    // init, for one); the session then starts from an empty one.
+    let target_env = match procfs::read_environ(target.pid) {
+        Ok(env) => env,
+        Err(procfs::ProcError::Read { path, source }) => {
+            note(&format!(
+                "cannot read {} ({source}): using an empty environment",
+                path.display()
+            ));
+            Vec::new()
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let dir = |name: &str| match procfs::read_link(target.pid, name) {
+        Ok(link) => Ok(procfs::usable_dir(&link)),
+        Err(procfs::ProcError::Read { path, source }) => {
+            note(&format!(
+                "cannot read {} ({source}): using /",
+                path.display()
+            ));
+            Ok(std::path::PathBuf::from("/"))
+        }
+        Err(e) => Err(e),
+    };
+    let root = dir("root")?;
+    let cwd = dir("cwd")?;
     let mut joiner = Joiner::plan(&pin, &ALL_NAMESPACES)?;
     note(&format!("joining namespaces: {}", joiner.describe()));
 
