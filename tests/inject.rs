@@ -246,6 +246,18 @@ fn targets_by_pid_name_id_prefix_and_forced_kind() {
         &["sh", "-c", "echo $CRASHCART_TARGET"],
     ));
     assert_eq!(text.trim(), c.name);
+
+    // Without Docker's API, an ID prefix is still found through /proc/*/cgroup.
+    let text = ok(inject(
+        &img,
+        &c.id[..16],
+        &["sh", "-c", "echo $CRASHCART_TARGET; cat /proc/1/cmdline"],
+    )
+    .env("DOCKER_HOST", "unix:///nonexistent/docker.sock"));
+    assert!(
+        text.starts_with(&c.id[..12]) && text.contains("sleep"),
+        "{text}"
+    );
     img.assert_no_loop_device();
     c.assert_clean();
 }
