@@ -294,8 +294,13 @@ fn ambiguous_and_unknown_names_list_the_candidates() {
             break (other.clone(), last);
         }
     };
-    let prefix = &a.1[..1];
-    let out = output(&mut inject(&img, prefix, &["true"]));
+    // A bare all-digit TARGET is a PID: force the kind then.
+    let prefix = if a.1[..1].bytes().all(|b| b.is_ascii_digit()) {
+        format!("docker:{}", &a.1[..1])
+    } else {
+        a.1[..1].to_string()
+    };
+    let out = output(&mut inject(&img, &prefix, &["true"]));
     let err = stderr(&out);
     for (name, _) in &made {
         let _ = Command::new("docker").args(["rm", "-f", name]).output();
