@@ -119,15 +119,33 @@ fn hash_of(parts: &[&[u8]]) -> String {
     format!("{:016x}", h.finish())
 }
 
-/// A directory that lives as long as the test process (fixtures shared by all tests).
+/// A directory for fixtures shared by all tests of this process, under the target directory
+/// (`target/<profile>/cc-fixtures/<pid>`); directories of earlier runs whose process is gone
+/// are removed first, so runs leave nothing to pile up.
 fn scratch() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        tempfile::Builder::new()
-            .prefix("cc-fixtures-")
-            .tempdir()
-            .expect("temp dir")
-            .keep()
+        let exe = std::env::current_exe().expect("current_exe");
+        let base = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test executable in target/<profile>/deps")
+            .join("cc-fixtures");
+        if let Ok(old) = std::fs::read_dir(&base) {
+            for entry in old.flatten() {
+                let alive = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|p| p.parse::<u32>().ok())
+                    .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+                if !alive {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        let dir = base.join(std::process::id().to_string());
+        std::fs::create_dir_all(&dir).expect("create the fixture directory");
+        dir
     })
 }
 
