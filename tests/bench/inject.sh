@@ -28,6 +28,7 @@ name=cc-bench-inject-$$
 cleanup() {
     "$CARTINJECT" -u "$name" >/dev/null 2>&1 || true
     docker rm -f "$name" >/dev/null 2>&1 || true
+    docker rmi cc-bench-thin:latest >/dev/null 2>&1 || true
     rm -rf "$work"
 }
 trap cleanup EXIT
