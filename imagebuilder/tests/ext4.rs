@@ -645,6 +645,9 @@ fn compare(case: &Case, report: &Report, seen: &BTreeMap<Vec<u8>, Observed>, via
 fn check(case: Case) -> Report {
     let (image, report) = case.write();
     e2fsck_clean(&image);
+    let fs = ext4_view::Ext4::load_from_path(&image).unwrap();
+    assert_eq!(fs.label().to_str(), Ok(case.opts.label.as_str()));
+    assert_eq!(fs.uuid().as_bytes(), &report.uuid);
     compare(&case, &report, &observe_ext4_view(&image), "ext4-view");
     let mount = LoopMount::new(&image);
     compare(&case, &report, &observe_mount(mount.path()), "a loop mount");
@@ -867,6 +870,69 @@ mod table {
 }
 
 #[test]
+fn more_than_65000_hard_links_is_an_error() {
+    let mut tree = Tree::new();
+    tree.add_file("f", Meta::root(0o644), FileData::Bytes(b"x".to_vec()))
+        .unwrap();
+    // f and 64999 more names: 65000.
+    for i in 1..65_000 {
+        tree.add_hardlink(format!("l{i}"), "f").unwrap();
+    }
+    write_image(
+        &tree,
+        &mut tempfile::tempfile().unwrap(),
+        &Options::default(),
+    )
+    .expect("65000 links are allowed");
+    tree.add_hardlink("one-more", "f").unwrap();
+    let err = write_image(
+        &tree,
+        &mut tempfile::tempfile().unwrap(),
+        &Options::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::TooManyLinks { links: 65_001, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_directory_with_more_subdirectories_than_its_link_count_can_hold() {
+    // With dir_nlink, such a directory has a link count of 1. Not through
+    // ext4-view: it looks each subdirectory up by path, which is quadratic
+    // in a directory this large.
+    let mut case = Case::new();
+    case.dir("wide", 0o755);
+    for i in 0..65_000 {
+        case.tree
+            .add_dir(format!("wide/{i}"), Meta::root(0o755))
+            .unwrap();
+    }
+    let (image, report) = case.write();
+    e2fsck_clean(&image);
+    let wide = report
+        .files
+        .iter()
+        .find(|f| f.path == Path::new("wide"))
+        .unwrap();
+    assert_eq!(wide.links, 65_002);
+    let mount = LoopMount::new(&image);
+    let md = fs::metadata(mount.path().join("wide")).unwrap();
+    assert_eq!(md.nlink(), 1);
+    assert_eq!(
+        fs::read_dir(mount.path().join("wide")).unwrap().count(),
+        65_000
+    );
+    assert!(
+        fs::metadata(mount.path().join("wide/64999"))
+            .unwrap()
+            .is_dir()
+    );
+    mount.finish();
+}
+
+#[test]
 fn sparse_file_keeps_its_holes_on_a_mount() {
     let case = sparse_files();
     let (image, _) = case.write();
@@ -925,6 +991,12 @@ fn exact_size_too_small_says_what_is_needed() {
     let message = Error::TooSmall { needed, requested }.to_string();
     assert!(message.contains(&needed.to_string()), "{message}");
 
+    for tiny in [0, 100, BLOCK as u64] {
+        case.opts.size = ImageSize::Exact(tiny);
+        let err = write_image(&case.tree, &mut File::create(&image).unwrap(), &case.opts);
+        assert!(matches!(err, Err(Error::TooSmall { needed: n, .. }) if n == needed));
+    }
+
     // One block less than needed still fails; exactly what was needed works.
     case.opts.size = ImageSize::Exact(needed - BLOCK as u64);
     let err = write_image(&case.tree, &mut File::create(&image).unwrap(), &case.opts);
@@ -942,6 +1014,13 @@ fn exact_size_is_exact_even_between_blocks() {
     let report = check(case);
     assert_eq!(report.image_size, size);
     assert_eq!(report.blocks_count, (64 << 20) / BLOCK as u64);
+
+    // A last group of a single block.
+    let mut case = small_case();
+    let size = (32_768 + 1) * BLOCK as u64 + 17;
+    case.opts.size = ImageSize::Exact(size);
+    let report = check(case);
+    assert_eq!((report.image_size, report.blocks_count), (size, 32_769));
 }
 
 #[test]
