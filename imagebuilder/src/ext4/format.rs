@@ -1,7 +1,7 @@
 //! On-disk structures of ext4, as plain structs with explicit
 //! little-endian serialisation.
 //!
-//! Nothing here decides where anything goes: [`super::writer`] lays the
+//! Nothing here decides where anything goes: the writer (`writer.rs`) lays the
 //! image out and fills these structs in. Field names follow the kernel's
 //! `fs/ext4/ext4.h` (without the `s_`/`bg_`/`i_`/`eh_` prefixes), and so do
 //! the byte offsets, which the unit tests at the bottom pin down.

@@ -1,5 +1,4 @@
-//! A reproducible ext4 writer (see README.md beside this file).
-
+#![doc = include_str!("README.md")]
 #![forbid(unsafe_code)]
 
 mod bitmap;

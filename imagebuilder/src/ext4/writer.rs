@@ -233,8 +233,20 @@ pub fn write_image_with_progress(
         ImageSize::Exact(bytes) => match exact(bytes / BLOCK_SIZE_U64, meta_start, max_ino) {
             Some(geometry) => geometry,
             None => {
+                // The smallest fitting image, counting the descriptor blocks
+                // it needs itself (more groups may need more of them).
+                let content = meta_start - (1 + gdt_reserved);
+                let mut gdt = gdt_reserved;
+                let needed = loop {
+                    let geometry = fit(1 + gdt + content, max_ino, 0)?;
+                    let descs = u64::from(geometry.groups).div_ceil(u64::from(DESCS_PER_BLOCK));
+                    if descs <= gdt {
+                        break geometry.blocks_count * BLOCK_SIZE_U64;
+                    }
+                    gdt = descs;
+                };
                 return Err(Error::TooSmall {
-                    needed: fit(meta_start, max_ino, 0)?.blocks_count * BLOCK_SIZE_U64,
+                    needed,
                     requested: bytes,
                 });
             }
