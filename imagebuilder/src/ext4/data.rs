@@ -1,6 +1,6 @@
 //! Streaming regular files into data blocks.
 //!
-//! Every file is read once, through a fixed 1 MiB buffer, and hashed
+//! Every file is read once, through a fixed 256 KiB buffer, and hashed
 //! (sha256) on the way; memory does not grow with file size. Data blocks are
 //! handed out in order from one cursor, so the data of all files forms a
 //! single dense run and is written in large sequential chunks.
@@ -28,7 +28,7 @@ use super::format::{BLOCK_SIZE, BLOCK_SIZE_U64, Extent};
 use super::tree::FileData;
 
 /// Size of the read buffer and of the largest single write.
-const CHUNK: usize = 1 << 20;
+const CHUNK: usize = 256 << 10;
 
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 

@@ -49,7 +49,7 @@ use super::tree::{FileData, Meta, NodeId, NodeKind, Tree};
 pub const DEFAULT_FREE: u64 = 64 * 1024;
 
 /// Largest writes of metadata.
-const CHUNK: usize = 1 << 20;
+const CHUNK: usize = 256 << 10;
 
 /// `s_log_groups_per_flex`: 16 groups per flex group, mke2fs's default. With
 /// all metadata at one place it only guides the kernel's allocator, which
