@@ -53,13 +53,21 @@ fn require_root() {
 }
 
 fn run_tool(program: &str, args: &[&OsStr]) -> std::process::Output {
-    Command::new(program)
+    // A PATH without the sbin directories (some sudo and CI setups) must not
+    // hide e2fsck or losetup.
+    let program = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+        .iter()
+        .map(|dir| Path::new(dir).join(program))
+        .find(|path| path.exists())
+        .map_or_else(|| program.into(), PathBuf::into_os_string);
+    Command::new(&program)
         .args(args)
         .output()
         .unwrap_or_else(|e| {
             panic!(
-                "cannot run `{program}` ({e}): install it (e2fsprogs / util-linux, listed in \
-                 .ci/packages)"
+                "cannot run `{}` ({e}): install it (e2fsprogs / util-linux, listed in \
+                 .ci/packages)",
+                program.to_string_lossy()
             )
         })
 }
