@@ -212,12 +212,12 @@ impl Plan {
         }
         for (p, sp) in packages.iter().zip(&recipe.packages) {
             for dep in &p.depends {
-                if !seen.contains_key(dep.as_str()) || *dep == p.name {
-                    if *dep == p.name {
-                        return Err(PlanError::Cycle {
-                            cycle: vec![p.name.clone(), p.name.clone()],
-                        });
-                    }
+                if *dep == p.name {
+                    return Err(PlanError::Cycle {
+                        cycle: vec![p.name.clone(), p.name.clone()],
+                    });
+                }
+                if !seen.contains_key(dep.as_str()) {
                     return Err(PlanError::UnknownDependency {
                         file: sp.file.clone(),
                         package: p.name.clone(),

@@ -117,7 +117,7 @@ const UAPI_DIRS: &[&str] = &[
 ];
 
 /// Bumped when the wrapper's shape changes, to change every identity.
-const WRAPPER_FORMAT: &str = "cartbuild-toolchain-1";
+const WRAPPER_FORMAT: &str = "cartbuild-toolchain-2";
 
 /// Finds an executable on the caller's PATH.
 pub fn which(name: &str) -> Option<PathBuf> {
@@ -453,20 +453,23 @@ fn zig_cc(cache: &Cache, zig: &Path, arch: &str) -> Result<Toolchain, ToolchainE
     let includes_fill = includes.clone();
     create_dir_atomically(&dir, move |tmp| {
         fs::create_dir(tmp.join("bin"))?;
+        // zig caches the musl it compiles in its global cache, by default under
+        // $HOME, which is a fresh scratch directory in every build: keep it
+        // beside the wrapper so musl is compiled once.
+        let env =
+            "ZIG_GLOBAL_CACHE_DIR=\"$(dirname \"$0\")/../zig-cache\"\nexport ZIG_GLOBAL_CACHE_DIR";
         write_script(
             &tmp.join("bin/cc"),
             &format!(
-                "#!/bin/sh\n# {WRAPPER_FORMAT}: zig cc for {target_fill}.\nexec {zq} cc -target {target_fill} \"$@\"\n"
+                "#!/bin/sh\n# {WRAPPER_FORMAT}: zig cc for {target_fill}.\n{env}\nexec {zq} cc -target {target_fill} \"$@\"\n"
             ),
         )?;
-        write_script(
-            &tmp.join("bin/ar"),
-            &format!("#!/bin/sh\nexec {zq} ar \"$@\"\n"),
-        )?;
-        write_script(
-            &tmp.join("bin/ranlib"),
-            &format!("#!/bin/sh\nexec {zq} ranlib \"$@\"\n"),
-        )?;
+        for tool in ["ar", "ranlib"] {
+            write_script(
+                &tmp.join("bin").join(tool),
+                &format!("#!/bin/sh\n{env}\nexec {zq} {tool} \"$@\"\n"),
+            )?;
+        }
         fs::create_dir(tmp.join("kernel-headers"))?;
         merge_into(&tmp.join("sysinclude"), &includes_fill)
     })?;
