@@ -103,8 +103,21 @@ impl Image {
             self.detected.offset,
             self.detected.size,
         )?;
+        let part = self
+            .detected
+            .partition
+            .as_ref()
+            .map_or_else(String::new, |p| {
+                format!(
+                    " (GPT partition {} `{}`, bytes {}..{})",
+                    p.number,
+                    p.name,
+                    self.detected.offset,
+                    self.detected.offset + self.detected.size
+                )
+            });
         notes.push(format!(
-            "{} {} for {}",
+            "{} {} for {}{part}",
             if device.reused() {
                 "reusing"
             } else {

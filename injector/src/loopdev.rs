@@ -92,7 +92,10 @@ impl LoopDevice {
             image: image_path.to_owned(),
             source,
         })?;
-        if let Some(found) = find_attached(meta.dev(), meta.ino(), offset) {
+        // 0 means "to the end of the file"; a size limit only matters with an offset (a
+        // partition of a disk image), where it keeps the filesystem inside its partition.
+        let size_limit = if offset == 0 { 0 } else { size };
+        if let Some(found) = find_attached(meta.dev(), meta.ino(), offset, size_limit) {
             return Ok(found);
         }
         // A second open file description for the device to hold: the loop driver keeps a
@@ -128,8 +131,7 @@ impl LoopDevice {
                 backing.as_fd(),
                 LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR,
                 offset,
-                // 0 means "to the end of the file"; a size limit only matters with an offset.
-                if offset == 0 { 0 } else { size },
+                size_limit,
             ) {
                 Ok(()) => {
                     return Ok(LoopDevice {
@@ -164,9 +166,10 @@ fn open_device(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// A device bound read-only with autoclear to the file `(dev, ino)` at `offset`, opened
-/// (so it cannot go away under us) and checked with `LOOP_GET_STATUS64` after opening.
-fn find_attached(dev: u64, ino: u64, offset: u64) -> Option<LoopDevice> {
+/// A device bound read-only with autoclear to the file `(dev, ino)` at `offset` with
+/// `size_limit`, opened (so it cannot go away under us) and checked with
+/// `LOOP_GET_STATUS64` after opening.
+fn find_attached(dev: u64, ino: u64, offset: u64, size_limit: u64) -> Option<LoopDevice> {
     for (number, backing) in attached_devices(Path::new("/sys")) {
         // Cheap filter first: the backing path as sysfs prints it, if it still resolves.
         let Ok(meta) = std::fs::metadata(&backing) else {
@@ -185,6 +188,7 @@ fn find_attached(dev: u64, ino: u64, offset: u64) -> Option<LoopDevice> {
                 if status.backing_dev == dev
                     && status.backing_inode == ino
                     && status.offset == offset
+                    && status.size_limit == size_limit
                     && status.flags & wanted == wanted =>
             {
                 return Some(LoopDevice {

@@ -5,19 +5,29 @@
 //! filesystem does it hold, is the superblock sane, and is the file as long as the filesystem
 //! says it is. Each answer is one [`DetectError`] whose message names the problem and the fix.
 //!
-//! The result, [`Detected`], says where in the file the filesystem lies (`offset`, `size`) so
-//! that a GPT disk image whose partition holds the filesystem fits in later as one more case;
-//! erofs, squashfs and GPT are recognised today and reported as not yet supported.
+//! Three filesystems are recognised by their superblocks: ext2/3/4 (`s_magic` 0xEF53 at
+//! 1024 + 0x38), erofs (`EROFS_SUPER_MAGIC_V1` at 1024, its crc32c checked when it has one)
+//! and squashfs 4.0 (`hsqs` at 0). A file that starts with a GPT (`EFI PART` in the header at
+//! LBA 1, for 512- or 4096-byte sectors) is a disk image: the filesystem is the one in its
+//! partition named [`PARTITION_NAME`], read with the `gpt` crate, and [`Detected`] says where
+//! in the file that partition lies (`offset`, `size`) so the loop device can be limited to it.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use gpt::disk::LogicalBlockSize;
+
 use crate::superblock::{
-    EROFS_MAGIC, EROFS_OFFSET, EXT_SUPERBLOCK_OFFSET, EXT_SUPERBLOCK_SIZE, ExtSuperblock,
-    ExtVariant, SQUASHFS_MAGIC,
+    EROFS_MAGIC, EROFS_OFFSET, EROFS_SUPERBLOCK_SIZE, EXT_SUPERBLOCK_OFFSET, EXT_SUPERBLOCK_SIZE,
+    ErofsSuperblock, ExtSuperblock, ExtVariant, SQUASHFS_MAGIC, SQUASHFS_SUPERBLOCK_SIZE,
+    SquashfsSuperblock,
 };
+
+/// The name of the GPT partition that holds the filesystem in a disk image. `cartbuild`
+/// writes disks with this name and `cartinject` looks for it: keep the two in step.
+pub const PARTITION_NAME: &str = "crashcart";
 
 /// The filesystem an image holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +42,20 @@ pub enum Format {
         /// `s_volume_name`.
         label: String,
     },
+    /// erofs (read-only by design).
+    Erofs {
+        /// Block size in bytes.
+        block_size: u64,
+        /// `volume_name`.
+        label: String,
+    },
+    /// squashfs 4.0 (read-only, compressed).
+    Squashfs {
+        /// The compressor (`gzip`, `xz`, `zstd`, ...).
+        compression: &'static str,
+        /// Data block size in bytes.
+        block_size: u32,
+    },
 }
 
 impl Format {
@@ -40,6 +64,8 @@ impl Format {
         match self {
             // The ext4 driver mounts ext2 and ext3 as well (CONFIG_EXT4_USE_FOR_EXT2).
             Format::Ext { .. } => "ext4",
+            Format::Erofs { .. } => "erofs",
+            Format::Squashfs { .. } => "squashfs",
         }
     }
 
@@ -47,8 +73,19 @@ impl Format {
     pub fn name(&self) -> &'static str {
         match self {
             Format::Ext { variant, .. } => variant.name(),
+            Format::Erofs { .. } => "erofs",
+            Format::Squashfs { .. } => "squashfs",
         }
     }
+}
+
+/// The GPT partition a filesystem was found in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partition {
+    /// Its number in the table (1 for the first entry).
+    pub number: u32,
+    /// Its name ([`PARTITION_NAME`]).
+    pub name: String,
 }
 
 /// What [`open`] found in an image file.
@@ -58,8 +95,11 @@ pub struct Detected {
     pub format: Format,
     /// Byte offset of the filesystem in the file (0 unless the file is a partitioned disk).
     pub offset: u64,
-    /// Bytes the filesystem spans from `offset`.
+    /// Bytes from `offset` that belong to the filesystem: the filesystem's own size for a
+    /// bare image, the whole partition for a disk (a loop device is limited to it).
     pub size: u64,
+    /// The GPT partition, for a disk image.
+    pub partition: Option<Partition>,
 }
 
 /// Why a file cannot be used as an image. Every message says what to do about it.
@@ -89,26 +129,56 @@ pub enum DetectError {
     },
     /// No known superblock.
     #[error(
-        "{0} is not a filesystem image (no ext2/ext3/ext4 superblock): give an image built by `cartbuild`"
+        "{0} is not a filesystem image (no ext2/ext3/ext4, erofs or squashfs superblock and no GPT): give an image built by `cartbuild`"
     )]
     NotAFilesystem(PathBuf),
-    /// A known format that this version cannot mount yet.
-    #[error("image {path} holds {format}, which cartinject cannot mount yet: use an ext4 image")]
-    Unsupported {
-        /// The image.
+    /// The `crashcart` partition of a disk holds no known filesystem.
+    #[error(
+        "partition {number} (`{PARTITION_NAME}`) of disk image {path} holds no ext2/ext3/ext4, erofs or squashfs filesystem: write the image into that partition again"
+    )]
+    PartitionNotAFilesystem {
+        /// The disk image.
         path: PathBuf,
-        /// What it holds.
-        format: &'static str,
+        /// The partition's number.
+        number: u32,
+    },
+    /// A GPT disk without a partition named `crashcart`.
+    #[error(
+        "disk image {path} has no GPT partition named `{PARTITION_NAME}` (its partitions: {}): name the partition that holds the tools `{PARTITION_NAME}`, or give the filesystem image itself", names_or_none(.names)
+    )]
+    NoPartition {
+        /// The disk image.
+        path: PathBuf,
+        /// The names of the partitions it has.
+        names: Vec<String>,
+    },
+    /// More than one partition is named `crashcart`.
+    #[error(
+        "disk image {path} has {count} GPT partitions named `{PARTITION_NAME}`: keep exactly one"
+    )]
+    SeveralPartitions {
+        /// The disk image.
+        path: PathBuf,
+        /// How many.
+        count: usize,
+    },
+    /// The partition table could not be read.
+    #[error("disk image {path} has a broken GPT ({reason}): write the disk image again")]
+    BadPartitionTable {
+        /// The disk image.
+        path: PathBuf,
+        /// What the `gpt` crate said.
+        reason: String,
     },
     /// The file is shorter than the filesystem.
     #[error(
-        "image {path} is truncated: its {format} filesystem needs {needed} bytes but the file has {actual}: copy or build it again"
+        "image {path} is truncated: its {format} needs {needed} bytes but the file has {actual}: copy or build it again"
     )]
     Truncated {
         /// The image.
         path: PathBuf,
-        /// Filesystem name.
-        format: &'static str,
+        /// What is cut short (`ext4 filesystem`, `GPT partition 2`, ...).
+        format: String,
         /// Bytes the superblock says the filesystem spans.
         needed: u64,
         /// Bytes in the file.
@@ -122,6 +192,24 @@ pub enum DetectError {
         /// The first inconsistency found.
         reason: String,
     },
+}
+
+fn names_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names
+            .iter()
+            .map(|n| {
+                if n.is_empty() {
+                    "(unnamed)".to_string()
+                } else {
+                    format!("`{n}`")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// Opens `path` read-only and checks that it holds a filesystem cartinject can mount.
@@ -150,85 +238,317 @@ pub fn open(path: &Path) -> Result<(File, Detected), DetectError> {
     Ok((file, detected))
 }
 
-/// Reads `len` bytes' worth of `file` (named `path` in errors) and identifies its filesystem.
+/// Reads `len` bytes' worth of `file` (named `path` in errors) and identifies its filesystem,
+/// or the filesystem in its `crashcart` partition when it is a GPT disk.
 pub fn detect(file: &impl FileExt, len: u64, path: &Path) -> Result<Detected, DetectError> {
     if len == 0 {
         return Err(DetectError::Empty(path.to_owned()));
     }
-    let read_at = |offset: u64, buf: &mut [u8]| -> Result<bool, DetectError> {
-        let end = offset + u64::try_from(buf.len()).unwrap_or(u64::MAX);
-        if end > len {
+    let window = Window {
+        file,
+        base: 0,
+        len,
+        path,
+    };
+    if let Some(block_size) = gpt_block_size(&window)? {
+        return detect_partition(file, len, path, block_size);
+    }
+    let (format, size) = window
+        .filesystem()?
+        .ok_or_else(|| DetectError::NotAFilesystem(path.to_owned()))?;
+    Ok(Detected {
+        format,
+        offset: 0,
+        size,
+        partition: None,
+    })
+}
+
+/// A byte range of the image file, read with positioned reads.
+struct Window<'a, F: FileExt> {
+    file: &'a F,
+    base: u64,
+    len: u64,
+    path: &'a Path,
+}
+
+impl<F: FileExt> Window<'_, F> {
+    /// Fills `buf` from `offset` in the window; `false` when the window is too short.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<bool, DetectError> {
+        let end = offset.checked_add(u64::try_from(buf.len()).unwrap_or(u64::MAX));
+        if end.is_none_or(|end| end > self.len) {
             return Ok(false);
         }
-        file.read_exact_at(buf, offset)
+        self.file
+            .read_exact_at(buf, self.base + offset)
             .map(|()| true)
             .map_err(|source| DetectError::Io {
-                path: path.to_owned(),
+                path: self.path.to_owned(),
                 source,
             })
-    };
-
-    let mut head = [0u8; 4];
-    if read_at(0, &mut head)? && u32::from_le_bytes(head) == SQUASHFS_MAGIC {
-        return Err(DetectError::Unsupported {
-            path: path.to_owned(),
-            format: "squashfs",
-        });
-    }
-    let mut gpt = [0u8; 8];
-    if read_at(512, &mut gpt)? && &gpt == b"EFI PART" {
-        return Err(DetectError::Unsupported {
-            path: path.to_owned(),
-            format: "a GPT disk",
-        });
-    }
-    let mut erofs = [0u8; 4];
-    if read_at(EROFS_OFFSET, &mut erofs)? && u32::from_le_bytes(erofs) == EROFS_MAGIC {
-        return Err(DetectError::Unsupported {
-            path: path.to_owned(),
-            format: "erofs",
-        });
     }
 
-    let mut raw = [0u8; EXT_SUPERBLOCK_SIZE];
-    if !read_at(EXT_SUPERBLOCK_OFFSET, &mut raw)? {
-        // Too short to hold even a superblock.
-        return Err(DetectError::NotAFilesystem(path.to_owned()));
-    }
-    let Some(sb) = ExtSuperblock::parse(&raw) else {
-        return Err(DetectError::NotAFilesystem(path.to_owned()));
-    };
-    let format_name = sb.variant().name();
-    if let Some(reason) = sb.geometry_problem() {
-        return Err(DetectError::Corrupt {
-            path: path.to_owned(),
+    fn corrupt(&self, reason: String) -> DetectError {
+        DetectError::Corrupt {
+            path: self.path.to_owned(),
             reason,
-        });
+        }
     }
-    // geometry_problem() has checked the block size, so both are Some here.
-    let (Some(block_size), Some(needed)) = (sb.block_size(), sb.filesystem_bytes()) else {
-        return Err(DetectError::Corrupt {
-            path: path.to_owned(),
-            reason: "filesystem size overflows".into(),
-        });
-    };
-    if needed > len {
-        return Err(DetectError::Truncated {
-            path: path.to_owned(),
-            format: format_name,
+
+    fn truncated(&self, format: &str, needed: u64) -> DetectError {
+        DetectError::Truncated {
+            path: self.path.to_owned(),
+            format: format!("{format} filesystem"),
             needed,
-            actual: len,
-        });
+            actual: self.len,
+        }
     }
-    Ok(Detected {
-        format: Format::Ext {
+
+    /// The filesystem in the window and the bytes it spans, or `None` for no known one.
+    fn filesystem(&self) -> Result<Option<(Format, u64)>, DetectError> {
+        let mut magic = [0u8; 4];
+        if self.read_at(0, &mut magic)? && u32::from_le_bytes(magic) == SQUASHFS_MAGIC {
+            return self.squashfs().map(Some);
+        }
+        if self.read_at(EROFS_OFFSET, &mut magic)? && u32::from_le_bytes(magic) == EROFS_MAGIC {
+            return self.erofs().map(Some);
+        }
+        let mut raw = [0u8; EXT_SUPERBLOCK_SIZE];
+        if !self.read_at(EXT_SUPERBLOCK_OFFSET, &mut raw)? {
+            // Too short to hold even a superblock.
+            return Ok(None);
+        }
+        match ExtSuperblock::parse(&raw) {
+            Some(sb) => self.ext(&sb).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn ext(&self, sb: &ExtSuperblock) -> Result<(Format, u64), DetectError> {
+        if let Some(reason) = sb.geometry_problem() {
+            return Err(self.corrupt(reason));
+        }
+        // geometry_problem() has checked the block size, so both are Some here.
+        let (Some(block_size), Some(needed)) = (sb.block_size(), sb.filesystem_bytes()) else {
+            return Err(self.corrupt("filesystem size overflows".into()));
+        };
+        if needed > self.len {
+            return Err(self.truncated(sb.variant().name(), needed));
+        }
+        let format = Format::Ext {
             variant: sb.variant(),
             block_size,
             label: sb.volume_name.clone(),
-        },
-        offset: 0,
-        size: needed,
+        };
+        Ok((format, needed))
+    }
+
+    fn erofs(&self) -> Result<(Format, u64), DetectError> {
+        let mut raw = [0u8; EROFS_SUPERBLOCK_SIZE];
+        if !self.read_at(EROFS_OFFSET, &mut raw)? {
+            return Err(self.truncated("erofs", EROFS_OFFSET + 128));
+        }
+        let sb = ErofsSuperblock::parse(&raw)
+            .ok_or_else(|| self.corrupt("erofs superblock vanished".into()))?;
+        if let Some(reason) = sb.geometry_problem() {
+            return Err(self.corrupt(reason));
+        }
+        let (Some(block_size), Some(needed), Some(span)) =
+            (sb.block_size(), sb.filesystem_bytes(), sb.checksum_span())
+        else {
+            return Err(self.corrupt("filesystem size overflows".into()));
+        };
+        if needed > self.len {
+            return Err(self.truncated("erofs", needed));
+        }
+        if sb.has_checksum() {
+            let mut covered = vec![0u8; usize::try_from(span).unwrap_or(usize::MAX)];
+            if !self.read_at(EROFS_OFFSET + 8, &mut covered)? {
+                return Err(self.truncated("erofs", EROFS_OFFSET + 8 + span));
+            }
+            let computed = ErofsSuperblock::compute_checksum(&covered);
+            if computed != sb.checksum {
+                return Err(self.corrupt(format!(
+                    "superblock checksum is {:#010x}, computed {computed:#010x}",
+                    sb.checksum
+                )));
+            }
+        }
+        let format = Format::Erofs {
+            block_size,
+            label: sb.volume_name,
+        };
+        Ok((format, needed))
+    }
+
+    fn squashfs(&self) -> Result<(Format, u64), DetectError> {
+        let mut raw = [0u8; SQUASHFS_SUPERBLOCK_SIZE];
+        if !self.read_at(0, &mut raw)? {
+            return Err(self.truncated("squashfs", 96));
+        }
+        let sb = SquashfsSuperblock::parse(&raw)
+            .ok_or_else(|| self.corrupt("squashfs superblock vanished".into()))?;
+        if let Some(reason) = sb.geometry_problem() {
+            return Err(self.corrupt(reason));
+        }
+        if sb.bytes_used > self.len {
+            return Err(self.truncated("squashfs", sb.bytes_used));
+        }
+        let format = Format::Squashfs {
+            compression: sb.compression_name(),
+            block_size: sb.block_size,
+        };
+        Ok((format, sb.bytes_used))
+    }
+}
+
+/// The sector size of the GPT the window starts with: the header (`EFI PART`) is at LBA 1,
+/// byte 512 or 4096 (UEFI 2.10, 5.3.1). `None` when there is no GPT.
+fn gpt_block_size<F: FileExt>(
+    window: &Window<'_, F>,
+) -> Result<Option<LogicalBlockSize>, DetectError> {
+    for (at, size) in [
+        (512, LogicalBlockSize::Lb512),
+        (4096, LogicalBlockSize::Lb4096),
+    ] {
+        let mut signature = [0u8; 8];
+        if window.read_at(at, &mut signature)? && &signature == b"EFI PART" {
+            return Ok(Some(size));
+        }
+    }
+    Ok(None)
+}
+
+/// The filesystem in the `crashcart` partition of a GPT disk.
+fn detect_partition(
+    file: &impl FileExt,
+    len: u64,
+    path: &Path,
+    block_size: LogicalBlockSize,
+) -> Result<Detected, DetectError> {
+    let bad = |reason: String| DetectError::BadPartitionTable {
+        path: path.to_owned(),
+        reason,
+    };
+    let disk = gpt::GptConfig::new()
+        .writable(false)
+        .logical_block_size(block_size)
+        .open_from_device(ReadOnlyDevice {
+            file,
+            position: 0,
+            len,
+        })
+        .map_err(|e| bad(e.to_string()))?;
+    let used: Vec<(&u32, &gpt::partition::Partition)> = disk
+        .partitions()
+        .iter()
+        .filter(|(_, p)| p.is_used())
+        .collect();
+    let named: Vec<_> = used
+        .iter()
+        .filter(|(_, p)| p.name == PARTITION_NAME)
+        .collect();
+    let (number, part) = match named.as_slice() {
+        [one] => (*one.0, one.1),
+        [] => {
+            return Err(DetectError::NoPartition {
+                path: path.to_owned(),
+                names: used.iter().map(|(_, p)| p.name.clone()).collect(),
+            });
+        }
+        many => {
+            return Err(DetectError::SeveralPartitions {
+                path: path.to_owned(),
+                count: many.len(),
+            });
+        }
+    };
+    let offset = part
+        .bytes_start(block_size)
+        .map_err(|e| bad(e.to_string()))?;
+    let size = part.bytes_len(block_size).map_err(|e| bad(e.to_string()))?;
+    let end = offset
+        .checked_add(size)
+        .ok_or_else(|| bad(format!("partition {number} ends past 2^64 bytes")))?;
+    if end > len {
+        return Err(DetectError::Truncated {
+            path: path.to_owned(),
+            format: format!("GPT partition {number} (`{PARTITION_NAME}`)"),
+            needed: end,
+            actual: len,
+        });
+    }
+    let window = Window {
+        file,
+        base: offset,
+        len: size,
+        path,
+    };
+    let (format, _) = window
+        .filesystem()?
+        .ok_or_else(|| DetectError::PartitionNotAFilesystem {
+            path: path.to_owned(),
+            number,
+        })?;
+    Ok(Detected {
+        format,
+        offset,
+        size,
+        partition: Some(Partition {
+            number,
+            name: PARTITION_NAME.to_string(),
+        }),
     })
+}
+
+/// The image as the `gpt` crate's `DiskDevice` (`Read + Write + Seek`): positioned reads
+/// of the open file, and every write refused, so reading the table can never change it.
+struct ReadOnlyDevice<'a, F: FileExt> {
+    file: &'a F,
+    position: u64,
+    len: u64,
+}
+
+impl<F: FileExt> std::fmt::Debug for ReadOnlyDevice<'_, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "image at byte {} of {}", self.position, self.len)
+    }
+}
+
+impl<F: FileExt> Read for ReadOnlyDevice<'_, F> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.position)?;
+        self.position += u64::try_from(n).map_err(io::Error::other)?;
+        Ok(n)
+    }
+}
+
+impl<F: FileExt> Write for ReadOnlyDevice<'_, F> {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the image is opened read-only",
+        ))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<F: FileExt> Seek for ReadOnlyDevice<'_, F> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let invalid = || io::Error::new(io::ErrorKind::InvalidInput, "seek out of range");
+        self.position = match to {
+            SeekFrom::Start(n) => n,
+            SeekFrom::End(delta) => self.len.checked_add_signed(delta).ok_or_else(invalid)?,
+            SeekFrom::Current(delta) => self
+                .position
+                .checked_add_signed(delta)
+                .ok_or_else(invalid)?,
+        };
+        Ok(self.position)
+    }
 }
 
 #[cfg(test)]
@@ -236,6 +556,7 @@ mod tests {
     use super::*;
     use crate::superblock::crc32c_raw;
     use std::io::Write;
+    use std::os::unix::fs::FileExt;
 
     /// A minimal ext4 superblock: 1 KiB blocks, one group of 8192 blocks and 2048 inodes,
     /// metadata_csum with a correct checksum.
@@ -328,30 +649,218 @@ mod tests {
         assert!(matches!(open(&tiny), Err(DetectError::NotAFilesystem(_))));
     }
 
+    /// An erofs superblock block (4 KiB blocks, `blocks` of them) with a correct checksum.
+    fn erofs_head(blocks: u32) -> Vec<u8> {
+        let mut head = vec![0u8; 4096];
+        head[1024..1028].copy_from_slice(&EROFS_MAGIC.to_le_bytes());
+        head[1032..1036].copy_from_slice(&1u32.to_le_bytes()); // SB_CHKSUM
+        head[1036] = 12;
+        head[1060..1064].copy_from_slice(&blocks.to_le_bytes());
+        head[1088..1093].copy_from_slice(b"tools");
+        let crc = ErofsSuperblock::compute_checksum(&head[1032..4096]);
+        head[1028..1032].copy_from_slice(&crc.to_le_bytes());
+        head
+    }
+
+    /// A squashfs superblock (gzip, 128 KiB blocks) saying it uses `bytes_used` bytes.
+    fn squashfs_head(bytes_used: u64) -> Vec<u8> {
+        let mut head = vec![0u8; 4096];
+        head[0..4].copy_from_slice(b"hsqs");
+        head[4..8].copy_from_slice(&3u32.to_le_bytes()); // inodes
+        head[12..16].copy_from_slice(&(128u32 * 1024).to_le_bytes());
+        head[20..22].copy_from_slice(&1u16.to_le_bytes()); // gzip
+        head[22..24].copy_from_slice(&17u16.to_le_bytes());
+        head[28..30].copy_from_slice(&4u16.to_le_bytes());
+        head[40..48].copy_from_slice(&bytes_used.to_le_bytes());
+        head
+    }
+
+    fn file_with(dir: &Path, name: &str, head: &[u8], len: u64) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, head).expect("write");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open")
+            .set_len(len)
+            .expect("set_len");
+        path
+    }
+
     #[test]
-    fn other_formats_are_named() {
+    fn erofs_is_detected_and_checked() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let sq = dir.path().join("sq.img");
-        let mut bytes = vec![0u8; 8192];
-        bytes[..4].copy_from_slice(b"hsqs");
-        std::fs::write(&sq, &bytes).expect("write");
+        let good = file_with(dir.path(), "e.img", &erofs_head(16), 16 * 4096);
+        let (_, d) = open(&good).expect("erofs");
+        assert_eq!(
+            (d.format.name(), d.format.kernel_fstype()),
+            ("erofs", "erofs")
+        );
+        assert_eq!((d.offset, d.size, d.partition), (0, 16 * 4096, None));
+        assert!(matches!(&d.format, Format::Erofs { label, block_size: 4096 } if label == "tools"));
+
+        let short = file_with(dir.path(), "s.img", &erofs_head(16), 8 * 4096);
+        assert!(
+            matches!(open(&short), Err(DetectError::Truncated { needed, .. }) if needed == 16 * 4096)
+        );
+
+        let mut head = erofs_head(16);
+        head[2000] ^= 1; // inside the checksummed block
+        let flipped = file_with(dir.path(), "f.img", &head, 16 * 4096);
+        let err = open(&flipped).expect_err("corrupt");
+        assert!(
+            matches!(&err, DetectError::Corrupt { reason, .. } if reason.contains("checksum")),
+            "{err}"
+        );
+
+        let mut head = erofs_head(16);
+        head[1036] = 30; // block size 2^30
+        let huge = file_with(dir.path(), "h.img", &head, 16 * 4096);
+        assert!(matches!(open(&huge), Err(DetectError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn squashfs_is_detected_and_checked() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let good = file_with(dir.path(), "q.img", &squashfs_head(10_000), 12_288);
+        let (_, d) = open(&good).expect("squashfs");
+        assert_eq!(d.format.kernel_fstype(), "squashfs");
+        assert_eq!(d.size, 10_000);
         assert!(matches!(
-            open(&sq),
-            Err(DetectError::Unsupported {
-                format: "squashfs",
-                ..
-            })
+            d.format,
+            Format::Squashfs {
+                compression: "gzip",
+                block_size: 131_072
+            }
         ));
+
+        let short = file_with(dir.path(), "s.img", &squashfs_head(10_000), 5_000);
+        assert!(matches!(open(&short), Err(DetectError::Truncated { .. })));
+
+        let mut head = squashfs_head(10_000);
+        head[28] = 3; // squashfs 3.x
+        let old = file_with(dir.path(), "o.img", &head, 12_288);
+        let err = open(&old).expect_err("old");
+        assert!(err.to_string().contains("version 3.0"), "{err}");
+
+        let mut head = squashfs_head(10_000);
+        head[22] = 16; // block_log disagrees with block_size
+        let bad = file_with(dir.path(), "b.img", &head, 12_288);
+        assert!(matches!(open(&bad), Err(DetectError::Corrupt { .. })));
+    }
+
+    /// A 4 MiB GPT disk with the given partitions (name, bytes), each filled by `fill`.
+    fn gpt_disk(dir: &Path, parts: &[(&str, u64, Option<&[u8]>)]) -> PathBuf {
+        let path = dir.join("disk.img");
+        let file = File::create(&path).expect("create");
+        file.set_len(4 << 20).expect("set_len");
+        drop(file);
+        let device = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("open");
+        let mut disk = gpt::GptConfig::new()
+            .writable(true)
+            .create_from_device(device, None)
+            .expect("gpt");
+        let mut starts = Vec::new();
+        for (name, bytes, _) in parts {
+            let id = disk
+                .add_partition(name, *bytes, gpt::partition_types::LINUX_FS, 0, None)
+                .expect("add");
+            let start = disk.partitions()[&id]
+                .bytes_start(LogicalBlockSize::Lb512)
+                .expect("start");
+            starts.push(start);
+        }
+        disk.write().expect("write table");
+        let device = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        for ((_, _, fill), start) in parts.iter().zip(starts) {
+            if let Some(fill) = fill {
+                device.write_all_at(fill, start).expect("fill");
+            }
+        }
+        path
+    }
+
+    #[test]
+    fn a_gpt_disk_gives_its_crashcart_partition() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut ext = vec![0u8; 1024];
+        ext.extend_from_slice(&ext4_superblock(1024));
+        let path = gpt_disk(
+            dir.path(),
+            &[
+                ("boot", 1 << 20, None),
+                (PARTITION_NAME, 1 << 20, Some(&ext)),
+            ],
+        );
+        let (_, d) = open(&path).expect("detected");
+        assert_eq!(d.format.name(), "ext4");
+        assert!(d.offset >= 1 << 20, "offset {}", d.offset);
+        assert_eq!(d.size, 1 << 20);
+        assert_eq!(
+            d.partition,
+            Some(Partition {
+                number: 2,
+                name: PARTITION_NAME.into()
+            })
+        );
+
+        // A filesystem larger than its partition is truncated.
+        let mut big = vec![0u8; 1024];
+        big.extend_from_slice(&ext4_superblock(8192));
+        let path = gpt_disk(dir.path(), &[(PARTITION_NAME, 1 << 20, Some(&big))]);
+        assert!(matches!(open(&path), Err(DetectError::Truncated { .. })));
+    }
+
+    #[test]
+    fn gpt_disks_without_one_crashcart_partition_are_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = gpt_disk(
+            dir.path(),
+            &[("boot", 1 << 20, None), ("root", 1 << 20, None)],
+        );
+        let err = open(&path).expect_err("no crashcart");
+        assert!(
+            matches!(&err, DetectError::NoPartition { names, .. } if names == &["boot", "root"])
+        );
+        assert!(
+            err.to_string()
+                .contains("no GPT partition named `crashcart` (its partitions: `boot`, `root`)"),
+            "{err}"
+        );
+
+        let path = gpt_disk(dir.path(), &[(PARTITION_NAME, 1 << 20, None)]);
+        assert!(matches!(
+            open(&path),
+            Err(DetectError::PartitionNotAFilesystem { number: 1, .. })
+        ));
+
+        let path = gpt_disk(
+            dir.path(),
+            &[
+                (PARTITION_NAME, 1 << 20, None),
+                (PARTITION_NAME, 1 << 20, None),
+            ],
+        );
+        assert!(matches!(
+            open(&path),
+            Err(DetectError::SeveralPartitions { count: 2, .. })
+        ));
+
+        // A header signature with nothing behind it.
         let mut bytes = vec![0u8; 8192];
         bytes[512..520].copy_from_slice(b"EFI PART");
-        let gpt = dir.path().join("gpt.img");
-        std::fs::write(&gpt, &bytes).expect("write");
+        let broken = dir.path().join("broken.img");
+        std::fs::write(&broken, &bytes).expect("write");
         assert!(matches!(
-            open(&gpt),
-            Err(DetectError::Unsupported {
-                format: "a GPT disk",
-                ..
-            })
+            open(&broken),
+            Err(DetectError::BadPartitionTable { .. })
         ));
     }
 }

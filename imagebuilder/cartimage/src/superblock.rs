@@ -1,9 +1,11 @@
 //! Superblocks as they lie on disk, read without mounting anything.
 //!
-//! Only the fields that format detection needs are decoded; the layout follows the kernel's
-//! `struct ext4_super_block` (`fs/ext4/ext4.h`) and `Documentation/filesystems/ext4/super.rst`.
-//! erofs and squashfs are recognised by their magic numbers only, so that a later change can
-//! decode them here beside ext2/3/4.
+//! Only the fields that format detection needs are decoded. The layouts follow the kernel's
+//! own headers: `struct ext4_super_block` (`fs/ext4/ext4.h`,
+//! `Documentation/filesystems/ext4/super.rst`), `struct erofs_super_block`
+//! (`fs/erofs/erofs_fs.h`) and `struct squashfs_super_block` (`fs/squashfs/squashfs_fs.h`);
+//! the sanity checks are the ones each driver's `fill_super` makes before it reads anything
+//! else, so an image that fails them is corrupt rather than of an unknown kind.
 
 /// Where the ext2/3/4 superblock starts in the filesystem (`ext4/super.rst`: "the superblock
 /// is located at offset 1024").
@@ -215,6 +217,185 @@ impl ExtSuperblock {
     pub fn filesystem_bytes(&self) -> Option<u64> {
         self.blocks_count.checked_mul(self.block_size()?)
     }
+}
+
+/// Bytes of the erofs superblock that detection reads (the on-disk struct is 128 bytes).
+pub const EROFS_SUPERBLOCK_SIZE: usize = 128;
+/// `EROFS_FEATURE_COMPAT_SB_CHKSUM`: the superblock carries a crc32c.
+const EROFS_FEATURE_COMPAT_SB_CHKSUM: u32 = 0x0000_0001;
+/// The crc32c seed erofs uses for its superblock checksum (`EROFS_SUPER_MAGIC_V1`'s
+/// companion in `erofs_superblock_csum_verify`).
+const EROFS_SB_CSUM_SEED: u32 = 0x5045_B54A;
+
+/// The decoded fields of an erofs superblock (`struct erofs_super_block`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErofsSuperblock {
+    /// `checksum`: crc32c of the rest of the superblock block, when `SB_CHKSUM` is set.
+    pub checksum: u32,
+    /// `feature_compat`.
+    pub feature_compat: u32,
+    /// `blkszbits`: the block size is `1 << blkszbits`.
+    pub blkszbits: u8,
+    /// `blocks`: the filesystem's size in blocks.
+    pub blocks: u32,
+    /// `volume_name`, up to the first NUL.
+    pub volume_name: String,
+}
+
+impl ErofsSuperblock {
+    /// Decodes the bytes found at [`EROFS_OFFSET`]. Returns `None` when the magic number is
+    /// not erofs'.
+    pub fn parse(raw: &[u8; EROFS_SUPERBLOCK_SIZE]) -> Option<ErofsSuperblock> {
+        if le32(raw, 0) != EROFS_MAGIC {
+            return None;
+        }
+        let name = &raw[64..80];
+        let name_len = name.iter().position(|&c| c == 0).unwrap_or(name.len());
+        Some(ErofsSuperblock {
+            checksum: le32(raw, 4),
+            feature_compat: le32(raw, 8),
+            blkszbits: raw[12],
+            blocks: le32(raw, 36),
+            volume_name: String::from_utf8_lossy(&name[..name_len]).into_owned(),
+        })
+    }
+
+    /// Whether the superblock carries a checksum.
+    pub fn has_checksum(&self) -> bool {
+        self.feature_compat & EROFS_FEATURE_COMPAT_SB_CHKSUM != 0
+    }
+
+    /// The block size in bytes, or `None` when `blkszbits` is outside what the kernel
+    /// mounts (512 bytes to 64 KiB; `erofs_read_superblock` refuses the rest).
+    pub fn block_size(&self) -> Option<u64> {
+        (9..=16)
+            .contains(&self.blkszbits)
+            .then(|| 1u64 << self.blkszbits)
+    }
+
+    /// How many bytes of the first block, from the superblock's `checksum` field on, the
+    /// checksum covers (`erofs_superblock_csum_verify`): the block minus the 1024 bytes
+    /// before the superblock (when the block is larger) minus `magic` and `checksum`.
+    pub fn checksum_span(&self) -> Option<u64> {
+        let block = self.block_size()?;
+        let after_offset = if block > EROFS_OFFSET {
+            block - EROFS_OFFSET
+        } else {
+            block
+        };
+        after_offset.checked_sub(8)
+    }
+
+    /// The crc32c the kernel computes over `covered`: the [`Self::checksum_span`] bytes that
+    /// follow the `checksum` field.
+    pub fn compute_checksum(covered: &[u8]) -> u32 {
+        crc32c_raw(EROFS_SB_CSUM_SEED, covered)
+    }
+
+    /// The first reason, if any, why the kernel would refuse this superblock's geometry.
+    pub fn geometry_problem(&self) -> Option<String> {
+        if self.block_size().is_none() {
+            return Some(format!("block size 2^{} is out of range", self.blkszbits));
+        }
+        if self.blocks == 0 {
+            return Some("zero blocks".into());
+        }
+        None
+    }
+
+    /// The number of bytes the filesystem spans: `blocks << blkszbits`.
+    pub fn filesystem_bytes(&self) -> Option<u64> {
+        u64::from(self.blocks).checked_mul(self.block_size()?)
+    }
+}
+
+/// Bytes of the squashfs superblock (`struct squashfs_super_block`).
+pub const SQUASHFS_SUPERBLOCK_SIZE: usize = 96;
+/// The same, as a file length.
+const SQUASHFS_SUPERBLOCK_BYTES: u64 = 96;
+/// `SQUASHFS_MAJOR`: the only format version Linux mounts.
+const SQUASHFS_MAJOR: u16 = 4;
+
+/// The decoded fields of a squashfs 4.0 superblock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SquashfsSuperblock {
+    /// `inodes`.
+    pub inodes: u32,
+    /// `block_size`: bytes per data block.
+    pub block_size: u32,
+    /// `compression`: 1 gzip, 2 lzma, 3 lzo, 4 xz, 5 lz4, 6 zstd.
+    pub compression: u16,
+    /// `block_log`: log2 of `block_size`.
+    pub block_log: u16,
+    /// `s_major`.
+    pub major: u16,
+    /// `s_minor`.
+    pub minor: u16,
+    /// `bytes_used`: the filesystem's size in bytes.
+    pub bytes_used: u64,
+}
+
+impl SquashfsSuperblock {
+    /// Decodes the bytes at offset 0. Returns `None` when the magic number is not squashfs'.
+    pub fn parse(raw: &[u8; SQUASHFS_SUPERBLOCK_SIZE]) -> Option<SquashfsSuperblock> {
+        if le32(raw, 0) != SQUASHFS_MAGIC {
+            return None;
+        }
+        Some(SquashfsSuperblock {
+            inodes: le32(raw, 4),
+            block_size: le32(raw, 12),
+            compression: le16(raw, 20),
+            block_log: le16(raw, 22),
+            major: le16(raw, 28),
+            minor: le16(raw, 30),
+            bytes_used: le64(raw, 40),
+        })
+    }
+
+    /// The compressor's name, as `mksquashfs -comp` spells it.
+    pub fn compression_name(&self) -> &'static str {
+        match self.compression {
+            1 => "gzip",
+            2 => "lzma",
+            3 => "lzo",
+            4 => "xz",
+            5 => "lz4",
+            6 => "zstd",
+            _ => "unknown",
+        }
+    }
+
+    /// The first reason, if any, why the kernel would refuse this superblock
+    /// (`squashfs_fill_super`: version 4.0, a block size of 4 KiB to 1 MiB that matches
+    /// `block_log`, a known compressor, at least one inode).
+    pub fn geometry_problem(&self) -> Option<String> {
+        if self.major != SQUASHFS_MAJOR || self.minor > 0 {
+            return Some(format!(
+                "squashfs version {}.{} (Linux mounts 4.0)",
+                self.major, self.minor
+            ));
+        }
+        if !(4096..=1 << 20).contains(&self.block_size)
+            || u32::from(self.block_log) >= 32
+            || 1u32 << self.block_log != self.block_size
+        {
+            return Some(format!(
+                "block size {} with block_log {}",
+                self.block_size, self.block_log
+            ));
+        }
+        if self.compression_name() == "unknown" {
+            return Some(format!("unknown compressor id {}", self.compression));
+        }
+        if self.inodes == 0 || self.bytes_used < SQUASHFS_SUPERBLOCK_BYTES {
+            return Some("no inodes or no bytes used".into());
+        }
+        None
+    }
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    u64::from(le32(b, at)) | (u64::from(le32(b, at + 4)) << 32)
 }
 
 /// CRC-32C (Castagnoli) as the kernel's `crc32c()` computes it: the given seed and no final
