@@ -13,7 +13,8 @@
 //!
 //! Entries under `sources/` and `builds/` appear only by `rename(2)` of a
 //! complete, verified temporary under `tmp/` (same filesystem), so a crash or a
-//! failed check never leaves a partial entry behind.
+//! failed check never leaves a partial entry behind; what a killed run left in
+//! `tmp/` is removed by the next run that has the cache to itself.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -42,10 +43,11 @@ pub enum CacheError {
     },
 }
 
-/// A cache directory.
+/// A cache directory, held open with a shared lock (see [`Cache::open`]).
 #[derive(Debug, Clone)]
 pub struct Cache {
     root: PathBuf,
+    _held: std::sync::Arc<File>,
 }
 
 impl Cache {
@@ -71,7 +73,6 @@ impl Cache {
                 })?
                 .join(root)
         };
-        let cache = Cache { root };
         for dir in [
             "sources/sha256",
             "builds",
@@ -80,10 +81,36 @@ impl Cache {
             "tmp",
             "locks",
         ] {
-            let path = cache.root.join(dir);
+            let path = root.join(dir);
             fs::create_dir_all(&path).map_err(|source| CacheError::Create { path, source })?;
         }
-        Ok(cache)
+        // Every cartbuild using this cache holds a shared lock on it. One that
+        // gets the lock exclusively is alone, so whatever is in tmp/ was left by
+        // an interrupted run (a killed build, a download cut short): remove it.
+        let path = root.join("locks/cache.lock");
+        let lock_err = |source| CacheError::Lock {
+            path: path.clone(),
+            source,
+        };
+        let held = File::create(&path).map_err(lock_err)?;
+        if held.try_lock().is_ok() {
+            if let Ok(rd) = fs::read_dir(root.join("tmp")) {
+                for e in rd.flatten() {
+                    let p = e.path();
+                    let _ = if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        fs::remove_dir_all(&p)
+                    } else {
+                        fs::remove_file(&p)
+                    };
+                }
+            }
+            held.unlock().map_err(lock_err)?;
+        }
+        held.lock_shared().map_err(lock_err)?;
+        Ok(Cache {
+            root,
+            _held: std::sync::Arc::new(held),
+        })
     }
 
     /// The cache's root directory.

@@ -104,6 +104,22 @@ fn two_cold_builds_in_different_caches_give_the_same_image() {
 }
 
 #[test]
+fn leftovers_of_an_interrupted_run_are_removed() {
+    let env = Env::new();
+    let (server, _, sha) = hello_server("x");
+    let recipe = env.write(
+        "r.toml",
+        &hello_recipe(&env, &[server.url("/hello.tar.gz")], &sha),
+    );
+    // What a killed build and a cut download leave behind.
+    fs::create_dir_all(env.cache().join("tmp/work-0123456789ab/src")).unwrap();
+    fs::write(env.cache().join("tmp/.tmpAbCdEf"), b"half a download").unwrap();
+    let o = env.run(&recipe, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_cache_verified(&env);
+}
+
+#[test]
 fn falls_back_after_404() {
     let env = Env::new();
     let (server, _, sha) = hello_server("x");
@@ -524,6 +540,14 @@ sha256 = "{prog_sha}"
 install = "sbin/prog"
 
 [[package]]
+name = "prog-unstripped"
+version = "1"
+kind = "file"
+urls = ["{prog_url}"]
+sha256 = "{prog_sha}"
+strip = false
+
+[[package]]
 name = "tools"
 version = "1"
 kind = "archive"
@@ -572,8 +596,13 @@ install = "."
         fs::read_to_string(staged.join("rc")).unwrap(),
         "alias x=y\n"
     );
-    // Stripped by default: smaller than what was downloaded.
+    // Stripped by default: smaller than what was downloaded; kept as is with
+    // strip = false (and installed at bin/<name> by default).
     assert!(fs::metadata(staged.join("sbin/prog")).unwrap().len() < prog_bytes.len() as u64);
+    assert_eq!(
+        fs::read(staged.join("bin/prog-unstripped")).unwrap(),
+        prog_bytes
+    );
     assert_fsck_clean(&env.image());
 }
 
