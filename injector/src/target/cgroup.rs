@@ -42,11 +42,14 @@ impl CgroupScan {
         }
     }
 
-    /// Container ID → the lowest PID in it (the container's first process).
+    /// Container ID → its first process: the one that is PID 1 of its own PID namespace
+    /// (the last `NSpid` of `/proc/PID/status`), else the lowest PID in it. Not just the
+    /// lowest: PIDs wrap, and a session's namespace child (in the host's PID namespace, but
+    /// in the container's cgroup once it joined it) is no container process to join.
     pub fn containers(&self) -> BTreeMap<String, i32> {
-        let mut found: BTreeMap<String, i32> = BTreeMap::new();
+        let mut found: BTreeMap<String, (bool, i32)> = BTreeMap::new();
         let Ok(dir) = std::fs::read_dir(&self.proc_root) else {
-            return found;
+            return BTreeMap::new();
         };
         for entry in dir.flatten() {
             let Some(pid) = entry
@@ -60,11 +63,20 @@ impl CgroupScan {
                 continue;
             };
             if let Some(id) = container_id(&text) {
-                let lowest = found.entry(id).or_insert(pid);
-                *lowest = (*lowest).min(pid);
+                let status =
+                    std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+                let is_init = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("NSpid:"))
+                    .and_then(|ids| ids.split_whitespace().last())
+                    == Some("1");
+                // Inits first, then the lowest PID: the smallest (not init, pid).
+                let rank = (!is_init, pid);
+                let best = found.entry(id).or_insert(rank);
+                *best = (*best).min(rank);
             }
         }
-        found
+        found.into_iter().map(|(id, (_, pid))| (id, pid)).collect()
     }
 }
 
@@ -86,14 +98,22 @@ impl Resolver for CgroupScan {
             name: None,
             id: id.clone(),
             runtime: "cgroup",
+            detail: None,
         };
         match hits.as_slice() {
-            [(id, pid)] => Ok(Lookup::Found(Target {
-                pid: **pid,
-                runtime: "cgroup",
-                id: Some((*id).clone()),
-                name: None,
-            })),
+            [(id, pid)] => {
+                let target = Target {
+                    pid: **pid,
+                    runtime: "cgroup",
+                    id: Some((*id).clone()),
+                    name: None,
+                };
+                Ok(if id.as_str() == query {
+                    Lookup::Found(target)
+                } else {
+                    Lookup::Prefix(target)
+                })
+            }
             [] => Ok(Lookup::NotFound(containers.keys().map(candidate).collect())),
             many => Err(ResolveError::Ambiguous {
                 query: query.to_string(),
@@ -127,20 +147,29 @@ mod tests {
     #[test]
     fn scan_of_a_fixture_proc() {
         let proc = tempfile::tempdir().expect("temp dir");
-        for (pid, text) in [
-            ("10", format!("0::/docker/{ID}\n")),
-            ("7", format!("0::/docker/{ID}\n")),
-            ("12", "0::/\n".to_string()),
-            ("self", "0::/\n".to_string()),
+        // PID 5 is a session's namespace child in the container's cgroup; 10 is the
+        // container's init; 7 another of its processes.
+        for (pid, text, nspid) in [
+            ("10", format!("0::/docker/{ID}\n"), "10\t1"),
+            ("7", format!("0::/docker/{ID}\n"), "7\t12"),
+            ("5", format!("0::/docker/{ID}\n"), "5"),
+            ("12", "0::/\n".to_string(), "12"),
+            ("self", "0::/\n".to_string(), "3"),
         ] {
             std::fs::create_dir_all(proc.path().join(pid)).expect("mkdir");
             std::fs::write(proc.path().join(pid).join("cgroup"), text).expect("write");
+            std::fs::write(
+                proc.path().join(pid).join("status"),
+                format!("Name:\tx\nNSpid:\t{nspid}\n"),
+            )
+            .expect("write");
         }
         let scan = CgroupScan::new(proc.path());
         match scan.lookup("3f2a").expect("lookup") {
-            Lookup::Found(t) => assert_eq!((t.pid, t.id.as_deref()), (7, Some(ID))),
-            Lookup::NotFound(_) => panic!("not found"),
+            Lookup::Prefix(t) => assert_eq!((t.pid, t.id.as_deref()), (10, Some(ID))),
+            _ => panic!("not found by prefix"),
         }
+        assert!(matches!(scan.lookup(ID), Ok(Lookup::Found(_))));
         assert!(matches!(scan.lookup("ffff"), Ok(Lookup::NotFound(c)) if c.len() == 1));
         assert!(matches!(scan.lookup("web"), Ok(Lookup::NotFound(c)) if c.is_empty()));
     }

@@ -1,5 +1,7 @@
 //! Docker containers by name, full ID or unique ID prefix, through the Engine API on its Unix
 //! socket (`GET /containers/json?all=1`, then `GET /containers/ID/json` for `.State.Pid`).
+//! Podman's API service (`podman system service`) speaks the same API, so [`Docker::at`]
+//! serves it too, under Podman's name.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,6 +15,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The Docker Engine API at a socket.
 pub struct Docker {
+    runtime: &'static str,
     socket: PathBuf,
 }
 
@@ -49,17 +52,25 @@ impl Docker {
             .ok()
             .and_then(|h| h.strip_prefix("unix://").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"));
-        Docker { socket }
+        Docker::at("docker", socket)
+    }
+
+    /// The Engine API of `runtime` at `socket`.
+    pub fn at(runtime: &'static str, socket: impl Into<PathBuf>) -> Docker {
+        Docker {
+            runtime,
+            socket: socket.into(),
+        }
     }
 
     fn get(&self, path: &str) -> Result<http::Response, ResolveError> {
         http::get(&self.socket, path, TIMEOUT).map_err(|e| match e {
             HttpError::Connect { .. } => ResolveError::Unavailable {
-                runtime: "docker",
+                runtime: self.runtime,
                 detail: e.to_string(),
             },
             other => ResolveError::Api {
-                runtime: "docker",
+                runtime: self.runtime,
                 detail: other.to_string(),
             },
         })
@@ -69,7 +80,7 @@ impl Docker {
         let response = self.get(path)?;
         if response.status != 200 {
             return Err(ResolveError::Api {
-                runtime: "docker",
+                runtime: self.runtime,
                 detail: format!(
                     "GET {path}: HTTP {}: {}",
                     response.status,
@@ -78,7 +89,7 @@ impl Docker {
             });
         }
         serde_json::from_slice(&response.body).map_err(|e| ResolveError::Api {
-            runtime: "docker",
+            runtime: self.runtime,
             detail: format!("GET {path}: {e}"),
         })
     }
@@ -101,7 +112,7 @@ impl Docker {
 
 impl Resolver for Docker {
     fn runtime(&self) -> &'static str {
-        "docker"
+        self.runtime
     }
 
     fn lookup(&self, query: &str) -> Result<Lookup, ResolveError> {
@@ -109,14 +120,16 @@ impl Resolver for Docker {
         let candidate = |(name, id): &(Option<String>, String)| Candidate {
             name: name.clone(),
             id: id.clone(),
-            runtime: "docker",
+            runtime: self.runtime,
+            detail: None,
         };
         // Docker's own order: an exact name or full ID wins over an ID prefix.
         let exact: Vec<_> = all
             .iter()
             .filter(|(name, id)| name.as_deref() == Some(query) || id == query)
             .collect();
-        let hits = if exact.is_empty() && looks_like_id(query) {
+        let by_prefix = exact.is_empty();
+        let hits = if by_prefix && looks_like_id(query) {
             all.iter().filter(|(_, id)| id.starts_with(query)).collect()
         } else {
             exact
@@ -136,14 +149,19 @@ impl Resolver for Docker {
         if !inspect.state.running || inspect.state.pid <= 0 {
             return Err(ResolveError::NotRunning {
                 name,
-                runtime: "docker",
+                runtime: self.runtime,
             });
         }
-        Ok(Lookup::Found(Target {
+        let target = Target {
             pid: inspect.state.pid,
-            runtime: "docker",
+            runtime: self.runtime,
             id: Some(inspect.id),
             name: Some(name),
-        }))
+        };
+        Ok(if by_prefix {
+            Lookup::Prefix(target)
+        } else {
+            Lookup::Found(target)
+        })
     }
 }

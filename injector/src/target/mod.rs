@@ -1,14 +1,23 @@
 //! Finding the process to inject into from what the user typed.
 //!
-//! A TARGET is a PID, `pid:N`, `docker:NAME`, or a bare name or ID that each [`Resolver`] is
-//! asked about in turn: the Docker API first, then a scan of `/proc/*/cgroup` for a
-//! container ID (which finds containers of any runtime). Another runtime is one more file
-//! here implementing [`Resolver`] and one more entry in [`resolvers`].
+//! A TARGET is a PID, `pid:N`, `KIND:NAME` (`docker:`, `podman:`, `containerd:[NS/]ID`,
+//! `cri:`) or a bare name or ID that every [`Resolver`] is asked about: Docker's API, Podman
+//! (its API socket, else its state files), containerd's and CRI-O's state files, and a scan
+//! of `/proc/*/cgroup` for a container ID (which finds containers of any runtime). An exact
+//! name or full ID wins over an ID prefix; one container found by several resolvers (a Docker
+//! container is also a containerd task in the `moby` namespace) counts once; two different
+//! containers are ambiguous, and the error lists each with its runtime. Another runtime is
+//! one more file here implementing [`Resolver`] and one more entry in [`resolvers`].
 
 pub mod cgroup;
+pub mod containerd;
+pub mod crio;
 pub mod docker;
 pub mod http;
 pub mod pid;
+pub mod podman;
+pub mod state;
+pub mod storage;
 
 use std::fmt;
 
@@ -62,14 +71,33 @@ pub struct Candidate {
     pub id: String,
     /// Which runtime knows it.
     pub runtime: &'static str,
+    /// Where in that runtime, when it has several places (containerd's namespace, a
+    /// Kubernetes pod).
+    pub detail: Option<String>,
+}
+
+impl Candidate {
+    /// The candidate a found target stands for.
+    pub fn of(target: &Target) -> Candidate {
+        Candidate {
+            name: target.name.clone(),
+            id: target.id.clone().unwrap_or_else(|| target.pid.to_string()),
+            runtime: target.runtime,
+            detail: None,
+        }
+    }
 }
 
 impl fmt::Display for Candidate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let short: String = self.id.chars().take(12).collect();
+        let place = match &self.detail {
+            Some(detail) => format!("{} {detail}", self.runtime),
+            None => self.runtime.to_string(),
+        };
         match &self.name {
-            Some(name) => write!(f, "{name} ({} {short})", self.runtime),
-            None => write!(f, "{short} ({})", self.runtime),
+            Some(name) => write!(f, "{name} ({place} {short})"),
+            None => write!(f, "{short} ({place})"),
         }
     }
 }
@@ -95,7 +123,9 @@ fn list(candidates: &[Candidate]) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     /// `kind:` prefix not known.
-    #[error("unknown target kind `{0}:`: use `pid:N`, `docker:NAME`, or a bare PID, name or ID")]
+    #[error(
+        "unknown target kind `{0}:`: use `pid:N`, `docker:NAME`, `podman:NAME`, `containerd:[NS/]ID`, `cri:ID`, or a bare PID, name or ID"
+    )]
     UnknownKind(String),
     /// `pid:` without a number.
     #[error("`{0}` is not a PID: use `pid:N` with a number")]
@@ -147,24 +177,34 @@ pub enum ResolveError {
 
 /// The answer of one resolver.
 pub enum Lookup {
-    /// Exactly one container.
+    /// Exactly one container, by its name or full ID.
     Found(Target),
+    /// Exactly one container, by a unique prefix of its ID (an exact match elsewhere wins).
+    Prefix(Target),
     /// None; here is what this resolver knows of, for the error message.
     NotFound(Vec<Candidate>),
 }
 
 /// One way of finding containers (one runtime, or the cgroup scan).
 pub trait Resolver {
-    /// Its name, as used in `NAME:` prefixes.
+    /// Its name, as shown in messages and used in `NAME:` prefixes.
     fn runtime(&self) -> &'static str;
+    /// Whether `KIND:` forces this resolver (by default: `KIND` is [`Resolver::runtime`]).
+    fn accepts(&self, kind: &str) -> bool {
+        kind == self.runtime()
+    }
     /// Looks `query` up: a name, full ID or unique ID prefix.
     fn lookup(&self, query: &str) -> Result<Lookup, ResolveError>;
 }
 
-/// The resolvers tried for a bare name or ID, in order.
+/// Every resolver, in the order their answers are preferred when they name the same
+/// container (Docker's API knows names the containerd `moby` task does not).
 pub fn resolvers() -> Vec<Box<dyn Resolver>> {
     vec![
         Box::new(docker::Docker::from_env()),
+        Box::new(podman::Podman::from_host()),
+        Box::new(containerd::Containerd::from_host()),
+        Box::new(crio::Crio::from_host()),
         Box::new(cgroup::CgroupScan::new("/proc")),
     ]
 }
@@ -180,11 +220,11 @@ pub fn resolve(arg: &str, resolvers: &[Box<dyn Resolver>]) -> Result<Target, Res
                 .ok_or_else(|| ResolveError::BadPid(rest.to_string()))?;
             return pid::resolve(pid);
         }
-        let Some(resolver) = resolvers.iter().find(|r| r.runtime() == kind) else {
+        let Some(resolver) = resolvers.iter().find(|r| r.accepts(kind)) else {
             return Err(ResolveError::UnknownKind(kind.to_string()));
         };
         return match resolver.lookup(rest)? {
-            Lookup::Found(target) => Ok(target),
+            Lookup::Found(target) | Lookup::Prefix(target) => Ok(target),
             Lookup::NotFound(candidates) => Err(ResolveError::NotFound {
                 query: rest.to_string(),
                 candidates,
@@ -196,11 +236,16 @@ pub fn resolve(arg: &str, resolvers: &[Box<dyn Resolver>]) -> Result<Target, Res
     {
         return pid::resolve(pid);
     }
+    let mut exact: Vec<Target> = Vec::new();
+    let mut prefix: Vec<Target> = Vec::new();
     let mut candidates = Vec::new();
     let mut unavailable = None;
+    let mut stopped = None;
+    let mut failed = None;
     for resolver in resolvers {
         match resolver.lookup(arg) {
-            Ok(Lookup::Found(target)) => return Ok(target),
+            Ok(Lookup::Found(target)) => add_once(&mut exact, target),
+            Ok(Lookup::Prefix(target)) => add_once(&mut prefix, target),
             Ok(Lookup::NotFound(more)) => {
                 for c in more {
                     if !candidates.iter().any(|k: &Candidate| k.id == c.id) {
@@ -211,18 +256,84 @@ pub fn resolve(arg: &str, resolvers: &[Box<dyn Resolver>]) -> Result<Target, Res
             Err(e @ ResolveError::Unavailable { .. }) => {
                 unavailable.get_or_insert(e);
             }
-            Err(e) => return Err(e),
+            Err(e @ ResolveError::NotRunning { .. }) => {
+                stopped.get_or_insert(e);
+            }
+            Err(e @ ResolveError::Ambiguous { .. }) => return Err(e),
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
         }
     }
-    // A name needs a runtime to resolve it: say that the runtime is down rather than that
-    // the name is unknown.
-    if let Some(e) = unavailable {
+    let hits = if exact.is_empty() { prefix } else { exact };
+    match hits.len() {
+        1 => return Ok(hits.into_iter().next().expect("one hit")),
+        0 => {}
+        _ => {
+            return Err(ResolveError::Ambiguous {
+                query: arg.to_string(),
+                candidates: hits.iter().map(Candidate::of).collect(),
+            });
+        }
+    }
+    // Nothing running matched: say why as precisely as we can. A name needs a runtime to
+    // resolve it, so a runtime that is down beats "unknown".
+    if let Some(e) = stopped.or(failed).or(unavailable) {
         return Err(e);
     }
     Err(ResolveError::NotFound {
         query: arg.to_string(),
         candidates,
     })
+}
+
+/// Adds `target` unless the same container (same ID, or same process) is there already.
+fn add_once(found: &mut Vec<Target>, target: Target) {
+    let same = |t: &Target| t.pid == target.pid || (t.id.is_some() && t.id == target.id);
+    if !found.iter().any(same) {
+        found.push(target);
+    }
+}
+
+/// How a query matched a list of containers.
+pub enum Pick<'a, T> {
+    /// One, by name or full ID.
+    Exact(&'a T),
+    /// One, by a unique ID prefix.
+    Prefix(&'a T),
+    /// Several.
+    Many(Vec<&'a T>),
+    /// None.
+    None,
+}
+
+/// A container as a state-file resolver knows it: an ID and the names it answers to.
+pub trait Named {
+    /// Its full ID.
+    fn id(&self) -> &str;
+    /// The names it answers to.
+    fn names(&self) -> Vec<&str>;
+}
+
+/// Matches `query` against `items` the way Docker does: an exact name or full ID first, else
+/// a unique prefix of an ID (only for queries that look like one).
+pub fn pick<'a, T: Named>(items: &'a [T], query: &str) -> Pick<'a, T> {
+    let exact: Vec<&T> = items
+        .iter()
+        .filter(|t| t.id() == query || t.names().contains(&query))
+        .collect();
+    let (hits, by_prefix) = if exact.is_empty() && looks_like_id(query) {
+        let prefixed = items.iter().filter(|t| t.id().starts_with(query)).collect();
+        (prefixed, true)
+    } else {
+        (exact, false)
+    };
+    match hits.as_slice() {
+        [] => Pick::None,
+        [one] if by_prefix => Pick::Prefix(one),
+        [one] => Pick::Exact(one),
+        _ => Pick::Many(hits),
+    }
 }
 
 /// Whether `s` could be (a prefix of) a hexadecimal container ID.
@@ -238,6 +349,7 @@ mod tests {
         name: &'static str,
         known: Vec<Candidate>,
         down: bool,
+        pid: i32,
     }
 
     impl Resolver for Fake {
@@ -258,7 +370,7 @@ mod tests {
                 .collect();
             match hits.as_slice() {
                 [one] => Ok(Lookup::Found(Target {
-                    pid: 42,
+                    pid: self.pid,
                     runtime: self.name,
                     id: Some(one.id.clone()),
                     name: one.name.clone(),
@@ -272,16 +384,21 @@ mod tests {
         }
     }
 
-    fn fake(down: bool) -> Vec<Box<dyn Resolver>> {
-        let c = |name: &str, id: &str| Candidate {
+    fn c(runtime: &'static str, name: &str, id: &str) -> Candidate {
+        Candidate {
             name: Some(name.into()),
             id: id.into(),
-            runtime: "docker",
-        };
+            runtime,
+            detail: None,
+        }
+    }
+
+    fn fake(down: bool) -> Vec<Box<dyn Resolver>> {
         vec![Box::new(Fake {
             name: "docker",
-            known: vec![c("web", "abc123"), c("db", "abd456")],
+            known: vec![c("docker", "web", "abc123"), c("docker", "db", "abd456")],
             down,
+            pid: 42,
         })]
     }
 
@@ -321,6 +438,48 @@ mod tests {
         ));
         assert!(matches!(resolve("pid:x", &r), Err(ResolveError::BadPid(_))));
         assert!(matches!(resolve("pid:0", &r), Err(ResolveError::BadPid(_))));
+    }
+
+    #[test]
+    fn across_runtimes_one_container_once_two_are_ambiguous() {
+        let r: Vec<Box<dyn Resolver>> = vec![
+            Box::new(Fake {
+                name: "docker",
+                known: vec![c("docker", "web", "abc123")],
+                down: false,
+                pid: 42,
+            }),
+            // The same container seen by containerd (moby namespace): same ID.
+            Box::new(Fake {
+                name: "containerd",
+                known: vec![c("containerd", "abc123", "abc123")],
+                down: false,
+                pid: 42,
+            }),
+            Box::new(Fake {
+                name: "podman",
+                known: vec![c("podman", "web", "fed999"), c("podman", "api", "abc777")],
+                down: false,
+                pid: 77,
+            }),
+        ];
+        assert_eq!(resolve("abc123", &r).expect("one").runtime, "docker");
+        let err = resolve("web", &r).expect_err("two webs").to_string();
+        assert!(
+            err.contains("web (docker abc123)") && err.contains("web (podman fed999)"),
+            "{err}"
+        );
+        assert_eq!(
+            resolve("podman:web", &r).expect("forced").id.as_deref(),
+            Some("fed999")
+        );
+        // A stopped container elsewhere does not hide a running one; down runtimes are named
+        // only when nothing matched.
+        let err = resolve("nothing", &r).expect_err("none").to_string();
+        assert!(
+            err.contains("no container matches") && err.contains("(podman fed999)"),
+            "{err}"
+        );
     }
 
     #[test]
