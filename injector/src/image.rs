@@ -8,6 +8,8 @@ use cartimage::detect::{self, DetectError, Detected};
 
 use crate::loopdev::{LoopDevice, LoopError};
 use crate::mount::{DetachedMount, ImageMount, MountError};
+use crate::sys::mount_api;
+use crate::userns::UserNs;
 
 /// The image used when none is given and `$CARTINJECT_IMAGE` is unset.
 pub const DEFAULT_IMAGE: &str = "./crashcart.img";
@@ -52,6 +54,15 @@ pub struct Image {
     detected: Detected,
 }
 
+/// What [`Image::mount`] did: steps for `-v`, and warnings the user must always see.
+#[derive(Debug, Default)]
+pub struct MountNotes {
+    /// Each step taken.
+    pub steps: Vec<String>,
+    /// What works less well than it should (the image's files owned by nobody, say).
+    pub warnings: Vec<String>,
+}
+
 /// An exclusive `flock` on the image, so that concurrent cartinjects share one loop device
 /// and do not mount twice; released on drop.
 pub struct ImageLock<'a>(&'a File);
@@ -94,9 +105,16 @@ impl Image {
 
     /// Attaches (or reuses) a loop device and mounts it detached; with `legacy`, or on a
     /// kernel without the new mount API, returns the held loop device for `mount(2)`
-    /// instead. Callers hold [`Image::lock`].
-    pub fn mount(&self, legacy: bool) -> Result<(ImageMount, Vec<String>), ImageError> {
-        let mut notes = Vec::new();
+    /// instead. For a target in a user namespace of its own (`userns`), the detached mount
+    /// is idmapped to it, so the image's files belong to the container's root there; where
+    /// the kernel cannot do that, a warning says so and the mount is used as it is. Callers
+    /// hold [`Image::lock`].
+    pub fn mount(
+        &self,
+        legacy: bool,
+        userns: Option<&UserNs>,
+    ) -> Result<(ImageMount, MountNotes), ImageError> {
+        let mut notes = MountNotes::default();
         let device = LoopDevice::attach_or_reuse(
             &self.file,
             &self.path,
@@ -116,7 +134,7 @@ impl Image {
                     self.detected.offset + self.detected.size
                 )
             });
-        notes.push(format!(
+        notes.steps.push(format!(
             "{} {} for {}{part}",
             if device.reused() {
                 "reusing"
@@ -130,18 +148,40 @@ impl Image {
         if !legacy {
             match DetachedMount::new(&device, fstype, &self.path) {
                 Ok(detached) => {
-                    notes.push(format!("mounted {fstype} detached (fsopen/fsmount)"));
+                    notes
+                        .steps
+                        .push(format!("mounted {fstype} detached (fsopen/fsmount)"));
                     // The mount holds the device now; our fd can go.
                     drop(device);
+                    if let Some(userns) = userns {
+                        let (uid, gid) = userns.root_ids();
+                        match mount_api::idmap(detached.fd(), userns.fd()) {
+                            Ok(()) => notes.steps.push(format!(
+                                "idmapped to the target's user namespace (its root is host uid {uid}, gid {gid})"
+                            )),
+                            Err(errno) => notes.warnings.push(format!(
+                                "the kernel cannot idmap a {fstype} mount to the container's user namespace ({errno}): the image's files show as owned by nobody there, but can be read and run"
+                            )),
+                        }
+                    }
                     return Ok((ImageMount::Detached(detached), notes));
                 }
                 Err(MountError::NoMountApi(_)) => {
-                    notes.push("no new mount API: falling back to mount(2)".into());
+                    notes
+                        .steps
+                        .push("no new mount API: falling back to mount(2)".into());
                 }
                 Err(e) => return Err(e.into()),
             }
         } else {
-            notes.push("legacy mode: mount(2) from inside the namespace".into());
+            notes
+                .steps
+                .push("legacy mode: mount(2) from inside the namespace".into());
+        }
+        if userns.is_some() {
+            notes.warnings.push(
+                "mount(2) cannot idmap the image to the container's user namespace: its files show as owned by nobody there, but can be read and run".into(),
+            );
         }
         Ok((ImageMount::Legacy { device, fstype }, notes))
     }

@@ -93,6 +93,31 @@ impl Pin {
         Ok(pin)
     }
 
+    /// The target's PID.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Opens the target's `/proc/PID/ns/NAME` (from the host's `/proc`: call it before
+    /// joining anything), checking afterwards that the target is still the same process.
+    pub fn namespace_file(&self, ns: Namespace) -> Result<File, JoinError> {
+        let file = File::open(ns.proc_path(Some(self.pid))).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                JoinError::Gone(self.pid)
+            } else {
+                JoinError::Open {
+                    pid: self.pid,
+                    ns: ns.proc_name(),
+                    source,
+                }
+            }
+        })?;
+        if !self.is_alive() {
+            return Err(JoinError::Gone(self.pid));
+        }
+        Ok(file)
+    }
+
     /// Whether a pidfd holds the target.
     pub fn has_pidfd(&self) -> bool {
         self.pidfd.is_some()

@@ -7,6 +7,7 @@
 //! (the user's command), [`session`] (the parent: pty, signals, exit status). [`sys`] is the
 //! only place that talks to the kernel directly.
 
+mod cgroups;
 mod child;
 mod command;
 mod exec;
@@ -21,6 +22,7 @@ mod procfs;
 mod session;
 mod sys;
 mod target;
+mod userns;
 
 use std::ffi::OsString;
 use std::path::PathBuf;

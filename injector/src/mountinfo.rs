@@ -14,12 +14,16 @@ pub struct MountEntry {
     pub major: u32,
     /// `st_dev` minor of the filesystem.
     pub minor: u32,
+    /// The directory of the filesystem that is mounted (`/` for all of it), unescaped.
+    pub root: PathBuf,
     /// Where it is mounted, relative to the reading process's root, unescaped.
     pub mount_point: PathBuf,
     /// Filesystem type (`ext4`, `tmpfs`, ...).
     pub fstype: String,
     /// Mount source (`/dev/loop3`, the tmpfs name, ...).
     pub source: String,
+    /// Per-superblock options (`rw,cpu` for a cgroup v1 hierarchy).
+    pub super_options: String,
 }
 
 /// Undoes the octal escapes (`\040` for a space) the kernel writes in paths.
@@ -55,9 +59,13 @@ pub fn parse_line(line: &str) -> Option<MountEntry> {
         parent_id: fields.get(1)?.parse().ok()?,
         major: major.parse().ok()?,
         minor: minor.parse().ok()?,
+        root: PathBuf::from(unescape(fields.get(3)?)),
         mount_point: PathBuf::from(unescape(fields.get(4)?)),
         fstype: (*fields.get(dash + 1)?).to_string(),
         source: unescape(fields.get(dash + 2)?),
+        super_options: fields
+            .get(dash + 3)
+            .map_or_else(String::new, |o| (*o).to_string()),
     })
 }
 
@@ -97,6 +105,8 @@ mod tests {
         assert_eq!(found[0].fstype, "ext4");
         assert_eq!(found[0].parent_id, 847);
         assert_eq!(entries[4].mount_point, PathBuf::from("/mnt/with space"));
+        assert_eq!(entries[4].root, PathBuf::from("/a b"));
+        assert_eq!(entries[2].super_options, "rw,size=65536k,mode=755");
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //!
 //! `-m` places the image in the target's real namespace at `/dev/crashcart`, creating that
 //! directory in the container's `/dev` (it is what `docker exec` will see), and `-u` removes
-//! both.
+//! both. A read-only `/dev` is never written to nor remounted: `-m` covers it instead with a
+//! read-only copy of itself that adds `crashcart` (see [`mount_in_place`]), and `-u` takes
+//! the cover away.
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io;
@@ -28,6 +30,9 @@ use crate::sys::{Errno, mount, mount_api, ns};
 pub const MOUNT_POINT: &str = "/dev/crashcart";
 /// The source name of a session's `/dev` tmpfs, which `--list` recognises sessions by.
 pub const SESSION_DEV_SOURCE: &str = "cartinject-session";
+/// The source name of the tmpfs with which `-m` covers a read-only `/dev`, which `-u`
+/// recognises it by.
+pub const MOUNT_DEV_SOURCE: &str = "cartinject-dev";
 
 /// A failed placement step.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +59,11 @@ pub enum PlaceError {
         /// Why.
         errno: Errno,
     },
+    /// A read-only `/dev` needs the new mount API for `-m`.
+    #[error(
+        "the container's /dev is read-only and has no /dev/crashcart: -m needs the new mount API (Linux 5.2) to add it without writing there; drop --legacy-mount, or start a session instead of -m"
+    )]
+    NeedsMountApi,
     /// A file operation failed.
     #[error("{step} {path}: {source}")]
     File {
@@ -117,11 +127,19 @@ enum DevKind {
     Other,
 }
 
-/// Covers `/dev` (in a private namespace) with a tmpfs holding bind mounts of everything the
-/// container's `/dev` holds, and an empty `crashcart` directory.
-pub fn shadow_dev() -> Result<(), PlaceError> {
-    let dev = Path::new("/dev");
-    let old = open_path(dev).map_err(file_err("open", dev))?;
+/// The container's `/dev` as it was before it was covered: its entries, owner, mode, and
+/// whether it is mounted read-only.
+struct DevShape {
+    entries: Vec<DevEntry>,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    read_only: bool,
+}
+
+fn read_dev(dev: &Path) -> Result<DevShape, PlaceError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dev).map_err(file_err("stat", dev))?;
     let mut entries = Vec::new();
     for entry in std::fs::read_dir(dev).map_err(file_err("list", dev))? {
         let entry = entry.map_err(file_err("list", dev))?;
@@ -140,38 +158,92 @@ pub fn shadow_dev() -> Result<(), PlaceError> {
         };
         entries.push(DevEntry { name, kind });
     }
+    Ok(DevShape {
+        entries,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mode: meta.mode() & 0o7777,
+        read_only: mount::is_read_only(dev).map_err(mount_err("statvfs", dev))?,
+    })
+}
 
-    mount::mount_tmpfs(SESSION_DEV_SOURCE, dev, "mode=755,size=1m,nr_inodes=4096")
-        .map_err(mount_err("mount a session tmpfs on", dev))?;
-    for entry in &entries {
-        let target = dev.join(&entry.name);
-        match &entry.kind {
-            DevKind::Symlink(to) => {
-                std::os::unix::fs::symlink(to, &target).map_err(file_err("symlink", &target))?;
-            }
-            DevKind::Dir(mode) => DirBuilder::new()
-                .mode(*mode)
-                .create(&target)
-                .map_err(file_err("mkdir", &target))?,
-            DevKind::Other => {
-                OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&target)
-                    .map_err(file_err("create mount point", &target))?;
-            }
+/// Sets the filesystem ids for as long as it lives (see [`ns::set_fs_ids`]).
+pub struct FsIds {
+    old: (u32, u32),
+}
+
+impl FsIds {
+    /// Creates files as `uid`/`gid` from now on (no change for 0/0).
+    pub fn switch(uid: u32, gid: u32) -> FsIds {
+        FsIds {
+            old: ns::set_fs_ids(uid, gid),
         }
     }
-    DirBuilder::new()
-        .mode(0o755)
-        .create(dev.join("crashcart"))
-        .map_err(file_err("mkdir", dev.join("crashcart")))?;
+}
+
+impl Drop for FsIds {
+    fn drop(&mut self) {
+        ns::set_fs_ids(self.old.0, self.old.1);
+    }
+}
+
+/// Covers `/dev` (in a private namespace) with a tmpfs holding bind mounts of everything the
+/// container's `/dev` holds, and an empty `crashcart` directory: see [`cover_dev`].
+pub fn shadow_dev() -> Result<(), PlaceError> {
+    cover_dev(SESSION_DEV_SOURCE)
+}
+
+/// Covers `/dev` with a tmpfs named `source` that re-exposes every entry of the `/dev` below
+/// it by bind mount (symlinks are copied) and holds an empty `crashcart` directory. The cover
+/// looks like what it covers: the same owner and mode (so a user-namespaced container's
+/// `/dev` still belongs to its root; entries are created with that owner's ids), and
+/// read-only when the covered `/dev` is mounted read-only (the cover, and only it, is
+/// remounted read-only once filled). Nothing is written to the covered `/dev`.
+fn cover_dev(source: &str) -> Result<(), PlaceError> {
+    let dev = Path::new("/dev");
+    let old = open_path(dev).map_err(file_err("open", dev))?;
+    let shape = read_dev(dev)?;
+    let options = format!(
+        "mode=755,uid={},gid={},size=1m,nr_inodes=4096",
+        shape.uid, shape.gid
+    );
+    mount::mount_tmpfs(source, dev, &options).map_err(mount_err("mount a tmpfs on", dev))?;
+    {
+        let _ids = FsIds::switch(shape.uid, shape.gid);
+        for entry in &shape.entries {
+            let target = dev.join(&entry.name);
+            match &entry.kind {
+                DevKind::Symlink(to) => {
+                    std::os::unix::fs::symlink(to, &target)
+                        .map_err(file_err("symlink", &target))?;
+                }
+                DevKind::Dir(mode) => DirBuilder::new()
+                    .mode(*mode)
+                    .create(&target)
+                    .map_err(file_err("mkdir", &target))?,
+                DevKind::Other => {
+                    OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&target)
+                        .map_err(file_err("create mount point", &target))?;
+                }
+            }
+        }
+        DirBuilder::new()
+            .mode(0o755)
+            .create(dev.join("crashcart"))
+            .map_err(file_err("mkdir", dev.join("crashcart")))?;
+        std::fs::set_permissions(dev, std::fs::Permissions::from_mode(shape.mode))
+            .map_err(file_err("chmod", dev))?;
+    }
 
     // Bind each entry from the covered /dev: the working directory still lies in it, so a
     // relative source resolves there while the absolute target resolves in the new tmpfs.
     process::fchdir(std::os::fd::AsFd::as_fd(&old)).map_err(mount_err("enter", dev))?;
-    let result = entries
+    let result = shape
+        .entries
         .iter()
         .filter(|e| !matches!(e.kind, DevKind::Symlink(_)))
         .try_for_each(|e| {
@@ -179,7 +251,11 @@ pub fn shadow_dev() -> Result<(), PlaceError> {
             mount::bind_recursive(Path::new(&e.name), &target).map_err(mount_err("bind", target))
         });
     process::chdir(Path::new("/")).map_err(mount_err("chdir", "/"))?;
-    result
+    result?;
+    if shape.read_only {
+        mount::remount_tmpfs_readonly(dev).map_err(mount_err("remount read-only", dev))?;
+    }
+    Ok(())
 }
 
 /// Mounts the image at `at` in the current mount namespace.
@@ -243,18 +319,84 @@ fn legacy_attach(
     })
 }
 
-/// For `-m`: makes sure `/dev/crashcart` exists in the target's real `/dev`. Returns whether
-/// it was created (so a failure afterwards removes it again).
-pub fn ensure_mount_point() -> Result<bool, PlaceError> {
-    match DirBuilder::new().mode(0o755).create(MOUNT_POINT) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-        Err(e) => Err(PlaceError::File {
-            step: "create",
-            path: MOUNT_POINT.into(),
-            source: e,
-        }),
+/// How `-m` placed the image in the target's own mount namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountPlacement {
+    /// On `/dev/crashcart` in the container's `/dev`, created now (`true`) or already there.
+    Directory {
+        /// Whether cartinject created the directory (and `-u` removes it).
+        created: bool,
+    },
+    /// The container's `/dev` is read-only and has no `/dev/crashcart`: `/dev` is covered by
+    /// a read-only copy of itself that adds it (see [`cover_dev`]).
+    Cover,
+}
+
+/// For `-m`, in a child that has joined the target's mount namespace (`own_ns`, an fd of that
+/// namespace opened before joining): puts the image at `/dev/crashcart`.
+///
+/// The directory is created in the container's `/dev` with the ids of the container's root
+/// (`owner`: a user-namespaced container's `/dev` refuses files of an unmapped owner). When
+/// that `/dev` is read-only (EROFS), nothing is written to it and nothing of the container is
+/// remounted: the child makes a private copy of the namespace, covers `/dev` there with a
+/// tmpfs that re-exposes every entry by bind mount plus `crashcart` and is itself remounted
+/// read-only, mounts the image on it, clones that whole tree (`open_tree`), goes back to the
+/// container's own namespace and moves the tree onto `/dev` in one step. The workload then
+/// sees the same entries, still read-only, plus `crashcart`; `-u` detaches the cover and with
+/// it all of this. The cover needs the new mount API (Linux 5.2).
+pub fn mount_in_place(
+    image: &ImageMount,
+    host_root: Option<&HostRoot>,
+    owner: (u32, u32),
+    own_ns: std::os::fd::BorrowedFd<'_>,
+) -> Result<MountPlacement, PlaceError> {
+    let at = Path::new(MOUNT_POINT);
+    let created = {
+        let _ids = FsIds::switch(owner.0, owner.1);
+        match DirBuilder::new().mode(0o755).create(at) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) if e.raw_os_error() == Some(libc::EROFS) => {
+                drop(_ids);
+                cover_for_mount(image, own_ns)?;
+                return Ok(MountPlacement::Cover);
+            }
+            Err(e) => {
+                return Err(PlaceError::File {
+                    step: "create",
+                    path: at.into(),
+                    source: e,
+                });
+            }
+        }
+    };
+    attach(image, at, host_root).inspect_err(|_| {
+        if created {
+            remove_mount_point();
+        }
+    })?;
+    Ok(MountPlacement::Directory { created })
+}
+
+/// The read-only-`/dev` case of [`mount_in_place`].
+fn cover_for_mount(
+    image: &ImageMount,
+    own_ns: std::os::fd::BorrowedFd<'_>,
+) -> Result<(), PlaceError> {
+    let dev = Path::new("/dev");
+    if !matches!(image, ImageMount::Detached(_)) {
+        return Err(PlaceError::NeedsMountApi);
     }
+    private_namespace()?;
+    cover_dev(MOUNT_DEV_SOURCE)?;
+    attach(image, Path::new(MOUNT_POINT), None)?;
+    let tree = mount_api::clone_tree(dev).map_err(mount_err("open_tree (clone)", dev))?;
+    ns::setns(own_ns, nix::sched::CloneFlags::CLONE_NEWNS).map_err(mount_err(
+        "return to the container's mount namespace at",
+        "/",
+    ))?;
+    mount_api::attach(std::os::fd::AsFd::as_fd(&tree), dev)
+        .map_err(mount_err("move_mount the covered /dev onto", dev))
 }
 
 /// For `-u`: detaches every mount at `/dev/crashcart` (lazily, so processes still running
@@ -299,6 +441,20 @@ pub fn remove() -> Result<(usize, bool), PlaceError> {
         }
     };
     Ok((detached, removed))
+}
+
+/// For `-u` of a [`MountPlacement::Cover`]: detaches the cover of `/dev`, and with it the
+/// image and the bind mounts under it (`umount2(MNT_DETACH)` takes the whole subtree),
+/// which uncovers the container's own `/dev` as it always was.
+pub fn remove_cover() -> Result<(), PlaceError> {
+    mount::detach(Path::new("/dev")).map_err(mount_err("unmount the cover of", "/dev"))
+}
+
+/// Whether the mount at `/dev` in `entries` (a mountinfo) is a `-m` cover.
+pub fn has_cover(entries: &[crate::mountinfo::MountEntry]) -> bool {
+    crate::mountinfo::at(entries, "/dev")
+        .last()
+        .is_some_and(|dev| dev.source == MOUNT_DEV_SOURCE)
 }
 
 /// Removes `/dev/crashcart` after a failed `-m` that created it.

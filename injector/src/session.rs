@@ -8,7 +8,8 @@
 //!    attach the loop device and mount the image detached.
 //! 2. Fork the *namespace child* (single-threaded): non-dumpable, joins every namespace of
 //!    the target but the user namespace, unshares a private copy of the mount namespace,
-//!    places the image there (see [`crate::place`]), joins the user namespace, and forks.
+//!    places the image there (see [`crate::place`]), enters the target's cgroups (opened in
+//!    the host: see [`crate::cgroups`]), joins the user namespace, and forks.
 //! 3. The *command process* (now inside the target's PID namespace) takes the target's root
 //!    and working directory, a new session, the pty as controlling terminal, the default
 //!    signal dispositions and mask, closes every other fd at exec, and execs.
@@ -25,6 +26,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
+use crate::cgroups::CgroupJoin;
 use crate::child::{Child, EXIT_FAILURE, Report, Reporter};
 use crate::exec::{self, ExecSpec, Stdio};
 use crate::image::Image;
@@ -37,6 +39,7 @@ use crate::sys::process::{self, Ended, Forked};
 use crate::sys::signal::{self, SignalSet};
 use crate::sys::{Errno, fd, pidfd, pty};
 use crate::target::{self, Target};
+use crate::userns::UserNs;
 
 /// What the user asked for.
 pub struct SessionArgs {
@@ -51,6 +54,9 @@ pub struct SessionArgs {
     /// Print each step.
     pub verbose: bool,
 }
+
+/// The start of a note from the namespace child that is shown without `-v`.
+const WARNING: &str = "warning: ";
 
 /// Every namespace, for a session.
 const ALL_NAMESPACES: [Namespace; 8] = [
@@ -97,6 +103,7 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
     };
     let image = Image::open(&args.image)?;
     let (target, pin) = pin_target(&args.target, args.legacy)?;
+    let userns = UserNs::of(&pin)?;
     note(&format!(
         "target {target}, pinned {}",
         if pin.has_pidfd() {
@@ -133,6 +140,14 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
     let cwd = dir("cwd")?;
     let mut joiner = Joiner::plan(&pin, &ALL_NAMESPACES)?;
     note(&format!("joining namespaces: {}", joiner.describe()));
+    // The target's cgroups, opened here in the host; the namespace child enters them.
+    let (cgroups, cgroup_warnings) = CgroupJoin::open(target.pid);
+    for warning in &cgroup_warnings {
+        eprintln!("cartinject: warning: {warning}");
+    }
+    for path in cgroups.paths() {
+        note(&format!("joining cgroup {}", path.display()));
+    }
 
     // Signals first, so none is lost between here and the command's start.
     let catchable = SignalSet::of(&signal::catchable());
@@ -187,9 +202,12 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
 
     let (image_mount, notes) = {
         let _lock = image.lock()?;
-        image.mount(args.legacy)?
+        image.mount(args.legacy, userns.as_ref())?
     };
-    notes.iter().for_each(|n| note(n));
+    notes.steps.iter().for_each(|n| note(n));
+    for warning in &notes.warnings {
+        eprintln!("cartinject: warning: {warning}");
+    }
     let host_root = match image_mount {
         ImageMount::Legacy { .. } => Some(HostRoot::open().map_err(|e| anyhow::anyhow!("{e}"))?),
         ImageMount::Detached(_) => None,
@@ -198,7 +216,14 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
     // The closure owns the pty slave, the pipes' write ends, the detached mount or loop
     // device: in the parent they are dropped (closed) as soon as the child is forked.
     let mut child = Child::spawn(move |reporter| {
-        namespace_child(reporter, &mut joiner, image_mount, host_root.as_ref(), spec)
+        namespace_child(
+            reporter,
+            &mut joiner,
+            image_mount,
+            host_root.as_ref(),
+            cgroups,
+            spec,
+        )
     })
     .context("failed to fork")?;
 
@@ -235,9 +260,10 @@ fn namespace_child(
     joiner: &mut Joiner<'_>,
     image: ImageMount,
     host_root: Option<&HostRoot>,
+    cgroups: CgroupJoin,
     spec: ExecSpec,
 ) -> i32 {
-    match enter_and_place(reporter, joiner, image, host_root) {
+    match enter_and_place(reporter, joiner, image, host_root, cgroups) {
         Ok(()) => {}
         Err(message) => {
             reporter.fail(EXIT_FAILURE, message);
@@ -272,6 +298,7 @@ fn enter_and_place(
     joiner: &mut Joiner<'_>,
     image: ImageMount,
     host_root: Option<&HostRoot>,
+    cgroups: CgroupJoin,
 ) -> Result<(), String> {
     process::set_non_dumpable().map_err(|e| format!("prctl(PR_SET_DUMPABLE): {e}"))?;
     process::die_with_parent().map_err(|e| format!("prctl(PR_SET_PDEATHSIG): {e}"))?;
@@ -289,6 +316,12 @@ fn enter_and_place(
     ));
     // The mount holds the filesystem and the loop device from here on.
     drop(image);
+    // Into the container's cgroups before the command is forked, so it is born there.
+    for failed in cgroups.enter() {
+        reporter.note(format!(
+            "{WARNING}{failed}: the session runs outside that cgroup"
+        ));
+    }
     joiner.join_user_and_rest().map_err(|e| e.to_string())?;
     Ok(())
 }
@@ -416,7 +449,7 @@ fn proxy(
             for report in child.read_reports() {
                 match report {
                     Report::Note(text) => {
-                        if verbose {
+                        if verbose || text.starts_with(WARNING) {
                             eprint!("cartinject: {text}{eol}");
                         }
                     }

@@ -1,6 +1,7 @@
 //! `cartinject -m IMAGE TARGET`: leave the image mounted at `/dev/crashcart` in the
 //! target's own mount namespace, for `docker exec` and `nsenter`.
 
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -12,10 +13,14 @@ use crate::join::Joiner;
 use crate::loopdev::{self, LOOP_MAJOR};
 use crate::mount::ImageMount;
 use crate::mountinfo;
-use crate::place::{self, HostRoot, MOUNT_POINT};
+use crate::place::{self, HostRoot, MOUNT_POINT, MountPlacement};
 use crate::session::{ExitWith, pin_target};
 use crate::sys::ns::Namespace;
 use crate::sys::process;
+use crate::userns::UserNs;
+
+/// The note the child sends when it covered a read-only `/dev`.
+const COVERED: &str = "covered /dev";
 
 /// What is mounted at `/dev/crashcart` in process `pid`'s namespace: (device, image file).
 pub fn current(pid: i32) -> anyhow::Result<Option<(String, Option<PathBuf>, String)>> {
@@ -70,9 +75,17 @@ pub fn run(
             "{what} is already mounted at {MOUNT_POINT} in {target}: remove it first with `cartinject -u {target_arg}`"
         );
     }
-    let (image_mount, notes) = image.mount(legacy)?;
+    let userns = UserNs::of(&pin)?;
+    let owner = userns.as_ref().map_or((0, 0), UserNs::root_ids);
+    let (image_mount, notes) = image.mount(legacy, userns.as_ref())?;
     if verbose {
-        notes.iter().for_each(|n| eprintln!("cartinject: {n}"));
+        notes
+            .steps
+            .iter()
+            .for_each(|n| eprintln!("cartinject: {n}"));
+    }
+    for warning in &notes.warnings {
+        eprintln!("cartinject: warning: {warning}");
     }
     let device = match &image_mount {
         ImageMount::Detached(_) => None,
@@ -82,23 +95,25 @@ pub fn run(
         ImageMount::Legacy { .. } => Some(HostRoot::open().map_err(|e| anyhow::anyhow!("{e}"))?),
         ImageMount::Detached(_) => None,
     };
+    // The container's own mount namespace, to come back to from a private copy (read-only
+    // /dev: see place::mount_in_place).
+    let own_ns = pin.namespace_file(Namespace::Mnt)?;
     let mut joiner = Joiner::plan(&pin, &[Namespace::Mnt])?;
     let child = Child::spawn(move |reporter| {
-        let result = (|| -> Result<(), String> {
+        let result = (|| -> Result<MountPlacement, String> {
             process::set_non_dumpable().map_err(|e| format!("prctl: {e}"))?;
             joiner.prepare().map_err(|e| e.to_string())?;
             joiner.join_non_user().map_err(|e| e.to_string())?;
-            let created = place::ensure_mount_point()
-                .map_err(|e| format!("cannot create {MOUNT_POINT} in the target: {e}"))?;
-            place::attach(&image_mount, Path::new(MOUNT_POINT), host_root.as_ref()).map_err(|e| {
-                if created {
-                    place::remove_mount_point();
-                }
-                format!("cannot mount the image in the target: {e}")
-            })
+            place::mount_in_place(&image_mount, host_root.as_ref(), owner, own_ns.as_fd())
+                .map_err(|e| format!("cannot mount the image in the target: {e}"))
         })();
         match result {
-            Ok(()) => 0,
+            Ok(placement) => {
+                if placement == MountPlacement::Cover {
+                    reporter.note(COVERED);
+                }
+                0
+            }
             Err(message) => {
                 reporter.fail(EXIT_FAILURE, message);
                 EXIT_FAILURE
@@ -109,6 +124,9 @@ pub fn run(
     let (reports, ended) = child
         .finish()
         .context("failed to wait for the mount child")?;
+    let covered = reports
+        .iter()
+        .any(|r| matches!(r, child::Report::Note(n) if n == COVERED));
     if let Some((code, message)) = child::failure(&reports) {
         anyhow::bail!(ExitWith {
             code,
@@ -122,8 +140,13 @@ pub fn run(
         Some(d) => d,
         None => current(target.pid)?.map_or_else(|| "?".into(), |(d, _, _)| d),
     };
+    let how = if covered {
+        " (its /dev is read-only: /dev is covered by a read-only copy of itself that adds crashcart)"
+    } else {
+        ""
+    };
     println!(
-        "mounted {} at {MOUNT_POINT} in {target} ({device}); remove it with `cartinject -u {target_arg}`",
+        "mounted {} at {MOUNT_POINT} in {target} ({device}){how}; remove it with `cartinject -u {target_arg}`",
         image.path().display()
     );
     Ok(0)

@@ -7,6 +7,7 @@ use anyhow::Context;
 use crate::child::{self, Child, EXIT_FAILURE};
 use crate::command::mount::current;
 use crate::join::Joiner;
+use crate::mountinfo;
 use crate::place::{self, MOUNT_POINT};
 use crate::session::{ExitWith, pin_target};
 use crate::sys::ns::Namespace;
@@ -27,12 +28,21 @@ pub fn run(target_arg: &str, legacy: bool) -> anyhow::Result<i32> {
         println!("nothing is mounted at {MOUNT_POINT} in {target}: nothing to do");
         return Ok(0);
     }
+    // A read-only /dev that -m covered: the cover goes, and everything with it.
+    let mountinfo = std::fs::read_to_string(format!("/proc/{}/mountinfo", target.pid))
+        .with_context(|| format!("failed to read /proc/{}/mountinfo", target.pid))?;
+    let covered = place::has_cover(&mountinfo::parse(&mountinfo));
     let mut joiner = Joiner::plan(&pin, &[Namespace::Mnt])?;
     let child = Child::spawn(move |reporter| {
         let result = (|| -> Result<(usize, bool), String> {
             process::set_non_dumpable().map_err(|e| format!("prctl: {e}"))?;
             joiner.prepare().map_err(|e| e.to_string())?;
             joiner.join_non_user().map_err(|e| e.to_string())?;
+            if covered {
+                return place::remove_cover()
+                    .map(|()| (1, true))
+                    .map_err(|e| format!("cannot remove the image from the target: {e}"));
+            }
             place::remove().map_err(|e| format!("cannot remove the image from the target: {e}"))
         })();
         match result {
@@ -59,7 +69,12 @@ pub fn run(target_arg: &str, legacy: bool) -> anyhow::Result<i32> {
     match mounted {
         Some((device, image, _)) => {
             let image = image.map_or_else(|| "the image".into(), |i| i.display().to_string());
-            println!("unmounted {image} ({device}) from {MOUNT_POINT} in {target}");
+            let cover = if covered {
+                " and the read-only cover of /dev that held it"
+            } else {
+                ""
+            };
+            println!("unmounted {image} ({device}) from {MOUNT_POINT} in {target}{cover}");
         }
         None => println!(
             "nothing is mounted at {MOUNT_POINT} in {target}: removed the empty directory left there"

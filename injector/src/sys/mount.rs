@@ -58,3 +58,28 @@ pub fn mount_block_readonly(source: &Path, target: &Path, fstype: &str) -> Resul
 pub fn detach(target: &Path) -> Result<(), Errno> {
     nix::mount::umount2(target, MntFlags::MNT_DETACH)
 }
+
+/// Remounts the tmpfs mounted at `target` read-only, keeping nosuid, nodev, noexec
+/// (`MS_REMOUNT|MS_BIND` changes the per-mount flags of that one mount only:
+/// `mount(2)`, "Changing the mount flags of a bind mount").
+pub fn remount_tmpfs_readonly(target: &Path) -> Result<(), Errno> {
+    nix::mount::mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_REMOUNT
+            | MsFlags::MS_BIND
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+}
+
+/// Whether the filesystem at `path` is mounted read-only (`statvfs(3)`'s `ST_RDONLY`, set
+/// for a read-only mount or a read-only superblock).
+pub fn is_read_only(path: &Path) -> Result<bool, Errno> {
+    let stat = nix::sys::statvfs::statvfs(path)?;
+    Ok(stat.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
+}

@@ -3,15 +3,15 @@
 //! A filesystem is set up in the host and becomes a *detached* mount, an fd not attached
 //! anywhere; a process that has joined another mount namespace can then attach it there with
 //! `move_mount`, so nothing (no device node, no tool) is needed inside that namespace.
-//! Through `rustix`, since nix 0.30 has none of these calls. `mount_setattr` (idmapped
-//! mounts) is in neither crate and will be a raw `syscall(2)` wrapper here when it is needed.
+//! Through `rustix`, since nix 0.30 has none of these calls. `mount_setattr(2)` (Linux
+//! 5.12; idmapped mounts) is in neither crate: [`idmap`] is a raw `syscall(2)`.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use rustix::mount::{
-    FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, fsconfig_create, fsconfig_set_flag,
-    fsconfig_set_string, fsmount, fsopen, move_mount,
+    FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, OpenTreeFlags, fsconfig_create,
+    fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount, open_tree,
 };
 
 use super::Errno;
@@ -85,6 +85,62 @@ pub fn attach(detached: BorrowedFd<'_>, target: &Path) -> Result<(), Errno> {
         rustix::fs::CWD,
         target,
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(errno)
+}
+
+/// `MOUNT_ATTR_IDMAP` (`<linux/mount.h>`).
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+/// `struct mount_attr` (`<linux/mount.h>`, `MOUNT_ATTR_SIZE_VER0`).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `mount_setattr(mount, "", AT_EMPTY_PATH, {MOUNT_ATTR_IDMAP, userns})`: makes a detached
+/// mount show its files' owners as the user namespace `userns` maps them (host uid N appears
+/// as whatever N is inside), so an image owned by host root is owned by the container's root
+/// inside a user-namespaced container (`mount_setattr(2)`, "ID-mapped mounts"). Only a mount
+/// not yet attached anywhere can be idmapped, and only on filesystems that allow it
+/// (`FS_ALLOW_IDMAP`): other filesystems and older kernels say EINVAL, a kernel without
+/// `mount_setattr` ENOSYS.
+pub fn idmap(mount: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> Result<(), Errno> {
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: u64::try_from(userns.as_raw_fd()).map_err(|_| Errno::EBADF)?,
+    };
+    // SAFETY: mount_setattr reads `size_of::<MountAttr>()` bytes from `attr`, a properly laid
+    // out `struct mount_attr` that outlives the call; the path is a valid empty C string; the
+    // fds are valid for their borrows.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mount.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &raw const attr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// `open_tree(AT_FDCWD, path, OPEN_TREE_CLONE|AT_RECURSIVE)`: a detached copy of the mount at
+/// `path` and every mount below it, which [`attach`] can then put anywhere, also in another
+/// mount namespace (`open_tree(2)`).
+pub fn clone_tree(path: &Path) -> Result<OwnedFd, Errno> {
+    open_tree(
+        rustix::fs::CWD,
+        path,
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_RECURSIVE,
     )
     .map_err(errno)
 }

@@ -6,6 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 use nix::sched::CloneFlags;
+use nix::unistd::{Gid, Uid};
 
 use super::Errno;
 
@@ -87,4 +88,16 @@ pub fn setns(fd: BorrowedFd<'_>, flags: CloneFlags) -> Result<(), Errno> {
 /// `unshare(CLONE_NEWNS)`: a private copy of the current mount namespace for this process.
 pub fn unshare_mount_ns() -> Result<(), Errno> {
     nix::sched::unshare(CloneFlags::CLONE_NEWNS)
+}
+
+/// `setfsgid(gid)` then `setfsuid(uid)`: the ids the kernel checks and gives new files for
+/// filesystem operations, leaving the real and effective ids alone. Returns the previous
+/// `(uid, gid)`. A filesystem mounted inside a user namespace refuses to create files for an
+/// fsuid it cannot map (EOVERFLOW, `fs/namei.c` `may_create`), so operations there run with
+/// the namespace root's host ids. Switching the fsuid away from 0 drops the filesystem
+/// capabilities (DAC override and the like) until it is switched back (`setfsuid(2)`).
+pub fn set_fs_ids(uid: u32, gid: u32) -> (u32, u32) {
+    let old_gid = nix::unistd::setfsgid(Gid::from_raw(gid));
+    let old_uid = nix::unistd::setfsuid(Uid::from_raw(uid));
+    (old_uid.as_raw(), old_gid.as_raw())
 }
