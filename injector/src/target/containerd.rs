@@ -21,7 +21,7 @@
 use std::path::{Path, PathBuf};
 
 use super::state::{self, Stale};
-use super::{Candidate, Lookup, Named, Pick, ResolveError, Resolver, Target, pick};
+use super::{Candidate, Lookup, Named, Pick, ResolveError, Resolver, Target, looks_like_id, pick};
 
 /// The runtime v2 state directories of a standalone containerd and of Docker's own.
 pub const TASK_DIRS: [&str; 2] = [
@@ -157,11 +157,16 @@ impl Resolver for Containerd {
                 name: format!("{}/{}", chosen.namespace, chosen.id),
                 runtime: "containerd",
             })?;
+        // Outside Kubernetes, an ID that is not a generated 64-hex one is the task's name.
+        let generated = chosen.id.len() == 64 && looks_like_id(&chosen.id);
         let target = Target {
             pid,
             runtime: "containerd",
             id: Some(chosen.id.clone()),
-            name: chosen.container.clone(),
+            name: chosen
+                .container
+                .clone()
+                .or_else(|| (!generated).then(|| chosen.id.clone())),
         };
         Ok(if exact {
             Lookup::Found(target)
@@ -251,6 +256,9 @@ mod tests {
         assert_eq!(pid_of(&c, "k8s.io/5e2a"), 303);
         assert_eq!(pid_of(&c, "48fd"), 304);
         assert!(matches!(c.lookup(MOBY), Ok(Lookup::Found(t)) if t.name.is_none()));
+        assert!(
+            matches!(c.lookup("web"), Ok(Lookup::Found(t)) if t.name.as_deref() == Some("web"))
+        );
         assert!(
             matches!(c.lookup("5e1d"), Ok(Lookup::Prefix(t)) if t.name.as_deref() == Some("app"))
         );
