@@ -1,24 +1,18 @@
 //! `cartinject --list [--json]`.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Context;
 
 use crate::list;
-use crate::target::docker::Docker;
+use crate::target;
 
 /// Prints where images are mounted now.
 pub fn run(json: bool) -> anyhow::Result<i32> {
     let mut placements = list::scan(Path::new("/proc"), Path::new("/sys"));
-    // Names, when Docker is there to ask; IDs are enough otherwise.
-    if placements.iter().any(|p| p.container_id.is_some())
-        && let Ok(all) = Docker::from_env().containers()
-    {
-        let names: BTreeMap<String, String> = all
-            .into_iter()
-            .filter_map(|(name, id)| name.map(|n| (id, n)))
-            .collect();
+    // Names, from the runtimes that know them; IDs are enough otherwise.
+    if placements.iter().any(|p| p.container_id.is_some()) {
+        let names = target::names(&target::resolvers());
         for p in &mut placements {
             p.container_name = p
                 .container_id

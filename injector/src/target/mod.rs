@@ -124,7 +124,7 @@ fn list(candidates: &[Candidate]) -> String {
 pub enum ResolveError {
     /// `kind:` prefix not known.
     #[error(
-        "unknown target kind `{0}:`: use `pid:N`, `docker:NAME`, `podman:NAME`, `containerd:[NS/]ID`, `cri:ID`, or a bare PID, name or ID"
+        "unknown target kind `{0}:`: use `pid:N`, `docker:NAME`, `podman:NAME`, `containerd:[NS/]ID`, `cri:ID`, `cgroup:ID`, or a bare PID, name or ID"
     )]
     UnknownKind(String),
     /// `pid:` without a number.
@@ -195,6 +195,27 @@ pub trait Resolver {
     }
     /// Looks `query` up: a name, full ID or unique ID prefix.
     fn lookup(&self, query: &str) -> Result<Lookup, ResolveError>;
+    /// Every container this resolver knows (running or not). An empty query matches no
+    /// container, so the lookup's list of candidates is that.
+    fn known(&self) -> Vec<Candidate> {
+        match self.lookup("") {
+            Ok(Lookup::NotFound(all)) => all,
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Container ID → name, from every runtime that names its containers (for `--list`).
+pub fn names(resolvers: &[Box<dyn Resolver>]) -> std::collections::BTreeMap<String, String> {
+    let mut names = std::collections::BTreeMap::new();
+    for resolver in resolvers {
+        for c in resolver.known() {
+            if let Some(name) = c.name {
+                names.entry(c.id).or_insert(name);
+            }
+        }
+    }
+    names
 }
 
 /// Every resolver, in the order their answers are preferred when they name the same
@@ -366,7 +387,10 @@ mod tests {
             let hits: Vec<&Candidate> = self
                 .known
                 .iter()
-                .filter(|c| c.name.as_deref() == Some(query) || c.id.starts_with(query))
+                .filter(|c| {
+                    !query.is_empty()
+                        && (c.name.as_deref() == Some(query) || c.id.starts_with(query))
+                })
                 .collect();
             match hits.as_slice() {
                 [one] => Ok(Lookup::Found(Target {
@@ -480,6 +504,14 @@ mod tests {
             err.contains("no container matches") && err.contains("(podman fed999)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn names_of_every_runtime() {
+        let r = fake(false);
+        let names = names(&r);
+        assert_eq!(names.get("abc123").map(String::as_str), Some("web"));
+        assert_eq!(names.len(), 2);
     }
 
     #[test]
