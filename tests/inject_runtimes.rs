@@ -343,6 +343,9 @@ fn a_name_two_runtimes_share_is_ambiguous_until_forced() {
     assert_eq!(host, d.id[..12]);
     let (_, host) = label_and_host(&img, &format!("podman:{name}"), &[]);
     assert_eq!(host, p.id[..12]);
+    // Docker's container is also a task of Docker's own containerd, in namespace moby.
+    let (_, host) = label_and_host(&img, &format!("containerd:moby/{}", &d.id[..12]), &[]);
+    assert_eq!(host, d.id[..12]);
     img.assert_no_loop_device();
     d.assert_clean();
 }
