@@ -63,6 +63,10 @@ pub struct Manifest {
     pub recipe_sha256: String,
     /// Seconds since the epoch used for every time in the image.
     pub epoch: u64,
+    /// The C toolchain the packages were built with, when any were built
+    /// (compiler and C library versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toolchain: Option<String>,
     /// sha256 of the image file itself; only in the manifest beside the image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_sha256: Option<String>,
@@ -103,6 +107,9 @@ pub struct Package {
     /// The key of the package's build in the build cache.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_key: Option<String>,
+    /// The packages this one was built against (`tcpdump` on `libpcap`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends: Vec<String>,
 }
 
 /// One fetched input: the URLs it may come from and its pinned digest.
@@ -145,6 +152,10 @@ pub struct FileEntry {
     /// Link target, for symlinks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// The package that installed it; none for directories and for what
+    /// `cartbuild` adds itself (the manifest's directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<String>,
 }
 
 impl Manifest {
@@ -265,6 +276,7 @@ mod tests {
             mount_point: MOUNT_POINT.into(),
             recipe_sha256: "0".repeat(64),
             epoch: 0,
+            toolchain: None,
             image_sha256: None,
             image_size: None,
             packages: vec![Package {
@@ -277,6 +289,7 @@ mod tests {
                     sha256: "a".repeat(64),
                 }],
                 build_key: Some("b".repeat(64)),
+                depends: vec![],
             }],
             files: vec![
                 FileEntry {
@@ -286,6 +299,7 @@ mod tests {
                     size: 0,
                     sha256: None,
                     target: None,
+                    package: None,
                 },
                 FileEntry {
                     path: "bin/strace".into(),
@@ -294,6 +308,7 @@ mod tests {
                     size: 3,
                     sha256: Some("c".repeat(64)),
                     target: None,
+                    package: Some("strace".into()),
                 },
             ],
         }
@@ -310,6 +325,18 @@ mod tests {
         );
         assert_eq!(m.file("bin/strace").unwrap().size, 3);
         assert!(m.file("bin/lsof").is_none());
+    }
+
+    #[test]
+    fn reads_manifests_without_the_optional_fields() {
+        let json = r#"{"schema": 1, "image": {"name": "n", "version": "1"},
+            "mount_point": "/dev/crashcart", "recipe_sha256": "00", "epoch": 5,
+            "packages": [{"name": "p", "version": "1", "kind": "local", "sources": []}],
+            "files": [{"path": "bin", "kind": "dir", "mode": 493, "size": 0}]}"#;
+        let m = Manifest::from_slice(json.as_bytes(), Path::new("old.json")).unwrap();
+        assert_eq!(m.toolchain, None);
+        assert!(m.packages[0].depends.is_empty());
+        assert_eq!(m.files[0].package, None);
     }
 
     #[test]
