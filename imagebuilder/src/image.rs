@@ -1,22 +1,23 @@
 //! Writing the staged tree into an image file.
 //!
-//! [`ImageWriter`] is the seam between the pipeline and the filesystem writer: it
-//! takes the staged directory, the options (epoch, size, label) and an open file,
-//! and fills the file. [`Mke2fs`] implements it with e2fsprogs' `mke2fs -d` until
-//! the pure-Rust writer ([`crate::ext4`]) lands, made as deterministic as mke2fs
-//! allows: our own `mke2fs.conf` (so the host's does not pick the features), a
-//! UUID and directory hash seed derived from the tree's content, every time stamp
-//! from `E2FSPROGS_FAKE_TIME`, root owned by 0:0, no journal, no reserved blocks.
-//! [`write_atomically`] puts the result at its final path by rename, so a failed
-//! build never leaves a half-written image.
+//! [`ImageWriter`] is the seam between the pipeline and a filesystem writer: it
+//! takes the staged directory, the options (epoch, size, label) and an open
+//! file, fills the file, and says what it wrote. [`Ext4`] implements it with
+//! cartbuild's own writer ([`crate::ext4`]): no e2fsprogs and no root are needed
+//! to build an image, and the same tree gives the same bytes on any machine.
+//! (The `mke2fs -d` implementation this seam started with is gone from the
+//! build; `tests/bench/ext4.sh` still runs mke2fs to compare against it.)
+//!
+//! The caller hands the writer a temporary file ([`crate::output::Pending`]) and
+//! renames it into place only when the image and everything that describes it
+//! are complete.
 
-use std::fs::{self, File};
-use std::io::{Read, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use sha2::{Digest, Sha256};
+use cartimage::manifest::{FileEntry, FileKind};
+
+use crate::ext4;
 
 /// Why the image could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -29,22 +30,28 @@ pub enum ImageError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// `mke2fs` or `debugfs` is missing.
-    #[error("mke2fs or debugfs not found: install them with `apt-get install e2fsprogs`")]
-    NoMke2fs,
-    /// `mke2fs` failed.
-    #[error("mke2fs failed: {0}")]
-    Mke2fs(String),
     /// `--size` is too small for the content.
     #[error(
-        "the content does not fit in {size} bytes (--size); it needs about {needed} bytes: raise --size or use --free"
+        "the content does not fit in {size} bytes (--size): it needs at least {needed} bytes; raise --size, or drop it to size the image to its content"
     )]
     TooSmall {
         /// The requested size.
         size: u64,
-        /// An estimate of what is needed.
+        /// The smallest size that holds the content.
         needed: u64,
     },
+    /// The epoch does not fit in ext4's 32-bit time stamps as this writer
+    /// writes them.
+    #[error(
+        "epoch {epoch} is after 2106-02-07T06:28:15Z, the last second an image's time stamps can hold: set SOURCE_DATE_EPOCH or the recipe's [image] epoch to an earlier time"
+    )]
+    EpochTooLate {
+        /// The epoch asked for.
+        epoch: u64,
+    },
+    /// The ext4 writer refused the tree or failed.
+    #[error(transparent)]
+    Ext4(ext4::Error),
 }
 
 /// How big the image is.
@@ -59,8 +66,10 @@ pub enum ImageSize {
     Exact(u64),
 }
 
-/// The default free space of a fitted image.
-pub const DEFAULT_FREE: u64 = 1 << 20;
+/// The default free space of a fitted image: the ext4 writer's 64 KiB. The
+/// image is mounted read-only, so free space only serves tools that expect
+/// some; the image stays within a few percent of its content.
+pub const DEFAULT_FREE: u64 = ext4::DEFAULT_FREE;
 
 /// What the writer needs besides the tree.
 #[derive(Debug, Clone)]
@@ -69,286 +78,113 @@ pub struct ImageOptions {
     pub epoch: u64,
     /// Size policy.
     pub size: ImageSize,
-    /// Filesystem label (at most 16 bytes are kept).
+    /// Filesystem label (cut to the filesystem's limit, 16 bytes for ext4).
     pub label: String,
+}
+
+/// What a writer put into the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// Every entry, as read back from the writer's own record (sha256
+    /// computed while the bytes were written), sorted by path. `package` is
+    /// not known to the writer and left empty.
+    pub files: Vec<FileEntry>,
+    /// Length of the image in bytes.
+    pub size: u64,
+    /// Sum of the regular files' sizes (each hard-linked file once).
+    pub content_bytes: u64,
 }
 
 /// Writes a staged directory into an image file.
 pub trait ImageWriter {
-    /// A short name for messages (`mke2fs`, `ext4`).
+    /// A short name for messages (`ext4`).
     fn name(&self) -> &'static str;
-    /// Writes the tree at `staged` into `out` (an empty, writable file).
-    fn write(&self, staged: &Path, opts: &ImageOptions, out: &mut File) -> Result<(), ImageError>;
+    /// Writes the tree at `staged` into `out` (an empty, writable file),
+    /// calling `progress(bytes_done, bytes_total)` as file data goes in.
+    fn write(
+        &self,
+        staged: &Path,
+        opts: &ImageOptions,
+        out: &mut File,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Written, ImageError>;
 }
 
-/// `mke2fs -t ext4 -O ^has_journal -d`.
+/// cartbuild's own ext4 writer ([`crate::ext4`]).
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Mke2fs;
+pub struct Ext4;
 
-const BLOCK: u64 = 4096;
-const INODE_SIZE: u64 = 256;
+/// The epoch as the ext4 writer takes it: seconds in 32 bits, so at most
+/// 2106-02-07T06:28:15Z.
+pub fn ext4_epoch(epoch: u64) -> Result<u32, ImageError> {
+    u32::try_from(epoch).map_err(|_| ImageError::EpochTooLate { epoch })
+}
 
-/// Our mke2fs.conf: features fixed here, not by the host's `/etc/mke2fs.conf`.
-const MKE2FS_CONF: &str = "[defaults]
-\tbase_features = sparse_super,large_file,filetype,dir_index,ext_attr
-\tblocksize = 4096
-\tinode_size = 256
-\tinode_ratio = 16384
-[fs_types]
-\text4 = {
-\t\tfeatures = extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize
-\t}
-\tfloppy = {
-\t}
-\tsmall = {
-\t}
-\tdefault = {
-\t}
-\tbig = {
-\t}
-\thuge = {
-\t}
-";
-
-/// Counts what a tree needs: (data blocks, inodes).
-fn measure(root: &Path) -> std::io::Result<(u64, u64)> {
-    let mut blocks = 0u64;
-    let mut inodes = 0u64;
-    for e in walkdir::WalkDir::new(root) {
-        let e = e.map_err(std::io::Error::other)?;
-        let m = e.path().symlink_metadata()?;
-        inodes += 1;
-        blocks += if m.is_dir() {
-            // Directory blocks: roughly 24 entries of 40 bytes per 1 KiB.
-            1 + fs::read_dir(e.path())?.count() as u64 * 40 / BLOCK
-        } else if m.file_type().is_symlink() {
-            u64::from(m.len() > 59)
-        } else {
-            // Data plus extent tree slack for large files.
-            m.len().div_ceil(BLOCK) + m.len() / (128 << 20)
-        };
+/// `label` cut to at most `max` bytes on a character boundary.
+fn cut_label(label: &str, max: usize) -> String {
+    let mut end = label.len().min(max);
+    while !label.is_char_boundary(end) {
+        end -= 1;
     }
-    Ok((blocks, inodes))
+    label[..end].to_string()
 }
 
-/// A UUID-shaped string from 16 bytes of `seed`.
-fn uuid(seed: &[u8]) -> String {
-    let h = hex::encode(&seed[..16]);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
-}
-
-/// sha256 of a staged tree's content (for the UUID).
-fn tree_digest(root: &Path) -> Result<[u8; 32], ImageError> {
-    crate::plan::hash_tree(root)
-        .map_err(|source| ImageError::Io {
-            path: root.to_path_buf(),
-            source,
-        })
-        .map(|hexed| Sha256::digest(hexed.as_bytes()).into())
-}
-
-impl ImageWriter for Mke2fs {
+impl ImageWriter for Ext4 {
     fn name(&self) -> &'static str {
-        "mke2fs"
+        "the ext4 writer"
     }
 
-    fn write(&self, staged: &Path, opts: &ImageOptions, out: &mut File) -> Result<(), ImageError> {
-        let mke2fs = crate::toolchain::which("mke2fs")
-            .or_else(|| Some(PathBuf::from("/sbin/mke2fs")).filter(|p| p.exists()))
-            .ok_or(ImageError::NoMke2fs)?;
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| ImageError::Io { path, source }
+    fn write(
+        &self,
+        staged: &Path,
+        opts: &ImageOptions,
+        out: &mut File,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Written, ImageError> {
+        let options = ext4::Options {
+            epoch: ext4_epoch(opts.epoch)?,
+            size: match opts.size {
+                ImageSize::Fit { free } => ext4::ImageSize::Fit { free },
+                ImageSize::Exact(n) => ext4::ImageSize::Exact(n),
+            },
+            label: cut_label(&opts.label, 16),
         };
-        let (blocks, inodes) = measure(staged).map_err(io(staged))?;
-        let inodes = inodes + 16;
-        // Inode tables, bitmaps, group descriptors and superblock backups, plus
-        // the root and lost+found.
-        let overhead = (inodes * INODE_SIZE).div_ceil(BLOCK) + 64 + blocks / 32;
-        let needed = (blocks + overhead) * BLOCK;
-        let digest = tree_digest(staged)?;
-        let seed2: [u8; 32] = Sha256::digest(digest).into();
-        let conf = tempfile::NamedTempFile::new().map_err(io(Path::new("mke2fs.conf")))?;
-        fs::write(conf.path(), MKE2FS_CONF).map_err(io(conf.path()))?;
-        // mke2fs opens a path; give it this open file through /proc, so the seam
-        // stays "write into this File".
-        let target = format!("/proc/{}/fd/{}", std::process::id(), out.as_raw_fd());
-        let label: String = opts.label.chars().take(16).collect();
-
-        let mut size = match opts.size {
-            ImageSize::Exact(n) => n,
-            ImageSize::Fit { free } => needed + free,
-        };
-        loop {
-            size = size.div_ceil(BLOCK) * BLOCK;
-            out.set_len(0).map_err(io(Path::new(&target)))?;
-            out.set_len(size).map_err(io(Path::new(&target)))?;
-            let output = Command::new(&mke2fs)
-                .args([
-                    "-q", "-F", "-t", "ext4", "-b", "4096", "-I", "256", "-m", "0",
-                ])
-                .args(["-O", "^has_journal,^resize_inode"])
-                .arg("-N")
-                .arg(inodes.to_string())
-                .arg("-U")
-                .arg(uuid(&digest))
-                .arg("-E")
-                .arg(format!(
-                    "hash_seed={},root_owner=0:0,lazy_itable_init=0,nodiscard",
-                    uuid(&seed2)
-                ))
-                .arg("-L")
-                .arg(&label)
-                .arg("-d")
-                .arg(staged)
-                .arg(&target)
-                .arg(format!("{}k", size / 1024))
-                .env_clear()
-                .env("PATH", crate::build::SCRIPT_PATH)
-                .env("MKE2FS_CONFIG", conf.path())
-                // e2fsprogs reads a fake time of 0 as "unset" and uses the clock.
-                .env("E2FSPROGS_FAKE_TIME", opts.epoch.max(1).to_string())
-                .env("MKE2FS_DEVICE_SECTSIZE", "512")
-                .env("LC_ALL", "C")
-                .output()
-                .map_err(|_| ImageError::NoMke2fs)?;
-            if output.status.success() {
-                return pin_times(staged, &target, opts.epoch);
-            }
-            let msg = String::from_utf8_lossy(&output.stderr);
-            let no_space = msg.contains("Could not allocate")
-                || msg.contains("Not enough space")
-                || msg.contains("No space left")
-                || msg.contains("inode table")
-                || msg.contains("too small");
-            match opts.size {
-                ImageSize::Fit { .. } if no_space && size < needed.saturating_mul(16) => {
-                    // Our estimate was short: grow by a quarter, deterministically.
-                    size += size / 4;
-                }
-                ImageSize::Exact(n) if no_space => {
-                    return Err(ImageError::TooSmall { size: n, needed });
-                }
-                _ => {
-                    let line = msg.split_whitespace().collect::<Vec<_>>().join(" ");
-                    return Err(ImageError::Mke2fs(line));
-                }
-            }
-        }
+        let tree = ext4::Tree::from_dir(staged).map_err(ImageError::Ext4)?;
+        let report = ext4::write_image_with_progress(&tree, out, &options, progress).map_err(
+            |e| match e {
+                ext4::Error::TooSmall { needed, requested } => ImageError::TooSmall {
+                    size: requested,
+                    needed,
+                },
+                e => ImageError::Ext4(e),
+            },
+        )?;
+        let mut files: Vec<FileEntry> = report.files.iter().map(entry_of).collect();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(Written {
+            files,
+            size: report.image_size,
+            content_bytes: report.content_bytes,
+        })
     }
 }
 
-/// Sets every inode's access, change and creation times to `epoch`.
-///
-/// `mke2fs -d` copies each source file's atime and ctime (which no one can set
-/// on the staged files: reading them moves atime, and ctime is the kernel's), so
-/// without this two builds of the same tree differ in those fields.
-fn pin_times(staged: &Path, image: &str, epoch: u64) -> Result<(), ImageError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ImageError::Io { path, source }
+/// The manifest's view of one entry the ext4 writer reports.
+pub fn entry_of(r: &ext4::FileReport) -> FileEntry {
+    let (kind, size) = match r.kind {
+        ext4::FileKind::Dir => (FileKind::Dir, 0),
+        ext4::FileKind::File => (FileKind::File, r.size),
+        ext4::FileKind::Symlink => (FileKind::Symlink, r.size),
     };
-    let debugfs = crate::toolchain::which("debugfs")
-        .or_else(|| Some(PathBuf::from("/sbin/debugfs")).filter(|p| p.exists()))
-        .ok_or(ImageError::NoMke2fs)?;
-    let mut cmds = String::new();
-    let mut paths = vec!["/".to_string(), "/lost+found".to_string()];
-    for e in walkdir::WalkDir::new(staged)
-        .min_depth(1)
-        .sort_by_file_name()
-    {
-        let e = e.map_err(|e| ImageError::Io {
-            path: staged.to_path_buf(),
-            source: e.into(),
-        })?;
-        let rel = e.path().strip_prefix(staged).unwrap_or(e.path());
-        paths.push(format!("/{}", rel.display()));
+    FileEntry {
+        path: r.path.to_string_lossy().into_owned(),
+        kind,
+        mode: u32::from(r.mode),
+        size,
+        sha256: r.sha256.map(hex::encode),
+        target: r.target.as_ref().map(|t| t.to_string_lossy().into_owned()),
+        package: None,
     }
-    for p in &paths {
-        for field in ["atime", "ctime", "mtime", "crtime"] {
-            cmds.push_str(&format!(
-                "sif \"{p}\" {field} {epoch}\nsif \"{p}\" {field}_extra 0\n"
-            ));
-        }
-    }
-    let file = tempfile::NamedTempFile::new().map_err(io(Path::new("debugfs commands")))?;
-    fs::write(file.path(), cmds).map_err(io(file.path()))?;
-    let output = Command::new(&debugfs)
-        .arg("-w")
-        .arg("-f")
-        .arg(file.path())
-        .arg(image)
-        .env_clear()
-        .env("LC_ALL", "C")
-        // debugfs stamps the superblock's last write time on close.
-        .env("E2FSPROGS_FAKE_TIME", epoch.max(1).to_string())
-        .output()
-        .map_err(|_| ImageError::NoMke2fs)?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let problems: Vec<&str> = stderr
-        .lines()
-        .filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
-        .collect();
-    if !output.status.success() || !problems.is_empty() {
-        return Err(ImageError::Mke2fs(format!(
-            "debugfs could not set time stamps: {}",
-            problems.join("; ")
-        )));
-    }
-    Ok(())
-}
-
-/// Writes an image with `writer` to `dest` through a temporary file in the same
-/// directory, renamed into place only when complete. Returns the image's sha256.
-pub fn write_atomically(
-    writer: &dyn ImageWriter,
-    staged: &Path,
-    opts: &ImageOptions,
-    dest: &Path,
-) -> Result<String, ImageError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ImageError::Io { path, source }
-    };
-    let dir = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io(dir))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".cartbuild-")
-        .suffix(".img.tmp")
-        .tempfile_in(dir)
-        .map_err(io(dir))?;
-    writer.write(staged, opts, tmp.as_file_mut())?;
-    let file = tmp.as_file_mut();
-    file.sync_all().map_err(io(dest))?;
-    file.seek(SeekFrom::Start(0)).map_err(io(dest))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(io(dest))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o644)).map_err(io(dest))?;
-    }
-    tmp.persist(dest).map_err(|e| ImageError::Io {
-        path: dest.to_path_buf(),
-        source: e.error,
-    })?;
-    Ok(hex::encode(h.finalize()))
 }
 
 /// Parses a size: bytes, or with a suffix K, M, G (powers of 1024; `KiB`, `MB`
@@ -386,9 +222,58 @@ mod tests {
     }
 
     #[test]
-    fn uuid_shape() {
-        let u = uuid(&[0xab; 32]);
-        assert_eq!(u.len(), 36);
-        assert_eq!(&u[8..9], "-");
+    fn epochs_past_2106_are_refused_with_the_date() {
+        assert_eq!(ext4_epoch(0).unwrap(), 0);
+        assert_eq!(ext4_epoch(u64::from(u32::MAX)).unwrap(), u32::MAX);
+        let err = ext4_epoch(u64::from(u32::MAX) + 1).unwrap_err();
+        assert!(
+            err.to_string().contains("after 2106-02-07T06:28:15Z"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn labels_are_cut_on_character_boundaries() {
+        assert_eq!(cut_label("net", 16), "net");
+        assert_eq!(cut_label("a-very-long-image-name", 16), "a-very-long-imag");
+        assert_eq!(cut_label("ééééééééé", 16), "éééééééé");
+    }
+
+    #[test]
+    fn the_ext4_writer_reports_every_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let staged = dir.path().join("staged");
+        std::fs::create_dir_all(staged.join("bin")).unwrap();
+        std::fs::write(staged.join("bin/tool"), b"abc").unwrap();
+        std::os::unix::fs::symlink("tool", staged.join("bin/alias")).unwrap();
+        let mut out = tempfile::tempfile().unwrap();
+        let opts = ImageOptions {
+            epoch: 1,
+            size: ImageSize::Fit { free: DEFAULT_FREE },
+            label: "t".into(),
+        };
+        let w = Ext4
+            .write(&staged, &opts, &mut out, &mut |_, _| {})
+            .unwrap();
+        let paths: Vec<_> = w.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["bin", "bin/alias", "bin/tool"]);
+        assert_eq!(w.files[1].target.as_deref(), Some("tool"));
+        assert_eq!(w.files[1].mode, 0o777);
+        assert_eq!(
+            w.files[2].sha256.as_deref(),
+            Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        );
+        assert_eq!(w.size, out.metadata().unwrap().len());
+        let exact = ImageOptions {
+            size: ImageSize::Exact(8192),
+            ..opts
+        };
+        let err = Ext4
+            .write(&staged, &exact, &mut out, &mut |_, _| {})
+            .unwrap_err();
+        assert!(
+            matches!(err, ImageError::TooSmall { size: 8192, .. }),
+            "{err}"
+        );
     }
 }

@@ -14,8 +14,14 @@
 //! - [`toolchain`] and [`build`]: static musl builds, cached by key, with
 //!   [`elf`] checking that every binary is static;
 //! - [`stage`]: the tree for the mount point `/dev/crashcart`;
-//! - [`image`]: the [`image::ImageWriter`] seam (mke2fs today, [`ext4`] next);
-//! - [`describe`]: the checksum (and later manifest and SBOM) beside the image.
+//! - [`image`]: the [`image::ImageWriter`] seam and its implementation with
+//!   cartbuild's own [`ext4`] writer;
+//! - [`describe`]: the manifest inside the image, and the checksum, manifest
+//!   and [`spdx`] SBOM beside it, all renamed into place together ([`output`]);
+//! - [`disk`]: `--format gpt`, a GPT disk holding the filesystem and a FAT
+//!   partition that describes it;
+//! - [`inspect`] and [`diff`]: reading images back (with `ext4-view`, no root,
+//!   no mount) to verify them and compare two of them.
 //!
 //! [`progress`] reports every long step. Each module has one error enum naming
 //! the file, URL or package that failed.
@@ -23,14 +29,19 @@
 pub mod build;
 pub mod cache;
 pub mod describe;
+pub mod diff;
+pub mod disk;
 pub mod elf;
 pub mod ext4;
 pub mod fetch;
 pub mod image;
+pub mod inspect;
 pub mod mirror;
+pub mod output;
 pub mod plan;
 pub mod progress;
 pub mod recipe;
+pub mod spdx;
 pub mod stage;
 pub mod toolchain;
 pub mod unpack;

@@ -96,7 +96,13 @@ impl Reporter {
 
     /// Starts a download of `total` bytes (if known).
     pub fn download(&self, package: &str, url: &str, total: Option<u64>) -> Download {
-        let label = format!("[{package}] fetch {url}");
+        self.bytes(format!("[{package}] fetch {url}"), total)
+    }
+
+    /// Starts any long step measured in bytes (hashing the staged files,
+    /// writing the image): a bar with bytes, rate and ETA on a terminal, a
+    /// line at the start and one at the end otherwise.
+    pub fn bytes(&self, label: String, total: Option<u64>) -> Download {
         let bar = match &self.inner.multi {
             Some(m) if !self.inner.quiet => {
                 let bar = m.add(match total {
@@ -131,7 +137,7 @@ impl Reporter {
     }
 }
 
-/// One download in progress.
+/// One download (or other step measured in bytes) in progress.
 pub struct Download {
     reporter: Reporter,
     bar: Option<ProgressBar>,
@@ -141,6 +147,14 @@ pub struct Download {
 }
 
 impl Download {
+    /// `done` bytes are done in all.
+    pub fn set(&mut self, done: u64) {
+        self.bytes = done;
+        if let Some(b) = &self.bar {
+            b.set_position(done);
+        }
+    }
+
     /// `n` more bytes arrived.
     pub fn inc(&mut self, n: u64) {
         self.bytes += n;
@@ -149,7 +163,7 @@ impl Download {
         }
     }
 
-    /// The download completed and was verified.
+    /// The download completed and was verified (or the step is done).
     pub fn finish(self) {
         let secs = self.start.elapsed().as_secs_f64().max(0.001);
         let msg = format!(

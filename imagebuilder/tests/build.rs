@@ -87,13 +87,13 @@ fn two_cold_builds_in_different_caches_give_the_same_image() {
     let (server, _, sha) = hello_server("same bytes");
     let a = Env::new();
     let b = Env::new();
+    // The same recipe bytes (its hash is in the manifest): both count builds
+    // in a's counter file.
+    let text = hello_recipe(&a, &[server.url("/hello.tar.gz")], &sha);
     for env in [&a, &b] {
         // A second apart, so a clock leaking into the image would show.
         std::thread::sleep(std::time::Duration::from_millis(1100));
-        let recipe = env.write(
-            "r.toml",
-            &hello_recipe(env, &[server.url("/hello.tar.gz")], &sha),
-        );
+        let recipe = env.write("r.toml", &text);
         let o = env.run(&recipe, &[]);
         assert!(o.status.success(), "{}", stderr(&o));
     }
@@ -101,6 +101,15 @@ fn two_cold_builds_in_different_caches_give_the_same_image() {
         sha256(&fs::read(a.image()).unwrap()),
         sha256(&fs::read(b.image()).unwrap())
     );
+    // And so are the files beside it.
+    for suffix in [".sha256", ".manifest.json", ".spdx.json"] {
+        let name = format!("out/test.img{suffix}");
+        assert_eq!(
+            fs::read(a.dir.path().join(&name)).unwrap(),
+            fs::read(b.dir.path().join(&name)).unwrap(),
+            "{name} differs between the two builds"
+        );
+    }
 }
 
 #[test]
@@ -859,8 +868,22 @@ fn image_size_too_small_is_an_error_and_leaves_nothing() {
         "r.toml",
         &hello_recipe(&env, &[server.url("/hello.tar.gz")], &sha),
     );
-    let o = env.run(&recipe, &["--size", "64K"]);
-    assert_fails(&env, &o, &["does not fit in 65536 bytes"]);
+    let o = env.run(&recipe, &["--size", "16K"]);
+    let line = assert_fails(
+        &env,
+        &o,
+        &["does not fit in 16384 bytes", "it needs at least"],
+    );
+    // The smallest size that works, as the error says, does work.
+    let needed: u64 = line
+        .split("it needs at least ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no size in {line}"));
+    let o = env.run(&recipe, &["--size", &needed.to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(fs::metadata(env.image()).unwrap().len(), needed);
     let o = env.run(&recipe, &["--size", "8M"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(fs::metadata(env.image()).unwrap().len(), 8 << 20);

@@ -9,14 +9,34 @@ use clap::{Args, ValueEnum};
 
 use cartbuild::build::Builder;
 use cartbuild::cache::Cache;
-use cartbuild::describe::{Description, describe};
+use cartbuild::describe;
+use cartbuild::disk::{self, MetaFiles};
 use cartbuild::fetch::{self, Fetcher};
-use cartbuild::image::{self, ImageOptions, ImageSize, ImageWriter, Mke2fs};
+use cartbuild::image::{self, Ext4, ImageOptions, ImageSize, ImageWriter};
 use cartbuild::mirror::Mirrors;
+use cartbuild::output::{Outputs, Pending};
 use cartbuild::plan::{Context as PlanContext, Plan};
 use cartbuild::progress::{Reporter, human_bytes};
 use cartbuild::recipe::Recipe;
+use cartbuild::spdx;
 use cartbuild::toolchain::{Flavor, Toolchain};
+use cartimage::manifest::PATH_IN_IMAGE;
+
+/// What `cartbuild` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    /// A bare ext4 filesystem image (`images/<name>-<version>.img`).
+    Ext4,
+    /// A GPT disk image for virtual machines (`images/<name>-<version>.gpt.img`):
+    /// partition `crashcart` holds the ext4 filesystem, partition
+    /// `crashcart-meta` (FAT) its manifest, SBOM and checksum.
+    Gpt,
+}
+
+/// `<name>-<version>.img`: the bare image's file name.
+fn bare_name(plan: &Plan) -> String {
+    format!("{}-{}.img", plan.image.name, plan.image.version)
+}
 
 /// Which C toolchain builds the packages.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -36,9 +56,15 @@ pub struct BuildArgs {
     #[arg(value_name = "RECIPE")]
     pub recipe: PathBuf,
 
-    /// Where to write the image [default: images/<name>-<version>.img].
+    /// Where to write the image [default: images/<name>-<version>.img, or
+    /// images/<name>-<version>.gpt.img with --format gpt].
     #[arg(short, long, value_name = "PATH")]
     pub output: Option<PathBuf>,
+
+    /// What to write: a bare ext4 image, or a GPT disk holding it and a FAT
+    /// partition that describes it.
+    #[arg(long, value_enum, default_value = "ext4")]
+    pub format: FormatArg,
 
     /// Base URL of a mirror:// name, e.g. --mirror debian=http://host/debian
     /// (wins over CARTBUILD_MIRROR_<NAME>, the config file and apt sources).
@@ -61,7 +87,7 @@ pub struct BuildArgs {
     #[arg(short, long, value_name = "N")]
     pub jobs: Option<usize>,
 
-    /// Free space left in a fitted image (e.g. 1M, 64M).
+    /// Free space left in a fitted image (e.g. 64K, 1M) [default: 64K].
     #[arg(long, value_name = "SIZE", value_parser = image::parse_size, conflicts_with = "size")]
     pub free: Option<u64>,
 
@@ -155,8 +181,13 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
         },
     )
     .context("invalid recipe")?;
+    // Every time stamp in the image must fit; say so before building.
+    image::ext4_epoch(plan.image.epoch).context("invalid epoch")?;
     let output = args.output.clone().unwrap_or_else(|| {
-        PathBuf::from("images").join(format!("{}-{}.img", plan.image.name, plan.image.version))
+        PathBuf::from("images").join(match args.format {
+            FormatArg::Ext4 => bare_name(&plan),
+            FormatArg::Gpt => format!("{}-{}.gpt.img", plan.image.name, plan.image.version),
+        })
     });
     if let Some(dir) = &args.staged
         && dir.exists()
@@ -230,7 +261,22 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
     let staged = cartbuild::stage::stage(&plan, &dirs, &staged_dir)
         .context("failed to stage the image's files")?;
 
-    let writer = Mke2fs;
+    // The manifest, made from the tree as the writer will see it, goes into
+    // the tree itself.
+    let mut bar = reporter.bytes("hashing the staged files".into(), None);
+    let (manifest, hashes) = describe::manifest(
+        &plan,
+        toolchain.as_ref().map(|t| t.description.clone()),
+        &staged_dir,
+        &staged,
+        &mut |done, _| bar.set(done),
+    )
+    .context("failed to describe the image")?;
+    bar.finish();
+    let placed = describe::place_in_tree(&staged_dir, &manifest)
+        .context("failed to put the manifest into the image")?;
+
+    let writer = Ext4;
     let opts = ImageOptions {
         epoch: plan.image.epoch,
         size: match (args.size, args.free) {
@@ -241,35 +287,82 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
         },
         label: plan.image.name.clone(),
     };
-    reporter.line(&format!(
-        "writing {} with {}",
-        output.display(),
-        writer.name()
-    ));
-    let sha = image::write_atomically(&writer, &staged_dir, &opts, &output)
-        .context("failed to write the image")?;
-
-    let desc = Description::new(
-        &plan,
-        toolchain.as_ref().map(|t| t.description.clone()),
-        &staged,
-        &output,
-        &sha,
+    let mut filesystem = Pending::create(&output).context("failed to write the image")?;
+    let mut bar = reporter.bytes(
+        format!("writing {} with {}", output.display(), writer.name()),
+        None,
     );
-    let written = describe(&desc).context("failed to describe the image")?;
-    let size = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
+    let written = writer
+        .write(&staged_dir, &opts, filesystem.file(), &mut |done, _| {
+            bar.set(done)
+        })
+        .context("failed to write the image")?;
+    bar.finish();
+    describe::check_written(&manifest, &placed, &written).context("failed to write the image")?;
+    let (fs_sha256, fs_size) = filesystem.sha256().context("failed to write the image")?;
+
+    let mut sha1 = hashes.sha1;
+    sha1.insert(PATH_IN_IMAGE.to_string(), placed.sha1.clone());
+    let tool = format!("cartbuild-{}", env!("CARGO_PKG_VERSION"));
+    let sbom = spdx::document(&spdx::Input {
+        manifest: &manifest,
+        extra: std::slice::from_ref(&placed.entry),
+        sha1: &sha1,
+        filesystem_sha256: &fs_sha256,
+        tool: &tool,
+    })
+    .context("failed to write the SBOM")?;
+
+    let mut image = match args.format {
+        FormatArg::Ext4 => filesystem,
+        FormatArg::Gpt => {
+            let mut disk_file = Pending::create(&output).context("failed to write the disk")?;
+            let meta = MetaFiles::new(&manifest.to_json(), &sbom, &bare_name(&plan), &fs_sha256);
+            reporter.line(&format!(
+                "writing the GPT disk {} (partitions `{}` and `{}`)",
+                output.display(),
+                disk::PARTITION_NAME,
+                disk::META_PARTITION_NAME
+            ));
+            disk::write_disk(
+                filesystem.file(),
+                fs_size,
+                &fs_sha256,
+                &meta,
+                plan.image.epoch,
+                disk_file.file(),
+                &output,
+            )
+            .context("failed to write the disk")?;
+            disk_file
+        }
+    };
+    let (sha, size) = image.sha256().context("failed to write the image")?;
+    let mut outputs = Outputs::new();
+    for file in describe::sidecars(&output, &sha, size, &manifest, &sbom)
+        .context("failed to describe the image")?
+    {
+        outputs.push(file);
+    }
+    // The image last: see `Outputs::persist`.
+    outputs.push(image);
+    let written_paths = outputs
+        .persist()
+        .context("failed to put the image in place")?;
+    let sidecars: Vec<String> = written_paths
+        .iter()
+        .filter(|p| **p != output)
+        .map(|p| p.display().to_string())
+        .collect();
     reporter.line(&format!(
-        "built {} ({}, sha256 {sha}) in {:.1} s: {} packages, {built} built, {} cached; {}",
+        "built {} ({}, {} of content, sha256 {sha}) in {:.1} s: {} packages, {built} built, {} cached; {}",
         output.display(),
         human_bytes(size),
+        human_bytes(written.content_bytes),
         started.elapsed().as_secs_f64(),
         plan.packages.len(),
         plan.packages.len() - built,
-        written
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
+        sidecars.join(", ")
     ));
     println!("{}", output.display());
     Ok(())

@@ -1,43 +1,100 @@
 //! The command line: one file per subcommand; `build` is the default.
 //!
-//! `cartbuild RECIPE [OPTIONS]` is `cartbuild build RECIPE [OPTIONS]`. Later
-//! subcommands (`inspect`, `diff`, `release`, `sign`, `push`) get a variant of
-//! [`Command`] and a file of their own beside `build.rs`.
+//! `cartbuild RECIPE [OPTIONS]` is `cartbuild build RECIPE [OPTIONS]`
+//! ([`with_default_command`] inserts `build`). `inspect` and `diff` read
+//! images back; later subcommands (`release`, `sign`, `push`) get a variant of
+//! [`Command`] and a file of their own.
 
 mod build;
+mod diff;
+mod inspect;
 
-use clap::{Parser, Subcommand};
+use std::ffi::OsString;
+
+use clap::{CommandFactory, Parser, Subcommand};
 
 pub use build::BuildArgs;
 
 /// Build reproducible crashcart debug images from declarative recipes.
+///
+/// `cartbuild RECIPE` is short for `cartbuild build RECIPE`.
 #[derive(Debug, Parser)]
-#[command(
-    name = "cartbuild",
-    version,
-    args_conflicts_with_subcommands = true,
-    subcommand_negates_reqs = true
-)]
+#[command(name = "cartbuild", version)]
 pub struct Cli {
-    /// A subcommand; without one, `build`.
+    /// What to do.
     #[command(subcommand)]
-    pub command: Option<Command>,
-    /// Arguments of the default `build` command.
-    #[command(flatten)]
-    pub build: BuildArgs,
+    pub command: Command,
 }
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Build an image from a recipe (the default).
+    /// Build an image from a recipe (the default: `cartbuild RECIPE`).
     Build(BuildArgs),
+    /// Print an image's manifest and verify every file against it (no root,
+    /// no mount).
+    Inspect(inspect::InspectArgs),
+    /// Show which packages and files changed between two images.
+    Diff(diff::DiffArgs),
+}
+
+/// The arguments with `build` inserted when the first one names no
+/// subcommand (nor asks for help or the version), so `cartbuild RECIPE` and
+/// `cartbuild -v RECIPE` build.
+///
+/// clap's own "arguments of a default subcommand" (a flattened `BuildArgs`
+/// beside the subcommand) cannot work here: `RECIPE` is required, so the
+/// derive refuses every other subcommand, and an option set through the
+/// environment (`CARTBUILD_CACHE`) would make it do so even when optional.
+pub fn with_default_command(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut args: Vec<OsString> = args.into_iter().collect();
+    let names: Vec<String> = Cli::command()
+        .get_subcommands()
+        .flat_map(|c| {
+            std::iter::once(c.get_name().to_string()).chain(c.get_all_aliases().map(str::to_string))
+        })
+        .chain(["help", "--help", "-h", "--version", "-V"].map(String::from))
+        .collect();
+    if let Some(first) = args.get(1)
+        && !names.iter().any(|n| first.as_os_str() == n.as_str())
+    {
+        args.insert(1, OsString::from("build"));
+    }
+    args
 }
 
 /// Runs the command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Some(Command::Build(args)) => build::run(args),
-        None => build::run(cli.build),
+        Command::Build(args) => build::run(args),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Diff(args) => diff::run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Command {
+        let argv = std::iter::once("cartbuild")
+            .chain(args.iter().copied())
+            .map(OsString::from);
+        Cli::try_parse_from(with_default_command(argv))
+            .unwrap()
+            .command
+    }
+
+    #[test]
+    fn build_is_the_default_and_other_subcommands_parse() {
+        assert!(
+            matches!(parse(&["r.toml"]), Command::Build(a) if a.recipe.to_str() == Some("r.toml"))
+        );
+        assert!(matches!(parse(&["-v", "r.toml"]), Command::Build(a) if a.verbose));
+        assert!(matches!(parse(&["build", "r.toml"]), Command::Build(_)));
+        assert!(matches!(parse(&["inspect", "x.img"]), Command::Inspect(_)));
+        assert!(matches!(parse(&["diff", "a", "b", "--json"]), Command::Diff(d) if d.json));
+        // A recipe named like a subcommand still needs `build`.
+        assert!(matches!(parse(&["build", "diff"]), Command::Build(_)));
     }
 }

@@ -11,7 +11,7 @@ mod tree;
 mod writer;
 
 pub use error::{Error, Result};
-pub use tree::{FileData, Meta, SYMLINK_MAX, Tree};
+pub use tree::{EntryKind, FileData, Meta, SYMLINK_MAX, Tree, TreeEntry};
 pub use writer::{
     DEFAULT_FREE, FileKind, FileReport, ImageSize, Options, Report, write_image,
     write_image_with_progress,

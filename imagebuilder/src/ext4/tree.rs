@@ -100,6 +100,92 @@ impl FileData {
     }
 }
 
+impl FileData {
+    /// A reader of the file's bytes (a staged file is opened; a sparse one
+    /// yields its zeros without holding them), for hashing the content
+    /// before or after the image is written.
+    pub fn reader(&self) -> io::Result<Box<dyn io::Read + '_>> {
+        Ok(match self {
+            FileData::Bytes(bytes) => Box::new(bytes.as_slice()),
+            FileData::Path { path, .. } => Box::new(fs::File::open(path)?),
+            FileData::Sparse { len, segments } => Box::new(SparseReader {
+                len: *len,
+                position: 0,
+                segments,
+            }),
+        })
+    }
+}
+
+/// Reads a [`FileData::Sparse`]: zeros between the segments.
+struct SparseReader<'a> {
+    len: u64,
+    position: u64,
+    segments: &'a [(u64, Vec<u8>)],
+}
+
+impl io::Read for SparseReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.len.saturating_sub(self.position);
+        let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        if want == 0 {
+            return Ok(0);
+        }
+        // Segments are sorted and disjoint (checked when added): the first
+        // one that ends after the position either covers it or lies ahead.
+        let next = self
+            .segments
+            .iter()
+            .find(|(offset, bytes)| offset.saturating_add(len_u64(bytes)) > self.position);
+        let n = match next {
+            Some((offset, bytes)) if *offset <= self.position => {
+                let from = usize::try_from(self.position - offset).unwrap_or(usize::MAX);
+                let n = want.min(bytes.len() - from);
+                buf[..n].copy_from_slice(&bytes[from..from + n]);
+                n
+            }
+            Some((offset, _)) => {
+                let gap = usize::try_from(offset - self.position).unwrap_or(usize::MAX);
+                let n = want.min(gap);
+                buf[..n].fill(0);
+                n
+            }
+            None => {
+                buf[..want].fill(0);
+                want
+            }
+        };
+        self.position += len_u64(&buf[..n]);
+        Ok(n)
+    }
+}
+
+fn len_u64(bytes: &[u8]) -> u64 {
+    u64::try_from(bytes.len()).unwrap_or(u64::MAX)
+}
+
+/// What an entry of a [`Tree`] is, as [`Tree::entries`] lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind<'a> {
+    /// A directory.
+    Dir,
+    /// A regular file and where its bytes come from.
+    File(&'a FileData),
+    /// A symbolic link and its target.
+    Symlink(&'a [u8]),
+}
+
+/// One name in a [`Tree`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeEntry<'a> {
+    /// Path relative to the image root (`bin/bash`).
+    pub path: PathBuf,
+    /// Owner, group and permission bits, as the image will have them.
+    pub meta: Meta,
+    /// Directory, file or symlink.
+    pub kind: EntryKind<'a>,
+}
+
 /// Index of a node in [`Tree::nodes`]; the root is 0.
 pub(crate) type NodeId = usize;
 
@@ -272,6 +358,41 @@ impl Tree {
             }
         }
         Ok(tree)
+    }
+
+    /// Every entry but the root, directory by directory (depth first), each
+    /// directory's entries in name-byte order; a hard-linked file appears under each of its names.
+    /// The metadata is what the image will hold (after [`Tree::from_dir`]'s
+    /// normalisation), so a manifest made from this list describes the image.
+    pub fn entries(&self) -> Vec<TreeEntry<'_>> {
+        let mut out = Vec::with_capacity(self.nodes.len());
+        let mut pending: Vec<(NodeId, PathBuf)> = vec![(0, PathBuf::new())];
+        while let Some((dir, dir_path)) = pending.pop() {
+            let NodeKind::Dir(entries) = &self.nodes[dir].kind else {
+                continue;
+            };
+            let mut subdirs = Vec::new();
+            for (name, &id) in entries {
+                let path = dir_path.join(OsStr::from_bytes(name));
+                let node = &self.nodes[id];
+                let kind = match &node.kind {
+                    NodeKind::Dir(_) => {
+                        subdirs.push((id, path.clone()));
+                        EntryKind::Dir
+                    }
+                    NodeKind::File(data) => EntryKind::File(data),
+                    NodeKind::Symlink(target) => EntryKind::Symlink(target),
+                };
+                out.push(TreeEntry {
+                    path,
+                    meta: node.meta,
+                    kind,
+                });
+            }
+            // Depth first, in name order: the stack pops the first name last.
+            pending.extend(subdirs.into_iter().rev());
+        }
+        out
     }
 
     /// Adds an empty directory. Its parent must exist.

@@ -1,0 +1,202 @@
+//! Output files that appear whole or not at all.
+//!
+//! Every file `cartbuild` writes beside the user's other files (the image, its
+//! `.sha256`, `.manifest.json` and `.spdx.json`) is first written completely
+//! into a temporary file in the destination's directory ([`Pending`]) and only
+//! renamed into place when everything is ready ([`Outputs::persist`]). A
+//! failure before that removes the temporaries (their `Drop`), so a failed
+//! build leaves neither a half-written image nor a checksum of one. rename(2)
+//! within one directory is atomic, so a reader sees the old file or the new
+//! one, never a mix.
+
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// Why an output could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write {path}: {source}")]
+pub struct OutputError {
+    /// The file.
+    pub path: PathBuf,
+    /// The underlying error.
+    pub source: std::io::Error,
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> OutputError + '_ {
+    move |source| OutputError {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A complete output in a temporary file beside `dest`, not yet in place.
+#[derive(Debug)]
+pub struct Pending {
+    tmp: tempfile::NamedTempFile,
+    dest: PathBuf,
+}
+
+impl Pending {
+    /// An empty temporary file in `dest`'s directory (created if missing),
+    /// to be filled by the caller through [`Pending::file`].
+    pub fn create(dest: &Path) -> Result<Pending, OutputError> {
+        let dir = dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        fs::create_dir_all(dir).map_err(io_error(dir))?;
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .map_err(io_error(dir))?;
+        Ok(Pending {
+            tmp,
+            dest: dest.to_path_buf(),
+        })
+    }
+
+    /// A pending file holding `bytes`.
+    pub fn with_bytes(dest: &Path, bytes: &[u8]) -> Result<Pending, OutputError> {
+        let mut p = Pending::create(dest)?;
+        p.tmp.write_all(bytes).map_err(io_error(p.tmp.path()))?;
+        Ok(p)
+    }
+
+    /// The open temporary file.
+    pub fn file(&mut self) -> &mut File {
+        self.tmp.as_file_mut()
+    }
+
+    /// The temporary file's path (for messages).
+    pub fn tmp_path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// Where the file goes.
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    /// The sha256 (hex) and length of what has been written, read back
+    /// through a fixed buffer.
+    pub fn sha256(&mut self) -> Result<(String, u64), OutputError> {
+        let path = self.tmp.path().to_path_buf();
+        let file = self.tmp.as_file_mut();
+        file.seek(SeekFrom::Start(0)).map_err(io_error(&path))?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut len = 0u64;
+        loop {
+            let n = file.read(&mut buf).map_err(io_error(&path))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            len += u64::try_from(n).unwrap_or(u64::MAX);
+        }
+        Ok((hex::encode(h.finalize()), len))
+    }
+
+    /// Syncs the data and makes the file readable by everyone (0644), ready
+    /// to be renamed.
+    fn seal(&mut self) -> Result<(), OutputError> {
+        let path = self.tmp.path().to_path_buf();
+        self.tmp.as_file_mut().sync_all().map_err(io_error(&path))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).map_err(io_error(&path))
+    }
+
+    /// Renames the file into place.
+    pub fn persist(mut self) -> Result<PathBuf, OutputError> {
+        self.seal()?;
+        let dest = self.dest.clone();
+        self.tmp.persist(&dest).map_err(|e| OutputError {
+            path: dest.clone(),
+            source: e.error,
+        })?;
+        Ok(dest)
+    }
+}
+
+/// A set of pending outputs renamed into place together.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    files: Vec<Pending>,
+}
+
+impl Outputs {
+    /// An empty set.
+    pub fn new() -> Outputs {
+        Outputs::default()
+    }
+
+    /// Adds a file; files are renamed in the order they were added.
+    pub fn push(&mut self, file: Pending) {
+        self.files.push(file);
+    }
+
+    /// Syncs every file, then renames them into place in order, and returns
+    /// their paths. The caller adds the image last: when a crash interrupts
+    /// the renames, an old image finds itself beside new checksums, which
+    /// fail to verify, rather than a new image beside stale ones that an
+    /// unwary reader might trust.
+    pub fn persist(self) -> Result<Vec<PathBuf>, OutputError> {
+        let mut files = self.files;
+        for f in &mut files {
+            f.seal()?;
+        }
+        let mut done = Vec::with_capacity(files.len());
+        for f in files {
+            done.push(f.persist()?);
+        }
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_appears_until_persisted_and_nothing_stays_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("out/a.img");
+        let b = dir.path().join("out/a.img.sha256");
+        let mut outputs = Outputs::new();
+        outputs.push(Pending::with_bytes(&b, b"sum\n").unwrap());
+        let mut img = Pending::create(&a).unwrap();
+        img.file().write_all(b"abc").unwrap();
+        assert_eq!(
+            img.sha256().unwrap(),
+            (
+                "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".into(),
+                3
+            )
+        );
+        assert!(!a.exists() && !b.exists());
+        outputs.push(img);
+        let done = outputs.persist().unwrap();
+        assert_eq!(done, [b.clone(), a.clone()]);
+        assert_eq!(fs::read(&a).unwrap(), b"abc");
+        let mode = fs::metadata(&a).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+
+        let dropped = Pending::with_bytes(&dir.path().join("out/c"), b"x").unwrap();
+        drop(dropped);
+        let left: Vec<_> = fs::read_dir(dir.path().join("out"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        let mut left = left;
+        left.sort();
+        assert_eq!(left, ["a.img", "a.img.sha256"]);
+    }
+}
