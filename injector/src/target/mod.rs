@@ -102,6 +102,14 @@ impl fmt::Display for Candidate {
     }
 }
 
+fn down(unavailable: &[String]) -> String {
+    if unavailable.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", unavailable.join("; "))
+    }
+}
+
 fn list(candidates: &[Candidate]) -> String {
     if candidates.is_empty() {
         return "no running containers were found".into();
@@ -131,12 +139,14 @@ pub enum ResolveError {
     #[error("`{0}` is not a PID: use `pid:N` with a number")]
     BadPid(String),
     /// Nothing matched.
-    #[error("no container matches `{query}`: {}", list(.candidates))]
+    #[error("no container matches `{query}`{}: {}", down(.unavailable), list(.candidates))]
     NotFound {
         /// What the user typed.
         query: String,
         /// What exists.
         candidates: Vec<Candidate>,
+        /// Runtimes that could not be asked (`docker is not running (...)`).
+        unavailable: Vec<String>,
     },
     /// More than one matched.
     #[error("`{query}` matches more than one container: {}: give more of the ID, or the name", list(.candidates))]
@@ -249,6 +259,7 @@ pub fn resolve(arg: &str, resolvers: &[Box<dyn Resolver>]) -> Result<Target, Res
             Lookup::NotFound(candidates) => Err(ResolveError::NotFound {
                 query: rest.to_string(),
                 candidates,
+                unavailable: Vec::new(),
             }),
         };
     }
@@ -298,14 +309,19 @@ pub fn resolve(arg: &str, resolvers: &[Box<dyn Resolver>]) -> Result<Target, Res
         }
     }
     // Nothing running matched: say why as precisely as we can. A name needs a runtime to
-    // resolve it, so a runtime that is down beats "unknown".
-    if let Some(e) = stopped.or(failed).or(unavailable) {
+    // resolve it, so a runtime that is down beats "unknown" when no other runtime has any
+    // container; when others do, they are listed and the one that is down is named.
+    if let Some(e) = stopped.or(failed) {
         return Err(e);
     }
-    Err(ResolveError::NotFound {
-        query: arg.to_string(),
-        candidates,
-    })
+    match unavailable {
+        Some(e) if candidates.is_empty() => Err(e),
+        down => Err(ResolveError::NotFound {
+            query: arg.to_string(),
+            candidates,
+            unavailable: down.map(|e| e.to_string()).into_iter().collect(),
+        }),
+    }
 }
 
 /// Adds `target` unless the same container (same ID, or same process) is there already.
@@ -504,6 +520,25 @@ mod tests {
             err.contains("no container matches") && err.contains("(podman fed999)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_runtime_that_is_down_is_named_beside_the_others_candidates() {
+        let mut r = fake(true);
+        r.push(Box::new(Fake {
+            name: "podman",
+            known: vec![c("podman", "web", "fed999")],
+            down: false,
+            pid: 77,
+        }));
+        let err = resolve("nope", &r).expect_err("none").to_string();
+        assert!(
+            err.contains("no container matches `nope` (docker is not running (down)")
+                && err.contains("web (podman fed999)"),
+            "{err}"
+        );
+        // The running runtime still answers.
+        assert_eq!(resolve("web", &r).expect("podman's").pid, 77);
     }
 
     #[test]
