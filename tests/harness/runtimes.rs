@@ -31,13 +31,29 @@ pub fn require_podman() {
     );
 }
 
-/// The fat image (busybox, `sleep` as its command) imported into Podman.
+/// The fat image (busybox, `sleep` as its command) imported into Podman, unless an import
+/// of the same Docker image (its ID as a label) is there already: importing again would leave
+/// the previous one behind as a dangling image.
 pub fn podman_image() -> &'static str {
     static TAG: OnceLock<String> = OnceLock::new();
     TAG.get_or_init(|| {
         require_podman();
         let tag = "localhost/cc-inject-fat:test".to_string();
         let root = fat_root();
+        let source =
+            ok(Command::new("docker").args(["image", "inspect", "-f", "{{.Id}}", fat_image()]))
+                .trim()
+                .to_string();
+        let have = output(Command::new("podman").args([
+            "image",
+            "inspect",
+            "-f",
+            "{{index .Labels \"cc.fixture\"}}",
+            &tag,
+        ]));
+        if have.status.success() && crate::stdout(&have).trim() == source {
+            return tag;
+        }
         let mut tar = Command::new("tar")
             .arg("-C")
             .arg(&root)
@@ -51,6 +67,8 @@ pub fn podman_image() -> &'static str {
                 "-q",
                 "-c",
                 r#"CMD ["/bin/sleep", "100000"]"#,
+                "-c",
+                &format!("LABEL cc.fixture={source}"),
                 "-",
                 &tag,
             ])
