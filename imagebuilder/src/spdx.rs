@@ -23,8 +23,9 @@
 //!
 //! Recipe packages are their sources (`filesAnalyzed: false`); a license the
 //! recipe does not give is `NOASSERTION`, and so is the download location of a
-//! source reachable only through a `mirror://` URL (its host is the builder's
-//! choice, so it is named in `sourceInfo` instead).
+//! source without a public `http(s)` URL: one reachable only through a
+//! `mirror://` URL (its host is the builder's choice) or from a server named by
+//! IP address. Every URL is listed in `sourceInfo`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -194,6 +195,30 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (y, m, d)
 }
 
+/// Whether `url` is an `http(s)` URL whose host is a domain name (a dotted
+/// name ending in letters): a place anyone can download from. A `mirror://`
+/// URL, an IP address or a single-label host (a build host's own server) is
+/// not, and SPDX validators reject such hosts as download locations.
+fn is_public_url(url: &str) -> bool {
+    let Some(rest) = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    let host = host.split(':').next().unwrap_or("");
+    let labels: Vec<&str> = host.split('.').collect();
+    labels.len() >= 2
+        && labels
+            .iter()
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        && labels
+            .last()
+            .is_some_and(|tld| tld.len() >= 2 && tld.chars().all(|c| c.is_ascii_alphabetic()))
+}
+
 /// SPDX's package verification code (clause 7.9): the SHA-1 of the sorted,
 /// concatenated SHA-1s of the package's files.
 fn verification_code(sha1s: &[&str]) -> String {
@@ -234,7 +259,7 @@ pub fn document(input: &Input<'_>) -> Result<String, SpdxError> {
             "NONE".to_string()
         } else {
             urls.iter()
-                .find(|u| u.starts_with("https://") || u.starts_with("http://"))
+                .find(|u| is_public_url(u))
                 .map_or_else(|| NOASSERTION.to_string(), |u| u.to_string())
         };
         let source_info = if p.kind == "local" {
@@ -393,6 +418,16 @@ mod tests {
         assert_eq!(utc_timestamp(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(utc_timestamp(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(utc_timestamp(u64::from(u32::MAX)), "2106-02-07T06:28:15Z");
+    }
+
+    #[test]
+    fn download_locations_are_public_urls() {
+        assert!(is_public_url("https://www.tcpdump.org/release/x.tar.gz"));
+        assert!(is_public_url("http://user@example.org:8080/x"));
+        assert!(!is_public_url("http://127.0.0.1:8080/x.tar.gz"));
+        assert!(!is_public_url("http://localhost/x"));
+        assert!(!is_public_url("mirror://debian/pool/x"));
+        assert!(!is_public_url("file:///srv/x.tar.gz"));
     }
 
     #[test]

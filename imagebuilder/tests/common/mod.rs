@@ -390,3 +390,119 @@ pub fn assert_fsck_clean(image: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The path of a system tool, looking in the sbin directories too (a PATH
+/// without them must not hide losetup or e2fsck).
+pub fn tool(name: &str) -> PathBuf {
+    ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+        .iter()
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// Runs a system tool; a missing one fails the test saying what to install.
+pub fn run_tool(name: &str, args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(tool(name))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {name} ({e}): install it (see .ci/packages)"))
+}
+
+/// Fails the test unless it runs as root (loop devices and mounts need it).
+pub fn require_root() {
+    use std::os::unix::fs::MetadataExt;
+    let uid = fs::metadata("/proc/self").expect("/proc/self").uid();
+    assert_eq!(
+        uid, 0,
+        "this test attaches loop devices and mounts them: run it as root (tests/run does)"
+    );
+}
+
+/// A read-only loop mount of the filesystem at `offset` (of `size` bytes, or
+/// to the end) of an image file. `Drop` unmounts and detaches even when the
+/// test fails.
+pub struct LoopMount {
+    device: String,
+    dir: tempfile::TempDir,
+    mounted: bool,
+}
+
+impl LoopMount {
+    /// Attaches and mounts.
+    pub fn new(image: &Path, offset: u64, size: Option<u64>) -> LoopMount {
+        require_root();
+        let offset = offset.to_string();
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--find".into(),
+            "--show".into(),
+            "--read-only".into(),
+            "--offset".into(),
+            offset.into(),
+        ];
+        if let Some(size) = size {
+            args.push("--sizelimit".into());
+            args.push(size.to_string().into());
+        }
+        args.push(image.as_os_str().to_owned());
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let out = run_tool("losetup", &refs);
+        assert!(
+            out.status.success(),
+            "losetup {}: {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut guard = LoopMount {
+            device: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            dir: tempfile::tempdir().expect("mount point"),
+            mounted: false,
+        };
+        let out = run_tool(
+            "mount",
+            &[
+                "-t".as_ref(),
+                "ext4".as_ref(),
+                "-o".as_ref(),
+                "ro".as_ref(),
+                guard.device.as_ref(),
+                guard.dir.path().as_os_str(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "mount {} ({}): {}",
+            guard.device,
+            image.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        guard.mounted = true;
+        guard
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = Command::new(tool("umount")).arg(self.dir.path()).status();
+        }
+        if !self.device.is_empty() {
+            let _ = Command::new(tool("losetup"))
+                .args(["-d", &self.device])
+                .status();
+        }
+    }
+}
+
+/// Reads a file out of an ext4 image with ext4-view (no root, no mount, no
+/// e2fsprogs).
+pub fn read_from_image(image: &Path, path: &str) -> Vec<u8> {
+    let fs = ext4_view::Ext4::load_from_path(image).expect("ext4-view loads the image");
+    fs.read(path)
+        .unwrap_or_else(|e| panic!("{path} in {}: {e}", image.display()))
+}
