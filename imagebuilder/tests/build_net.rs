@@ -15,7 +15,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{assert_fsck_clean, sha256};
+use cartimage::manifest::{FileKind, Manifest};
+use common::{assert_fsck_clean, check_spdx, sha256, spdx_validator};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -76,6 +77,94 @@ fn net_image_builds_and_its_tools_run() {
     let first_sha = sha256(&fs::read(&image).unwrap());
     let sidecar = fs::read_to_string(work.path().join("net.img.sha256")).unwrap();
     assert_eq!(sidecar, format!("{first_sha}  net.img\n"));
+
+    // The manifest beside the image names every tool with its version and
+    // license, and which package installed each file.
+    let manifest = Manifest::read(&work.path().join("net.img.manifest.json")).unwrap();
+    assert_eq!(manifest.image_sha256.as_deref(), Some(first_sha.as_str()));
+    let versions: Vec<(&str, &str)> = manifest
+        .packages
+        .iter()
+        .map(|p| (p.name.as_str(), p.version.as_str()))
+        .collect();
+    for want in [
+        ("bash", "5.2.15"),
+        ("busybox", "1.35.0"),
+        ("libpcap", "1.10.3"),
+        ("lsof", "4.95.0"),
+        ("strace", "6.1"),
+        ("tcpdump", "4.99.3"),
+    ] {
+        assert!(versions.contains(&want), "{want:?} not in {versions:?}");
+    }
+    assert!(manifest.packages.iter().all(|p| p.license.is_some()));
+    assert_eq!(
+        manifest.file("bin/tcpdump").unwrap().package.as_deref(),
+        Some("tcpdump")
+    );
+    assert_eq!(
+        manifest
+            .packages
+            .iter()
+            .find(|p| p.name == "tcpdump")
+            .unwrap()
+            .depends,
+        ["libpcap"]
+    );
+    // Small: within a few percent of its content (every regular file,
+    // the manifest included, as the benchmark counts it); the rest is one
+    // inode per busybox applet link, the directories and 64 KiB of free space.
+    let content: u64 = manifest
+        .files
+        .iter()
+        .filter(|f| f.kind == FileKind::File)
+        .map(|f| f.size)
+        .sum::<u64>()
+        + common::read_from_image(&image, "/.crashcart/manifest.json").len() as u64;
+    let size = manifest.image_size.unwrap();
+    assert!(
+        size * 100 <= content * 106,
+        "image {size} bytes for {content} bytes of content"
+    );
+
+    // The SBOM is valid SPDX 2.3 (the SPDX project's validator says so) and
+    // names every package's source.
+    let spdx_path = work.path().join("net.img.spdx.json");
+    let spdx: serde_json::Value = serde_json::from_slice(&fs::read(&spdx_path).unwrap()).unwrap();
+    check_spdx(&spdx);
+    let tcpdump = spdx["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "tcpdump")
+        .unwrap();
+    assert_eq!(
+        tcpdump["downloadLocation"],
+        "https://www.tcpdump.org/release/tcpdump-4.99.3.tar.gz"
+    );
+    assert_eq!(tcpdump["licenseDeclared"], "BSD-3-Clause");
+    let o = Command::new(spdx_validator())
+        .arg("-i")
+        .arg(&spdx_path)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "pyspdxtools rejected the net SBOM:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // cartbuild inspect reads it back and every file matches.
+    let o = Command::new(env!("CARGO_BIN_EXE_cartbuild"))
+        .arg("inspect")
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "inspect: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 
     // Take the tree out of the image (no root, no mount).
     let tree = work.path().join("tree");
@@ -171,12 +260,15 @@ fn net_image_builds_and_its_tools_run() {
         .arg(&rc)
         .arg("-i")
         .arg("-c")
-        .arg("alias lsof; echo TERMINFO=$TERMINFO; echo PATH=$PATH")
+        .arg("alias lsof; echo TERMINFO=$TERMINFO; echo PATH=$PATH; echo \"PROMPT=${PS1@P}\"")
         .env_clear()
         .env("TERM", "xterm")
+        .env("CRASHCART_TARGET", "web-1")
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&o.stdout);
+    // The prompt names the container cartinject entered.
+    assert!(text.contains("[crashcart web-1]"), "{text}");
     assert!(text.contains("alias lsof='lsof -l'"), "{text}");
     assert!(
         text.contains("TERMINFO=/dev/crashcart/etc/terminfo"),
@@ -187,10 +279,50 @@ fn net_image_builds_and_its_tools_run() {
         "{text}"
     );
 
+    // Without a target name the prompt is plain; busybox sh gets one too.
+    let o = Command::new(bin.join("bash"))
+        .args(["--rcfile"])
+        .arg(&rc)
+        .args(["-i", "-c", "echo \"PROMPT=${PS1@P}\""])
+        .env_clear()
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("[crashcart]"), "{text}");
+    let o = Command::new(bin.join("busybox"))
+        .arg("sh")
+        .arg("-c")
+        .arg(format!(". {}; echo \"PROMPT=$PS1\"", rc.display()))
+        .env_clear()
+        .env("CRASHCART_TARGET", "4242")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("PROMPT=[crashcart 4242] $"), "{text}");
+
+    // crashcart-info prints the packages from the manifest in the image.
+    let o = Command::new(bin.join("busybox"))
+        .arg("sh")
+        .arg(bin.join("crashcart-info"))
+        .env_clear()
+        .env("CRASHCART", &tree)
+        .env("PATH", &bin)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}");
+    assert!(text.contains("crashcart image net 1.0.0"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["tcpdump", "4.99.3", "BSD-3-Clause"]),
+        "{text}"
+    );
+
     // A second build rebuilds nothing and gives the same bytes.
     let o = cartbuild(&cache, &image);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
-    assert!(err.contains("0 built, 8 cached"), "{err}");
+    assert!(err.contains("0 built, 9 cached"), "{err}");
     assert_eq!(sha256(&fs::read(&image).unwrap()), first_sha);
 }

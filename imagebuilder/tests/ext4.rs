@@ -168,7 +168,17 @@ impl LoopMount {
     /// Unmounts and detaches, then checks that no loop device is left on
     /// this test's image.
     fn finish(mut self) {
-        let out = run_tool("umount", &[self.dir.path().as_os_str()]);
+        // Whatever else runs on the machine may hold the fresh mount for a
+        // moment (a scan of /tmp, a process whose cwd passes through it):
+        // "target is busy" is retried for a few seconds, not a failure.
+        let mut out = run_tool("umount", &[self.dir.path().as_os_str()]);
+        for _ in 0..50 {
+            if out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("busy") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            out = run_tool("umount", &[self.dir.path().as_os_str()]);
+        }
         assert!(
             out.status.success(),
             "umount: {}",

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -489,7 +489,29 @@ impl LoopMount {
 impl Drop for LoopMount {
     fn drop(&mut self) {
         if self.mounted {
-            let _ = Command::new(tool("umount")).arg(self.dir.path()).status();
+            // A process of another test passing through the fresh mount can
+            // make it busy for a moment: retry, then detach it lazily.
+            let umount = || {
+                Command::new(tool("umount"))
+                    .arg(self.dir.path())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            };
+            let mut done = umount();
+            for _ in 0..30 {
+                if done {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                done = umount();
+            }
+            if !done {
+                let _ = Command::new(tool("umount"))
+                    .arg("-l")
+                    .arg(self.dir.path())
+                    .status();
+            }
         }
         if !self.device.is_empty() {
             let _ = Command::new(tool("losetup"))
@@ -505,4 +527,164 @@ pub fn read_from_image(image: &Path, path: &str) -> Vec<u8> {
     let fs = ext4_view::Ext4::load_from_path(image).expect("ext4-view loads the image");
     fs.read(path)
         .unwrap_or_else(|e| panic!("{path} in {}: {e}", image.display()))
+}
+
+/// The structural rules of SPDX 2.3 JSON that a consumer relies on.
+pub fn check_spdx(doc: &serde_json::Value) {
+    let s = |v: &serde_json::Value, what: &str| -> String {
+        v.as_str()
+            .unwrap_or_else(|| panic!("{what} is not a string: {v}"))
+            .to_string()
+    };
+    assert_eq!(doc["spdxVersion"], "SPDX-2.3");
+    assert_eq!(doc["dataLicense"], "CC0-1.0");
+    assert_eq!(doc["SPDXID"], "SPDXRef-DOCUMENT");
+    assert!(!s(&doc["name"], "name").is_empty());
+    let ns = s(&doc["documentNamespace"], "documentNamespace");
+    assert!(ns.starts_with("https://") && !ns.contains('#'), "{ns}");
+    let created = s(&doc["creationInfo"]["created"], "created");
+    assert!(
+        created.len() == 20
+            && created.ends_with('Z')
+            && created.as_bytes()[10] == b'T'
+            && created.chars().filter(char::is_ascii_digit).count() == 14,
+        "{created}"
+    );
+    let creators = doc["creationInfo"]["creators"].as_array().unwrap();
+    assert!(!creators.is_empty());
+    for c in creators {
+        let c = s(c, "creator");
+        assert!(
+            c.starts_with("Tool: ") || c.starts_with("Organization: ") || c.starts_with("Person: "),
+            "{c}"
+        );
+    }
+    let id_ok = |id: &str| {
+        id.strip_prefix("SPDXRef-").is_some_and(|rest| {
+            !rest.is_empty()
+                && rest
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        })
+    };
+    let hex = |v: &str, n: usize| v.len() == n && v.chars().all(|c| c.is_ascii_hexdigit());
+    let check_sums = |sums: &serde_json::Value, what: &str| {
+        for c in sums.as_array().unwrap_or(&vec![]) {
+            let alg = s(&c["algorithm"], "algorithm");
+            let value = s(&c["checksumValue"], "checksumValue");
+            let len = match alg.as_str() {
+                "SHA1" => 40,
+                "SHA256" => 64,
+                other => panic!("{what}: unexpected algorithm {other}"),
+            };
+            assert!(hex(&value, len), "{what}: bad {alg} {value}");
+        }
+    };
+    let mut ids = BTreeSet::from(["SPDXRef-DOCUMENT".to_string()]);
+    let mut not_analyzed = BTreeSet::new();
+    for p in doc["packages"].as_array().expect("packages") {
+        let id = s(&p["SPDXID"], "package SPDXID");
+        assert!(id_ok(&id), "{id}");
+        assert!(ids.insert(id.clone()), "duplicate {id}");
+        assert!(!s(&p["name"], "package name").is_empty());
+        s(&p["downloadLocation"], "downloadLocation");
+        s(&p["licenseConcluded"], "licenseConcluded");
+        s(&p["licenseDeclared"], "licenseDeclared");
+        let analyzed = p["filesAnalyzed"].as_bool().expect("filesAnalyzed");
+        if analyzed {
+            let code = s(
+                &p["packageVerificationCode"]["packageVerificationCodeValue"],
+                "verification code",
+            );
+            assert!(hex(&code, 40), "{code}");
+        } else {
+            not_analyzed.insert(id.clone());
+        }
+        check_sums(&p["checksums"], &id);
+    }
+    let mut files = BTreeSet::new();
+    for f in doc["files"].as_array().expect("files") {
+        let id = s(&f["SPDXID"], "file SPDXID");
+        assert!(id_ok(&id), "{id}");
+        assert!(ids.insert(id.clone()), "duplicate {id}");
+        assert!(s(&f["fileName"], "fileName").starts_with("./"));
+        let algs: Vec<&str> = f["checksums"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["algorithm"].as_str().unwrap())
+            .collect();
+        assert!(algs.contains(&"SHA1"), "{id}: SPDX 2.3 requires SHA1");
+        check_sums(&f["checksums"], &id);
+        files.insert(id);
+    }
+    let allowed = [
+        "DESCRIBES",
+        "CONTAINS",
+        "DEPENDS_ON",
+        "GENERATED_FROM",
+        "STATIC_LINK",
+    ];
+    let mut describes = false;
+    let mut contained = BTreeSet::new();
+    for r in doc["relationships"].as_array().expect("relationships") {
+        let from = s(&r["spdxElementId"], "spdxElementId");
+        let to = s(&r["relatedSpdxElement"], "relatedSpdxElement");
+        let kind = s(&r["relationshipType"], "relationshipType");
+        assert!(allowed.contains(&kind.as_str()), "{kind}");
+        assert!(ids.contains(&from), "relationship from unknown {from}");
+        assert!(ids.contains(&to), "relationship to unknown {to}");
+        if kind == "DESCRIBES" && from == "SPDXRef-DOCUMENT" {
+            describes = true;
+        }
+        if kind == "CONTAINS" {
+            assert!(
+                !not_analyzed.contains(&from),
+                "{from} has filesAnalyzed false but CONTAINS {to}"
+            );
+            contained.insert(to);
+        }
+    }
+    assert!(describes, "nothing is DESCRIBED by the document");
+    assert_eq!(contained, files, "every file is CONTAINed by the image");
+}
+
+/// `pyspdxtools` from `spdx-tools` (the SPDX project's own validator): on
+/// PATH, or installed once into a virtualenv in the target directory.
+pub fn spdx_validator() -> PathBuf {
+    if let Ok(paths) = std::env::var("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let p = dir.join("pyspdxtools");
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("spdx-tools-venv");
+    let bin = venv.join("bin/pyspdxtools");
+    if bin.is_file() {
+        return bin;
+    }
+    let lock = venv.with_extension("lock");
+    let _ = fs::create_dir_all(lock.parent().unwrap());
+    // One installer at a time (tests run in parallel).
+    let lock_file = fs::File::create(&lock).unwrap();
+    let st = Command::new("flock")
+        .arg(lock.as_os_str())
+        .arg("sh")
+        .arg("-c")
+        .arg(format!(
+            "[ -x {bin} ] || {{ python3 -m venv {venv} && {venv}/bin/pip install --quiet spdx-tools==0.8.5; }}",
+            bin = bin.display(),
+            venv = venv.display()
+        ))
+        .status()
+        .expect("cannot run flock/python3: apt-get install util-linux python3-venv");
+    drop(lock_file);
+    assert!(
+        st.success() && bin.is_file(),
+        "cannot install the SPDX validator: `python3 -m venv` and `pip install spdx-tools` \
+         must work (apt-get install python3-venv; PyPI must be reachable)"
+    );
+    bin
 }
