@@ -6,6 +6,11 @@
 //! tells the parent what happened as lines on a close-on-exec pipe: notes for `-v`, the PID
 //! of a grandchild, or one failure message with the exit code it stands for. When the child
 //! execs or exits, the pipe closes and the parent sees the end.
+//!
+//! A child dies with cartinject (`PR_SET_PDEATHSIG`), checked against the race in which
+//! cartinject is killed before the child has asked for that (`getppid` afterwards, as runc's
+//! nsexec does), and stays non-dumpable; [`tie_to_parent`] asserts both again after each
+//! change of credentials, which clears them.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
@@ -64,6 +69,21 @@ pub struct Reporter {
 }
 
 impl Reporter {
+    /// A new report pipe for a grandchild: (the read end, non-blocking, and its reporter).
+    /// A process that becomes visible inside the container reports through one of these to
+    /// its parent, never on cartinject's own pipe: whatever can reach that process's fds can
+    /// write to the pipe, and only its parent (also inside) reads it.
+    pub fn pipe() -> Result<(OwnedFd, Reporter), Errno> {
+        let (read_end, write_end) = fd::pipe()?;
+        fd::set_nonblocking(read_end.as_fd())?;
+        Ok((read_end, Reporter { fd: write_end }))
+    }
+
+    /// The fd number, to keep it open when closing all others.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.fd)
+    }
+
     /// Sends one report. A parent that has gone away is not an error worth dying for.
     pub fn send(&self, report: &Report) {
         let _ = fd::write_all(self.fd.as_fd(), report.encode().as_bytes());
@@ -94,9 +114,13 @@ impl Child {
     /// Forks; the child runs `work` and exits with the code it returns (125 if it panics).
     pub fn spawn(work: impl FnOnce(&Reporter) -> i32) -> Result<Child, Errno> {
         let (read_end, write_end) = fd::pipe()?;
+        let parent = process::pid();
         match process::fork()? {
             Forked::Child => {
                 drop(read_end);
+                if tie_to_parent(&[parent]).is_err() {
+                    process::exit_now(EXIT_FAILURE);
+                }
                 let reporter = Reporter { fd: write_end };
                 let code =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&reporter)))
@@ -173,6 +197,40 @@ impl Child {
         let ended = process::wait(self.pid)?;
         Ok((all, ended))
     }
+}
+
+/// Makes the calling child non-dumpable and tied to its parent's life, then checks that its
+/// parent is still one of `parents` (as `getppid` shows it: 0 for a parent outside our PID
+/// namespace). Called right after `fork` and again after each change of credentials,
+/// which clears both (see `sys::process::die_with_parent`). An error means the parent is
+/// gone or the flags could not be set: the caller exits.
+pub fn tie_to_parent(parents: &[i32]) -> Result<(), Errno> {
+    process::set_non_dumpable()?;
+    process::die_with_parent()?;
+    if parents.contains(&process::parent_pid()) {
+        Ok(())
+    } else {
+        Err(Errno::ESRCH)
+    }
+}
+
+/// The first failure on a grandchild's report pipe (see [`Reporter::pipe`]), read without
+/// waiting: call it once the grandchild has exited.
+pub fn read_failure(pipe: BorrowedFd<'_>) -> Option<(i32, String)> {
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = fd::read(pipe, &mut buf) {
+        if n == 0 || text.len() > 1 << 16 {
+            break;
+        }
+        text.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&text)
+        .lines()
+        .find_map(|line| match Report::decode(line) {
+            Some(Report::Failed { code, message }) => Some((code, message)),
+            _ => None,
+        })
 }
 
 /// The first failure among `reports`, if any.

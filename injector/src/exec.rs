@@ -9,6 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::child::{EXIT_FAILURE, Reporter};
+use crate::confine::Profile;
 use crate::place::MOUNT_POINT;
 use crate::sys::Errno;
 use crate::sys::process;
@@ -32,13 +33,20 @@ pub const RC_FILES: [&str; 4] = [
 pub enum Stdio {
     /// The slave side of a new pty, for all three, as the controlling terminal.
     Pty(OwnedFd),
-    /// Inherited from cartinject, except the given replacements for stdout and stderr (pipes
-    /// standing in for a terminal that must not be handed to the container).
+    /// Inherited from cartinject, except the given replacements (pipes standing in for
+    /// anything that is not an anonymous pipe: see [`crate::stdio`]).
     Inherit {
+        /// Replacement for fd 0.
+        stdin: Option<OwnedFd>,
         /// Replacement for fd 1.
         stdout: Option<OwnedFd>,
         /// Replacement for fd 2.
         stderr: Option<OwnedFd>,
+    },
+    /// Already on fds 0, 1 and 2 (see [`install_stdio`]); `terminal` when they are the pty.
+    Installed {
+        /// Whether fd 0 is the session's pty, to become the controlling terminal.
+        terminal: bool,
     },
 }
 
@@ -58,6 +66,9 @@ pub struct ExecSpec {
     pub stdio: Stdio,
     /// The signal mask to restore before exec.
     pub signal_mask: SignalSet,
+    /// With `--match-container`: the target's ids, capabilities, seccomp filter and LSM
+    /// label, applied last (see [`crate::confine`]).
+    pub confine: Option<Profile>,
 }
 
 /// The session's environment: the target's own, with PATH led by the image's `bin` and
@@ -149,6 +160,37 @@ fn shell(interactive: bool) -> Option<Vec<OsString>> {
     Some(argv)
 }
 
+/// Puts the session's stdio on fds 0, 1 and 2 of the calling process (the namespace child,
+/// before it forks the command, so that the command holds nothing of cartinject's own stdio
+/// at any moment) and closes the originals.
+pub fn install_stdio(spec: &mut ExecSpec) -> Result<(), String> {
+    let stdio = std::mem::replace(&mut spec.stdio, Stdio::Installed { terminal: false });
+    let terminal = match &stdio {
+        Stdio::Pty(slave) => {
+            for target in 0..=2 {
+                process::dup_onto(slave.as_fd(), target).map_err(|e| format!("dup2 pty: {e}"))?;
+            }
+            true
+        }
+        Stdio::Inherit {
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            for (fd, target) in [(stdin, 0), (stdout, 1), (stderr, 2)] {
+                if let Some(fd) = fd {
+                    process::dup_onto(fd.as_fd(), target).map_err(|e| format!("dup2: {e}"))?;
+                }
+            }
+            false
+        }
+        Stdio::Installed { terminal } => *terminal,
+    };
+    drop(stdio);
+    spec.stdio = Stdio::Installed { terminal };
+    Ok(())
+}
+
 /// Sets up the process and execs the command. Returns (the exit code to use) only when
 /// that fails, after reporting why.
 pub fn exec(spec: ExecSpec, reporter: &Reporter) -> i32 {
@@ -159,7 +201,10 @@ pub fn exec(spec: ExecSpec, reporter: &Reporter) -> i32 {
             return EXIT_FAILURE;
         }
     }
-    let interactive = matches!(spec.stdio, Stdio::Pty(_));
+    let interactive = matches!(
+        spec.stdio,
+        Stdio::Pty(_) | Stdio::Installed { terminal: true }
+    );
     let argv = match &spec.command {
         Some(argv) => argv.clone(),
         None => match shell(interactive) {
@@ -226,6 +271,11 @@ pub fn exec(spec: ExecSpec, reporter: &Reporter) -> i32 {
 }
 
 /// Root, working directory, session, terminal, signals and fds, in that order.
+///
+/// The process this runs in is visible inside the container from its first instruction: it
+/// holds only fds 0, 1, 2 and its report pipe (the namespace child closed everything else
+/// before forking it), its root and working directory are the container's, and it runs
+/// from the sealed copy of cartinject (see [`crate::exeseal`]).
 fn prepare(spec: &ExecSpec) -> Result<(), String> {
     if spec.root != Path::new("/") {
         process::chroot(&spec.root).map_err(|e| {
@@ -247,18 +297,31 @@ fn prepare(spec: &ExecSpec) -> Result<(), String> {
                 process::dup_onto(slave.as_fd(), target).map_err(|e| format!("dup2 pty: {e}"))?;
             }
         }
-        Stdio::Inherit { stdout, stderr } => {
-            for (fd, target) in [(stdout, 1), (stderr, 2)] {
+        Stdio::Inherit {
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            for (fd, target) in [(stdin, 0), (stdout, 1), (stderr, 2)] {
                 if let Some(fd) = fd {
                     process::dup_onto(fd.as_fd(), target).map_err(|e| format!("dup2: {e}"))?;
                 }
             }
         }
+        Stdio::Installed { terminal: true } => {
+            pty::make_stdin_controlling()
+                .map_err(|e| format!("cannot take the new pty as controlling terminal: {e}"))?;
+        }
+        Stdio::Installed { terminal: false } => {}
     }
-    process::die_with_parent().map_err(|e| format!("prctl(PR_SET_PDEATHSIG): {e}"))?;
     signal::reset_dispositions();
     signal::set_mask(&spec.signal_mask).map_err(|e| format!("sigprocmask: {e}"))?;
     process::cloexec_from_3().map_err(|e| format!("close_range: {e}"))?;
+    if let Some(profile) = &spec.confine {
+        profile
+            .apply()
+            .map_err(|e| format!("--match-container: {e}"))?;
+    }
     Ok(())
 }
 

@@ -10,7 +10,9 @@
 mod cgroups;
 mod child;
 mod command;
+mod confine;
 mod exec;
+mod exeseal;
 mod image;
 mod join;
 mod list;
@@ -20,6 +22,7 @@ mod mountinfo;
 mod place;
 mod procfs;
 mod session;
+mod stdio;
 mod sys;
 mod target;
 mod userns;
@@ -28,6 +31,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
 
 use crate::child::EXIT_FAILURE;
@@ -45,8 +49,10 @@ use crate::session::{ExitWith, SessionArgs};
 /// container name, full ID or unique ID prefix; `pid:N` and `docker:NAME` force the kind; an
 /// ID of any runtime is also found in /proc/*/cgroup. A lone argument is the TARGET.
 ///
-/// The debug process runs as the container's root with all of cartinject's capabilities
-/// (ptrace, raw sockets), so tcpdump, strace and lsof work.
+/// By default the debug process runs as the container's root with all of cartinject's
+/// capabilities (ptrace, raw sockets) and no seccomp filter, so tcpdump, strace and lsof
+/// work even where the workload could not run them; --match-container gives it exactly the
+/// workload's power instead.
 ///
 /// Exit status: the command's, or 125 when cartinject itself fails, 2 for bad usage.
 #[derive(Parser, Debug)]
@@ -81,6 +87,12 @@ struct Cli {
     #[arg(long, env = "CARTINJECT_LEGACY_MOUNT", value_parser = clap::builder::FalseyValueParser::new())]
     legacy_mount: bool,
 
+    /// Give the debug process no more power than the target: its uid and gids, capability
+    /// sets (bounding, permitted, effective, inheritable, ambient), no_new_privs, seccomp
+    /// filter and AppArmor/SELinux label. What cannot be matched is said on stderr.
+    #[arg(long, conflicts_with_all = ["mount", "unmount", "list"])]
+    match_container: bool,
+
     /// Print each step to stderr.
     #[arg(short, long)]
     verbose: bool,
@@ -105,6 +117,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             "no TARGET given: name a container or PID, as in `cartinject IMAGE TARGET` (see --help)"
         ),
     };
+    // Everything below may enter a container: from here on, run from a sealed copy of
+    // ourselves (see exeseal).
+    exeseal::ensure()
+        .context("failed to protect cartinject's binary before entering a container")?;
     let target = target.to_string_lossy().into_owned();
     let image = image::choose(image_arg);
     if (cli.mount || cli.unmount) && !cli.command.is_empty() {
@@ -122,6 +138,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         command: (!cli.command.is_empty()).then_some(cli.command),
         legacy: cli.legacy_mount,
         verbose: cli.verbose,
+        match_container: cli.match_container,
     })
 }
 
@@ -140,6 +157,14 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 fn main() -> ExitCode {
+    // Non-dumpable from the start, and so every child too: nothing in a container may open
+    // /proc/PID/{exe,fd,mem} of a cartinject process or ptrace it without CAP_SYS_PTRACE in
+    // our user namespace (runc does this before joining: CVE-2019-5736). Core dumps of
+    // cartinject are off as a consequence.
+    if let Err(e) = sys::process::set_non_dumpable() {
+        eprintln!("cartinject: cannot make the process non-dumpable (prctl: {e})");
+        return ExitCode::from(u8::try_from(EXIT_FAILURE).unwrap_or(1));
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)),

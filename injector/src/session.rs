@@ -53,6 +53,9 @@ pub struct SessionArgs {
     pub legacy: bool,
     /// Print each step.
     pub verbose: bool,
+    /// `--match-container`: give the command the target's ids, capabilities, seccomp filter
+    /// and LSM label (see [`crate::confine`]).
+    pub match_container: bool,
 }
 
 /// The start of a note from the namespace child that is shown without `-v`.
@@ -104,6 +107,21 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
     let image = Image::open(&args.image)?;
     let (target, pin) = pin_target(&args.target, args.legacy)?;
     let userns = UserNs::of(&pin)?;
+    let confine = if args.match_container {
+        let (profile, unmatched) = crate::confine::read(target.pid)?;
+        for line in &unmatched {
+            eprintln!("cartinject: --match-container: {line}");
+        }
+        note(&format!("--match-container: {}", profile.describe()));
+        Some(profile)
+    } else {
+        if let Ok(status) = crate::confine::read_status(target.pid)
+            && let Some(warning) = crate::confine::ptrace_warning(&status, userns.is_none())
+        {
+            eprintln!("cartinject: warning: {warning}");
+        }
+        None
+    };
     note(&format!(
         "target {target}, pinned {}",
         if pin.has_pidfd() {
@@ -138,7 +156,7 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
     };
     let root = dir("root")?;
     let cwd = dir("cwd")?;
-    let mut joiner = Joiner::plan(&pin, &ALL_NAMESPACES)?;
+    let joiner = Joiner::plan(&pin, &ALL_NAMESPACES)?;
     note(&format!("joining namespaces: {}", joiner.describe()));
     // The target's cgroups, opened here in the host; the namespace child enters them.
     let (cgroups, cgroup_warnings) = CgroupJoin::open(target.pid);
@@ -164,6 +182,9 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
         .unwrap_or_default();
 
     let mut master = None;
+    // Copies a stdin that must not enter the container into a pipe; lives (and is killed
+    // and reaped) with the session.
+    let mut stdin_feeder = None;
     let mut out_pipes: Vec<(OwnedFd, BorrowedFd<'static>)> = Vec::new();
     let stdio = if interactive {
         let size = pty::window_size(stdin()).ok();
@@ -172,10 +193,10 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
         master = Some(m);
         Stdio::Pty(slave)
     } else {
-        // Never hand a terminal of the host to the container: an output that is one gets a
-        // pipe that cartinject copies from.
+        // Never hand a file, terminal or socket of the host to the container: an output that
+        // is not an anonymous pipe gets one that cartinject copies from (see crate::stdio).
         let mut replace = |host: BorrowedFd<'static>| -> anyhow::Result<Option<OwnedFd>> {
-            if !pty::is_terminal(host) {
+            if crate::stdio::passes_through(host) {
                 return Ok(None);
             }
             let (read_end, write_end) = fd::pipe().context("failed to create a pipe")?;
@@ -185,7 +206,17 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
         };
         let stdout_pipe = replace(stdout())?;
         let stderr_pipe = replace(stderr_fd())?;
+        let stdin_pipe = match crate::stdio::replace_stdin(stdin())
+            .context("failed to set up a pipe for stdin")?
+        {
+            Some((read_end, feeder)) => {
+                stdin_feeder = feeder;
+                Some(read_end)
+            }
+            None => None,
+        };
         Stdio::Inherit {
+            stdin: stdin_pipe,
             stdout: stdout_pipe,
             stderr: stderr_pipe,
         }
@@ -198,6 +229,7 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
         cwd,
         stdio,
         signal_mask: saved_mask,
+        confine,
     };
 
     let (image_mount, notes) = {
@@ -216,14 +248,7 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
     // The closure owns the pty slave, the pipes' write ends, the detached mount or loop
     // device: in the parent they are dropped (closed) as soon as the child is forked.
     let mut child = Child::spawn(move |reporter| {
-        namespace_child(
-            reporter,
-            &mut joiner,
-            image_mount,
-            host_root.as_ref(),
-            cgroups,
-            spec,
-        )
+        namespace_child(reporter, joiner, image_mount, host_root, cgroups, spec)
     })
     .context("failed to fork")?;
 
@@ -234,6 +259,7 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
     };
     let outcome = proxy(&mut child, &sigfd, master, out_pipes, interactive, verbose);
     drop(raw);
+    drop(stdin_feeder);
     let outcome = outcome?;
     if let Some((code, message)) = outcome.failure {
         anyhow::bail!(ExitWith { code, message });
@@ -257,40 +283,75 @@ pub struct ExitWith {
 /// Steps 2 and 3 of the module doc, in the namespace child. Returns its exit code.
 fn namespace_child(
     reporter: &Reporter,
-    joiner: &mut Joiner<'_>,
+    mut joiner: Joiner<'_>,
     image: ImageMount,
-    host_root: Option<&HostRoot>,
+    host_root: Option<HostRoot>,
     cgroups: CgroupJoin,
-    spec: ExecSpec,
+    mut spec: ExecSpec,
 ) -> i32 {
-    match enter_and_place(reporter, joiner, image, host_root, cgroups) {
-        Ok(()) => {}
+    let entered = enter_and_place(reporter, &mut joiner, image, host_root.as_ref(), cgroups)
+        .and_then(|()| {
+            drop(joiner);
+            drop(host_root);
+            contain_for_fork(reporter, &mut spec)
+        });
+    let (exec_reports, exec_reporter) = match entered.and_then(|()| {
+        Reporter::pipe().map_err(|e| format!("cannot create a pipe inside the target: {e}"))
+    }) {
+        Ok(pipe) => pipe,
         Err(message) => {
             reporter.fail(EXIT_FAILURE, message);
             return EXIT_FAILURE;
         }
-    }
+    };
+    let me = process::pid();
     match process::fork() {
         Ok(Forked::Child) => {
-            let code = exec::exec(spec, reporter);
+            // Visible inside the container from here on. Its parent is outside our PID
+            // namespace (getppid says 0) unless the target shares the host's.
+            if crate::child::tie_to_parent(&[0, me]).is_err()
+                || fd::close_all_except(&[exec_reporter.raw_fd()]).is_err()
+            {
+                process::exit_now(EXIT_FAILURE);
+            }
+            let code = exec::exec(spec, &exec_reporter);
             process::exit_now(code)
         }
         Ok(Forked::Parent(pid)) => {
             reporter.send(&Report::CommandPid(pid));
             drop(spec);
-            match process::wait(pid) {
+            drop(exec_reporter);
+            let code = match process::wait(pid) {
                 Ok(ended) => ended.code(),
                 Err(e) => {
                     reporter.fail(EXIT_FAILURE, format!("waiting for the command: {e}"));
                     EXIT_FAILURE
                 }
+            };
+            // Only a failure is passed on, never a PID: whatever reached the command's fds
+            // could have written to its pipe.
+            if let Some((code, message)) = crate::child::read_failure(exec_reports.as_fd()) {
+                reporter.fail(code, message);
             }
+            code
         }
         Err(e) => {
             reporter.fail(EXIT_FAILURE, format!("cannot fork inside the target: {e}"));
             EXIT_FAILURE
         }
     }
+}
+
+/// What the namespace child does between joining everything and forking the command (CVE-2024-21626
+/// class): the session's stdio goes on fds 0 to 2, every other fd is closed (the pidfd, the
+/// image file, the host's root in legacy mode, the cgroup files, cartinject's own stdio, the
+/// pty master, the signalfd: whatever the fork copied), and the working directory is the
+/// container's root. The command process is forked with nothing else.
+fn contain_for_fork(reporter: &Reporter, spec: &mut ExecSpec) -> Result<(), String> {
+    exec::install_stdio(spec)?;
+    fd::close_all_except(&[reporter.raw_fd()])
+        .map_err(|e| format!("cannot close inherited fds: {e}"))?;
+    process::chdir(std::path::Path::new("/")).map_err(|e| format!("cannot chdir to /: {e}"))
 }
 
 fn enter_and_place(
@@ -300,6 +361,7 @@ fn enter_and_place(
     host_root: Option<&HostRoot>,
     cgroups: CgroupJoin,
 ) -> Result<(), String> {
+    let cartinject = process::parent_pid();
     process::set_non_dumpable().map_err(|e| format!("prctl(PR_SET_DUMPABLE): {e}"))?;
     process::die_with_parent().map_err(|e| format!("prctl(PR_SET_PDEATHSIG): {e}"))?;
     joiner.prepare().map_err(|e| e.to_string())?;
@@ -323,6 +385,10 @@ fn enter_and_place(
         ));
     }
     joiner.join_user_and_rest().map_err(|e| e.to_string())?;
+    // Joining a user namespace and becoming its root changed our credentials, which clears
+    // the parent-death signal and resets the dumpable flag to fs.suid_dumpable.
+    crate::child::tie_to_parent(&[cartinject])
+        .map_err(|e| format!("cartinject went away, or prctl failed: {e}"))?;
     Ok(())
 }
 

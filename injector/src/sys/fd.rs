@@ -1,6 +1,6 @@
 //! File descriptors: pipes, non-blocking mode, polling, reading and writing.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::fcntl::{FcntlArg, OFlag};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -64,4 +64,68 @@ pub fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> Result<(), Errno> {
         }
     }
     Ok(())
+}
+
+/// Closes every fd above stderr except those in `keep` (`close_range(2)`, Linux 5.9, over
+/// the gaps between them; on older kernels one `close` per number up to the fd limit).
+///
+/// For the processes that become visible inside a container: whatever they still hold, a
+/// process there with `CAP_SYS_PTRACE` could take (`/proc/PID/fd`, `pidfd_getfd`). Only
+/// fds that no Rust owner will close again may be closed this way: the callers are forked
+/// children that end with `_exit` and never drop what their parent's frames own.
+pub fn close_all_except(keep: &[RawFd]) -> Result<(), Errno> {
+    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&fd| fd > 2).collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut from: RawFd = 3;
+    let mut ranges = Vec::new();
+    for &fd in &keep {
+        if fd > from {
+            ranges.push((from, fd - 1));
+        }
+        from = fd + 1;
+    }
+    ranges.push((from, RawFd::MAX));
+    for (first, last) in ranges {
+        let (Ok(first), Ok(last)) = (libc::c_uint::try_from(first), libc::c_uint::try_from(last))
+        else {
+            continue;
+        };
+        // SAFETY: close_range takes plain integers; the caller guarantees that nothing will
+        // use or close these fds again (see above).
+        let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
+        if rc == 0 {
+            continue;
+        }
+        if Errno::last() != Errno::ENOSYS {
+            return Err(Errno::last());
+        }
+        let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(1024, |(soft, _)| soft.min(1 << 20));
+        let last = u64::from(last).min(limit);
+        for fd in u64::from(first)..=last {
+            if let Ok(fd) = RawFd::try_from(fd) {
+                // SAFETY: as for close_range above; EBADF for numbers not open is fine.
+                unsafe { libc::close(fd) };
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `PIPEFS_MAGIC` from `include/uapi/linux/magic.h`: the filesystem of anonymous pipes.
+const PIPEFS_MAGIC: libc::__fsword_t = 0x5049_5045;
+
+/// Whether `fd` is an anonymous pipe (not a named FIFO, which is a file of some filesystem).
+pub fn is_anonymous_pipe(fd: BorrowedFd<'_>) -> bool {
+    nix::sys::statfs::fstatfs(fd).is_ok_and(|fs| fs.filesystem_type().0 == PIPEFS_MAGIC)
+}
+
+/// Whether `fd` is `/dev/null` (the character device 1:3, `devices.txt`).
+pub fn is_dev_null(fd: BorrowedFd<'_>) -> bool {
+    nix::sys::stat::fstat(fd).is_ok_and(|st| {
+        st.st_mode & libc::S_IFMT == libc::S_IFCHR
+            && nix::sys::stat::major(st.st_rdev) == 1
+            && nix::sys::stat::minor(st.st_rdev) == 3
+    })
 }

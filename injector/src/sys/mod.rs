@@ -5,14 +5,17 @@
 //! `// SAFETY:` reason. The layers above call these functions and turn the returned [`Errno`]
 //! into their own errors, which name the path, fd or PID involved.
 
+pub mod caps;
 pub mod fd;
 pub mod loopdev;
+pub mod memfd;
 pub mod mount;
 pub mod mount_api;
 pub mod ns;
 pub mod pidfd;
 pub mod process;
 pub mod pty;
+pub mod seccomp;
 pub mod signal;
 
 pub use nix::errno::Errno;

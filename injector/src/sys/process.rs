@@ -96,9 +96,21 @@ pub fn set_non_dumpable() -> Result<(), Errno> {
 }
 
 /// `prctl(PR_SET_PDEATHSIG, SIGKILL)`: die with the parent, so a killed cartinject leaves no
-/// session behind.
+/// session behind. The kernel clears it on every change of credentials (`commit_creds`, as
+/// it resets the dumpable flag to `fs.suid_dumpable`), so callers set both again after
+/// `setns(CLONE_NEWUSER)`, `setresuid` or `capset`.
 pub fn die_with_parent() -> Result<(), Errno> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+}
+
+/// `getpid()`.
+pub fn pid() -> i32 {
+    nix::unistd::getpid().as_raw()
+}
+
+/// `getppid()`: 0 when the parent is in an ancestor PID namespace (`getppid(2)`).
+pub fn parent_pid() -> i32 {
+    nix::unistd::getppid().as_raw()
 }
 
 /// `setsid()`: a new session with no controlling terminal.
@@ -170,6 +182,22 @@ pub fn become_root() -> Result<(), Errno> {
     let zero_u = Uid::from_raw(0);
     nix::unistd::setresgid(zero_g, zero_g, zero_g)?;
     nix::unistd::setresuid(zero_u, zero_u, zero_u)
+}
+
+/// `setgroups(groups)`, `setresgid(gid)`, `setresuid(uid)`: take another user's ids (real,
+/// effective, saved). A user namespace with `setgroups` denied refuses the first unless the
+/// groups are already those.
+pub fn set_ids(uid: [u32; 3], gid: [u32; 3], groups: &[u32]) -> Result<(), Errno> {
+    let wanted: Vec<Gid> = groups.iter().map(|&g| Gid::from_raw(g)).collect();
+    match nix::unistd::setgroups(&wanted) {
+        Ok(()) => {}
+        Err(Errno::EPERM) if nix::unistd::getgroups().is_ok_and(|now| now == wanted) => {}
+        Err(e) => return Err(e),
+    }
+    let [rg, eg, sg] = gid.map(Gid::from_raw);
+    nix::unistd::setresgid(rg, eg, sg)?;
+    let [ru, eu, su] = uid.map(Uid::from_raw);
+    nix::unistd::setresuid(ru, eu, su)
 }
 
 /// `execve(path, argv, envp)`; returns only on failure.

@@ -57,6 +57,13 @@ pub fn make_controlling(fd: BorrowedFd<'_>) -> Result<(), Errno> {
     unsafe { tiocsctty(fd.as_raw_fd(), 0) }.map(|_| ())
 }
 
+/// Makes the terminal on fd 0 the controlling terminal of the calling session leader.
+pub fn make_stdin_controlling() -> Result<(), Errno> {
+    // SAFETY: TIOCSCTTY takes an int argument (0: do not steal) and no memory; fd 0 is a
+    // plain number here, and an fd that is not a terminal gives ENOTTY.
+    unsafe { tiocsctty(0, 0) }.map(|_| ())
+}
+
 /// A terminal in raw mode; dropping it restores the settings it had before.
 pub struct RawMode<'fd> {
     fd: BorrowedFd<'fd>,

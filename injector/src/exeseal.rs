@@ -1,0 +1,96 @@
+//! Running from a sealed in-memory copy of cartinject before any step that enters a
+//! container (the CVE-2019-5736 class).
+//!
+//! A process inside a container that may open `/proc/PID/exe` of a cartinject process it
+//! can see (the command process before its `execve`) reaches the file cartinject was started
+//! from, in the host. Non-dumpable (see `sys::process::set_non_dumpable`) refuses that to
+//! everyone without `CAP_SYS_PTRACE` in cartinject's user namespace, but a container started
+//! with `--cap-add SYS_PTRACE` and no user namespace holds exactly that. runc's answer, which
+//! this follows (`libcontainer/exeseal/cloned_binary_linux.go`): before doing anything,
+//! copy `/proc/self/exe` into a memfd, make it `0511`, seal it against writes, growth,
+//! shrinking, exec-bit changes and further sealing, and `execveat` it with the same arguments
+//! and environment. From then on `/proc/PID/exe` of every cartinject process is that sealed
+//! copy, which nothing can change, never the host's file.
+//!
+//! What runc learnt and this keeps: the copy is made first thing, in the host's cgroup (a
+//! memfd is charged to the memory cgroup of the process that fills it, and a copy made after
+//! joining the container's cgroup counted against small containers' limits: runc #1980);
+//! `MFD_EXEC` is asked for so hosts with `vm.memfd_noexec=1` still allow the exec; the check
+//! whether we already run from a copy looks at the seals of `/proc/self/exe` itself, not at
+//! an environment variable a caller could set. The copy costs one `sendfile` of the binary
+//! (about 1.4 MB for a release build) and one more `execve`: `tests/bench/inject.sh`
+//! measures it.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStringExt;
+
+use crate::sys::{Errno, memfd};
+
+/// Where the running binary is.
+const SELF_EXE: &str = "/proc/self/exe";
+
+/// Failures making or running the sealed copy.
+#[derive(Debug, thiserror::Error)]
+pub enum ExeSealError {
+    /// `/proc/self/exe` could not be opened or measured.
+    #[error("cannot open {SELF_EXE}: {0}: is /proc mounted?")]
+    Open(std::io::Error),
+    /// A step on the memfd failed.
+    #[error("cannot make a sealed in-memory copy of cartinject ({step}: {errno})")]
+    Copy {
+        /// `memfd_create`, `sendfile`, `seal`.
+        step: &'static str,
+        /// Why.
+        errno: Errno,
+    },
+    /// `execveat` of the copy failed.
+    #[error("cannot run the sealed in-memory copy of cartinject: {0}")]
+    Exec(Errno),
+}
+
+/// Whether `/proc/self/exe` is a memfd with (at least) the seals a copy gets.
+pub fn running_sealed() -> bool {
+    File::open(SELF_EXE)
+        .ok()
+        .and_then(|exe| memfd::seals(exe.as_fd()).ok())
+        .is_some_and(|seals| seals & memfd::base_seals() == memfd::base_seals())
+}
+
+/// Makes sure cartinject runs from a sealed copy of itself: returns at once when it already
+/// does, else re-executes from one with the same arguments and environment (and so returns
+/// only on failure).
+pub fn ensure() -> Result<(), ExeSealError> {
+    if running_sealed() {
+        return Ok(());
+    }
+    let exe = File::open(SELF_EXE).map_err(ExeSealError::Open)?;
+    let len = exe.metadata().map_err(ExeSealError::Open)?.len();
+    let copy = memfd::create_executable(c"cartinject").map_err(|errno| ExeSealError::Copy {
+        step: "memfd_create",
+        errno,
+    })?;
+    memfd::copy(exe.as_fd(), copy.as_fd(), len).map_err(|errno| ExeSealError::Copy {
+        step: "sendfile",
+        errno,
+    })?;
+    drop(exe);
+    memfd::seal(copy.as_fd()).map_err(|errno| ExeSealError::Copy {
+        step: "F_ADD_SEALS",
+        errno,
+    })?;
+    let to_c = |s: std::ffi::OsString| CString::new(s.into_vec()).ok();
+    let argv: Vec<CString> = std::env::args_os().filter_map(to_c).collect();
+    let envp: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut pair = k.into_vec();
+            pair.push(b'=');
+            pair.extend(v.into_vec());
+            CString::new(pair).ok()
+        })
+        .collect();
+    // The memfd is close-on-exec: once the kernel has loaded it, no fd of it is left, only
+    // the mapping and /proc/self/exe.
+    Err(ExeSealError::Exec(memfd::exec(&copy, &argv, &envp)))
+}
