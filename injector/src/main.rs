@@ -26,6 +26,7 @@ mod stdio;
 mod sys;
 mod target;
 mod userns;
+mod watch;
 
 use std::ffi::OsString;
 use std::path::PathBuf;

@@ -106,6 +106,7 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
     };
     let image = Image::open(&args.image)?;
     let (target, pin) = pin_target(&args.target, args.legacy)?;
+    let mut watch = crate::watch::TargetWatch::new(&target, &pin);
     let userns = UserNs::of(&pin)?;
     let confine = if args.match_container {
         let (profile, unmatched) = crate::confine::read(target.pid)?;
@@ -257,10 +258,21 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
     } else {
         None
     };
-    let outcome = proxy(&mut child, &sigfd, master, out_pipes, interactive, verbose);
+    let outcome = proxy(
+        &mut child,
+        &sigfd,
+        &mut watch,
+        master,
+        out_pipes,
+        interactive,
+        verbose,
+    );
     drop(raw);
     drop(stdin_feeder);
     let outcome = outcome?;
+    if outcome.target_exited {
+        eprintln!("cartinject: {}", watch.message());
+    }
     if let Some((code, message)) = outcome.failure {
         anyhow::bail!(ExitWith { code, message });
     }
@@ -397,6 +409,8 @@ struct Outcome {
     ended: Ended,
     failure: Option<(i32, String)>,
     aborted_by: Option<i32>,
+    /// The target exited while the session ran.
+    target_exited: bool,
 }
 
 /// The command process, once known, and how to signal it.
@@ -452,6 +466,7 @@ fn drain(from: BorrowedFd<'_>, to: BorrowedFd<'_>, sink_ok: &mut bool) {
 fn proxy(
     child: &mut Child,
     sigfd: &OwnedFd,
+    watch: &mut crate::watch::TargetWatch,
     mut master: Option<OwnedFd>,
     mut pipes: Vec<(OwnedFd, BorrowedFd<'static>)>,
     interactive: bool,
@@ -465,6 +480,7 @@ fn proxy(
     let mut queued: Vec<i32> = Vec::new();
     let mut failure = None;
     let mut aborted_by = None;
+    let mut target_exited = false;
     let eol = if interactive { "\r\n" } else { "\n" };
 
     let ended = loop {
@@ -483,7 +499,29 @@ fn proxy(
         });
         let pipes_from = fds.len();
         fds.extend(pipes.iter().map(|(r, _)| r.as_fd()));
-        let ready = fd::poll_readable(&fds, None).map_err(io::Error::from)?;
+        let watch_at = (!target_exited).then(|| watch.fd()).flatten().map(|w| {
+            fds.push(w);
+            fds.len() - 1
+        });
+        // Without a pidfd to watch, look at the target twice a second.
+        let timeout = (watch_at.is_none() && !target_exited).then_some(500);
+        let ready = fd::poll_readable(&fds, timeout).map_err(io::Error::from)?;
+        let ended_now = match watch_at {
+            Some(i) => ready[i],
+            None => !target_exited && timeout.is_some() && watch.gone(),
+        };
+        if ended_now {
+            watch.noticed();
+            target_exited = true;
+            // The session belongs to the target: end it (when the target was the first
+            // process of its PID namespace, the kernel has already killed the command).
+            match &command {
+                Some(cmd) => cmd.signal(libc::SIGKILL),
+                None => {
+                    let _ = pidfd::kill(child.pid(), libc::SIGKILL);
+                }
+            }
+        }
 
         if ready[0] {
             while let Some(sig) = signal::read_signal(sigfd.as_fd()).map_err(io::Error::from)? {
@@ -519,7 +557,7 @@ fn proxy(
                             eprint!("cartinject: {text}{eol}");
                         }
                     }
-                    Report::CommandPid(pid) => {
+                    Report::CommandPid(pid) if command.is_none() => {
                         let cmd = CommandProcess {
                             pid,
                             pidfd: pidfd::open(pid).ok(),
@@ -529,6 +567,7 @@ fn proxy(
                         }
                         command = Some(cmd);
                     }
+                    Report::CommandPid(_) => {}
                     Report::Failed { code, message } => {
                         failure.get_or_insert((code, message));
                     }
@@ -583,5 +622,6 @@ fn proxy(
         ended,
         failure,
         aborted_by,
+        target_exited,
     })
 }
