@@ -270,13 +270,12 @@ pub fn exec(spec: ExecSpec, reporter: &Reporter) -> i32 {
     127
 }
 
-/// Root, working directory, session, terminal, signals and fds, in that order.
-///
-/// The process this runs in is visible inside the container from its first instruction: it
-/// holds only fds 0, 1, 2 and its report pipe (the namespace child closed everything else
-/// before forking it), its root and working directory are the container's, and it runs
-/// from the sealed copy of cartinject (see [`crate::exeseal`]).
-fn prepare(spec: &ExecSpec) -> Result<(), String> {
+/// The target's root and working directory, then (with `--match-container`) the target's
+/// credentials, seccomp filter and LSM label: done by the namespace child right before it
+/// forks the command process, which so has them from its first instruction. That process
+/// is visible inside the container from then on; with `--match-container` it never holds
+/// more privilege than the workload, not even for the moment before its `execve`.
+pub fn settle(spec: &ExecSpec) -> Result<(), String> {
     if spec.root != Path::new("/") {
         process::chroot(&spec.root).map_err(|e| {
             format!(
@@ -288,6 +287,21 @@ fn prepare(spec: &ExecSpec) -> Result<(), String> {
     if process::chdir(&spec.cwd).is_err() {
         process::chdir(Path::new("/")).map_err(|e| format!("cannot chdir to /: {e}"))?;
     }
+    if let Some(profile) = &spec.confine {
+        profile
+            .apply()
+            .map_err(|e| format!("--match-container: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Session, terminal, signals and fds, in the command process, in that order.
+///
+/// This process is visible inside the container from its first instruction: it holds only
+/// fds 0, 1, 2 and its report pipe (the namespace child closed everything else before
+/// forking it), its root and working directory are the container's (see [`settle`]), and it
+/// runs from the sealed copy of cartinject (see [`crate::exeseal`]).
+fn prepare(spec: &ExecSpec) -> Result<(), String> {
     process::new_session().map_err(|e| format!("setsid: {e}"))?;
     match &spec.stdio {
         Stdio::Pty(slave) => {
@@ -317,11 +331,6 @@ fn prepare(spec: &ExecSpec) -> Result<(), String> {
     signal::reset_dispositions();
     signal::set_mask(&spec.signal_mask).map_err(|e| format!("sigprocmask: {e}"))?;
     process::cloexec_from_3().map_err(|e| format!("close_range: {e}"))?;
-    if let Some(profile) = &spec.confine {
-        profile
-            .apply()
-            .map_err(|e| format!("--match-container: {e}"))?;
-    }
     Ok(())
 }
 

@@ -354,16 +354,17 @@ fn namespace_child(
     }
 }
 
-/// What the namespace child does between joining everything and forking the command (CVE-2024-21626
-/// class): the session's stdio goes on fds 0 to 2, every other fd is closed (the pidfd, the
-/// image file, the host's root in legacy mode, the cgroup files, cartinject's own stdio, the
-/// pty master, the signalfd: whatever the fork copied), and the working directory is the
-/// container's root. The command process is forked with nothing else.
+/// What the namespace child does between joining everything and forking the command (the
+/// CVE-2024-21626 class): the session's stdio goes on fds 0 to 2, every other fd is closed
+/// (the pidfd, the image file, the host's root in legacy mode, the cgroup files,
+/// cartinject's own stdio, the pty master, the signalfd: whatever the fork copied), root and
+/// working directory become the target's, and `--match-container`'s profile is applied. The
+/// command process is forked with nothing else.
 fn contain_for_fork(reporter: &Reporter, spec: &mut ExecSpec) -> Result<(), String> {
     exec::install_stdio(spec)?;
     fd::close_all_except(&[reporter.raw_fd()])
         .map_err(|e| format!("cannot close inherited fds: {e}"))?;
-    process::chdir(std::path::Path::new("/")).map_err(|e| format!("cannot chdir to /: {e}"))
+    exec::settle(spec)
 }
 
 fn enter_and_place(
