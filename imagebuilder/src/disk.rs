@@ -557,6 +557,42 @@ mod tests {
     }
 
     #[test]
+    fn large_descriptions_get_a_larger_fat() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs_path = dir.path().join("fs.img");
+        let mut fs = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&fs_path)
+            .unwrap();
+        crate::ext4::write_image(
+            &crate::ext4::Tree::new(),
+            &mut fs,
+            &crate::ext4::Options::default(),
+        )
+        .unwrap();
+        let fs_len = fs.metadata().unwrap().len();
+        // A manifest of a tree with some 50 000 entries.
+        let big = "x".repeat(9 << 20);
+        let meta = MetaFiles::new(&big, &big, "t-1.img", &"b".repeat(64));
+        let path = dir.path().join("d.img");
+        let mut out = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let layout = write_disk(&fs, fs_len, &"b".repeat(64), &meta, 0, &mut out, &path).unwrap();
+        assert!(layout.meta_size >= 18 << 20, "{layout:?}");
+        let read = read_meta(&out, &path).unwrap();
+        let manifest = read.files.iter().find(|(n, _)| n == META_MANIFEST).unwrap();
+        assert_eq!(manifest.1.len(), big.len());
+    }
+
+    #[test]
     fn fat_times_are_clamped() {
         assert_eq!(fat_time(0).date.year, 1980);
         let t = fat_time(1_767_225_600);

@@ -8,8 +8,10 @@
 #
 # The reference is the original tool's image build (nix), which took several
 # hours. Needs what `cartbuild recipes/net.toml` needs (musl-tools, flex, bison,
-# e2fsprogs, the Debian mirror from the host's apt sources or
-# CARTBUILD_MIRROR_DEBIAN). Usage: tests/bench/build.sh [--keep]
+# the Debian mirror from the host's apt sources or CARTBUILD_MIRROR_DEBIAN; no
+# e2fsprogs: cartbuild writes ext4 itself). Each build also writes the
+# manifest and SBOM, so their cost is in every figure. Usage:
+# tests/bench/build.sh [--keep]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
