@@ -23,6 +23,10 @@
 //! - [`inspect`] and [`diff`]: reading images back (with `ext4-view`, no root,
 //!   no mount) to verify them and compare two of them.
 //!
+//! [`release`] publishes reproducible images with an index, and [`sign`] makes
+//! minisign-compatible keys and image signatures (verified by
+//! `cartimage::signature`).
+//!
 //! [`progress`] reports every long step. Each module has one error enum naming
 //! the file, URL or package that failed.
 
@@ -41,6 +45,8 @@ pub mod output;
 pub mod plan;
 pub mod progress;
 pub mod recipe;
+pub mod release;
+pub mod sign;
 pub mod spdx;
 pub mod stage;
 pub mod toolchain;

@@ -139,8 +139,15 @@ fn secs(v: f64, what: &str) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(v).with_context(|| format!("bad {what} {v}"))
 }
 
-/// Runs the pipeline.
+/// Runs the pipeline and prints the image's path.
 pub fn run(args: BuildArgs) -> anyhow::Result<()> {
+    let output = build(args)?;
+    println!("{}", output.display());
+    Ok(())
+}
+
+/// Runs the pipeline; returns where the image went.
+pub fn build(args: BuildArgs) -> anyhow::Result<PathBuf> {
     let started = Instant::now();
     let reporter = Reporter::new(args.verbose);
 
@@ -364,6 +371,5 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
         plan.packages.len() - built,
         sidecars.join(", ")
     ));
-    println!("{}", output.display());
-    Ok(())
+    Ok(output)
 }

@@ -2,12 +2,15 @@
 //!
 //! `cartbuild RECIPE [OPTIONS]` is `cartbuild build RECIPE [OPTIONS]`
 //! ([`with_default_command`] inserts `build`). `inspect` and `diff` read
-//! images back; later subcommands (`release`, `sign`, `push`) get a variant of
-//! [`Command`] and a file of their own.
+//! images back; `release`, `keygen` and `sign` make and sign published images;
+//! later subcommands (`push`) get a variant of [`Command`] and a file of their own.
 
 mod build;
 mod diff;
 mod inspect;
+mod keygen;
+mod release;
+mod sign;
 
 use std::ffi::OsString;
 
@@ -36,6 +39,13 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Show which packages and files changed between two images.
     Diff(diff::DiffArgs),
+    /// Build recipes twice from clean caches and publish the reproducible images, with
+    /// their checksums, manifests, SBOMs and signatures, into a release directory.
+    Release(release::ReleaseArgs),
+    /// Make a minisign-compatible key pair for signing images.
+    Keygen(keygen::KeygenArgs),
+    /// Sign images: write <image>.minisig beside each (minisign-compatible).
+    Sign(sign::SignArgs),
 }
 
 /// The arguments with `build` inserted when the first one names no
@@ -69,6 +79,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Build(args) => build::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Diff(args) => diff::run(args),
+        Command::Release(args) => release::run(args),
+        Command::Keygen(args) => keygen::run(args),
+        Command::Sign(args) => sign::run(args),
     }
 }
 
