@@ -1,0 +1,23 @@
+//! crashcart images through an OCI registry, shared by `cartbuild push` and `cartinject`.
+//!
+//! - [`reference`]: `oci://HOST[:PORT]/REPO[:TAG][@sha256:…]`, and which of HTTPS or plain
+//!   HTTP it means;
+//! - [`digest`]: sha256 digests, computed while bytes stream;
+//! - [`artifact`]: how an image and its sidecars are laid out as one OCI artifact, and how
+//!   a pulled manifest is checked;
+//! - [`client`]: the distribution API for one repository (blobs, manifests, tags), with
+//!   [`auth`] (bearer tokens, basic credentials) and [`dns`] (host names without NSS).
+//!
+//! Nothing here knows about filesystems, loop devices or recipes: the caller hands in
+//! digests and readers, and gets bytes that matched their digests.
+
+pub mod artifact;
+pub mod auth;
+pub mod client;
+pub mod digest;
+pub mod dns;
+pub mod reference;
+
+pub use client::{Access, Client, ClientError};
+pub use digest::Digest;
+pub use reference::{Reference, Target};
