@@ -3,12 +3,14 @@
 //! `cartbuild RECIPE [OPTIONS]` is `cartbuild build RECIPE [OPTIONS]`
 //! ([`with_default_command`] inserts `build`). `inspect` and `diff` read
 //! images back; `release`, `keygen` and `sign` make and sign published images;
-//! later subcommands (`push`) get a variant of [`Command`] and a file of their own.
+//! `push` uploads one to an OCI registry. Each subcommand is a variant of
+//! [`Command`] and a file of its own.
 
 mod build;
 mod diff;
 mod inspect;
 mod keygen;
+mod push;
 mod release;
 mod sign;
 
@@ -39,6 +41,9 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Show which packages and files changed between two images.
     Diff(diff::DiffArgs),
+    /// Upload an image with its manifest and SBOM to an OCI registry
+    /// (oci://HOST[:PORT]/REPO:TAG); prints the pushed manifest's oci://…@sha256: reference.
+    Push(push::PushArgs),
     /// Build recipes twice from clean caches and publish the reproducible images, with
     /// their checksums, manifests, SBOMs and signatures, into a release directory.
     Release(release::ReleaseArgs),
@@ -79,6 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Build(args) => build::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Diff(args) => diff::run(args),
+        Command::Push(args) => push::run(args),
         Command::Release(args) => release::run(args),
         Command::Keygen(args) => keygen::run(args),
         Command::Sign(args) => sign::run(args),
@@ -107,6 +113,10 @@ mod tests {
         assert!(matches!(parse(&["build", "r.toml"]), Command::Build(_)));
         assert!(matches!(parse(&["inspect", "x.img"]), Command::Inspect(_)));
         assert!(matches!(parse(&["diff", "a", "b", "--json"]), Command::Diff(d) if d.json));
+        assert!(matches!(
+            parse(&["push", "x.img", "oci://registry.example/a:1"]),
+            Command::Push(p) if p.reference == "oci://registry.example/a:1"
+        ));
         // A recipe named like a subcommand still needs `build`.
         assert!(matches!(parse(&["build", "diff"]), Command::Build(_)));
     }

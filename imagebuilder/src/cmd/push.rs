@@ -1,0 +1,320 @@
+//! `cartbuild push IMAGE oci://HOST[:PORT]/REPO:TAG`: the image, its manifest and SBOM (and
+//! its `.sha256` and `.minisig` when they lie beside it) as one OCI artifact in a registry.
+//!
+//! The image is checked against its own sidecars first (a registry is no place for an image
+//! whose checksum says otherwise), then each blob is uploaded unless the registry already
+//! has it, then the manifest is put under the tag. The manifest's digest is printed on
+//! stdout as `oci://HOST[:PORT]/REPO@sha256:…`, the reference that never moves. The layout is
+//! [`cartoci::artifact`]'s; it holds no time but the image's build epoch, so pushing the same
+//! image twice gives the same digest.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+use cartbuild::progress::{Download, Reporter, human_bytes};
+use cartbuild::spdx::utc_timestamp;
+use cartimage::detect::{self, Format};
+use cartimage::manifest::{self, Manifest};
+use cartoci::artifact::{self, FileBlob, ImageFormat, ImageInfo, Part};
+use cartoci::client::Source;
+use cartoci::{Access, Client, Digest, Reference, Target};
+
+/// Arguments of `cartbuild push`.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The image, as `cartbuild` wrote it: `<image>.manifest.json` and `<image>.spdx.json`
+    /// must lie beside it; `<image>.sha256` and `<image>.minisig` go along when they do.
+    #[arg(value_name = "IMAGE")]
+    pub image: PathBuf,
+
+    /// Where: oci://HOST[:PORT]/REPO:TAG. HTTPS, except plain HTTP to localhost and
+    /// 127.0.0.0/8; oci+http:// forces plain HTTP, oci+https:// HTTPS. Credentials, when the
+    /// registry asks: CRASHCART_REGISTRY_USERNAME and CRASHCART_REGISTRY_PASSWORD, else
+    /// `docker login`'s ~/.docker/config.json.
+    #[arg(value_name = "REFERENCE")]
+    pub reference: String,
+
+    /// Print each step.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+/// One file to upload.
+struct Upload {
+    part: Part,
+    path: PathBuf,
+    digest: Digest,
+    size: u64,
+}
+
+/// The file's digest and size, hashed through a progress bar.
+fn hash_file(
+    path: &Path,
+    reporter: &Reporter,
+    label: Option<String>,
+) -> anyhow::Result<(Digest, u64)> {
+    let file = File::open(path).with_context(|| format!("failed to open {}", path.display()))?;
+    let total = file.metadata().ok().map(|m| m.len());
+    let mut reader = Counting {
+        inner: file,
+        bar: label.map(|l| shared(reporter.bytes(l, total))),
+    };
+    let result = Digest::of_reader(&mut reader)
+        .with_context(|| format!("failed to read {}", path.display()))?;
+    if let Some(bar) = &reader.bar {
+        finish(bar);
+    }
+    Ok(result)
+}
+
+/// A progress bar shared with a reader that reqwest owns while it uploads; taken out to
+/// finish it.
+type SharedBar = Arc<Mutex<Option<Download>>>;
+
+fn shared(bar: Download) -> SharedBar {
+    Arc::new(Mutex::new(Some(bar)))
+}
+
+/// Ends the bar with its summary line.
+fn finish(bar: &SharedBar) {
+    if let Some(bar) = bar.lock().ok().and_then(|mut b| b.take()) {
+        bar.finish();
+    }
+}
+
+/// A reader that moves a progress bar.
+struct Counting<R> {
+    inner: R,
+    bar: Option<SharedBar>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(bar) = &self.bar
+            && let Ok(mut bar) = bar.lock()
+            && let Some(bar) = bar.as_mut()
+        {
+            bar.inc(u64::try_from(n).unwrap_or(0));
+        }
+        Ok(n)
+    }
+}
+
+fn format_of(image: &Path) -> anyhow::Result<ImageFormat> {
+    let (_, detected) = detect::open(image).context("failed to read the image")?;
+    Ok(if detected.partition.is_some() {
+        ImageFormat::Gpt
+    } else {
+        match detected.format {
+            Format::Ext { .. } => ImageFormat::Ext4,
+            Format::Erofs { .. } => ImageFormat::Erofs,
+            Format::Squashfs { .. } => ImageFormat::Squashfs,
+            other => bail!("{}: cannot push a {} image", image.display(), other.name()),
+        }
+    })
+}
+
+/// Runs `cartbuild push`.
+pub fn run(args: PushArgs) -> anyhow::Result<()> {
+    let reporter = Reporter::new(args.verbose);
+    let reference = Reference::parse(&args.reference)?;
+    let tag = match reference.target()? {
+        Target::Tag(tag) if reference.digest.is_none() => tag.to_string(),
+        _ => bail!(
+            "{reference}: push to a tag (REPO:TAG); the digest is what push prints afterwards"
+        ),
+    };
+    let image = &args.image;
+    if !image.is_file() {
+        bail!(
+            "{}: no such image file: build one with `cartbuild RECIPE`",
+            image.display()
+        );
+    }
+    let image_name = image
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| artifact::is_safe_file_name(n))
+        .with_context(|| {
+            format!(
+                "{}: the file name must be letters, digits, `.`, `_`, `+` and `-` (not starting with `.`) to be pushed",
+                image.display()
+            )
+        })?
+        .to_string();
+
+    // The sidecars: manifest and SBOM required, checksum and signature when present.
+    let mut uploads = Vec::new();
+    for part in Part::SIDECARS {
+        let path = manifest::sidecar(image, part.suffix());
+        if !path.is_file() {
+            if matches!(part, Part::Manifest | Part::Sbom) {
+                bail!(
+                    "{} has no {} beside it: push an image as `cartbuild` wrote it, with its manifest and SBOM",
+                    image.display(),
+                    path.file_name()
+                        .map(|n| n.to_string_lossy())
+                        .unwrap_or_default()
+                );
+            }
+            continue;
+        }
+        let (digest, size) = hash_file(&path, &reporter, None)?;
+        uploads.push(Upload {
+            part,
+            path,
+            digest,
+            size,
+        });
+    }
+    let manifest_path = manifest::sidecar(image, Part::Manifest.suffix());
+    let described =
+        Manifest::read(&manifest_path).context("failed to read the image's manifest")?;
+
+    // The image must be what its sidecars say it is.
+    let format = format_of(image)?;
+    let (digest, size) = hash_file(
+        image,
+        &reporter,
+        Some(format!("hashing {}", image.display())),
+    )?;
+    if let Some(expected) = &described.image_sha256
+        && *expected != digest.hex()
+    {
+        bail!(
+            "{} does not match {} (sha256 {} there, {} here): rebuild it, or push the image that manifest describes",
+            image.display(),
+            manifest_path.display(),
+            expected,
+            digest.hex()
+        );
+    }
+    let checksum_path = manifest::sidecar(image, Part::Checksum.suffix());
+    if checksum_path.is_file() {
+        let expected = manifest::read_checksum_file(&checksum_path)?;
+        if expected != digest.hex() {
+            bail!(
+                "{} does not match {} (sha256 {} there, {} here): rebuild it",
+                image.display(),
+                checksum_path.display(),
+                expected,
+                digest.hex()
+            );
+        }
+    }
+    uploads.push(Upload {
+        part: Part::Image(format),
+        path: image.clone(),
+        digest,
+        size,
+    });
+
+    let info = ImageInfo {
+        name: described.image.name.clone(),
+        version: described.image.version.clone(),
+        created: Some(utc_timestamp(described.epoch)),
+    };
+    let blobs: Vec<FileBlob> = uploads
+        .iter()
+        .map(|u| FileBlob {
+            part: u.part,
+            digest: u.digest,
+            size: u.size,
+        })
+        .collect();
+    let artifact = artifact::build(&info, &image_name, &blobs)
+        .context("failed to lay out the image as an OCI artifact")?;
+
+    let mut client = Client::new(&reference, Access::Push)?;
+    // The config first, then the files, image first; the manifest last, when every blob it
+    // names is there (registries refuse a manifest whose blobs are missing).
+    let config = artifact.config.clone();
+    let config_digest = Digest::of(&config);
+    let config_size = u64::try_from(config.len())?;
+    if !present(
+        &mut client,
+        &reporter,
+        &config_digest,
+        config_size,
+        "config",
+        false,
+    )? {
+        client
+            .push_blob(&config_digest, config_size, &mut || {
+                Ok(Box::new(io::Cursor::new(config.clone())) as Source)
+            })
+            .context("failed to push the config")?;
+    }
+    uploads.sort_by_key(|u| !matches!(u.part, Part::Image(_)));
+    for u in &uploads {
+        let path = u.path.clone();
+        let label = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let is_image = matches!(u.part, Part::Image(_));
+        if present(&mut client, &reporter, &u.digest, u.size, &label, is_image)? {
+            continue;
+        }
+        // A bar for the image; the small sidecars are a line each with -v.
+        let bar = shared(if is_image {
+            reporter.bytes(format!("uploading {label}"), Some(u.size))
+        } else {
+            Reporter::quiet().bytes(String::new(), None)
+        });
+        client
+            .push_blob(&u.digest, u.size, &mut || {
+                // A repeated upload (after a 401) starts the bar again.
+                if let Some(b) = bar.lock().ok().as_mut().and_then(|b| b.as_mut()) {
+                    b.set(0);
+                }
+                let file = File::open(&path)?;
+                Ok(Box::new(Counting {
+                    inner: file,
+                    bar: Some(bar.clone()),
+                }) as Source)
+            })
+            .with_context(|| format!("failed to push {}", path.display()))?;
+        finish(&bar);
+        if !is_image && reporter.verbose() {
+            reporter.line(&format!("uploaded {label} ({})", human_bytes(u.size)));
+        }
+    }
+    let digest = client
+        .put_manifest(&tag, &artifact.manifest)
+        .with_context(|| format!("failed to push {reference}"))?;
+    debug_assert_eq!(digest, artifact.digest);
+    let pinned = reference.with_digest(digest);
+    reporter.line(&format!(
+        "pushed {} ({} {}, {}) to {reference}: {pinned}",
+        image.display(),
+        info.name,
+        info.version,
+        human_bytes(size)
+    ));
+    println!("{pinned}");
+    Ok(())
+}
+
+/// Whether the registry has blob `digest` of `size` bytes already (then it is not uploaded
+/// again); said for the image, and for everything with `-v`.
+fn present(
+    client: &mut Client,
+    reporter: &Reporter,
+    digest: &Digest,
+    size: u64,
+    label: &str,
+    announce: bool,
+) -> anyhow::Result<bool> {
+    let there = client.blob_size(digest)? == Some(size);
+    if there && (announce || reporter.verbose()) {
+        reporter.line(&format!("{label}: already in the registry ({digest})"));
+    }
+    Ok(there)
+}
