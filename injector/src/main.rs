@@ -19,6 +19,7 @@ mod list;
 mod loopdev;
 mod mount;
 mod mountinfo;
+mod oci;
 mod place;
 mod procfs;
 mod session;
@@ -130,6 +131,23 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     if cli.unmount {
         return command::unmount::run(&target, cli.legacy_mount);
     }
+    // IMAGE as oci://HOST/REPO:TAG or @sha256:…: pulled (or found in the cache) now, with
+    // the HTTP client gone before anything forks (see oci).
+    let image = if oci::is_reference(&image) {
+        let pulled = oci::localize(&image.to_string_lossy(), &oci::cache_base())
+            .context("failed to pull the image")?;
+        if cli.verbose {
+            for step in &pulled.steps {
+                eprintln!("cartinject: {step}");
+            }
+        }
+        if let Some(summary) = &pulled.summary {
+            eprintln!("cartinject: {summary}");
+        }
+        pulled.image
+    } else {
+        image
+    };
     if cli.mount {
         return command::mount::run(&image, &target, cli.legacy_mount, cli.verbose);
     }
