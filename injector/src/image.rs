@@ -26,6 +26,9 @@ pub enum ImageError {
     /// The kernel refused the filesystem.
     #[error(transparent)]
     Mount(#[from] MountError),
+    /// The image does not match what lies beside it, or its signature.
+    #[error(transparent)]
+    Verify(#[from] crate::verify::VerifyError),
     /// flock failed.
     #[error("cannot lock image {path}: {source}")]
     Lock {
@@ -52,6 +55,7 @@ pub struct Image {
     path: PathBuf,
     file: File,
     detected: Detected,
+    verified: crate::verify::Verified,
 }
 
 /// What [`Image::mount`] did: steps for `-v`, and warnings the user must always see.
@@ -74,13 +78,16 @@ impl Drop for ImageLock<'_> {
 }
 
 impl Image {
-    /// Opens `path` and checks what it holds (see [`cartimage::detect`]).
+    /// Opens `path`, checks what it holds (see [`cartimage::detect`]) and that it is the image
+    /// that was built (and signed), against what lies beside it (see [`crate::verify`]).
     pub fn open(path: &Path) -> Result<Image, ImageError> {
         let (file, detected) = detect::open(path)?;
+        let verified = crate::verify::check(path, &file, crate::verify::policy())?;
         Ok(Image {
             path: path.to_owned(),
             file,
             detected,
+            verified,
         })
     }
 
@@ -115,6 +122,10 @@ impl Image {
         userns: Option<&UserNs>,
     ) -> Result<(ImageMount, MountNotes), ImageError> {
         let mut notes = MountNotes::default();
+        // What Image::open verified (or could not), said with the mount's own notes so that an
+        // image refused later says only why.
+        notes.steps.extend(self.verified.steps.iter().cloned());
+        notes.warnings.extend(self.verified.notice.iter().cloned());
         let device = LoopDevice::attach_or_reuse(
             &self.file,
             &self.path,

@@ -27,6 +27,7 @@ mod stdio;
 mod sys;
 mod target;
 mod userns;
+mod verify;
 mod watch;
 
 use std::ffi::OsString;
@@ -95,6 +96,12 @@ struct Cli {
     #[arg(long, conflicts_with_all = ["mount", "unmount", "list"])]
     match_container: bool,
 
+    /// Refuse an image unless IMAGE.minisig beside it verifies with this minisign public key
+    /// (a key file, as `cartbuild keygen` or `minisign -G` write it, or the base64 key). Every
+    /// image is also checked against the IMAGE.sha256 or IMAGE.manifest.json beside it.
+    #[arg(long, value_name = "KEY", env = "CARTINJECT_VERIFY_KEY")]
+    verify_key: Option<String>,
+
     /// Print each step to stderr.
     #[arg(short, long)]
     verbose: bool,
@@ -131,6 +138,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     if cli.unmount {
         return command::unmount::run(&target, cli.legacy_mount);
     }
+    // Only what attaches an image needs its key (-u and --list never read one).
+    verify::configure(cli.verify_key.as_deref())?;
     // IMAGE as oci://HOST/REPO:TAG or @sha256:…: pulled (or found in the cache) now, with
     // the HTTP client gone before anything forks (see oci).
     let image = if oci::is_reference(&image) {

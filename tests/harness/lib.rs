@@ -19,7 +19,6 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub mod hardening;
 pub mod runtimes;
 
 /// The repository's root (the parent of `tests/`).
@@ -75,6 +74,7 @@ pub fn cartinject() -> Command {
     let mut cmd = Command::new(bin("cartinject"));
     cmd.env_remove("CARTINJECT_IMAGE")
         .env_remove("CARTINJECT_LEGACY_MOUNT")
+        .env_remove("CARTINJECT_VERIFY_KEY")
         .env_remove("DOCKER_HOST");
     cmd
 }
@@ -438,6 +438,9 @@ impl TestImage {
             .expect("temp dir");
         let path = dir.path().join("crashcart.img");
         std::fs::copy(source, &path).expect("copy image");
+        // cartinject checks every image against the checksum beside it, as cartbuild writes
+        // one (and warns when there is none): each copy gets its own.
+        write_checksum(&path);
         TestImage { dir, path }
     }
 
@@ -457,6 +460,16 @@ impl TestImage {
     pub fn assert_no_loop_device(&self) {
         assert_no_loop_device(&self.path);
     }
+}
+
+/// Writes `<image>.sha256` beside `image`, in `sha256sum`'s format (as cartbuild does).
+pub fn write_checksum(image: &Path) {
+    let out = ok(Command::new("sha256sum").arg(image));
+    let digest = out.split_whitespace().next().expect("sha256sum output");
+    let name = image.file_name().expect("a file name").to_string_lossy();
+    let mut sum = image.as_os_str().to_owned();
+    sum.push(".sha256");
+    std::fs::write(sum, format!("{digest}  {name}\n")).expect("write the checksum");
 }
 
 /// Loop devices whose backing file is `image`.

@@ -1,0 +1,372 @@
+//! Checking an image before anything is attached: is it the file that was built (and signed)?
+//!
+//! `cartbuild` writes `<image>.sha256` and `<image>.manifest.json` (whose `image_sha256` and
+//! `image_size` name the image) beside every image, and `cartbuild sign` writes
+//! `<image>.minisig`. Before [`crate::image::Image::open`] hands an image on to be attached,
+//! [`check`] reads it once, through the descriptor that will be attached (not the path again,
+//! which could be replaced in between), and feeds its bytes to a sha256 and, with
+//! `--verify-key`, to the signature check:
+//!
+//! 1. the sidecars are looked for beside the path as given and, when that is a symlink (the
+//!    `crashcart.img` that `build.sh` links to `images/net-1.0.0.img`), beside the file it
+//!    resolves to;
+//! 2. a manifest's `image_size` is compared first (no reading needed), then every digest the
+//!    sidecars name; any mismatch refuses the image;
+//! 3. with a key ([`configure`]), `<image>.minisig` must exist and verify with it
+//!    ([`cartimage::signature`]: minisign-compatible, prehashed ed25519);
+//! 4. with neither sidecar (and no verified signature), the image is used as it is and
+//!    [`Verified::notice`] says so, once, on stderr.
+//!
+//! Cost: one sequential read of the image, hashed with SHA-256 (and BLAKE2b-512 when a key is
+//! given). The net image is a few MB: a few milliseconds in a release build, next to the
+//! hundreds of the whole session, so nothing is cached.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use cartimage::manifest::{self, Manifest};
+use cartimage::signature::{self, ImageSignature, SignatureError, VerifyKey};
+use sha2::{Digest, Sha256};
+
+/// Why an image is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// A sidecar says something else than the image is.
+    #[error(
+        "image {image} does not match {sidecar}: {what}; it is not the image that was built: use the right image or build it again (nothing was attached)"
+    )]
+    Mismatch {
+        /// The image.
+        image: PathBuf,
+        /// The `.sha256` or `.manifest.json`.
+        sidecar: PathBuf,
+        /// What differs.
+        what: String,
+    },
+    /// A sidecar cannot be read or understood.
+    #[error(
+        "cannot check image {image} against {sidecar}: {reason}; fix or remove it (nothing was attached)"
+    )]
+    Sidecar {
+        /// The image.
+        image: PathBuf,
+        /// The sidecar.
+        sidecar: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The signature is missing or does not verify.
+    #[error("refusing image {image}: {source} (nothing was attached)")]
+    Signature {
+        /// The image.
+        image: PathBuf,
+        /// Why.
+        source: SignatureError,
+    },
+    /// The key given cannot be used.
+    #[error("--verify-key: {0}")]
+    Key(SignatureError),
+    /// Reading the image failed.
+    #[error("cannot read image {path}: {source}")]
+    Read {
+        /// The image.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// What is demanded of every image: for now, a signature by one key, or nothing.
+#[derive(Debug, Default)]
+pub struct Policy {
+    key: Option<VerifyKey>,
+}
+
+static POLICY: OnceLock<Policy> = OnceLock::new();
+
+/// Sets the process's policy from `--verify-key` (or `$CARTINJECT_VERIFY_KEY`), once, before
+/// any image is opened.
+pub fn configure(key: Option<&str>) -> Result<(), VerifyError> {
+    let key = key
+        .filter(|k| !k.is_empty())
+        .map(VerifyKey::parse)
+        .transpose()
+        .map_err(VerifyError::Key)?;
+    // A second call keeps the first policy: main configures once.
+    let _ = POLICY.set(Policy { key });
+    Ok(())
+}
+
+/// The policy set by [`configure`] (no key when it was never called).
+pub fn policy() -> &'static Policy {
+    POLICY.get_or_init(Policy::default)
+}
+
+/// What [`check`] found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// What was checked, for `-v`.
+    pub steps: Vec<String>,
+    /// Said on stderr when nothing could be checked.
+    pub notice: Option<String>,
+}
+
+/// The sidecars found for an image.
+#[derive(Debug, Default)]
+struct Sidecars {
+    sha256: Option<PathBuf>,
+    manifest: Option<PathBuf>,
+    signature: Option<PathBuf>,
+}
+
+/// The sidecars beside `path`, else beside what it resolves to.
+fn find_sidecars(path: &Path) -> Sidecars {
+    let look = |image: &Path| {
+        let existing = |suffix: &str| {
+            let p = manifest::sidecar(image, suffix);
+            p.exists().then_some(p)
+        };
+        Sidecars {
+            sha256: existing(".sha256"),
+            manifest: existing(".manifest.json"),
+            signature: existing(signature::SUFFIX),
+        }
+    };
+    let given = look(path);
+    let any = |s: &Sidecars| s.sha256.is_some() || s.manifest.is_some() || s.signature.is_some();
+    if any(&given) {
+        return given;
+    }
+    match std::fs::canonicalize(path) {
+        Ok(real) if real != path => look(&real),
+        _ => given,
+    }
+}
+
+/// Checks the image at `path`, open as `file`, against what lies beside it, and its signature
+/// when `policy` names a key.
+pub fn check(path: &Path, file: &File, policy: &Policy) -> Result<Verified, VerifyError> {
+    let found = find_sidecars(path);
+    let mut verified = Verified::default();
+    let size = file
+        .metadata()
+        .map_err(|source| VerifyError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+
+    // What the sidecars expect: (file, sha256) pairs, size checked at once.
+    let mut expected: Vec<(PathBuf, String)> = Vec::new();
+    if let Some(sum) = &found.sha256 {
+        let digest = manifest::read_checksum_file(sum).map_err(|e| VerifyError::Sidecar {
+            image: path.to_path_buf(),
+            sidecar: sum.clone(),
+            reason: e.to_string(),
+        })?;
+        expected.push((sum.clone(), digest));
+    }
+    if let Some(m) = &found.manifest {
+        let sidecar_err = |reason: String| VerifyError::Sidecar {
+            image: path.to_path_buf(),
+            sidecar: m.clone(),
+            reason,
+        };
+        let parsed = Manifest::read(m).map_err(|e| sidecar_err(e.to_string()))?;
+        let digest = parsed.image_sha256.ok_or_else(|| {
+            sidecar_err(
+                "it names no image_sha256 (it is the manifest from inside an image, not the one cartbuild writes beside it)".into(),
+            )
+        })?;
+        if let Some(want) = parsed.image_size
+            && want != size
+        {
+            return Err(VerifyError::Mismatch {
+                image: path.to_path_buf(),
+                sidecar: m.clone(),
+                what: format!("it names a {want}-byte image, this one has {size} bytes"),
+            });
+        }
+        expected.push((m.clone(), digest.to_ascii_lowercase()));
+    }
+
+    let signature = match (&policy.key, &found.signature) {
+        (Some(_), Some(sig_path)) => {
+            let text =
+                std::fs::read_to_string(sig_path).map_err(|source| VerifyError::Signature {
+                    image: path.to_path_buf(),
+                    source: SignatureError::SigRead {
+                        path: sig_path.clone(),
+                        source,
+                    },
+                })?;
+            Some(ImageSignature::decode(&text, sig_path).map_err(|source| {
+                VerifyError::Signature {
+                    image: path.to_path_buf(),
+                    source,
+                }
+            })?)
+        }
+        (Some(_), None) => {
+            return Err(VerifyError::Signature {
+                image: path.to_path_buf(),
+                source: SignatureError::Missing {
+                    image: path.to_path_buf(),
+                    sig: signature::signature_path(path),
+                },
+            });
+        }
+        (None, _) => None,
+    };
+
+    if expected.is_empty() && signature.is_none() {
+        verified.notice = Some(format!(
+            "image {} is not verified: there is no {} or {} beside it (cartbuild writes both)",
+            path.display(),
+            name_of(&manifest::sidecar(path, ".sha256")),
+            name_of(&manifest::sidecar(path, ".manifest.json")),
+        ));
+        if found.signature.is_some() {
+            verified
+                .steps
+                .push("a signature lies beside the image; give --verify-key to check it".into());
+        }
+        return Ok(verified);
+    }
+
+    // One pass over the image: sha256 always, the signature's BLAKE2b when there is one.
+    let sig_key = policy.key.as_ref();
+    let mut verifier = match (&signature, sig_key) {
+        (Some(sig), Some(key)) => {
+            Some(sig.verifier(key).map_err(|source| VerifyError::Signature {
+                image: path.to_path_buf(),
+                source,
+            })?)
+        }
+        _ => None,
+    };
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    loop {
+        let n = file
+            .read_at(&mut buf, offset)
+            .map_err(|source| VerifyError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        if let Some(v) = verifier.as_mut() {
+            v.update(&buf[..n]);
+        }
+        offset += u64::try_from(n).unwrap_or(u64::MAX);
+    }
+    let actual = hex::encode(hasher.finalize());
+    for (sidecar, want) in &expected {
+        if *want != actual {
+            return Err(VerifyError::Mismatch {
+                image: path.to_path_buf(),
+                sidecar: sidecar.clone(),
+                what: format!("it names sha256 {want}, the image's is {actual}"),
+            });
+        }
+        verified.steps.push(format!(
+            "image sha256 {actual} matches {}",
+            sidecar.display()
+        ));
+    }
+    if let (Some(v), Some(sig)) = (verifier, &signature) {
+        v.finish().map_err(|source| VerifyError::Signature {
+            image: path.to_path_buf(),
+            source,
+        })?;
+        // The comment is signed too: when it names a digest (cartbuild's do), it must be this one.
+        if let Some(named) = signature::comment_field(sig.trusted_comment(), "sha256")
+            && named != actual
+        {
+            return Err(VerifyError::Mismatch {
+                image: path.to_path_buf(),
+                sidecar: sig.path().to_path_buf(),
+                what: format!("its trusted comment names sha256 {named}, the image's is {actual}"),
+            });
+        }
+        verified.steps.push(format!(
+            "signature {} verifies with {} ({})",
+            sig.path().display(),
+            sig_key.map_or_else(String::new, ToString::to_string),
+            sig.trusted_comment()
+        ));
+    }
+    Ok(verified)
+}
+
+fn name_of(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(dir: &Path, bytes: &[u8]) -> (PathBuf, File) {
+        let p = dir.join("img.img");
+        std::fs::write(&p, bytes).unwrap();
+        let f = File::open(&p).unwrap();
+        (p, f)
+    }
+
+    const ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    #[test]
+    fn no_sidecar_is_a_notice() {
+        let d = tempfile::tempdir().unwrap();
+        let (p, f) = image(d.path(), b"abc");
+        let v = check(&p, &f, &Policy::default()).unwrap();
+        let notice = v.notice.unwrap();
+        assert!(
+            notice.contains("is not verified") && notice.contains("img.img.sha256"),
+            "{notice}"
+        );
+    }
+
+    #[test]
+    fn checksum_files_are_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let (p, f) = image(d.path(), b"abc");
+        std::fs::write(d.path().join("img.img.sha256"), format!("{ABC}  img.img\n")).unwrap();
+        let v = check(&p, &f, &Policy::default()).unwrap();
+        assert_eq!(v.notice, None);
+        assert!(v.steps[0].contains("matches"), "{:?}", v.steps);
+        std::fs::write(&p, b"abd").unwrap();
+        let e = check(&p, &f, &Policy::default()).unwrap_err();
+        assert!(e.to_string().contains("does not match"), "{e}");
+        std::fs::write(d.path().join("img.img.sha256"), "junk\n").unwrap();
+        let e = check(&p, &f, &Policy::default()).unwrap_err();
+        assert!(
+            e.to_string().contains("is not a sha256 checksum file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sidecars_of_a_symlinks_target_count() {
+        let d = tempfile::tempdir().unwrap();
+        let (p, _) = image(d.path(), b"abc");
+        std::fs::write(d.path().join("img.img.sha256"), format!("{ABC}  img.img\n")).unwrap();
+        let link = d.path().join("crashcart.img");
+        std::os::unix::fs::symlink("img.img", &link).unwrap();
+        let f = File::open(&link).unwrap();
+        let v = check(&link, &f, &Policy::default()).unwrap();
+        assert_eq!(v.notice, None);
+        drop(p);
+    }
+}

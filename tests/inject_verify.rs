@@ -1,0 +1,321 @@
+//! cartinject checks every image before attaching it: against the `.sha256` or
+//! `.manifest.json` beside it, and with `--verify-key` against its minisign signature. Real
+//! containers, real loop devices: every refusal is one line, exit 125, and leaves no loop
+//! device on the image and nothing in the container.
+//!
+//! Signatures come from `cartbuild keygen`/`cartbuild sign` and from Debian's `minisign`
+//! (`.ci/packages`), so both directions of interoperability are exercised.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crashcart_tests::*;
+
+fn thin(test: &str) -> Container {
+    require_root();
+    let c = Container::start(test, thin_image());
+    c.wait_listening(80);
+    c
+}
+
+/// `cartinject [ARGS] IMAGE TARGET -- true`.
+fn run_true(img: &Path, c: &Container, args: &[&str]) -> Output {
+    output(
+        cartinject()
+            .args(args)
+            .arg(img)
+            .arg(&c.name)
+            .args(["--", "true"]),
+    )
+}
+
+/// Asserts a refusal: exit 125, one line naming `needle`, nothing attached or mounted.
+fn assert_refused(out: &Output, needle: &str, img: &Path, c: &Container) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains(needle), "expected `{needle}` in: {err}");
+    assert!(err.contains("nothing was attached"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    assert_no_loop_device(img);
+    c.assert_clean();
+}
+
+/// Asserts a session that ran, with nothing left behind and nothing said on stderr but `also`.
+fn assert_ran(out: &Output, img: &Path, c: &Container, also: Option<&str>) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    match also {
+        Some(needle) => {
+            assert!(err.contains(needle), "expected `{needle}` in: {err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        }
+        None => assert!(!err.contains("not verified"), "{err}"),
+    }
+    assert_no_loop_device(img);
+    c.assert_clean();
+}
+
+fn sidecar(img: &Path, suffix: &str) -> PathBuf {
+    let mut s = img.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// A manifest beside the image, as cartbuild writes it, naming `sha256` and `size`.
+fn write_manifest(img: &Path, sha256: &str, size: u64) {
+    let doc = serde_json::json!({
+        "schema": 1,
+        "image": {"name": "fixture", "version": "1"},
+        "mount_point": "/dev/crashcart",
+        "recipe_sha256": "0".repeat(64),
+        "epoch": 0,
+        "image_sha256": sha256,
+        "image_size": size,
+        "packages": [],
+        "files": [],
+    });
+    std::fs::write(sidecar(img, ".manifest.json"), doc.to_string()).expect("write manifest");
+}
+
+fn sha256_of(img: &Path) -> String {
+    ok(Command::new("sha256sum").arg(img))
+        .split_whitespace()
+        .next()
+        .expect("a digest")
+        .to_string()
+}
+
+/// Flips one byte near the end of the image (free space: the filesystem still mounts).
+fn tamper(img: &Path) {
+    let mut bytes = std::fs::read(img).expect("read image");
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0x5a;
+    std::fs::write(img, bytes).expect("write image");
+}
+
+#[test]
+fn checksums_and_manifests_beside_the_image_are_checked_before_attaching() {
+    let c = thin("verify-sums");
+    let img = TestImage::fixture();
+
+    // The harness writes a .sha256 beside every copy: it matches, nothing is said.
+    let out = run_true(&img.path, &c, &["-v"]);
+    assert_ran(&out, &img.path, &c, None);
+    assert!(stderr(&out).contains("matches"), "{}", stderr(&out));
+
+    // A matching manifest too (with the .sha256, both are checked).
+    let good = sha256_of(&img.path);
+    let size = std::fs::metadata(&img.path).expect("stat").len();
+    write_manifest(&img.path, &good, size);
+    assert_ran(&run_true(&img.path, &c, &[]), &img.path, &c, None);
+
+    // A manifest that names another image: refused, for sessions and for -m.
+    write_manifest(&img.path, &"ab".repeat(32), size);
+    let out = run_true(&img.path, &c, &[]);
+    assert_refused(&out, "does not match", &img.path, &c);
+    assert!(stderr(&out).contains(".manifest.json"), "{}", stderr(&out));
+    let out = output(cartinject().arg("-m").arg(&img.path).arg(&c.name));
+    assert_refused(&out, "does not match", &img.path, &c);
+    // One that names another size is refused before anything is read.
+    write_manifest(&img.path, &good, size + 4096);
+    let out = run_true(&img.path, &c, &[]);
+    assert_refused(&out, "-byte image", &img.path, &c);
+    // The manifest from inside an image (no image_sha256) cannot vouch for it.
+    std::fs::write(
+        sidecar(&img.path, ".manifest.json"),
+        serde_json::json!({"schema": 1, "image": {"name": "f", "version": "1"},
+            "mount_point": "/dev/crashcart", "recipe_sha256": "", "epoch": 0,
+            "packages": [], "files": []})
+        .to_string(),
+    )
+    .expect("write");
+    let out = run_true(&img.path, &c, &[]);
+    assert_refused(&out, "names no image_sha256", &img.path, &c);
+    std::fs::remove_file(sidecar(&img.path, ".manifest.json")).expect("rm");
+
+    // A tampered image no longer matches its .sha256: refused.
+    tamper(&img.path);
+    let out = run_true(&img.path, &c, &[]);
+    assert_refused(&out, "does not match", &img.path, &c);
+    assert!(stderr(&out).contains(".sha256"), "{}", stderr(&out));
+
+    // No sidecar at all: it is used, and one line says it was not verified.
+    std::fs::remove_file(sidecar(&img.path, ".sha256")).expect("rm");
+    let out = run_true(&img.path, &c, &[]);
+    assert_ran(&out, &img.path, &c, Some("is not verified"));
+
+    // Through a symlink (build.sh's crashcart.img): the sidecars beside its target count.
+    let real = TestImage::fixture();
+    let link = img.sibling("link.img");
+    std::os::unix::fs::symlink(&real.path, &link).expect("symlink");
+    assert_ran(&run_true(&link, &c, &[]), &real.path, &c, None);
+    tamper(&real.path);
+    let out = run_true(&link, &c, &[]);
+    assert_refused(&out, "does not match", &real.path, &c);
+}
+
+/// A key pair from `cartbuild keygen -W` in `dir`: (public, secret).
+fn cartbuild_keys(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (public, secret) = (
+        dir.join(format!("{name}.pub")),
+        dir.join(format!("{name}.key")),
+    );
+    ok(Command::new(bin("cartbuild"))
+        .args(["keygen", "--no-password", "--public"])
+        .arg(&public)
+        .arg("--secret")
+        .arg(&secret));
+    (public, secret)
+}
+
+#[test]
+fn signatures_are_verified_with_the_key_given() {
+    require_tool("minisign", "minisign");
+    let c = thin("verify-sig");
+    let img = TestImage::fixture();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (public, secret) = cartbuild_keys(keys.path(), "release");
+    let (other_public, _) = cartbuild_keys(keys.path(), "other");
+    let public_arg = public.to_str().expect("utf-8");
+
+    // With a key, an unsigned image is refused.
+    let out = run_true(&img.path, &c, &["--verify-key", public_arg]);
+    assert_refused(&out, "is not signed", &img.path, &c);
+
+    // cartbuild sign (the image's name and version come from the manifest beside it), and
+    // minisign agrees.
+    let size = std::fs::metadata(&img.path).expect("stat").len();
+    write_manifest(&img.path, &sha256_of(&img.path), size);
+    let signed = ok(Command::new(bin("cartbuild"))
+        .arg("sign")
+        .arg(&img.path)
+        .arg("--key")
+        .arg(&secret));
+    assert!(signed.contains("signed"), "{signed}");
+    let sig = sidecar(&img.path, ".minisig");
+    ok(Command::new("minisign")
+        .arg("-Vq")
+        .arg("-p")
+        .arg(&public)
+        .arg("-m")
+        .arg(&img.path));
+
+    // The right key passes: as a file, as the base64 string, and from the environment.
+    let out = run_true(&img.path, &c, &["-v", "--verify-key", public_arg]);
+    assert_ran(&out, &img.path, &c, None);
+    assert!(stderr(&out).contains("verifies with"), "{}", stderr(&out));
+    let base64 = std::fs::read_to_string(&public).expect("read key");
+    let base64 = base64.lines().nth(1).expect("key line").to_string();
+    assert_ran(
+        &run_true(&img.path, &c, &["--verify-key", &base64]),
+        &img.path,
+        &c,
+        None,
+    );
+    let out = output(
+        cartinject()
+            .env("CARTINJECT_VERIFY_KEY", &public)
+            .arg(&img.path)
+            .arg(&c.name)
+            .args(["--", "true"]),
+    );
+    assert_ran(&out, &img.path, &c, None);
+
+    // Another key: refused.
+    let out = run_true(
+        &img.path,
+        &c,
+        &["--verify-key", other_public.to_str().expect("utf-8")],
+    );
+    assert_refused(&out, "made with another key", &img.path, &c);
+
+    // A signature whose trusted comment was edited: refused.
+    let text = std::fs::read_to_string(&sig).expect("read sig");
+    let edited: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("trusted comment:") {
+                l.replace("version:1", "version:2")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_ne!(edited.trim(), text.trim(), "the comment names the version");
+    std::fs::write(&sig, format!("{edited}\n")).expect("write sig");
+    let out = run_true(&img.path, &c, &["--verify-key", public_arg]);
+    assert_refused(&out, "does not verify", &img.path, &c);
+
+    // A signature that is not one at all: refused.
+    std::fs::write(&sig, "garbage\n").expect("write sig");
+    let out = run_true(&img.path, &c, &["--verify-key", public_arg]);
+    assert_refused(&out, "is not a minisign signature", &img.path, &c);
+
+    // A good signature over an image changed since (its .sha256 removed, so only the
+    // signature can tell): refused.
+    ok(Command::new(bin("cartbuild"))
+        .arg("sign")
+        .arg(&img.path)
+        .arg("--key")
+        .arg(&secret));
+    std::fs::remove_file(sidecar(&img.path, ".sha256")).expect("rm");
+    std::fs::remove_file(sidecar(&img.path, ".manifest.json")).expect("rm");
+    tamper(&img.path);
+    let out = run_true(&img.path, &c, &["--verify-key", public_arg]);
+    assert_refused(&out, "does not verify", &img.path, &c);
+
+    // A key that is no key: one line, before anything.
+    let out = run_true(&img.path, &c, &["--verify-key", "not-a-key"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("is not a minisign public key"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert_no_loop_device(&img.path);
+
+    // -u and --list need no image and no key.
+    ok(cartinject()
+        .env("CARTINJECT_VERIFY_KEY", "not-a-key")
+        .arg("--list"));
+    let out = output(
+        cartinject()
+            .env("CARTINJECT_VERIFY_KEY", "not-a-key")
+            .arg("-u")
+            .arg(&c.name),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn minisign_made_signatures_verify_in_cartinject() {
+    require_tool("minisign", "minisign");
+    let c = thin("verify-minisign");
+    let img = TestImage::fixture();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (public, secret) = (keys.path().join("m.pub"), keys.path().join("m.key"));
+    ok(Command::new("minisign")
+        .args(["-G", "-W", "-p"])
+        .arg(&public)
+        .arg("-s")
+        .arg(&secret));
+    ok(Command::new("minisign")
+        .args(["-S", "-s"])
+        .arg(&secret)
+        .arg("-m")
+        .arg(&img.path));
+    let public_arg = public.to_str().expect("utf-8");
+    assert_ran(
+        &run_true(&img.path, &c, &["--verify-key", public_arg]),
+        &img.path,
+        &c,
+        None,
+    );
+    // A legacy (not prehashed) minisign signature is refused with the fix.
+    ok(Command::new("minisign")
+        .args(["-S", "-l", "-s"])
+        .arg(&secret)
+        .arg("-m")
+        .arg(&img.path));
+    let out = run_true(&img.path, &c, &["--verify-key", public_arg]);
+    assert_refused(&out, "legacy minisign signature", &img.path, &c);
+}
