@@ -19,6 +19,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod hardening;
 pub mod runtimes;
 
 /// The repository's root (the parent of `tests/`).
