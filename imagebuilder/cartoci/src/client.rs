@@ -401,6 +401,21 @@ impl Client {
         }
     }
 
+    /// Checks that the registry answers the API (`GET /v2/`, after authenticating if it
+    /// asks), before any long step.
+    pub fn ping(&mut self) -> Result<(), ClientError> {
+        let url = format!("{}/v2/", self.registry.base_url());
+        let response = self.send(&mut |http| Ok(http.get(&url)))?;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        let what = format!(
+            "{} does not answer as a registry",
+            self.registry.authority()
+        );
+        Err(self.fail(response, &what, &what))
+    }
+
     /// The size of blob `digest` if the repository has it (`HEAD`).
     pub fn blob_size(&mut self, digest: &Digest) -> Result<Option<u64>, ClientError> {
         let url = self.url(&format!("blobs/{digest}"));

@@ -173,6 +173,9 @@ pub fn run(args: PushArgs) -> anyhow::Result<()> {
             size,
         });
     }
+    // Is the registry there (and are we let in) before hashing a large image?
+    let mut client = Client::new(&reference, Access::Push)?;
+    client.ping()?;
     let manifest_path = manifest::sidecar(image, Part::Manifest.suffix());
     let described =
         Manifest::read(&manifest_path).context("failed to read the image's manifest")?;
@@ -231,7 +234,6 @@ pub fn run(args: PushArgs) -> anyhow::Result<()> {
     let artifact = artifact::build(&info, &image_name, &blobs)
         .context("failed to lay out the image as an OCI artifact")?;
 
-    let mut client = Client::new(&reference, Access::Push)?;
     // The config first, then the files, image first; the manifest last, when every blob it
     // names is there (registries refuse a manifest whose blobs are missing).
     let config = artifact.config.clone();
