@@ -22,6 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -286,9 +287,13 @@ impl Builder<'_> {
                 log_path.exists().then(|| log_path.clone()),
             )
         })?;
+        // Each inode once: the names of a hard-linked file (busybox's applets) are one
+        // file, and strip rewrites a multiply-linked file in place (binutils keeps its
+        // links), so checking and stripping every name would only repeat the work.
+        let mut seen = std::collections::HashSet::new();
         for rel in &selected {
             let meta = fs::symlink_metadata(out.join(rel)).map_err(io_err("install"))?;
-            if !meta.is_file() {
+            if !meta.is_file() || !seen.insert((meta.dev(), meta.ino())) {
                 continue;
             }
             check_static(&pkg.name, &out, rel)?;

@@ -6,7 +6,8 @@
 //!    ([`crate::ext4::Tree::from_dir`], with its normalised modes) and hashes
 //!    every file: the image's name, version, epoch and recipe hash, each
 //!    package (name, version, license, kind, sources, build key, depends) and
-//!    each entry (path, kind, mode, size, sha256, link target, package);
+//!    each entry (path, kind, mode, size, sha256, link target, package; a hard
+//!    link names the first path of its inode in `link` and is hashed once);
 //! 2. [`place_in_tree`] stages it at `.crashcart/manifest.json`, so the image
 //!    carries its own description (it cannot carry its own digest);
 //! 3. after the writer, [`check_written`] compares what the writer hashed
@@ -17,7 +18,7 @@
 //!    and `<image>.spdx.json` ([`crate::spdx`]), all deterministic, as
 //!    [`Pending`] files the caller renames into place with the image.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Read;
@@ -30,7 +31,7 @@ use cartimage::manifest::{
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
-use crate::ext4::{self, EntryKind, Tree};
+use crate::ext4::{self, EntryKind, FileData, Tree};
 use crate::image::Written;
 use crate::output::{OutputError, Pending};
 use crate::plan::Plan;
@@ -171,13 +172,27 @@ pub fn manifest(
             .to_string();
         return Err(DescribeError::Reserved { package });
     }
-    let total: u64 = listed
-        .iter()
-        .map(|e| match e.kind {
-            EntryKind::File(data) => data.len(),
-            _ => 0,
-        })
-        .sum();
+    // Hard links: every name of one inode shares the tree's one FileData (Tree::from_dir
+    // makes files of one device and inode one node), so the first name in the manifest's
+    // path order is hashed and the others name it.
+    let mut listed = listed;
+    listed.sort_by(|a, b| {
+        a.path
+            .as_os_str()
+            .as_bytes()
+            .cmp(b.path.as_os_str().as_bytes())
+    });
+    let mut first_name: HashMap<*const FileData, usize> = HashMap::new();
+    let total: u64 = {
+        let mut seen = HashSet::new();
+        listed
+            .iter()
+            .map(|e| match e.kind {
+                EntryKind::File(data) if seen.insert(std::ptr::from_ref(data)) => data.len(),
+                _ => 0,
+            })
+            .sum()
+    };
     let mut done = 0u64;
     let mut files = Vec::with_capacity(listed.len() + 1);
     let mut hashes = Hashes::default();
@@ -194,8 +209,27 @@ pub fn manifest(
                 sha256: None,
                 target: None,
                 package: None,
+                link: None,
             },
+            EntryKind::File(data)
+                if let Some(&first) = first_name.get(&std::ptr::from_ref(data)) =>
+            {
+                let shared: &FileEntry = &files[first];
+                let sha1 = hashes.sha1.get(&shared.path).cloned().unwrap_or_default();
+                hashes.sha1.insert(path.clone(), sha1);
+                FileEntry {
+                    path,
+                    kind: FileKind::File,
+                    mode,
+                    size: data.len(),
+                    sha256: shared.sha256.clone(),
+                    target: None,
+                    package,
+                    link: Some(shared.path.clone()),
+                }
+            }
             EntryKind::File(data) => {
+                first_name.insert(std::ptr::from_ref(data), files.len());
                 let io = |source| DescribeError::Io {
                     path: staged.join(&e.path),
                     source,
@@ -215,6 +249,7 @@ pub fn manifest(
                     sha256: Some(sha256),
                     target: None,
                     package,
+                    link: None,
                 }
             }
             EntryKind::Symlink(target) => FileEntry {
@@ -225,6 +260,7 @@ pub fn manifest(
                 sha256: None,
                 target: Some(utf8(Path::new(OsStr::from_bytes(target)))?),
                 package,
+                link: None,
             },
         };
         files.push(entry);
@@ -237,6 +273,7 @@ pub fn manifest(
         sha256: None,
         target: None,
         package: None,
+        link: None,
     });
     files.sort_by(|a, b| a.path.cmp(&b.path));
     let manifest = Manifest {
@@ -293,6 +330,7 @@ pub fn place_in_tree(staged: &Path, manifest: &Manifest) -> Result<Placed, Descr
             sha256: Some(sha256),
             target: None,
             package: None,
+            link: None,
         },
         sha1,
     })
@@ -422,6 +460,7 @@ mod tests {
             sha256: sha.map(str::to_string),
             target: None,
             package: None,
+            link: None,
         }
     }
 

@@ -186,6 +186,13 @@ fn file_changes(old: &FileEntry, new: &FileEntry) -> Vec<String> {
             new.target.as_deref().unwrap_or("")
         ));
     }
+    if old.link != new.link {
+        let l = |l: &Option<String>| {
+            l.as_ref()
+                .map_or_else(|| "no hard link".into(), |l| format!("hard link of {l}"))
+        };
+        what.push(format!("{} -> {}", l(&old.link), l(&new.link)));
+    }
     if old.package != new.package {
         let p = |p: &Option<String>| p.clone().unwrap_or_else(|| "none".into());
         what.push(format!(
@@ -324,6 +331,7 @@ mod tests {
             sha256: Some(sha.into()),
             target: None,
             package: None,
+            link: None,
         }
     }
 

@@ -184,6 +184,7 @@ pub fn entry_of(r: &ext4::FileReport) -> FileEntry {
         sha256: r.sha256.map(hex::encode),
         target: r.target.as_ref().map(|t| t.to_string_lossy().into_owned()),
         package: None,
+        link: None,
     }
 }
 

@@ -309,6 +309,7 @@ impl Image {
             sha256: None,
             target: None,
             package: None,
+            link: None,
         };
         if ft.is_dir() {
             entry.kind = FileKind::Dir;

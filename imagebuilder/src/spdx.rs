@@ -505,6 +505,7 @@ mod tests {
                     sha256: None,
                     target: None,
                     package: None,
+                    link: None,
                 },
                 FileEntry {
                     path: "bin/t".into(),
@@ -514,6 +515,7 @@ mod tests {
                     sha256: Some("c".repeat(64)),
                     target: None,
                     package: Some("nolicense".into()),
+                    link: None,
                 },
             ],
         }

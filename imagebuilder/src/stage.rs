@@ -5,13 +5,14 @@
 //! package's `install` selects paths of its build output ([`select`]); they are
 //! copied in plan order, and a path claimed by two packages is an error naming
 //! both. Every ELF file must be static ([`crate::elf`]); symlinks must stay inside
-//! the image; modes are normalised (0755 for directories and executables, 0644
+//! the image; files hard-linked in a package's output are hard-linked in the tree
+//! (and so in the image, which stores their content once); modes are normalised (0755 for directories and executables, 0644
 //! otherwise) and every time stamp is set to the epoch, so the tree does not
 //! depend on the umask, the clock or the order things were built in.
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Component, Path, PathBuf};
 
 use globset::{GlobBuilder, GlobSetBuilder};
@@ -247,6 +248,9 @@ pub fn stage(
     };
     let mut owner: BTreeMap<PathBuf, String> = BTreeMap::new();
     let mut entries = Vec::new();
+    // Hard links in an output (busybox's applets) stay hard links: the first staged name of
+    // each (device, inode) is copied, the others are linked to it.
+    let mut linked: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
     for pkg in &plan.packages {
         let Some(out) = outputs.get(&pkg.name) else {
             continue;
@@ -279,6 +283,18 @@ pub fn stage(
                         target,
                     });
                 }
+            } else if meta.nlink() > 1 {
+                let key = (meta.dev(), meta.ino());
+                if let Some(first) = linked.get(&key) {
+                    fs::hard_link(first, &to).map_err(io(&to))?;
+                    entries.push(StagedEntry {
+                        path: rel,
+                        package: pkg.name.clone(),
+                    });
+                    continue;
+                }
+                check_static(&pkg.name, out, &rel)?;
+                linked.insert(key, to.clone());
             } else {
                 check_static(&pkg.name, out, &rel)?;
             }

@@ -156,6 +156,11 @@ pub struct FileEntry {
     /// `cartbuild` adds itself (the manifest's directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub package: Option<String>,
+    /// For a regular file that is a hard link: the path of the first entry (in path order)
+    /// naming the same inode. It has that entry's size and sha256, and its content is
+    /// stored (and counted) once, there. Absent in manifests written before hard links.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
 }
 
 impl Manifest {
@@ -300,6 +305,7 @@ mod tests {
                     sha256: None,
                     target: None,
                     package: None,
+                    link: None,
                 },
                 FileEntry {
                     path: "bin/strace".into(),
@@ -309,6 +315,7 @@ mod tests {
                     sha256: Some("c".repeat(64)),
                     target: None,
                     package: Some("strace".into()),
+                    link: None,
                 },
             ],
         }
@@ -337,6 +344,7 @@ mod tests {
         assert_eq!(m.toolchain, None);
         assert!(m.packages[0].depends.is_empty());
         assert_eq!(m.files[0].package, None);
+        assert_eq!(m.files[0].link, None);
     }
 
     #[test]
