@@ -336,9 +336,17 @@ impl SigningKey {
                     path: path.to_path_buf(),
                 })?
         } else {
-            sk_box
-                .into_unencrypted_secret_key()
-                .map_err(|e| bad(&e.to_string()))?
+            // minisign's own `-G -W` leaves the checksum of an unencrypted key zero (the
+            // minisign crate writes one and checks it): take such a key as it is, check the
+            // others.
+            let checksum_unset = raw.len() >= 32 && raw[raw.len() - 32..].iter().all(|&b| b == 0);
+            if checksum_unset {
+                SecretKey::from_bytes(&raw).map_err(|e| bad(&e.to_string()))?
+            } else {
+                sk_box
+                    .into_unencrypted_secret_key()
+                    .map_err(|e| bad(&e.to_string()))?
+            }
         };
         let pk = PublicKey::from_secret_key(&sk).map_err(|e| bad(&e.to_string()))?;
         Ok(SigningKey { sk, pk })
