@@ -31,7 +31,7 @@
 
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -225,6 +225,11 @@ impl Cache {
     /// Makes the directories (0700) that are missing, and removes what pulls that died left
     /// in `tmp/`.
     fn open(root: &Path) -> Result<Cache, OciError> {
+        Cache::open_owned_by(root, 0)
+    }
+
+    /// [`Cache::open`], with the owner the cache must have (root, but for unit tests).
+    fn open_owned_by(root: &Path, owner: u32) -> Result<Cache, OciError> {
         let cache = Cache {
             root: root.to_path_buf(),
         };
@@ -239,6 +244,22 @@ impl Cache {
                 .mode(0o700)
                 .create(&dir)
                 .map_err(|source| OciError::Cache { path: dir, source })?;
+        }
+        // What lies here is trusted once its digest matched, so nobody but root may write
+        // it (cartinject runs as root; a cache in someone else's directory is refused).
+        let meta = fs::metadata(root).map_err(|source| OciError::Cache {
+            path: root.to_path_buf(),
+            source,
+        })?;
+        if meta.uid() != owner || meta.mode() & 0o022 != 0 {
+            return Err(OciError::Cache {
+                path: root.to_path_buf(),
+                source: io::Error::other(format!(
+                    "it is owned by uid {} with mode {:o}; it must be uid {owner}'s and writable by nobody else",
+                    meta.uid(),
+                    meta.mode() & 0o7777
+                )),
+            });
         }
         if let Ok(entries) = fs::read_dir(cache.tmp()) {
             for entry in entries.flatten() {
@@ -375,10 +396,28 @@ mod tests {
         assert!(!is_reference(Path::new("/srv/net.img")));
     }
 
+    /// Who runs the tests: the owner of a directory they made.
+    fn me(dir: &Path) -> u32 {
+        fs::metadata(dir).unwrap().uid()
+    }
+
+    #[test]
+    fn a_cache_others_can_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("oci");
+        fs::create_dir(&root).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).unwrap();
+        let e = Cache::open_owned_by(&root, me(dir.path()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("writable by nobody else"), "{e}");
+    }
+
     #[test]
     fn a_cached_image_is_found_only_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::open(dir.path()).unwrap();
+        let cache = Cache::open_owned_by(dir.path(), me(dir.path())).unwrap();
         let image = b"pretend ext4";
         let sum = b"abc  t.img\n";
         let files = [
