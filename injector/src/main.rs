@@ -193,6 +193,12 @@ fn main() -> ExitCode {
         eprintln!("cartinject: cannot make the process non-dumpable (prctl: {e})");
         return ExitCode::from(u8::try_from(EXIT_FAILURE).unwrap_or(1));
     }
+    // A closed stdin, stdout or stderr reads as /dev/null: a pipe opened later must not
+    // take its number and pass for it.
+    if let Err(e) = sys::fd::ensure_std_fds_open() {
+        eprintln!("cartinject: cannot open /dev/null for a closed standard fd: {e}");
+        return ExitCode::from(u8::try_from(EXIT_FAILURE).unwrap_or(1));
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)),

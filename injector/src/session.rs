@@ -4,15 +4,19 @@
 //!
 //! 1. In cartinject (the host): check the image, resolve and pin the target, read its
 //!    environment, root and working directory, block every catchable signal into a signalfd,
-//!    open a new pty (stdin is a terminal) or pipes (for an output that is a terminal),
-//!    attach the loop device and mount the image detached.
+//!    open a new pty (stdin is a terminal) or pipes (for whatever stdio is not an anonymous
+//!    pipe: see [`crate::stdio`]), attach the loop device and mount the image detached.
+//!    With `--match-container`, read the target's credentials, seccomp filter and LSM
+//!    label (see [`crate::confine`]).
 //! 2. Fork the *namespace child* (single-threaded): non-dumpable, joins every namespace of
 //!    the target but the user namespace, unshares a private copy of the mount namespace,
 //!    places the image there (see [`crate::place`]), enters the target's cgroups (opened in
-//!    the host: see [`crate::cgroups`]), joins the user namespace, and forks.
-//! 3. The *command process* (now inside the target's PID namespace) takes the target's root
-//!    and working directory, a new session, the pty as controlling terminal, the default
-//!    signal dispositions and mask, closes every other fd at exec, and execs.
+//!    the host: see [`crate::cgroups`]), joins the user namespace, puts the session's stdio
+//!    on fds 0-2, closes every other fd, takes the target's root and working directory (and
+//!    `--match-container`'s profile), and forks.
+//! 3. The *command process* (now inside the target's PID namespace, and visible there)
+//!    takes a new session, the pty as controlling terminal, the default signal dispositions
+//!    and mask, and execs.
 //! 4. cartinject proxies the pty (raw mode, window size on SIGWINCH) or the pipes, forwards
 //!    every other signal to the command, and when the namespace child exits (it waits for
 //!    the command and exits with its status, 128+N for signal N) restores the terminal and

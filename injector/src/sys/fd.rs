@@ -129,3 +129,19 @@ pub fn is_dev_null(fd: BorrowedFd<'_>) -> bool {
             && nix::sys::stat::minor(st.st_rdev) == 3
     })
 }
+
+/// Opens `/dev/null` on each of fds 0, 1 and 2 that is closed, so that no pipe or file
+/// cartinject opens later takes one of their numbers (and is then mistaken for stdio).
+pub fn ensure_std_fds_open() -> Result<(), Errno> {
+    for fd in 0..=2 {
+        // SAFETY: a plain number; F_GETFD on a closed fd fails with EBADF and changes nothing.
+        let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+        if !open {
+            // The lowest free number is `fd`, since the lower ones are open.
+            let null = nix::fcntl::open("/dev/null", OFlag::O_RDWR, nix::sys::stat::Mode::empty())?;
+            // Owned by the process from now on, as stdin/stdout/stderr are.
+            std::mem::forget(null);
+        }
+    }
+    Ok(())
+}
