@@ -528,6 +528,34 @@ fn proxy(
             }
         }
 
+        // Reports before signals, and looked for when a signal comes before the command's
+        // PID: a signal sent right after the command started must find its PID known (the
+        // namespace child reports it as soon as it has forked; the pipe is non-blocking).
+        if reports_at.is_some_and(|i| ready[i]) || (ready[0] && command.is_none()) {
+            for report in child.read_reports() {
+                match report {
+                    Report::Note(text) => {
+                        if verbose || text.starts_with(WARNING) {
+                            eprint!("cartinject: {text}{eol}");
+                        }
+                    }
+                    Report::CommandPid(pid) if command.is_none() => {
+                        let cmd = CommandProcess {
+                            pid,
+                            pidfd: pidfd::open(pid).ok(),
+                        };
+                        for sig in queued.drain(..) {
+                            cmd.signal(sig);
+                        }
+                        command = Some(cmd);
+                    }
+                    Report::CommandPid(_) => {}
+                    Report::Failed { code, message } => {
+                        failure.get_or_insert((code, message));
+                    }
+                }
+            }
+        }
         if ready[0] {
             while let Some(sig) = signal::read_signal(sigfd.as_fd()).map_err(io::Error::from)? {
                 if sig == libc::SIGCHLD {
@@ -551,31 +579,6 @@ fn proxy(
                         aborted_by = Some(sig);
                     }
                     None => queued.push(sig),
-                }
-            }
-        }
-        if reports_at.is_some_and(|i| ready[i]) {
-            for report in child.read_reports() {
-                match report {
-                    Report::Note(text) => {
-                        if verbose || text.starts_with(WARNING) {
-                            eprint!("cartinject: {text}{eol}");
-                        }
-                    }
-                    Report::CommandPid(pid) if command.is_none() => {
-                        let cmd = CommandProcess {
-                            pid,
-                            pidfd: pidfd::open(pid).ok(),
-                        };
-                        for sig in queued.drain(..) {
-                            cmd.signal(sig);
-                        }
-                        command = Some(cmd);
-                    }
-                    Report::CommandPid(_) => {}
-                    Report::Failed { code, message } => {
-                        failure.get_or_insert((code, message));
-                    }
                 }
             }
         }
