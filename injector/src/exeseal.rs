@@ -14,19 +14,30 @@
 //! and environment. From then on `/proc/PID/exe` of every cartinject process is that sealed
 //! copy, which nothing can change, never the host's file.
 //!
-//! What runc learnt and this keeps: the copy is made first thing, in the host's cgroup (a
-//! memfd is charged to the memory cgroup of the process that fills it, and a copy made after
-//! joining the container's cgroup counted against small containers' limits: runc #1980);
-//! `MFD_EXEC` is asked for so hosts with `vm.memfd_noexec=1` still allow the exec; the check
-//! whether we already run from a copy looks at the seals of `/proc/self/exe` itself, not at
-//! an environment variable a caller could set. The copy costs one `sendfile` of the binary
-//! (about 0.45 ms per MB here) and one more `execve`, once per session:
-//! `tests/bench/inject_hardening.sh` measures it.
+//! What runc learnt and this keeps: the copy is made before anything else of the session,
+//! in the host's cgroup (a memfd is charged to the memory cgroup of the process that fills
+//! it, and a copy made after joining the container's cgroup counted against small
+//! containers' limits: runc #1980); `MFD_EXEC` is asked for so hosts with
+//! `vm.memfd_noexec=1` still allow the exec; the check whether we already run from a copy
+//! looks at the seals of `/proc/self/exe` itself, not at an environment variable a caller
+//! could set.
+//!
+//! The copy costs one `sendfile` of the whole binary and one more `execve`: about 0.7 ms per
+//! MB of binary here, 6 ms for an 8.9 MB release build, on a full cycle of 5 ms
+//! (`tests/bench/inject_hardening.sh` measures it). So it is made only when something in
+//! the container could get past non-dumpable ([`needed_for`]): a process of the target's
+//! PID namespace that holds, or may gain, `CAP_SYS_PTRACE` in the host's user namespace
+//! (`ptrace_may_access` lets exactly that through to a non-dumpable process: it checks the
+//! capability in the user namespace of the process's memory, which is the host's), or a
+//! target that shares our PID namespace. A process may only gain capabilities of its
+//! bounding set, and its children inherit that, so what is not there when the session
+//! starts can only come from outside the container (`docker exec --privileged`).
 
 use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::MetadataExt;
 
 use crate::sys::{Errno, memfd};
 
@@ -58,6 +69,53 @@ pub fn running_sealed() -> bool {
         .ok()
         .and_then(|exe| memfd::seals(exe.as_fd()).ok())
         .is_some_and(|seals| seals & memfd::base_seals() == memfd::base_seals())
+}
+
+/// Whether a session into `target` (a PID in our namespace) must run from the sealed copy:
+/// the target shares our PID namespace, or some process in its PID namespace is in our user
+/// namespace with `CAP_SYS_PTRACE` in its bounding, permitted or effective set. When in
+/// doubt (a namespace that cannot be read), yes.
+pub fn needed_for(target: i32) -> bool {
+    let ino = |path: String| std::fs::metadata(path).ok().map(|m| m.ino());
+    let (Some(their_pid_ns), Some(our_pid_ns), Some(our_user_ns)) = (
+        ino(format!("/proc/{target}/ns/pid")),
+        ino("/proc/self/ns/pid".into()),
+        ino("/proc/self/ns/user".into()),
+    ) else {
+        return true;
+    };
+    if their_pid_ns == our_pid_ns {
+        return true;
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| ino(format!("/proc/{pid}/ns/pid")) == Some(their_pid_ns))
+        .any(|pid| {
+            if ino(format!("/proc/{pid}/ns/user")) != Some(our_user_ns) {
+                return false;
+            }
+            match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                Ok(text) => may_ptrace(&text),
+                // Gone meanwhile: nothing to fear from it.
+                Err(_) => false,
+            }
+        })
+}
+
+/// Whether a `/proc/PID/status` text shows `CAP_SYS_PTRACE` (19) in the bounding,
+/// permitted or effective set.
+fn may_ptrace(status: &str) -> bool {
+    status
+        .lines()
+        .filter_map(|l| {
+            let (key, value) = l.split_once(':')?;
+            matches!(key, "CapBnd" | "CapPrm" | "CapEff")
+                .then(|| u64::from_str_radix(value.trim(), 16).ok())?
+        })
+        .any(|mask| mask & (1 << 19) != 0)
 }
 
 /// Makes sure cartinject runs from a sealed copy of itself: returns at once when it already
@@ -95,4 +153,27 @@ pub fn ensure() -> Result<(), ExeSealError> {
     // The memfd is close-on-exec: once the kernel has loaded it, no fd of it is left, only
     // the mapping and /proc/self/exe.
     Err(ExeSealError::Exec(memfd::exec(&copy, &argv, &envp)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ptrace_in_any_set() {
+        let docker = "CapInh:\t0000000000000000\nCapPrm:\t00000000a80425fb\n\
+            CapEff:\t00000000a80425fb\nCapBnd:\t00000000a80425fb\n";
+        assert!(!may_ptrace(docker));
+        assert!(may_ptrace(&docker.replace(
+            "CapBnd:\t00000000a80425fb",
+            "CapBnd:\t00000000a80c25fb"
+        )));
+        assert!(may_ptrace("CapEff:\t000001ffffffffff\n"));
+        assert!(!may_ptrace("Name:\tx\n"));
+    }
+
+    #[test]
+    fn our_own_namespace_needs_it() {
+        assert!(needed_for(std::process::id().try_into().expect("pid")));
+    }
 }

@@ -126,13 +126,6 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             "no TARGET given: name a container or PID, as in `cartinject IMAGE TARGET` (see --help)"
         ),
     };
-    // A session puts a process of ours into the container's PID namespace: from here on,
-    // run from a sealed copy of ourselves (see exeseal). -m and -u only join its mount
-    // namespace, where nothing in the container can see their processes, and skip the copy.
-    if !cli.mount && !cli.unmount {
-        exeseal::ensure()
-            .context("failed to protect cartinject's binary before entering a container")?;
-    }
     let target = target.to_string_lossy().into_owned();
     let image = image::choose(image_arg);
     if (cli.mount || cli.unmount) && !cli.command.is_empty() {

@@ -110,6 +110,14 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
     };
     let image = Image::open(&args.image)?;
     let (target, pin) = pin_target(&args.target, args.legacy)?;
+    // A process of ours is about to enter the target's PID namespace: when something there
+    // could get past non-dumpable, run from a sealed copy of ourselves first (this
+    // re-executes cartinject, which then comes back here; see exeseal).
+    if crate::exeseal::needed_for(target.pid) {
+        crate::exeseal::ensure()
+            .context("failed to protect cartinject's binary before entering a container")?;
+        note("running from a sealed in-memory copy of cartinject");
+    }
     let mut watch = crate::watch::TargetWatch::new(&target, &pin);
     let userns = UserNs::of(&pin)?;
     let confine = if args.match_container {

@@ -9,9 +9,10 @@
 #   - a target that exits in the middle of a session.
 # It runs tests/inject_hostile.rs and tests/inject_scale.rs with these counts and prints
 # their FIGURE lines; it fails when a test fails. First it measures what the sealed
-# re-execution costs every session (a release build, or $CARTINJECT): the median of a
-# session with an image that does not exist (copy, seal, re-exec, then a one-line error)
-# less that of `cartinject --version` (no copy).
+# re-execution costs a session that needs it (a release build, or $CARTINJECT): medians of
+# full cycles `cartinject IMG PID -- /dev/crashcart/bin/true` into a container with
+# CAP_SYS_PTRACE (sealed copy) and into a default one (no copy: non-dumpable suffices),
+# interleaved.
 #
 # Needs root, a running Docker daemon, mke2fs, busybox-static, musl-gcc (or gcc),
 # util-linux. Usage: tests/bench/inject_hardening.sh [SESSIONS] (default 200; the tests
@@ -26,32 +27,53 @@ if [ -z "${CARTINJECT:-}" ]; then
     cargo build --release -q -p cartinject
     CARTINJECT=${CARGO_TARGET_DIR:-target}/release/cartinject
 fi
-median_us() {
-    local i t0 t1 times=()
-    for i in 1 2 3; do "$@" >/dev/null 2>&1 || true; done
-    for ((i = 0; i < 100; i++)); do
-        t0=$EPOCHREALTIME
-        "$@" >/dev/null 2>&1 || true
-        t1=$EPOCHREALTIME
-        times+=( $(( (${t1/./} - ${t0/./}) )) )
-    done
-    printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : int((a[NR/2]+a[NR/2+1])/2)}'
+work=$(mktemp -d)
+name=cc-bench-hardening-$$
+cleanup() {
+    docker rm -f "$name-default" "$name-ptrace" >/dev/null 2>&1 || true
+    docker rmi cc-bench-hardening:latest >/dev/null 2>&1 || true
+    rm -rf "$work" "${log:-}"
 }
-plain=$(median_us "$CARTINJECT" --version)
-sealed=$(median_us "$CARTINJECT" /nonexistent/crashcart.img pid:1 -- true)
+trap cleanup EXIT
+mkdir -p "$work/img/bin" "$work/root/bin"
+cp /bin/busybox "$work/img/bin/busybox"
+cp /bin/busybox "$work/root/bin/busybox"
+ln -s busybox "$work/img/bin/true"
+ln -s busybox "$work/root/bin/sleep"
+mke2fs -q -F -t ext4 -O ^has_journal -d "$work/img" "$work/bench.img" 8M
+tar -C "$work/root" -c . | docker import -c 'CMD ["/bin/sleep", "100000"]' - cc-bench-hardening:latest >/dev/null
+docker run -d --network none --name "$name-default" cc-bench-hardening:latest >/dev/null
+docker run -d --network none --cap-add SYS_PTRACE --name "$name-ptrace" cc-bench-hardening:latest >/dev/null
+plain_pid=$(docker inspect -f '{{.State.Pid}}' "$name-default")
+ptrace_pid=$(docker inspect -f '{{.State.Pid}}' "$name-ptrace")
+cycle_us() {
+    local t0 t1
+    t0=$EPOCHREALTIME
+    "$CARTINJECT" "$work/bench.img" "$1" -- /dev/crashcart/bin/true >/dev/null 2>&1 || true
+    t1=$EPOCHREALTIME
+    echo $(( (${t1/./} - ${t0/./}) ))
+}
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : int((a[NR/2]+a[NR/2+1])/2)}'; }
+plain_times=() sealed_times=()
+for i in 1 2 3; do cycle_us "$plain_pid" >/dev/null; cycle_us "$ptrace_pid" >/dev/null; done
+for ((i = 0; i < 60; i++)); do
+    plain_times+=( "$(cycle_us "$plain_pid")" )
+    sealed_times+=( "$(cycle_us "$ptrace_pid")" )
+done
+plain=$(printf '%s\n' "${plain_times[@]}" | median)
+sealed=$(printf '%s\n' "${sealed_times[@]}" | median)
 size=$(stat -c %s "$CARTINJECT")
 
 cargo build -q -p cartinject
 cargo test -q -p crashcart-tests --test inject_hostile --test inject_scale --no-run
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
 status=0
 CC_HOSTILE_SESSIONS=$sessions CC_KILL_TRIALS=100 CC_CONTAINERS=20 \
     cargo test -q -p crashcart-tests --test inject_hostile --test inject_scale -- \
     --nocapture --test-threads=1 >"$log" 2>&1 || status=$?
 
 echo "cartinject hardening figures ($(uname -r), $(nproc) cores): $sessions sessions per hostile container"
-awk -v p="$plain" -v s="$sealed" -v b="$size" 'BEGIN { printf "  sealed re-exec: %.2f ms per session (%.1f MB binary; a session that stops at a missing image %.2f ms, --version %.2f ms; medians of 100)\n", (s - p) / 1000, b / 1048576, s / 1000, p / 1000 }'
+awk -v p="$plain" -v s="$sealed" -v b="$size" 'BEGIN { printf "  sealed re-exec: %.2f ms per session that needs it (%.1f MB binary; full cycle into a CAP_SYS_PTRACE container %.2f ms, into a default one %.2f ms; medians of 60)\n", (s - p) / 1000, b / 1048576, s / 1000, p / 1000 }'
 # A test's output may follow its "test NAME ... " on the same line.
 grep -oE '(FIGURE|moments seed).*' "$log" | sed -e 's/^FIGURE /  /' -e 's/^moments seed/  kill -9 moments seed/'
 grep -E '^test result' "$log" | sed 's/^/  /'
