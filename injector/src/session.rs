@@ -113,9 +113,11 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
     // A process of ours is about to enter the target's PID namespace: when something there
     // could get past non-dumpable, run from a sealed copy of ourselves first (this
     // re-executes cartinject, which then comes back here; see exeseal).
-    if crate::exeseal::needed_for(target.pid) {
+    if !crate::exeseal::running_sealed() && crate::exeseal::needed_for(target.pid) {
         crate::exeseal::ensure()
             .context("failed to protect cartinject's binary before entering a container")?;
+    }
+    if crate::exeseal::running_sealed() {
         note("running from a sealed in-memory copy of cartinject");
     }
     let mut watch = crate::watch::TargetWatch::new(&target, &pin);
