@@ -695,8 +695,13 @@ fn bad_images_are_refused_with_nothing_left() {
             "badgdt.img",
             Box::new(|p| {
                 let mut b = bytes.clone();
-                for x in &mut b[2048..2048 + 64] {
-                    *x ^= 0xff; // group descriptors (1 KiB blocks: block 2)
+                // The group descriptors start in the block after the superblock's:
+                // block 1 with 4 KiB blocks (cartbuild's writer), block 2 with 1 KiB.
+                let log = u32::from_le_bytes(b[1024 + 24..1024 + 28].try_into().unwrap());
+                let first = u32::from_le_bytes(b[1024 + 20..1024 + 24].try_into().unwrap());
+                let gdt = (1024usize << log) * (first as usize + 1);
+                for x in &mut b[gdt..gdt + 64] {
+                    *x ^= 0xff;
                 }
                 std::fs::write(p, b).expect("write");
             }),

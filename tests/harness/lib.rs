@@ -365,12 +365,12 @@ pub fn crashcart_mounts(pid: i32) -> Vec<String> {
         .collect()
 }
 
-/// The fixture image every test copies: busybox (with applet symlinks), bash and an rc file
-/// in an ext4 image made with `mke2fs -d` (without a journal).
+/// The fixture image every test copies: busybox (with applet symlinks), bash and an rc file,
+/// written by the project's own `cartbuild` (its ext4 writer) from a recipe with one `local`
+/// package, so the tests exercise the images users get.
 fn fixture_image() -> &'static Path {
     static IMG: OnceLock<PathBuf> = OnceLock::new();
     IMG.get_or_init(|| {
-        require_tool("mke2fs", "e2fsprogs");
         for (path, package) in [
             ("/bin/busybox", "busybox-static"),
             ("/bin/bash-static", "bash-static"),
@@ -380,7 +380,8 @@ fn fixture_image() -> &'static Path {
                 "{path} is missing: install {package} (tests/run does)"
             );
         }
-        let root = scratch().join("image-root");
+        let dir = scratch().join("fixture");
+        let root = dir.join("image-root");
         std::fs::create_dir_all(root.join("bin")).expect("mkdir");
         std::fs::create_dir_all(root.join("etc")).expect("mkdir");
         std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("copy");
@@ -397,22 +398,20 @@ fn fixture_image() -> &'static Path {
             "alias ll='ls -l'\nCRASHCART_RC=read\n",
         )
         .expect("rc");
-        let img = scratch().join("fixture.img");
-        ok(Command::new("mke2fs")
-            .args([
-                "-q",
-                "-F",
-                "-t",
-                "ext4",
-                "-O",
-                "^has_journal",
-                "-L",
-                "crashcart",
-                "-d",
-            ])
-            .arg(&root)
+        std::fs::write(
+            dir.join("fixture.toml"),
+            "[image]\nname = \"fixture\"\nversion = \"1\"\n\n\
+             [[package]]\nname = \"fixture\"\nversion = \"1\"\nkind = \"local\"\n\
+             path = \"image-root\"\ninstall = \".\"\n",
+        )
+        .expect("recipe");
+        let img = dir.join("fixture.img");
+        ok(Command::new(bin("cartbuild"))
+            .arg(dir.join("fixture.toml"))
+            .arg("-o")
             .arg(&img)
-            .arg("16M"));
+            .arg("--cache")
+            .arg(dir.join("cache")));
         img
     })
 }

@@ -243,7 +243,7 @@ pub fn hex_id(salt: &str) -> String {
 /// The root of the fixture image (busybox, bash, an rc file), for images of other formats.
 pub fn image_root() -> PathBuf {
     fixture_image();
-    scratch().join("image-root")
+    scratch().join("fixture/image-root")
 }
 
 /// An erofs image of the fixture root (`mkfs.erofs`), at `path`.
