@@ -207,6 +207,11 @@ fn import_image(tag: &str, root: &Path, label: &str, cmd: &str) {
     assert!(status.success(), "docker import {tag} failed");
 }
 
+/// Where the thin image's root is assembled (its only file: `httpd`).
+pub fn thin_root() -> PathBuf {
+    scratch().join("thin-root")
+}
+
 /// The "thin" image: its root holds only `/httpd`, a static HTTP server built from
 /// `tests/fixtures/httpd.c` (no shell, no `/etc`). Built and imported once per test run.
 pub fn thin_image() -> &'static str {
@@ -215,7 +220,7 @@ pub fn thin_image() -> &'static str {
         docker_ok();
         let source = repo_root().join("tests/fixtures/httpd.c");
         let text = std::fs::read(&source).expect("read httpd.c");
-        let root = scratch().join("thin-root");
+        let root = thin_root();
         std::fs::create_dir_all(&root).expect("mkdir");
         let cc = ["musl-gcc", "gcc"]
             .into_iter()
@@ -291,16 +296,16 @@ impl Container {
 
     /// Starts `image` under `name`.
     pub fn start_named(name: &str, image: &str) -> Container {
+        Container::start_with(name, image, &[])
+    }
+
+    /// Starts `image` under `name` with extra `docker run` arguments (such as `--read-only`).
+    pub fn start_with(name: &str, image: &str, args: &[&str]) -> Container {
         let _ = Command::new("docker").args(["rm", "-f", name]).output();
-        let id = ok(Command::new("docker").args([
-            "run",
-            "-d",
-            "--network",
-            "none",
-            "--name",
-            name,
-            image,
-        ]))
+        let id = ok(Command::new("docker")
+            .args(["run", "-d", "--network", "none", "--name", name])
+            .args(args)
+            .arg(image))
         .trim()
         .to_string();
         let pid: i32 = ok(Command::new("docker").args(["inspect", "-f", "{{.State.Pid}}", &id]))

@@ -37,48 +37,74 @@ pub fn require_podman() {
 pub fn podman_image() -> &'static str {
     static TAG: OnceLock<String> = OnceLock::new();
     TAG.get_or_init(|| {
-        require_podman();
-        let tag = "localhost/cc-inject-fat:test".to_string();
-        let root = fat_root();
-        let source =
-            ok(Command::new("docker").args(["image", "inspect", "-f", "{{.Id}}", fat_image()]))
-                .trim()
-                .to_string();
-        let have = output(Command::new("podman").args([
-            "image",
-            "inspect",
-            "-f",
-            "{{index .Labels \"cc.fixture\"}}",
-            &tag,
-        ]));
-        if have.status.success() && crate::stdout(&have).trim() == source {
-            return tag;
-        }
-        let mut tar = Command::new("tar")
-            .arg("-C")
-            .arg(&root)
-            .args(["-c", "."])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("run tar");
-        let status = Command::new("podman")
-            .args([
-                "import",
-                "-q",
-                "-c",
-                r#"CMD ["/bin/sleep", "100000"]"#,
-                "-c",
-                &format!("LABEL cc.fixture={source}"),
-                "-",
-                &tag,
-            ])
-            .stdin(tar.stdout.take().expect("tar stdout"))
-            .stdout(Stdio::null())
-            .status()
-            .expect("run podman import");
-        assert!(tar.wait().expect("wait for tar").success(), "tar failed");
-        assert!(status.success(), "podman import {tag} failed");
-        tag
+        let tag = "localhost/cc-inject-fat:test";
+        podman_import(
+            tag,
+            fat_image(),
+            &fat_root(),
+            r#"CMD ["/bin/sleep", "100000"]"#,
+        );
+        tag.to_string()
+    })
+}
+
+/// Imports `root` into Podman as `tag` (with `cmd`), labelled with the ID of the Docker image
+/// `docker_tag` made from the same root, unless that import is there already: importing again
+/// would leave the previous one behind as a dangling image.
+fn podman_import(tag: &str, docker_tag: &str, root: &Path, cmd: &str) {
+    require_podman();
+    let source = ok(Command::new("docker").args(["image", "inspect", "-f", "{{.Id}}", docker_tag]))
+        .trim()
+        .to_string();
+    let have = output(Command::new("podman").args([
+        "image",
+        "inspect",
+        "-f",
+        "{{index .Labels \"cc.fixture\"}}",
+        tag,
+    ]));
+    if have.status.success() && crate::stdout(&have).trim() == source {
+        return;
+    }
+    let mut tar = Command::new("tar")
+        .arg("-C")
+        .arg(root)
+        .args(["-c", "."])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run tar");
+    let status = Command::new("podman")
+        .args([
+            "import",
+            "-q",
+            "-c",
+            cmd,
+            "-c",
+            &format!("LABEL cc.fixture={source}"),
+            "-",
+            tag,
+        ])
+        .stdin(tar.stdout.take().expect("tar stdout"))
+        .stdout(Stdio::null())
+        .status()
+        .expect("run podman import");
+    assert!(tar.wait().expect("wait for tar").success(), "tar failed");
+    assert!(status.success(), "podman import {tag} failed");
+}
+
+/// The thin image (nothing but a static HTTP server, `/httpd` its command) imported into
+/// Podman, unless an import of the same Docker image is there already.
+pub fn podman_thin_image() -> &'static str {
+    static TAG: OnceLock<String> = OnceLock::new();
+    TAG.get_or_init(|| {
+        let tag = "localhost/cc-inject-thin:test";
+        podman_import(
+            tag,
+            crate::thin_image(),
+            &crate::thin_root(),
+            r#"CMD ["/httpd"]"#,
+        );
+        tag.to_string()
     })
 }
 
@@ -96,7 +122,11 @@ impl PodmanContainer {
     /// Starts the fat image as `cc-<test>-<pid>` with runc, `--network none` and the extra
     /// `args` (such as `--userns=auto`).
     pub fn start(test: &str, args: &[&str]) -> PodmanContainer {
-        let image = podman_image();
+        PodmanContainer::start_image(test, podman_image(), args)
+    }
+
+    /// Starts `image` as `cc-<test>-<pid>`, like [`PodmanContainer::start`].
+    pub fn start_image(test: &str, image: &str, args: &[&str]) -> PodmanContainer {
         let name = unique(test);
         let _ = output(Command::new("podman").args(["rm", "-f", "-t", "0", &name]));
         let id = ok(Command::new("podman")
