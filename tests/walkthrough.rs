@@ -117,6 +117,12 @@ fn walkthrough(img: &TestImage, t: &Target) {
     pty.master.write_all(b"exit 3\r").expect("type");
     assert_eq!(wait_with_timeout(&mut shell, LONG).code(), Some(3));
 
+    // One command, not interactive: lsof behaves without an /etc/passwd in the container.
+    let out = output(&mut inject(img, t, &["lsof", "-n", "-P", "-p", "1"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("*:80 (LISTEN)"), "{}", stdout(&out));
+    assert_eq!(stderr(&out), "", "lsof complained");
+
     // tcpdump on the container's loopback captures a request to the server.
     let mut dump = inject(
         img,
