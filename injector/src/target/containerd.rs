@@ -21,7 +21,7 @@
 use std::path::{Path, PathBuf};
 
 use super::state::{self, Stale};
-use super::{Candidate, Lookup, Named, Pick, ResolveError, Resolver, Target, looks_like_id, pick};
+use super::{Candidate, Lookup, Named, ResolveError, Resolver, Target, looks_like_id, lookup_in};
 
 /// The runtime v2 state directories of a standalone containerd and of Docker's own.
 pub const TASK_DIRS: [&str; 2] = [
@@ -141,37 +141,24 @@ impl Resolver for Containerd {
             all.retain(|t| t.namespace == ns);
             query = rest;
         }
-        let (chosen, exact) = match pick(&all, query) {
-            Pick::Exact(t) => (t, true),
-            Pick::Prefix(t) => (t, false),
-            Pick::None => return Ok(Lookup::NotFound(all.iter().map(Task::candidate).collect())),
-            Pick::Many(many) => {
-                return Err(ResolveError::Ambiguous {
-                    query: query.to_string(),
-                    candidates: many.into_iter().map(Task::candidate).collect(),
-                });
-            }
-        };
-        let pid =
-            live_pid(&self.proc_root, &chosen.bundle).map_err(|_| ResolveError::NotRunning {
-                name: format!("{}/{}", chosen.namespace, chosen.id),
-                runtime: "containerd",
+        lookup_in(&all, query, Task::candidate, |chosen| {
+            let pid = live_pid(&self.proc_root, &chosen.bundle).map_err(|_| {
+                ResolveError::NotRunning {
+                    name: format!("{}/{}", chosen.namespace, chosen.id),
+                    runtime: "containerd",
+                }
             })?;
-        // Outside Kubernetes, an ID that is not a generated 64-hex one is the task's name.
-        let generated = chosen.id.len() == 64 && looks_like_id(&chosen.id);
-        let target = Target {
-            pid,
-            runtime: "containerd",
-            id: Some(chosen.id.clone()),
-            name: chosen
-                .container
-                .clone()
-                .or_else(|| (!generated).then(|| chosen.id.clone())),
-        };
-        Ok(if exact {
-            Lookup::Found(target)
-        } else {
-            Lookup::Prefix(target)
+            // Outside Kubernetes, an ID that is not a generated 64-hex one is the task's name.
+            let generated = chosen.id.len() == 64 && looks_like_id(&chosen.id);
+            Ok(Target {
+                pid,
+                runtime: "containerd",
+                id: Some(chosen.id.clone()),
+                name: chosen
+                    .container
+                    .clone()
+                    .or_else(|| (!generated).then(|| chosen.id.clone())),
+            })
         })
     }
 }

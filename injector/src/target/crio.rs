@@ -24,7 +24,7 @@ use serde::Deserialize;
 
 use super::state::{self, Stale};
 use super::storage::{CRIO_NAME, Storage, StoredContainer};
-use super::{Candidate, Lookup, Named, Pick, ResolveError, Resolver, Target, pick};
+use super::{Candidate, Lookup, Named, ResolveError, Resolver, Target, lookup_in};
 
 const CONTAINER_NAME: &str = "io.kubernetes.container.name";
 const POD_NAME: &str = "io.kubernetes.pod.name";
@@ -160,39 +160,23 @@ impl Resolver for Crio {
             .filter(StoredContainer::is_crio)
             .map(Entry::new)
             .collect();
-        let (chosen, exact) = match pick(&all, query) {
-            Pick::Exact(e) => (e, true),
-            Pick::Prefix(e) => (e, false),
-            Pick::None => {
-                return Ok(Lookup::NotFound(all.iter().map(Entry::candidate).collect()));
-            }
-            Pick::Many(many) => {
-                return Err(ResolveError::Ambiguous {
-                    query: query.to_string(),
-                    candidates: many.into_iter().map(Entry::candidate).collect(),
-                });
-            }
-        };
-        let label = chosen
-            .container
-            .clone()
-            .unwrap_or_else(|| chosen.stored.id.chars().take(12).collect());
-        let pid = chosen
-            .live_pid(&self.proc_root)
-            .map_err(|_| ResolveError::NotRunning {
-                name: label.clone(),
+        lookup_in(&all, query, Entry::candidate, |chosen| {
+            let label = chosen
+                .container
+                .clone()
+                .unwrap_or_else(|| chosen.stored.id.chars().take(12).collect());
+            let pid = chosen
+                .live_pid(&self.proc_root)
+                .map_err(|_| ResolveError::NotRunning {
+                    name: label.clone(),
+                    runtime: "cri-o",
+                })?;
+            Ok(Target {
+                pid,
                 runtime: "cri-o",
-            })?;
-        let target = Target {
-            pid,
-            runtime: "cri-o",
-            id: Some(chosen.stored.id.clone()),
-            name: chosen.container.clone(),
-        };
-        Ok(if exact {
-            Lookup::Found(target)
-        } else {
-            Lookup::Prefix(target)
+                id: Some(chosen.stored.id.clone()),
+                name: chosen.container.clone(),
+            })
         })
     }
 }

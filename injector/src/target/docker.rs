@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::http::{self, HttpError};
-use super::{Candidate, Lookup, ResolveError, Resolver, Target, looks_like_id};
+use super::{Candidate, Lookup, Named, ResolveError, Resolver, Target, lookup_in};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -25,6 +25,24 @@ struct Summary {
     id: String,
     #[serde(rename = "Names", default)]
     names: Vec<String>,
+}
+
+/// A container as the list names it: `(name, full ID)`.
+pub struct Listed {
+    /// Its name, without Docker's leading `/`.
+    pub name: Option<String>,
+    /// Its full ID.
+    pub id: String,
+}
+
+impl Named for Listed {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn names(&self) -> Vec<&str> {
+        self.name.as_deref().into_iter().collect()
+    }
 }
 
 #[derive(Deserialize)]
@@ -94,8 +112,8 @@ impl Docker {
         })
     }
 
-    /// Every container Docker knows (running or not): `(name, full ID)`.
-    pub fn containers(&self) -> Result<Vec<(Option<String>, String)>, ResolveError> {
+    /// Every container Docker knows (running or not).
+    pub fn containers(&self) -> Result<Vec<Listed>, ResolveError> {
         let all: Vec<Summary> = self.json("/containers/json?all=1")?;
         Ok(all
             .into_iter()
@@ -104,7 +122,7 @@ impl Docker {
                     .names
                     .first()
                     .map(|n| n.trim_start_matches('/').to_string());
-                (name, c.id)
+                Listed { name, id: c.id }
             })
             .collect())
     }
@@ -117,51 +135,28 @@ impl Resolver for Docker {
 
     fn lookup(&self, query: &str) -> Result<Lookup, ResolveError> {
         let all = self.containers()?;
-        let candidate = |(name, id): &(Option<String>, String)| Candidate {
-            name: name.clone(),
-            id: id.clone(),
+        let candidate = |c: &Listed| Candidate {
+            name: c.name.clone(),
+            id: c.id.clone(),
             runtime: self.runtime,
             detail: None,
         };
         // Docker's own order: an exact name or full ID wins over an ID prefix.
-        let exact: Vec<_> = all
-            .iter()
-            .filter(|(name, id)| name.as_deref() == Some(query) || id == query)
-            .collect();
-        let by_prefix = exact.is_empty();
-        let hits = if by_prefix && looks_like_id(query) {
-            all.iter().filter(|(_, id)| id.starts_with(query)).collect()
-        } else {
-            exact
-        };
-        let chosen = match hits.as_slice() {
-            [one] => *one,
-            [] => return Ok(Lookup::NotFound(all.iter().map(candidate).collect())),
-            many => {
-                return Err(ResolveError::Ambiguous {
-                    query: query.to_string(),
-                    candidates: many.iter().map(|c| candidate(c)).collect(),
+        lookup_in(&all, query, candidate, |chosen| {
+            let inspect: Inspect = self.json(&format!("/containers/{}/json", chosen.id))?;
+            let name = inspect.name.trim_start_matches('/').to_string();
+            if !inspect.state.running || inspect.state.pid <= 0 {
+                return Err(ResolveError::NotRunning {
+                    name,
+                    runtime: self.runtime,
                 });
             }
-        };
-        let inspect: Inspect = self.json(&format!("/containers/{}/json", chosen.1))?;
-        let name = inspect.name.trim_start_matches('/').to_string();
-        if !inspect.state.running || inspect.state.pid <= 0 {
-            return Err(ResolveError::NotRunning {
-                name,
+            Ok(Target {
+                pid: inspect.state.pid,
                 runtime: self.runtime,
-            });
-        }
-        let target = Target {
-            pid: inspect.state.pid,
-            runtime: self.runtime,
-            id: Some(inspect.id),
-            name: Some(name),
-        };
-        Ok(if by_prefix {
-            Lookup::Prefix(target)
-        } else {
-            Lookup::Found(target)
+                id: Some(inspect.id),
+                name: Some(name),
+            })
         })
     }
 }

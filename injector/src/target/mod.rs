@@ -333,7 +333,7 @@ fn add_once(found: &mut Vec<Target>, target: Target) {
 }
 
 /// How a query matched a list of containers.
-pub enum Pick<'a, T> {
+enum Pick<'a, T> {
     /// One, by name or full ID.
     Exact(&'a T),
     /// One, by a unique ID prefix.
@@ -344,7 +344,7 @@ pub enum Pick<'a, T> {
     None,
 }
 
-/// A container as a state-file resolver knows it: an ID and the names it answers to.
+/// A container as a resolver lists it: an ID and the names it answers to.
 pub trait Named {
     /// Its full ID.
     fn id(&self) -> &str;
@@ -354,7 +354,7 @@ pub trait Named {
 
 /// Matches `query` against `items` the way Docker does: an exact name or full ID first, else
 /// a unique prefix of an ID (only for queries that look like one).
-pub fn pick<'a, T: Named>(items: &'a [T], query: &str) -> Pick<'a, T> {
+fn pick<'a, T: Named>(items: &'a [T], query: &str) -> Pick<'a, T> {
     let exact: Vec<&T> = items
         .iter()
         .filter(|t| t.id() == query || t.names().contains(&query))
@@ -370,6 +370,27 @@ pub fn pick<'a, T: Named>(items: &'a [T], query: &str) -> Pick<'a, T> {
         [one] if by_prefix => Pick::Prefix(one),
         [one] => Pick::Exact(one),
         _ => Pick::Many(hits),
+    }
+}
+
+/// Looks `query` up among `items` (see [`pick`]), for a resolver that lists its containers:
+/// the one that matches becomes a [`Lookup::Found`] (by name or full ID) or
+/// [`Lookup::Prefix`] through `target` (which finds its process, or says it is not running);
+/// none gives every item as a `candidate`, several are [`ResolveError::Ambiguous`].
+pub fn lookup_in<T: Named>(
+    items: &[T],
+    query: &str,
+    candidate: impl Fn(&T) -> Candidate,
+    target: impl FnOnce(&T) -> Result<Target, ResolveError>,
+) -> Result<Lookup, ResolveError> {
+    match pick(items, query) {
+        Pick::Exact(item) => Ok(Lookup::Found(target(item)?)),
+        Pick::Prefix(item) => Ok(Lookup::Prefix(target(item)?)),
+        Pick::None => Ok(Lookup::NotFound(items.iter().map(candidate).collect())),
+        Pick::Many(many) => Err(ResolveError::Ambiguous {
+            query: query.to_string(),
+            candidates: many.into_iter().map(candidate).collect(),
+        }),
     }
 }
 

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use super::docker::Docker;
 use super::state::{self, Stale};
 use super::storage::{Storage, StoredContainer};
-use super::{Candidate, Lookup, Pick, ResolveError, Resolver, Target, pick};
+use super::{Candidate, Lookup, ResolveError, Resolver, Target, lookup_in};
 
 /// Podman's default API socket for root (`podman-system-service(1)`).
 pub const SOCKET: &str = "/run/podman/podman.sock";
@@ -71,33 +71,20 @@ impl Podman {
             runtime: "podman",
             detail: None,
         };
-        let (chosen, exact) = match pick(&all, query) {
-            Pick::Exact(c) => (c, true),
-            Pick::Prefix(c) => (c, false),
-            Pick::None => return Ok(Lookup::NotFound(all.iter().map(candidate).collect())),
-            Pick::Many(many) => {
-                return Err(ResolveError::Ambiguous {
-                    query: query.to_string(),
-                    candidates: many.into_iter().map(candidate).collect(),
-                });
-            }
-        };
-        let name = chosen.names.first().cloned();
-        let pid =
-            live_pid(&self.proc_root, &chosen.run_dir).map_err(|_| ResolveError::NotRunning {
-                name: name.clone().unwrap_or_else(|| chosen.id.clone()),
-                runtime: "podman",
+        lookup_in(&all, query, candidate, |chosen| {
+            let name = chosen.names.first().cloned();
+            let pid = live_pid(&self.proc_root, &chosen.run_dir).map_err(|_| {
+                ResolveError::NotRunning {
+                    name: name.clone().unwrap_or_else(|| chosen.id.clone()),
+                    runtime: "podman",
+                }
             })?;
-        let target = Target {
-            pid,
-            runtime: "podman",
-            id: Some(chosen.id.clone()),
-            name,
-        };
-        Ok(if exact {
-            Lookup::Found(target)
-        } else {
-            Lookup::Prefix(target)
+            Ok(Target {
+                pid,
+                runtime: "podman",
+                id: Some(chosen.id.clone()),
+                name,
+            })
         })
     }
 }
