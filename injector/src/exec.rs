@@ -165,12 +165,25 @@ fn shell(interactive: bool) -> Option<Vec<OsString>> {
 /// at any moment) and closes the originals.
 pub fn install_stdio(spec: &mut ExecSpec) -> Result<(), String> {
     let stdio = std::mem::replace(&mut spec.stdio, Stdio::Installed { terminal: false });
+    dup_stdio(&stdio)?;
     let terminal = match &stdio {
+        Stdio::Pty(_) => true,
+        Stdio::Inherit { .. } => false,
+        Stdio::Installed { terminal } => *terminal,
+    };
+    drop(stdio);
+    spec.stdio = Stdio::Installed { terminal };
+    Ok(())
+}
+
+/// Duplicates `stdio`'s fds onto 0, 1 and 2 (the pty's slave onto all three, each
+/// replacement onto its own); nothing for [`Stdio::Installed`], which is there already.
+fn dup_stdio(stdio: &Stdio) -> Result<(), String> {
+    match stdio {
         Stdio::Pty(slave) => {
             for target in 0..=2 {
                 process::dup_onto(slave.as_fd(), target).map_err(|e| format!("dup2 pty: {e}"))?;
             }
-            true
         }
         Stdio::Inherit {
             stdin,
@@ -182,12 +195,9 @@ pub fn install_stdio(spec: &mut ExecSpec) -> Result<(), String> {
                     process::dup_onto(fd.as_fd(), target).map_err(|e| format!("dup2: {e}"))?;
                 }
             }
-            false
         }
-        Stdio::Installed { terminal } => *terminal,
-    };
-    drop(stdio);
-    spec.stdio = Stdio::Installed { terminal };
+        Stdio::Installed { .. } => {}
+    }
     Ok(())
 }
 
@@ -303,31 +313,13 @@ pub fn settle(spec: &ExecSpec) -> Result<(), String> {
 /// runs from the sealed copy of cartinject (see [`crate::exeseal`]).
 fn prepare(spec: &ExecSpec) -> Result<(), String> {
     process::new_session().map_err(|e| format!("setsid: {e}"))?;
-    match &spec.stdio {
-        Stdio::Pty(slave) => {
-            pty::make_controlling(slave.as_fd())
-                .map_err(|e| format!("cannot take the new pty as controlling terminal: {e}"))?;
-            for target in 0..=2 {
-                process::dup_onto(slave.as_fd(), target).map_err(|e| format!("dup2 pty: {e}"))?;
-            }
-        }
-        Stdio::Inherit {
-            stdin,
-            stdout,
-            stderr,
-        } => {
-            for (fd, target) in [(stdin, 0), (stdout, 1), (stderr, 2)] {
-                if let Some(fd) = fd {
-                    process::dup_onto(fd.as_fd(), target).map_err(|e| format!("dup2: {e}"))?;
-                }
-            }
-        }
-        Stdio::Installed { terminal: true } => {
-            pty::make_stdin_controlling()
-                .map_err(|e| format!("cannot take the new pty as controlling terminal: {e}"))?;
-        }
-        Stdio::Installed { terminal: false } => {}
-    }
+    let controlling = match &spec.stdio {
+        Stdio::Pty(slave) => pty::make_controlling(slave.as_fd()),
+        Stdio::Installed { terminal: true } => pty::make_stdin_controlling(),
+        Stdio::Inherit { .. } | Stdio::Installed { terminal: false } => Ok(()),
+    };
+    controlling.map_err(|e| format!("cannot take the new pty as controlling terminal: {e}"))?;
+    dup_stdio(&spec.stdio)?;
     signal::reset_dispositions();
     signal::set_mask(&spec.signal_mask).map_err(|e| format!("sigprocmask: {e}"))?;
     process::cloexec_from_3().map_err(|e| format!("close_range: {e}"))?;
