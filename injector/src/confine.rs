@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use crate::sys::caps;
 use crate::sys::seccomp::{self, Filter};
 use crate::sys::{Errno, process};
+use crate::userns::to_namespace;
 
 /// The target could not be looked at.
 #[derive(Debug, thiserror::Error)]
@@ -125,25 +126,6 @@ pub fn read_status(pid: i32) -> Result<Status, ConfineError> {
         detail: e.to_string(),
     })?;
     parse_status(&text).map_err(|detail| ConfineError::Status { pid, path, detail })
-}
-
-/// Maps host id `id` into a user namespace through its `uid_map`/`gid_map` text (lines
-/// `INSIDE OUTSIDE COUNT`, `user_namespaces(7)`).
-pub fn to_namespace(id: u32, map: &str) -> Option<u32> {
-    map.lines().find_map(|line| {
-        let fields: Vec<u64> = line
-            .split_whitespace()
-            .map(str::parse)
-            .collect::<Result<_, _>>()
-            .ok()?;
-        let [inside, outside, count] = fields.as_slice() else {
-            return None;
-        };
-        let id = u64::from(id);
-        (id >= *outside && id - outside < *count)
-            .then(|| u32::try_from(inside + (id - outside)).ok())
-            .flatten()
-    })
 }
 
 /// A Linux security module label to carry over.

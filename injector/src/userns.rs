@@ -77,19 +77,50 @@ impl UserNs {
     }
 }
 
-/// The host id that id 0 maps to in a `/proc/PID/uid_map` (or `gid_map`) text: lines of
-/// `INSIDE OUTSIDE COUNT` (`user_namespaces(7)`).
-pub fn host_id_of_root(map: &str) -> Option<u32> {
-    map.lines().find_map(|line| {
+/// One line of a `/proc/PID/uid_map` (or `gid_map`): `count` ids from `inside` in the
+/// namespace are the ids from `outside` in its parent (`user_namespaces(7)`).
+struct IdRange {
+    inside: u64,
+    outside: u64,
+    count: u64,
+}
+
+/// The lines of a `uid_map` or `gid_map` text, `INSIDE OUTSIDE COUNT`; lines that are not
+/// three numbers are passed over.
+fn id_ranges(map: &str) -> impl Iterator<Item = IdRange> + '_ {
+    map.lines().filter_map(|line| {
         let fields: Vec<u64> = line
             .split_whitespace()
             .map(str::parse)
             .collect::<Result<_, _>>()
             .ok()?;
-        match fields.as_slice() {
-            [inside, outside, count] if *inside == 0 && *count > 0 => u32::try_from(*outside).ok(),
-            _ => None,
-        }
+        let [inside, outside, count] = fields.as_slice() else {
+            return None;
+        };
+        Some(IdRange {
+            inside: *inside,
+            outside: *outside,
+            count: *count,
+        })
+    })
+}
+
+/// The host id that id 0 maps to in a `/proc/PID/uid_map` (or `gid_map`) text.
+pub fn host_id_of_root(map: &str) -> Option<u32> {
+    id_ranges(map).find_map(|r| {
+        (r.inside == 0 && r.count > 0)
+            .then(|| u32::try_from(r.outside).ok())
+            .flatten()
+    })
+}
+
+/// Maps host id `id` into a user namespace through its `uid_map`/`gid_map` text.
+pub fn to_namespace(id: u32, map: &str) -> Option<u32> {
+    let id = u64::from(id);
+    id_ranges(map).find_map(|r| {
+        (id >= r.outside && id - r.outside < r.count)
+            .then(|| u32::try_from(r.inside + (id - r.outside)).ok())
+            .flatten()
     })
 }
 
