@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::loopdev::{self, LOOP_MAJOR};
+use crate::loopdev;
 use crate::mountinfo;
 use crate::place::{MOUNT_POINT, SESSION_DEV_SOURCE};
 use crate::target::cgroup;
@@ -89,14 +89,7 @@ pub fn scan(proc_root: &Path, sys_root: &Path) -> Vec<Placement> {
         if is_session {
             session_mnts.push(mnt);
         }
-        let image = (top.major == LOOP_MAJOR)
-            .then(|| loopdev::backing_file(sys_root, top.major, top.minor))
-            .flatten();
-        let device = if top.major == LOOP_MAJOR {
-            format!("/dev/loop{}", top.minor)
-        } else {
-            top.source.clone()
-        };
+        let (device, image) = loopdev::device_of(sys_root, top);
         found.push(Placement {
             kind: if is_session { "session" } else { "mount" },
             target_pid: pid,

@@ -12,6 +12,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::mountinfo::MountEntry;
 use crate::sys::Errno;
 use crate::sys::loopdev::{self, LO_FLAGS_AUTOCLEAR, LO_FLAGS_READ_ONLY};
 
@@ -234,6 +235,19 @@ pub fn backing_file(sys_root: &Path, major: u32, minor: u32) -> Option<PathBuf> 
     let text = std::fs::read_to_string(path).ok()?;
     let text = text.trim_end_matches('\n');
     (!text.is_empty()).then(|| PathBuf::from(text))
+}
+
+/// The device `mount` is of, as users know it (`/dev/loopN` for a loop device, else the
+/// mount's source), and for a loop device the image file behind it ([`backing_file`]).
+pub fn device_of(sys_root: &Path, mount: &MountEntry) -> (String, Option<PathBuf>) {
+    if mount.major == LOOP_MAJOR {
+        (
+            format!("/dev/loop{}", mount.minor),
+            backing_file(sys_root, mount.major, mount.minor),
+        )
+    } else {
+        (mount.source.clone(), None)
+    }
 }
 
 #[cfg(test)]

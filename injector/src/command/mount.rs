@@ -10,7 +10,7 @@ use anyhow::Context;
 use crate::child::{self, Child, EXIT_FAILURE};
 use crate::image::Image;
 use crate::join::Joiner;
-use crate::loopdev::{self, LOOP_MAJOR};
+use crate::loopdev;
 use crate::mount::ImageMount;
 use crate::mountinfo;
 use crate::place::{self, HostRoot, MOUNT_POINT, MountPlacement};
@@ -22,21 +22,15 @@ use crate::userns::UserNs;
 /// The note the child sends when it covered a read-only `/dev`.
 const COVERED: &str = "covered /dev";
 
-/// What is mounted at `/dev/crashcart` in process `pid`'s namespace: (device, image file).
+/// What is mounted at `/dev/crashcart` in process `pid`'s namespace: (device, image file,
+/// filesystem type).
 pub fn current(pid: i32) -> anyhow::Result<Option<(String, Option<PathBuf>, String)>> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
         .with_context(|| format!("failed to read /proc/{pid}/mountinfo"))?;
     let entries = mountinfo::parse(&text);
     Ok(mountinfo::at(&entries, MOUNT_POINT).last().map(|top| {
-        if top.major == LOOP_MAJOR {
-            (
-                format!("/dev/loop{}", top.minor),
-                loopdev::backing_file(Path::new("/sys"), top.major, top.minor),
-                top.fstype.clone(),
-            )
-        } else {
-            (top.source.clone(), None, top.fstype.clone())
-        }
+        let (device, image) = loopdev::device_of(Path::new("/sys"), top);
+        (device, image, top.fstype.clone())
     }))
 }
 
