@@ -12,7 +12,7 @@ use crate::image::Image;
 use crate::join::Joiner;
 use crate::loopdev;
 use crate::mount::ImageMount;
-use crate::mountinfo;
+use crate::mountinfo::{self, MountEntry};
 use crate::place::{self, HostRoot, MOUNT_POINT, MountPlacement};
 use crate::session::{ExitWith, pin_target};
 use crate::sys::ns::Namespace;
@@ -22,16 +22,24 @@ use crate::userns::UserNs;
 /// The note the child sends when it covered a read-only `/dev`.
 const COVERED: &str = "covered /dev";
 
-/// What is mounted at `/dev/crashcart` in process `pid`'s namespace: (device, image file,
-/// filesystem type).
-pub fn current(pid: i32) -> anyhow::Result<Option<(String, Option<PathBuf>, String)>> {
+/// The mounts of process `pid`'s mount namespace (`/proc/PID/mountinfo`).
+pub fn mounts_of(pid: i32) -> anyhow::Result<Vec<MountEntry>> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
         .with_context(|| format!("failed to read /proc/{pid}/mountinfo"))?;
-    let entries = mountinfo::parse(&text);
-    Ok(mountinfo::at(&entries, MOUNT_POINT).last().map(|top| {
+    Ok(mountinfo::parse(&text))
+}
+
+/// What is mounted at `/dev/crashcart` among `mounts`: (device, image file, filesystem type).
+pub fn at_mount_point(mounts: &[MountEntry]) -> Option<(String, Option<PathBuf>, String)> {
+    mountinfo::at(mounts, MOUNT_POINT).last().map(|top| {
         let (device, image) = loopdev::device_of(Path::new("/sys"), top);
         (device, image, top.fstype.clone())
-    }))
+    })
+}
+
+/// What is mounted at `/dev/crashcart` in process `pid`'s namespace (see [`at_mount_point`]).
+pub fn current(pid: i32) -> anyhow::Result<Option<(String, Option<PathBuf>, String)>> {
+    Ok(at_mount_point(&mounts_of(pid)?))
 }
 
 /// Runs `-m`.

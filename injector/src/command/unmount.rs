@@ -5,9 +5,8 @@ use std::path::Path;
 use anyhow::Context;
 
 use crate::child::{self, Child, EXIT_FAILURE};
-use crate::command::mount::current;
+use crate::command::mount::{at_mount_point, mounts_of};
 use crate::join::Joiner;
-use crate::mountinfo;
 use crate::place::{self, MOUNT_POINT};
 use crate::session::{ExitWith, pin_target};
 use crate::sys::ns::Namespace;
@@ -16,7 +15,8 @@ use crate::sys::process;
 /// Runs `-u`.
 pub fn run(target_arg: &str, legacy: bool) -> anyhow::Result<i32> {
     let (target, pin) = pin_target(target_arg, legacy)?;
-    let mounted = current(target.pid)?;
+    let mounts = mounts_of(target.pid)?;
+    let mounted = at_mount_point(&mounts);
     let leftover_dir = Path::new(&format!("/proc/{}/root{MOUNT_POINT}", target.pid)).is_dir();
     if let Some((device, _, fstype)) = &mounted {
         if !device.starts_with("/dev/loop") {
@@ -29,9 +29,7 @@ pub fn run(target_arg: &str, legacy: bool) -> anyhow::Result<i32> {
         return Ok(0);
     }
     // A read-only /dev that -m covered: the cover goes, and everything with it.
-    let mountinfo = std::fs::read_to_string(format!("/proc/{}/mountinfo", target.pid))
-        .with_context(|| format!("failed to read /proc/{}/mountinfo", target.pid))?;
-    let covered = place::has_cover(&mountinfo::parse(&mountinfo));
+    let covered = place::has_cover(&mounts);
     let mut joiner = Joiner::plan(&pin, &[Namespace::Mnt])?;
     let child = Child::spawn(move |reporter| {
         let result = (|| -> Result<(usize, bool), String> {
