@@ -38,7 +38,7 @@ use crate::toolchain::Toolchain;
 pub const LOG_TAIL: usize = 40;
 
 /// The mount point the image is used at; `$PREFIX` in scripts.
-pub const MOUNT_POINT: &str = "/dev/crashcart";
+pub const MOUNT_POINT: &str = cartimage::manifest::MOUNT_POINT;
 
 /// The `PATH` scripts run with.
 pub const SCRIPT_PATH: &str = "/usr/bin:/bin:/usr/sbin:/sbin";

@@ -26,8 +26,8 @@ use crate::mount::ImageMount;
 use crate::sys::process;
 use crate::sys::{Errno, mount, mount_api, ns};
 
-/// Where the image appears inside the target.
-pub const MOUNT_POINT: &str = "/dev/crashcart";
+/// Where the image appears inside the target: the mount point every image is laid out for.
+pub const MOUNT_POINT: &str = cartimage::manifest::MOUNT_POINT;
 /// The source name of a session's `/dev` tmpfs, which `--list` recognises sessions by.
 pub const SESSION_DEV_SOURCE: &str = "cartinject-session";
 /// The source name of the tmpfs with which `-m` covers a read-only `/dev`, which `-u`
