@@ -320,8 +320,9 @@ pub fn build(args: BuildArgs) -> anyhow::Result<PathBuf> {
     })
     .context("failed to write the SBOM")?;
 
-    let mut image = match args.format {
-        FormatArg::Ext4 => filesystem,
+    // The bare image is the filesystem, hashed already; a disk is hashed once written.
+    let (image, sha, size) = match args.format {
+        FormatArg::Ext4 => (filesystem, fs_sha256, fs_size),
         FormatArg::Gpt => {
             let mut disk_file = Pending::create(&output).context("failed to write the disk")?;
             let meta = MetaFiles::new(&manifest.to_json(), &sbom, &bare_name(&plan), &fs_sha256);
@@ -341,10 +342,10 @@ pub fn build(args: BuildArgs) -> anyhow::Result<PathBuf> {
                 &output,
             )
             .context("failed to write the disk")?;
-            disk_file
+            let (sha, size) = disk_file.sha256().context("failed to write the image")?;
+            (disk_file, sha, size)
         }
     };
-    let (sha, size) = image.sha256().context("failed to write the image")?;
     let mut outputs = Outputs::new();
     for file in describe::sidecars(&output, &sha, size, &manifest, &sbom)
         .context("failed to describe the image")?
