@@ -388,12 +388,7 @@ pub fn check_written(
 
 /// `file 0755 1234 bytes sha256 ab12…` for messages.
 pub fn summary(f: &FileEntry) -> String {
-    let kind = match f.kind {
-        FileKind::File => "file",
-        FileKind::Dir => "directory",
-        FileKind::Symlink => "symlink",
-    };
-    let mut s = format!("{kind} {:04o} {} bytes", f.mode, f.size);
+    let mut s = format!("{} {:04o} {} bytes", f.kind.name(), f.mode, f.size);
     if let Some(h) = &f.sha256 {
         s.push_str(&format!(" sha256 {}", &h[..h.len().min(12)]));
     }

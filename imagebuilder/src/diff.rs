@@ -163,14 +163,9 @@ fn package_changes(old: &Package, new: &Package) -> Vec<String> {
 }
 
 fn file_changes(old: &FileEntry, new: &FileEntry) -> Vec<String> {
-    let kind = |k: FileKind| match k {
-        FileKind::File => "file",
-        FileKind::Dir => "directory",
-        FileKind::Symlink => "symlink",
-    };
     let mut what = Vec::new();
     if old.kind != new.kind {
-        what.push(format!("{} -> {}", kind(old.kind), kind(new.kind)));
+        what.push(format!("{} -> {}", old.kind.name(), new.kind.name()));
         return what;
     }
     if old.sha256 != new.sha256 || old.size != new.size && new.kind == FileKind::File {

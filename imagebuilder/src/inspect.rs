@@ -491,17 +491,12 @@ fn display_dir(dir: &str) -> String {
 
 /// What differs between the manifest's entry and the image's, if anything.
 pub fn differs(want: &FileEntry, got: &FileEntry) -> Option<String> {
-    let kind = |k: FileKind| match k {
-        FileKind::File => "a file",
-        FileKind::Dir => "a directory",
-        FileKind::Symlink => "a symlink",
-    };
     let mut what = Vec::new();
     if want.kind != got.kind {
         what.push(format!(
-            "is {} but the manifest says {}",
-            kind(got.kind),
-            kind(want.kind)
+            "is a {} but the manifest says a {}",
+            got.kind.name(),
+            want.kind.name()
         ));
         return Some(what.join("; "));
     }

@@ -134,6 +134,17 @@ pub enum FileKind {
     Symlink,
 }
 
+impl FileKind {
+    /// `file`, `directory` or `symlink`, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            FileKind::File => "file",
+            FileKind::Dir => "directory",
+            FileKind::Symlink => "symlink",
+        }
+    }
+}
+
 /// One entry of the image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
