@@ -199,16 +199,48 @@ fn file_changes(old: &FileEntry, new: &FileEntry) -> Vec<String> {
     what
 }
 
-/// Merges two maps sorted by key into (key, old, new) triples.
-fn pair<'a, T>(
+/// A package or file that differs between the two manifests.
+struct Differing<'a, T> {
+    key: &'a str,
+    old: Option<&'a T>,
+    new: Option<&'a T>,
+    change: Change,
+    what: Vec<String>,
+}
+
+/// Merges two maps into what differs, by key: what only one has is added or removed; what
+/// both have is changed when `changes` finds anything, and left out when it does not.
+fn differing<'a, T>(
     old: BTreeMap<&'a str, &'a T>,
     new: BTreeMap<&'a str, &'a T>,
-) -> Vec<(&'a str, Option<&'a T>, Option<&'a T>)> {
+    changes: impl Fn(&T, &T) -> Vec<String>,
+) -> Vec<Differing<'a, T>> {
     let mut keys: Vec<&str> = old.keys().chain(new.keys()).copied().collect();
     keys.sort_unstable();
     keys.dedup();
     keys.into_iter()
-        .map(|k| (k, old.get(k).copied(), new.get(k).copied()))
+        .filter_map(|key| {
+            let (o, n) = (old.get(key).copied(), new.get(key).copied());
+            let (change, what) = match (o, n) {
+                (None, Some(_)) => (Change::Added, Vec::new()),
+                (Some(_), None) => (Change::Removed, Vec::new()),
+                (Some(o), Some(n)) => {
+                    let what = changes(o, n);
+                    if what.is_empty() {
+                        return None;
+                    }
+                    (Change::Changed, what)
+                }
+                (None, None) => return None,
+            };
+            Some(Differing {
+                key,
+                old: o,
+                new: n,
+                change,
+                what,
+            })
+        })
         .collect()
 }
 
@@ -247,49 +279,28 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Diff {
         ));
     }
 
-    let mut packages = Vec::new();
-    for (name, o, n) in pair(packages_by_name(old), packages_by_name(new)) {
-        let (change, what) = match (o, n) {
-            (None, Some(_)) => (Change::Added, Vec::new()),
-            (Some(_), None) => (Change::Removed, Vec::new()),
-            (Some(o), Some(n)) => {
-                let what = package_changes(o, n);
-                if what.is_empty() {
-                    continue;
-                }
-                (Change::Changed, what)
-            }
-            (None, None) => continue,
-        };
-        packages.push(PackageChange {
-            name: name.to_string(),
-            change,
-            old_version: o.map(|p| p.version.clone()),
-            new_version: n.map(|p| p.version.clone()),
-            what,
-        });
-    }
-
-    let mut files = Vec::new();
-    for (path, o, n) in pair(files_by_path(old), files_by_path(new)) {
-        let (change, what) = match (o, n) {
-            (None, Some(_)) => (Change::Added, Vec::new()),
-            (Some(_), None) => (Change::Removed, Vec::new()),
-            (Some(o), Some(n)) => {
-                let what = file_changes(o, n);
-                if what.is_empty() {
-                    continue;
-                }
-                (Change::Changed, what)
-            }
-            (None, None) => continue,
-        };
-        files.push(FileChange {
-            path: path.to_string(),
-            change,
-            what,
-        });
-    }
+    let packages = differing(
+        packages_by_name(old),
+        packages_by_name(new),
+        package_changes,
+    )
+    .into_iter()
+    .map(|d| PackageChange {
+        name: d.key.to_string(),
+        change: d.change,
+        old_version: d.old.map(|p| p.version.clone()),
+        new_version: d.new.map(|p| p.version.clone()),
+        what: d.what,
+    })
+    .collect();
+    let files = differing(files_by_path(old), files_by_path(new), file_changes)
+        .into_iter()
+        .map(|d| FileChange {
+            path: d.key.to_string(),
+            change: d.change,
+            what: d.what,
+        })
+        .collect();
     Diff {
         image,
         packages,
