@@ -96,21 +96,16 @@ pub struct Hashes {
 
 /// sha256 and SHA-1 (both hex) of everything `reader` yields.
 fn hash_both(
-    mut reader: impl Read,
+    reader: impl Read,
     progress: &mut dyn FnMut(u64),
 ) -> std::io::Result<(String, String)> {
     let mut sha256 = Sha256::new();
     let mut sha1 = Sha1::new();
-    let mut buf = vec![0u8; 256 << 10];
-    loop {
-        let n = reader.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        sha256.update(&buf[..n]);
-        sha1.update(&buf[..n]);
-        progress(u64::try_from(n).unwrap_or(u64::MAX));
-    }
+    manifest::read_chunks(reader, 256 << 10, |chunk| {
+        sha256.update(chunk);
+        sha1.update(chunk);
+        progress(u64::try_from(chunk.len()).unwrap_or(u64::MAX));
+    })?;
     Ok((hex::encode(sha256.finalize()), hex::encode(sha1.finalize())))
 }
 

@@ -15,7 +15,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -322,25 +321,16 @@ impl Image {
                 .map_err(|e| format!("cannot read the link target: {e}"))?;
             entry.target = Some(String::from_utf8_lossy(target.as_ref()).into_owned());
         } else if ft.is_regular_file() {
-            let mut f = self
+            let f = self
                 .fs
                 .open(abs.as_str())
                 .map_err(|e| format!("cannot open: {e}"))?;
             let mut h = Sha256::new();
-            let mut buf = vec![0u8; 256 << 10];
-            let mut read = 0u64;
-            loop {
-                let n = f
-                    .read(&mut buf)
-                    .map_err(|e| format!("cannot read its data: {e}"))?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-                let n = u64::try_from(n).unwrap_or(u64::MAX);
-                read += n;
-                progress(n);
-            }
+            let read = manifest::read_chunks(f, 256 << 10, |chunk| {
+                h.update(chunk);
+                progress(u64::try_from(chunk.len()).unwrap_or(u64::MAX));
+            })
+            .map_err(|e| format!("cannot read its data: {e}"))?;
             if read != entry.size {
                 return Err(format!(
                     "its inode says {} bytes but {read} could be read",

@@ -10,10 +10,11 @@
 //! one, never a mix.
 
 use std::fs::{self, File};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use cartimage::manifest;
 use sha2::{Digest, Sha256};
 
 /// Why an output could not be written.
@@ -93,16 +94,8 @@ impl Pending {
         let file = self.tmp.as_file_mut();
         file.seek(SeekFrom::Start(0)).map_err(io_error(&path))?;
         let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut len = 0u64;
-        loop {
-            let n = file.read(&mut buf).map_err(io_error(&path))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            len += u64::try_from(n).unwrap_or(u64::MAX);
-        }
+        let len = manifest::read_chunks(file, 1 << 20, |chunk| h.update(chunk))
+            .map_err(io_error(&path))?;
         Ok((hex::encode(h.finalize()), len))
     }
 

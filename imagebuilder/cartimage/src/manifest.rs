@@ -230,17 +230,30 @@ pub fn sidecar(image: &Path, suffix: &str) -> PathBuf {
     image.with_file_name(name)
 }
 
-/// sha256 of everything `reader` yields, as lower-case hex, read through a fixed buffer.
-pub fn sha256_reader(mut reader: impl Read) -> io::Result<String> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
+/// Reads `reader` to its end through a fixed buffer of `buf_len` bytes, handing every chunk
+/// to `chunk` (to hash it); returns how many bytes were read.
+pub fn read_chunks(
+    mut reader: impl Read,
+    buf_len: usize,
+    mut chunk: impl FnMut(&[u8]),
+) -> io::Result<u64> {
+    let mut buf = vec![0u8; buf_len];
+    let mut len = 0u64;
     loop {
         let n = reader.read(&mut buf)?;
         if n == 0 {
             break;
         }
-        hasher.update(&buf[..n]);
+        chunk(&buf[..n]);
+        len += u64::try_from(n).unwrap_or(u64::MAX);
     }
+    Ok(len)
+}
+
+/// sha256 of everything `reader` yields, as lower-case hex, read through a fixed buffer.
+pub fn sha256_reader(reader: impl Read) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    read_chunks(reader, 1 << 16, |chunk| hasher.update(chunk))?;
     Ok(hex::encode(hasher.finalize()))
 }
 
