@@ -196,55 +196,37 @@ pub fn manifest(
         let mode = u32::from(e.meta.mode);
         let package = owners.get(e.path.as_path()).map(|p| p.to_string());
         let entry = match e.kind {
-            EntryKind::Dir => FileEntry {
-                path,
-                kind: FileKind::Dir,
-                mode,
-                size: 0,
-                sha256: None,
-                target: None,
-                package: None,
-                link: None,
-            },
-            EntryKind::File(data)
-                if let Some(&first) = first_name.get(&std::ptr::from_ref(data)) =>
-            {
-                let shared: &FileEntry = &files[first];
-                let sha1 = hashes.sha1.get(&shared.path).cloned().unwrap_or_default();
-                hashes.sha1.insert(path.clone(), sha1);
-                FileEntry {
-                    path,
-                    kind: FileKind::File,
-                    mode,
-                    size: data.len(),
-                    sha256: shared.sha256.clone(),
-                    target: None,
-                    package,
-                    link: Some(shared.path.clone()),
-                }
-            }
+            EntryKind::Dir => FileEntry::dir(path, mode),
             EntryKind::File(data) => {
-                first_name.insert(std::ptr::from_ref(data), files.len());
-                let io = |source| DescribeError::Io {
-                    path: staged.join(&e.path),
-                    source,
+                let node = std::ptr::from_ref(data);
+                let (sha256, sha1, link) = if let Some(&first) = first_name.get(&node) {
+                    let shared: &FileEntry = &files[first];
+                    let sha1 = hashes.sha1.get(&shared.path).cloned().unwrap_or_default();
+                    (shared.sha256.clone(), sha1, Some(shared.path.clone()))
+                } else {
+                    first_name.insert(node, files.len());
+                    let io = |source| DescribeError::Io {
+                        path: staged.join(&e.path),
+                        source,
+                    };
+                    let reader = data.reader().map_err(io)?;
+                    let (sha256, sha1) = hash_both(reader, &mut |n| {
+                        done += n;
+                        progress(done, total);
+                    })
+                    .map_err(io)?;
+                    (Some(sha256), sha1, None)
                 };
-                let reader = data.reader().map_err(io)?;
-                let (sha256, sha1) = hash_both(reader, &mut |n| {
-                    done += n;
-                    progress(done, total);
-                })
-                .map_err(io)?;
                 hashes.sha1.insert(path.clone(), sha1);
                 FileEntry {
                     path,
                     kind: FileKind::File,
                     mode,
                     size: data.len(),
-                    sha256: Some(sha256),
+                    sha256,
                     target: None,
                     package,
-                    link: None,
+                    link,
                 }
             }
             EntryKind::Symlink(target) => FileEntry {
@@ -260,16 +242,7 @@ pub fn manifest(
         };
         files.push(entry);
     }
-    files.push(FileEntry {
-        path: MANIFEST_DIR.to_string(),
-        kind: FileKind::Dir,
-        mode: 0o755,
-        size: 0,
-        sha256: None,
-        target: None,
-        package: None,
-        link: None,
-    });
+    files.push(FileEntry::dir(MANIFEST_DIR, 0o755));
     files.sort_by(|a, b| a.path.cmp(&b.path));
     let manifest = Manifest {
         schema: SCHEMA,

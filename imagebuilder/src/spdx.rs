@@ -497,16 +497,7 @@ mod tests {
                 ),
             ],
             files: vec![
-                FileEntry {
-                    path: "bin".into(),
-                    kind: FileKind::Dir,
-                    mode: 0o755,
-                    size: 0,
-                    sha256: None,
-                    target: None,
-                    package: None,
-                    link: None,
-                },
+                FileEntry::dir("bin", 0o755),
                 FileEntry {
                     path: "bin/t".into(),
                     kind: FileKind::File,

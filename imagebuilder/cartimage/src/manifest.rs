@@ -174,6 +174,22 @@ pub struct FileEntry {
     pub link: Option<String>,
 }
 
+impl FileEntry {
+    /// A directory at `path` with permission bits `mode` (size 0, no package).
+    pub fn dir(path: impl Into<String>, mode: u32) -> FileEntry {
+        FileEntry {
+            path: path.into(),
+            kind: FileKind::Dir,
+            mode,
+            size: 0,
+            sha256: None,
+            target: None,
+            package: None,
+            link: None,
+        }
+    }
+}
+
 impl Manifest {
     /// Parses a manifest from JSON bytes; `path` names the source in errors.
     pub fn from_slice(bytes: &[u8], path: &Path) -> Result<Manifest, Error> {
@@ -321,16 +337,7 @@ mod tests {
                 depends: vec![],
             }],
             files: vec![
-                FileEntry {
-                    path: "bin".into(),
-                    kind: FileKind::Dir,
-                    mode: 0o755,
-                    size: 0,
-                    sha256: None,
-                    target: None,
-                    package: None,
-                    link: None,
-                },
+                FileEntry::dir("bin", 0o755),
                 FileEntry {
                     path: "bin/strace".into(),
                     kind: FileKind::File,
