@@ -27,7 +27,8 @@ use super::extent::push_run;
 use super::format::{BLOCK_SIZE, BLOCK_SIZE_U64, Extent};
 use super::tree::FileData;
 
-/// Size of the read buffer and of the largest single write.
+/// Size of the read buffer and of the largest single write (of data or
+/// metadata).
 const CHUNK: usize = 256 << 10;
 
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
@@ -45,17 +46,72 @@ pub struct Written {
     pub blocks: u64,
 }
 
+/// Buffered writes of whole blocks, merged while they are contiguous, in
+/// writes of up to [`CHUNK`] bytes: the writer's metadata blocks, and the
+/// data blocks [`DataOut`] hands out. Blocks at or past `limit` are dropped
+/// (the image is too small and the caller is about to say so, with how much
+/// it would have needed).
+pub struct BlockOut<'f> {
+    out: &'f File,
+    limit: u64,
+    start: u64,
+    buf: Vec<u8>,
+}
+
+impl<'f> BlockOut<'f> {
+    /// Writes into `out`, only blocks below `limit`.
+    pub fn new(out: &'f File, limit: u64) -> BlockOut<'f> {
+        BlockOut {
+            out,
+            limit,
+            start: 0,
+            buf: Vec::with_capacity(CHUNK),
+        }
+    }
+
+    /// Queues `bytes` (at most a block; zero-padded) for block `block`.
+    pub fn put(&mut self, block: u64, bytes: &[u8]) -> Result<()> {
+        if block >= self.limit {
+            return Ok(());
+        }
+        let queued = u64::try_from(self.buf.len()).unwrap_or(u64::MAX) / BLOCK_SIZE_U64;
+        if !self.buf.is_empty() && block != self.start + queued {
+            self.flush()?;
+        }
+        if self.buf.is_empty() {
+            self.start = block;
+        }
+        self.buf.extend_from_slice(bytes);
+        self.buf.resize(
+            self.buf.len() + (BLOCK_SIZE - bytes.len() % BLOCK_SIZE) % BLOCK_SIZE,
+            0,
+        );
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes out whatever is queued.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let offset = self.start * BLOCK_SIZE_U64;
+        self.out
+            .write_all_at(&self.buf, offset)
+            .map_err(|source| Error::Write { offset, source })?;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
 /// The data-block cursor and its write buffer.
 pub struct DataOut<'f> {
-    out: &'f File,
-    /// Next block to hand out.
+    /// Next block to hand out. Blocks from the buffer's limit on are counted
+    /// but not written.
     next: u64,
-    /// Blocks from here on are counted but not written: the image is too
-    /// small, and the caller reports how much it would have needed.
-    limit: u64,
-    /// Contents of blocks `pending_start..` not yet written.
-    pending: Vec<u8>,
-    pending_start: u64,
+    blocks: BlockOut<'f>,
     read_buf: Vec<u8>,
 }
 
@@ -64,18 +120,15 @@ impl<'f> DataOut<'f> {
     /// those below `limit`.
     pub fn new(out: &'f File, first_block: u64, limit: u64) -> DataOut<'f> {
         DataOut {
-            out,
             next: first_block,
-            limit,
-            pending: Vec::with_capacity(CHUNK),
-            pending_start: first_block,
+            blocks: BlockOut::new(out, limit),
             read_buf: vec![0; CHUNK],
         }
     }
 
     /// Writes out whatever is buffered; returns the first block not handed out.
     pub fn finish(mut self) -> Result<u64> {
-        self.flush()?;
+        self.blocks.flush()?;
         Ok(self.next)
     }
 
@@ -158,35 +211,13 @@ impl<'f> DataOut<'f> {
         Ok(())
     }
 
-    /// Hands out the next block for `block`'s bytes.
+    /// Hands out the next block for `block`'s bytes (never empty: a short
+    /// last block of a file is padded with zeros).
     fn allocate(&mut self, block: &[u8]) -> Result<u64> {
         let at = self.next;
-        if at < self.limit {
-            if self.pending.is_empty() {
-                self.pending_start = at;
-            }
-            self.pending.extend_from_slice(block);
-            // A short last block of a file is padded with zeros.
-            self.pending
-                .resize(self.pending.len() + (BLOCK_SIZE - block.len()), 0);
-            if self.pending.len() >= CHUNK {
-                self.flush()?;
-            }
-        }
+        self.blocks.put(at, block)?;
         self.next += 1;
         Ok(at)
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let offset = self.pending_start * BLOCK_SIZE_U64;
-        self.out
-            .write_all_at(&self.pending, offset)
-            .map_err(|source| Error::Write { offset, source })?;
-        self.pending.clear();
-        Ok(())
     }
 }
 

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::bitmap::{self, BITS_PER_BLOCK};
-use super::data::{DataOut, Written};
+use super::data::{BlockOut, DataOut, Written};
 use super::dirent::{self, DirEntry};
 use super::error::{Error, Result};
 use super::extent::{self, ExtentTree};
@@ -47,9 +47,6 @@ use super::tree::{FileData, Meta, NodeId, NodeKind, Tree};
 /// Free space [`ImageSize::default`] leaves on top of the content: 64 KiB.
 /// The image is read-only, so free space only serves tools that expect some.
 pub const DEFAULT_FREE: u64 = 64 * 1024;
-
-/// Largest writes of metadata.
-const CHUNK: usize = 256 << 10;
 
 /// `s_log_groups_per_flex`: 16 groups per flex group, mke2fs's default. With
 /// all metadata at one place it only guides the kernel's allocator, which
@@ -1071,60 +1068,4 @@ fn content_digest(report: &Report, opts: &Options, purpose: &[u8]) -> [u8; 32] {
         );
     }
     h.finalize().into()
-}
-
-/// Buffered writes of whole metadata blocks, merged while they are
-/// contiguous. Blocks at or past `limit` are dropped (the image is too small
-/// and the caller is about to say so).
-struct BlockOut<'f> {
-    out: &'f File,
-    limit: u64,
-    start: u64,
-    buf: Vec<u8>,
-}
-
-impl<'f> BlockOut<'f> {
-    fn new(out: &'f File, limit: u64) -> BlockOut<'f> {
-        BlockOut {
-            out,
-            limit,
-            start: 0,
-            buf: Vec::with_capacity(CHUNK),
-        }
-    }
-
-    /// Queues `bytes` (at most a block; zero-padded) for block `block`.
-    fn put(&mut self, block: u64, bytes: &[u8]) -> Result<()> {
-        if block >= self.limit {
-            return Ok(());
-        }
-        let queued = u64::try_from(self.buf.len()).unwrap_or(u64::MAX) / BLOCK_SIZE_U64;
-        if !self.buf.is_empty() && block != self.start + queued {
-            self.flush()?;
-        }
-        if self.buf.is_empty() {
-            self.start = block;
-        }
-        self.buf.extend_from_slice(bytes);
-        self.buf.resize(
-            self.buf.len() + (BLOCK_SIZE - bytes.len() % BLOCK_SIZE) % BLOCK_SIZE,
-            0,
-        );
-        if self.buf.len() >= CHUNK {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let offset = self.start * BLOCK_SIZE_U64;
-        self.out
-            .write_all_at(&self.buf, offset)
-            .map_err(|source| Error::Write { offset, source })?;
-        self.buf.clear();
-        Ok(())
-    }
 }
