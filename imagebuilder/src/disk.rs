@@ -545,6 +545,17 @@ pub fn read_meta(file: &File, path: &Path) -> Result<ReadMeta, DiskError> {
 mod tests {
     use super::*;
 
+    /// A new, empty file at `path`, open for reading and writing.
+    fn scratch(path: &Path) -> File {
+        File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .unwrap()
+    }
+
     #[test]
     fn layout_aligns_partitions_and_leaves_room_for_the_backup_gpt() {
         let l = Layout::new(5 * 4096, 1 << 20);
@@ -560,13 +571,7 @@ mod tests {
     fn large_descriptions_get_a_larger_fat() {
         let dir = tempfile::tempdir().unwrap();
         let fs_path = dir.path().join("fs.img");
-        let mut fs = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&fs_path)
-            .unwrap();
+        let mut fs = scratch(&fs_path);
         crate::ext4::write_image(
             &crate::ext4::Tree::new(),
             &mut fs,
@@ -578,13 +583,7 @@ mod tests {
         let big = "x".repeat(9 << 20);
         let meta = MetaFiles::new(&big, &big, "t-1.img", &"b".repeat(64));
         let path = dir.path().join("d.img");
-        let mut out = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
+        let mut out = scratch(&path);
         let layout = write_disk(&fs, fs_len, &"b".repeat(64), &meta, 0, &mut out, &path).unwrap();
         assert!(layout.meta_size >= 18 << 20, "{layout:?}");
         let read = read_meta(&out, &path).unwrap();
@@ -608,13 +607,7 @@ mod tests {
         let data = crate::ext4::FileData::Bytes(vec![7; 100_000]);
         tree.add_file("f", crate::ext4::Meta::root(0o644), data)
             .unwrap();
-        let mut fs = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&fs_path)
-            .unwrap();
+        let mut fs = scratch(&fs_path);
         crate::ext4::write_image(&tree, &mut fs, &crate::ext4::Options::default()).unwrap();
         let fs_bytes = std::fs::read(&fs_path).unwrap();
         let fs_len = u64::try_from(fs_bytes.len()).unwrap();
@@ -622,13 +615,7 @@ mod tests {
         let mut digests = Vec::new();
         for name in ["a.disk", "b.disk"] {
             let path = dir.path().join(name);
-            let mut out = File::options()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
-                .unwrap();
+            let mut out = scratch(&path);
             let layout =
                 write_disk(&fs, fs_len, &"a".repeat(64), &meta, 0, &mut out, &path).unwrap();
             assert_eq!(layout.disk_size, out.metadata().unwrap().len());
