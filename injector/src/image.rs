@@ -67,6 +67,20 @@ pub struct MountNotes {
     pub warnings: Vec<String>,
 }
 
+impl MountNotes {
+    /// Says them on stderr: the steps with `-v` (`verbose`), the warnings always.
+    pub fn show(&self, verbose: bool) {
+        if verbose {
+            for step in &self.steps {
+                eprintln!("cartinject: {step}");
+            }
+        }
+        for warning in &self.warnings {
+            eprintln!("cartinject: warning: {warning}");
+        }
+    }
+}
+
 /// An exclusive `flock` on the image, so that concurrent cartinjects share one loop device
 /// and do not mount twice; released on drop.
 pub struct ImageLock<'a>(&'a File);

@@ -104,6 +104,15 @@ impl HostRoot {
             .map(HostRoot)
             .map_err(file_err("open host root", "/"))
     }
+
+    /// The host's root when `image` is to be mounted with `mount(2)` (legacy); none for a
+    /// detached mount, which needs no path.
+    pub fn for_mount(image: &ImageMount) -> Result<Option<HostRoot>, PlaceError> {
+        match image {
+            ImageMount::Legacy { .. } => HostRoot::open().map(Some),
+            ImageMount::Detached(_) => Ok(None),
+        }
+    }
 }
 
 /// Unshares a private copy of the current mount namespace with all propagation off.

@@ -251,14 +251,8 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
         let _lock = image.lock()?;
         image.mount(args.legacy, userns.as_ref())?
     };
-    notes.steps.iter().for_each(|n| note(n));
-    for warning in &notes.warnings {
-        eprintln!("cartinject: warning: {warning}");
-    }
-    let host_root = match image_mount {
-        ImageMount::Legacy { .. } => Some(HostRoot::open().map_err(|e| anyhow::anyhow!("{e}"))?),
-        ImageMount::Detached(_) => None,
-    };
+    notes.show(verbose);
+    let host_root = HostRoot::for_mount(&image_mount).map_err(|e| anyhow::anyhow!("{e}"))?;
 
     // The closure owns the pty slave, the pipes' write ends, the detached mount or loop
     // device: in the parent they are dropped (closed) as soon as the child is forked.

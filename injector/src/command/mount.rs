@@ -80,23 +80,12 @@ pub fn run(
     let userns = UserNs::of(&pin)?;
     let owner = userns.as_ref().map_or((0, 0), UserNs::root_ids);
     let (image_mount, notes) = image.mount(legacy, userns.as_ref())?;
-    if verbose {
-        notes
-            .steps
-            .iter()
-            .for_each(|n| eprintln!("cartinject: {n}"));
-    }
-    for warning in &notes.warnings {
-        eprintln!("cartinject: warning: {warning}");
-    }
+    notes.show(verbose);
     let device = match &image_mount {
         ImageMount::Detached(_) => None,
         ImageMount::Legacy { device, .. } => Some(device.path().display().to_string()),
     };
-    let host_root = match image_mount {
-        ImageMount::Legacy { .. } => Some(HostRoot::open().map_err(|e| anyhow::anyhow!("{e}"))?),
-        ImageMount::Detached(_) => None,
-    };
+    let host_root = HostRoot::for_mount(&image_mount).map_err(|e| anyhow::anyhow!("{e}"))?;
     // The container's own mount namespace, to come back to from a private copy (read-only
     // /dev: see place::mount_in_place).
     let own_ns = pin.namespace_file(Namespace::Mnt)?;
