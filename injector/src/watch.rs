@@ -9,14 +9,13 @@
 //! `wait(2)` form), which its parent may reap first; else asked of Docker, which records it.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::join::Pin;
 use crate::procfs;
 use crate::sys::pidfd;
 use crate::target::Target;
-use crate::target::http;
+use crate::target::{docker, http};
 
 /// How long to wait for Docker to record the exit status.
 const DOCKER_WAIT: Duration = Duration::from_secs(3);
@@ -125,10 +124,7 @@ pub fn describe_status(status: i32) -> String {
 /// The exit status Docker recorded for container `id`, in `wait(2)` form (Docker reports
 /// 128+N for signal N, which is taken as an exit status), once it has noticed the exit.
 fn docker_exit_code(id: &str) -> Option<i32> {
-    let socket = std::env::var("DOCKER_HOST")
-        .ok()
-        .and_then(|h| h.strip_prefix("unix://").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"));
+    let socket = docker::socket();
     let deadline = Instant::now() + DOCKER_WAIT;
     while Instant::now() < deadline {
         let response = http::get(

@@ -63,14 +63,24 @@ struct State {
     pid: i32,
 }
 
+/// The API socket an environment variable names as `unix://PATH` (`DOCKER_HOST`,
+/// Podman's `CONTAINER_HOST`), else `default`.
+pub fn socket_from_env(var: &str, default: &str) -> PathBuf {
+    std::env::var(var)
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(default))
+}
+
+/// Docker's API socket: `DOCKER_HOST=unix://PATH`, else `/var/run/docker.sock`.
+pub fn socket() -> PathBuf {
+    socket_from_env("DOCKER_HOST", "/var/run/docker.sock")
+}
+
 impl Docker {
     /// The socket named by `DOCKER_HOST=unix://PATH`, else `/var/run/docker.sock`.
     pub fn from_env() -> Docker {
-        let socket = std::env::var("DOCKER_HOST")
-            .ok()
-            .and_then(|h| h.strip_prefix("unix://").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"));
-        Docker::at("docker", socket)
+        Docker::at("docker", socket())
     }
 
     /// The Engine API of `runtime` at `socket`.

@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::docker::Docker;
+use super::docker::{self, Docker};
 use super::state::{self, Stale};
 use super::storage::{Storage, StoredContainer};
 use super::{Candidate, Lookup, ResolveError, Resolver, Target, lookup_in};
@@ -46,10 +46,7 @@ impl Podman {
     /// The host's Podman: `$CONTAINER_HOST` or [`SOCKET`], the store of
     /// `/etc/containers/storage.conf`, `/proc`.
     pub fn from_host() -> Podman {
-        let socket = std::env::var("CONTAINER_HOST")
-            .ok()
-            .and_then(|h| h.strip_prefix("unix://").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from(SOCKET));
+        let socket = docker::socket_from_env("CONTAINER_HOST", SOCKET);
         Podman::new(socket, Storage::from_host(), "/proc")
     }
 
