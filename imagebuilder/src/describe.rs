@@ -392,15 +392,15 @@ pub fn sidecars(
     let sidecar = sidecar_manifest(manifest, image_sha256, image_size);
     Ok(vec![
         Pending::with_bytes(
-            &manifest::sidecar(image, ".sha256"),
+            &manifest::sidecar(image, manifest::CHECKSUM_SUFFIX),
             manifest::checksum_line(image_sha256, &name).as_bytes(),
         )?,
         Pending::with_bytes(
-            &manifest::sidecar(image, ".manifest.json"),
+            &manifest::sidecar(image, manifest::MANIFEST_SUFFIX),
             sidecar.to_json().as_bytes(),
         )?,
         Pending::with_bytes(
-            &manifest::sidecar(image, ".spdx.json"),
+            &manifest::sidecar(image, manifest::SBOM_SUFFIX),
             spdx_json.as_bytes(),
         )?,
     ])

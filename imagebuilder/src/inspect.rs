@@ -346,7 +346,7 @@ impl Image {
 
     /// `<image>.sha256` beside the image, when there is one.
     fn check_sidecar(&self, v: &mut Verified) {
-        let sum = manifest::sidecar(&self.path, ".sha256");
+        let sum = manifest::sidecar(&self.path, manifest::CHECKSUM_SUFFIX);
         if !sum.exists() {
             return;
         }

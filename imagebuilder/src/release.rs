@@ -39,9 +39,9 @@ pub const INDEX_SCHEMA: u32 = 1;
 
 /// The sidecars every build writes beside its image, in the order they are compared.
 pub const SIDECARS: [(&str, &str); 3] = [
-    (".sha256", "checksum"),
-    (".manifest.json", "manifest"),
-    (".spdx.json", "SBOM"),
+    (manifest::CHECKSUM_SUFFIX, "checksum"),
+    (manifest::MANIFEST_SUFFIX, "manifest"),
+    (manifest::SBOM_SUFFIX, "SBOM"),
 ];
 
 /// How many differing image entries a refusal names.
@@ -291,8 +291,8 @@ pub fn compare(a: &Path, b: &Path) -> Result<Option<String>, ReleaseError> {
         return Ok(None);
     }
     let mut text = files.join(", ");
-    let ma = Manifest::read(&manifest::sidecar(a, ".manifest.json"))?;
-    let mb = Manifest::read(&manifest::sidecar(b, ".manifest.json"))?;
+    let ma = Manifest::read(&manifest::sidecar(a, manifest::MANIFEST_SUFFIX))?;
+    let mb = Manifest::read(&manifest::sidecar(b, manifest::MANIFEST_SUFFIX))?;
     let d = crate::diff::diff(&ma, &mb);
     let mut entries: Vec<String> = d.image.clone();
     entries.extend(d.packages.iter().map(|p| {
@@ -357,7 +357,7 @@ pub fn describe(
             size,
         })
     };
-    let manifest_path = manifest::sidecar(image, ".manifest.json");
+    let manifest_path = manifest::sidecar(image, manifest::MANIFEST_SUFFIX);
     let m = Manifest::read(&manifest_path)?;
     let signature = signature_key_id.map(|id| SignatureRef {
         file: name_of(&signature::signature_path(image)),
@@ -368,8 +368,8 @@ pub fn describe(
         version: m.image.version.clone(),
         image: artifact(image)?,
         manifest: artifact(&manifest_path)?,
-        sbom: artifact(&manifest::sidecar(image, ".spdx.json"))?,
-        checksum: artifact(&manifest::sidecar(image, ".sha256"))?,
+        sbom: artifact(&manifest::sidecar(image, manifest::SBOM_SUFFIX))?,
+        checksum: artifact(&manifest::sidecar(image, manifest::CHECKSUM_SUFFIX))?,
         signature,
         recipe_sha256: m.recipe_sha256.clone(),
         epoch: m.epoch,

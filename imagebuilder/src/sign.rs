@@ -377,7 +377,7 @@ pub struct ImageFacts {
 /// The image's name and version: from `<image>.manifest.json` beside it, else from the
 /// manifest inside it.
 pub fn image_facts(image: &Path) -> Result<ImageFacts, SignError> {
-    let beside = manifest::sidecar(image, ".manifest.json");
+    let beside = manifest::sidecar(image, manifest::MANIFEST_SUFFIX);
     let m = if beside.exists() {
         Manifest::read(&beside).map_err(|e| SignError::NotAnImage {
             path: image.to_path_buf(),
@@ -425,7 +425,7 @@ impl<R: Read> Read for Sha256Tee<R> {
 
 /// Checks `sha256`/`size` of `image` against its `.sha256` and `.manifest.json` when present.
 pub fn check_sidecars(image: &Path, sha256: &str, size: u64) -> Result<(), SignError> {
-    let sum = manifest::sidecar(image, ".sha256");
+    let sum = manifest::sidecar(image, manifest::CHECKSUM_SUFFIX);
     if sum.exists() {
         let want = manifest::read_checksum_file(&sum).map_err(|e| SignError::Mismatch {
             image: image.to_path_buf(),
@@ -440,7 +440,7 @@ pub fn check_sidecars(image: &Path, sha256: &str, size: u64) -> Result<(), SignE
             });
         }
     }
-    let beside = manifest::sidecar(image, ".manifest.json");
+    let beside = manifest::sidecar(image, manifest::MANIFEST_SUFFIX);
     if beside.exists() {
         let m = Manifest::read(&beside).map_err(|e| SignError::Mismatch {
             image: image.to_path_buf(),

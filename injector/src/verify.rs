@@ -130,8 +130,8 @@ fn find_sidecars(path: &Path) -> Sidecars {
             p.exists().then_some(p)
         };
         Sidecars {
-            sha256: existing(".sha256"),
-            manifest: existing(".manifest.json"),
+            sha256: existing(manifest::CHECKSUM_SUFFIX),
+            manifest: existing(manifest::MANIFEST_SUFFIX),
             signature: existing(signature::SUFFIX),
         }
     };
@@ -226,8 +226,8 @@ pub fn check(path: &Path, file: &File, policy: &Policy) -> Result<Verified, Veri
         verified.notice = Some(format!(
             "image {} is not verified: there is no {} or {} beside it (cartbuild writes both)",
             path.display(),
-            name_of(&manifest::sidecar(path, ".sha256")),
-            name_of(&manifest::sidecar(path, ".manifest.json")),
+            name_of(&manifest::sidecar(path, manifest::CHECKSUM_SUFFIX)),
+            name_of(&manifest::sidecar(path, manifest::MANIFEST_SUFFIX)),
         ));
         if found.signature.is_some() {
             verified

@@ -22,6 +22,13 @@ pub const PATH_IN_IMAGE: &str = ".crashcart/manifest.json";
 /// The mount point every crashcart image is laid out for.
 pub const MOUNT_POINT: &str = "/dev/crashcart";
 
+/// The suffix of the checksum beside an image: `<image>.sha256`, in `sha256sum` format.
+pub const CHECKSUM_SUFFIX: &str = ".sha256";
+/// The suffix of the manifest beside an image: `<image>.manifest.json`.
+pub const MANIFEST_SUFFIX: &str = ".manifest.json";
+/// The suffix of the SPDX SBOM beside an image: `<image>.spdx.json`.
+pub const SBOM_SUFFIX: &str = ".spdx.json";
+
 /// Errors reading or checking a manifest or a checksum file.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
