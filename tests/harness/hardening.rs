@@ -1,18 +1,20 @@
 //! Fixtures for the hardening and crash tests (`tests/inject_hostile.rs`,
 //! `tests/inject_scale.rs`, and `tests/bench/inject_hardening.sh`, which runs them with the
-//! issue's full counts): static C fixtures, containers started with extra `docker run`
-//! options, a container whose PID 1 is the hostile program (`tests/fixtures/hostile.c`), an
-//! image with a setuid binary and device nodes, and the [`Judge`] that decides whether what
-//! the hostile program reached lies outside its container.
+//! issue's full counts): containers started with extra `docker run` options, a container
+//! whose PID 1 is the hostile program (`tests/fixtures/hostile.c`, compiled by
+//! [`static_binary`]), an image with a setuid binary and device nodes, and the [`Judge`] that
+//! decides whether what the hostile program reached lies outside its container.
 
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use super::{Container, docker_ok, hash_of, import_image, ok, require_tool, scratch, unique};
+use super::{
+    Container, docker_ok, hash_of, import_image, ok, require_tool, scratch, static_binary, unique,
+};
 
 /// A count from the environment (for the benchmark script's full runs), else `default`.
 pub fn count(var: &str, default: usize) -> usize {
@@ -20,40 +22,6 @@ pub fn count(var: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// Compiles `tests/fixtures/NAME.c` as a static binary (musl-gcc, else gcc), once per content.
-pub fn static_binary(name: &str) -> PathBuf {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _guard = LOCK
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let source = super::repo_root().join(format!("tests/fixtures/{name}.c"));
-    let text = std::fs::read(&source).unwrap_or_else(|e| panic!("read {}: {e}", source.display()));
-    let out = scratch().join(format!("{name}-{}", hash_of(&[&text])));
-    if out.is_file() {
-        return out;
-    }
-    let cc = ["musl-gcc", "gcc"]
-        .into_iter()
-        .find(|cc| {
-            Command::new("sh")
-                .arg("-c")
-                .arg(format!("command -v {cc}"))
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .expect("no C compiler: install musl-tools (tests/run does)");
-    let tmp = out.with_extension("tmp");
-    let status = Command::new(cc)
-        .args(["-static", "-O2", "-o"])
-        .arg(&tmp)
-        .arg(&source)
-        .status()
-        .expect("run the C compiler");
-    assert!(status.success(), "compiling {} failed", source.display());
-    std::fs::rename(&tmp, &out).expect("rename the compiled fixture");
-    out
 }
 
 /// Starts `image` as `cc-<test>-<pid>` with `--network none` and the extra `docker run`

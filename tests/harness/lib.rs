@@ -16,7 +16,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub mod hardening;
@@ -222,27 +222,45 @@ pub fn thin_image() -> &'static str {
         let text = std::fs::read(&source).expect("read httpd.c");
         let root = thin_root();
         std::fs::create_dir_all(&root).expect("mkdir");
-        let cc = ["musl-gcc", "gcc"]
-            .into_iter()
-            .find(|cc| {
-                Command::new("sh")
-                    .arg("-c")
-                    .arg(format!("command -v {cc}"))
-                    .output()
-                    .is_ok_and(|o| o.status.success())
-            })
-            .expect("no C compiler: install musl-tools (tests/run does)");
-        let status = Command::new(cc)
-            .args(["-static", "-O2", "-o"])
-            .arg(root.join("httpd"))
-            .arg(&source)
-            .status()
-            .expect("run the C compiler");
-        assert!(status.success(), "compiling tests/fixtures/httpd.c failed");
+        std::fs::copy(static_binary("httpd"), root.join("httpd")).expect("copy httpd");
         let tag = "cc-inject-thin:test".to_string();
         import_image(&tag, &root, &hash_of(&[&text]), r#"CMD ["/httpd"]"#);
         tag
     })
+}
+
+/// Compiles `tests/fixtures/NAME.c` as a static binary (musl-gcc, else gcc), once per content.
+pub fn static_binary(name: &str) -> PathBuf {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let source = repo_root().join(format!("tests/fixtures/{name}.c"));
+    let text = std::fs::read(&source).unwrap_or_else(|e| panic!("read {}: {e}", source.display()));
+    let out = scratch().join(format!("{name}-{}", hash_of(&[&text])));
+    if out.is_file() {
+        return out;
+    }
+    let cc = ["musl-gcc", "gcc"]
+        .into_iter()
+        .find(|cc| {
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {cc}"))
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("no C compiler: install musl-tools (tests/run does)");
+    let tmp = out.with_extension("tmp");
+    let status = Command::new(cc)
+        .args(["-static", "-O2", "-o"])
+        .arg(&tmp)
+        .arg(&source)
+        .status()
+        .expect("run the C compiler");
+    assert!(status.success(), "compiling {} failed", source.display());
+    std::fs::rename(&tmp, &out).expect("rename the compiled fixture");
+    out
 }
 
 /// The "fat" image: Debian's static busybox as `/bin/sh` and its applets, but no lsof or
