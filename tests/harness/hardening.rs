@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use super::{
-    Container, docker_ok, hash_of, import_image, ok, require_tool, scratch, static_binary, unique,
+    Container, docker_ok, hash_of, import_root, ok, require_tool, scratch, static_binary, unique,
 };
 
 /// A count from the environment (for the benchmark script's full runs), else `default`.
@@ -55,7 +55,8 @@ pub fn hostile_image() -> &'static str {
         std::fs::copy(&binary, root.join("hostile")).expect("copy hostile");
         let text = std::fs::read(&binary).expect("read hostile");
         let tag = "cc-inject-hostile:test".to_string();
-        import_image(
+        import_root(
+            "docker",
             &tag,
             &root,
             &hash_of(&[b"hostile-v1", &text]),

@@ -166,9 +166,12 @@ fn docker_ok() {
     );
 }
 
-/// Imports `root` as Docker image `tag` unless an image with the same content label exists.
-fn import_image(tag: &str, root: &Path, label: &str, cmd: &str) {
-    let have = Command::new("docker")
+/// Imports the directory `root` (a tarball of it) as image `tag` of `engine` (`docker` or
+/// `podman`) with the command `cmd` and the label `cc.fixture=label`, unless an image `tag`
+/// with that label is there already: importing again would leave the previous one behind as
+/// a dangling image.
+fn import_root(engine: &str, tag: &str, root: &Path, label: &str, cmd: &str) {
+    let have = Command::new(engine)
         .args([
             "image",
             "inspect",
@@ -188,9 +191,12 @@ fn import_image(tag: &str, root: &Path, label: &str, cmd: &str) {
         .stdout(Stdio::piped())
         .spawn()
         .expect("run tar");
-    let status = Command::new("docker")
+    // Podman prints its progress unless told not to; Docker's import has no such option.
+    let quiet: &[&str] = if engine == "podman" { &["-q"] } else { &[] };
+    let status = Command::new(engine)
+        .arg("import")
+        .args(quiet)
         .args([
-            "import",
             "-c",
             &format!("LABEL cc.fixture={label}"),
             "-c",
@@ -201,10 +207,10 @@ fn import_image(tag: &str, root: &Path, label: &str, cmd: &str) {
         .stdin(tar.stdout.take().expect("tar stdout"))
         .stdout(Stdio::null())
         .status()
-        .expect("run docker import");
+        .unwrap_or_else(|e| panic!("run {engine} import: {e}"));
     let tar_status = tar.wait().expect("wait for tar");
     assert!(tar_status.success(), "tar of {} failed", root.display());
-    assert!(status.success(), "docker import {tag} failed");
+    assert!(status.success(), "{engine} import {tag} failed");
 }
 
 /// Where the thin image's root is assembled (its only file: `httpd`).
@@ -224,7 +230,13 @@ pub fn thin_image() -> &'static str {
         std::fs::create_dir_all(&root).expect("mkdir");
         std::fs::copy(static_binary("httpd"), root.join("httpd")).expect("copy httpd");
         let tag = "cc-inject-thin:test".to_string();
-        import_image(&tag, &root, &hash_of(&[&text]), r#"CMD ["/httpd"]"#);
+        import_root(
+            "docker",
+            &tag,
+            &root,
+            &hash_of(&[&text]),
+            r#"CMD ["/httpd"]"#,
+        );
         tag
     })
 }
@@ -285,7 +297,8 @@ pub fn fat_image() -> &'static str {
             .len()
             .to_le_bytes();
         let tag = "cc-inject-fat:test".to_string();
-        import_image(
+        import_root(
+            "docker",
             &tag,
             &root,
             &hash_of(&[b"fat-v1", &len]),

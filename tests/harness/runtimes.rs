@@ -56,40 +56,7 @@ fn podman_import(tag: &str, docker_tag: &str, root: &Path, cmd: &str) {
     let source = ok(Command::new("docker").args(["image", "inspect", "-f", "{{.Id}}", docker_tag]))
         .trim()
         .to_string();
-    let have = output(Command::new("podman").args([
-        "image",
-        "inspect",
-        "-f",
-        "{{index .Labels \"cc.fixture\"}}",
-        tag,
-    ]));
-    if have.status.success() && crate::stdout(&have).trim() == source {
-        return;
-    }
-    let mut tar = Command::new("tar")
-        .arg("-C")
-        .arg(root)
-        .args(["-c", "."])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run tar");
-    let status = Command::new("podman")
-        .args([
-            "import",
-            "-q",
-            "-c",
-            cmd,
-            "-c",
-            &format!("LABEL cc.fixture={source}"),
-            "-",
-            tag,
-        ])
-        .stdin(tar.stdout.take().expect("tar stdout"))
-        .stdout(Stdio::null())
-        .status()
-        .expect("run podman import");
-    assert!(tar.wait().expect("wait for tar").success(), "tar failed");
-    assert!(status.success(), "podman import {tag} failed");
+    crate::import_root("podman", tag, root, &source, cmd);
 }
 
 /// The thin image (nothing but a static HTTP server, `/httpd` its command) imported into
