@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crashcart_tests::hardening::{
-    Figures, HostileContainer, Judge, Verdict, count, hardening_image, start_container,
+    Figures, HostileContainer, Judge, Verdict, count, hardening_image,
 };
 use crashcart_tests::*;
 
@@ -502,8 +502,9 @@ fn match_container_gives_the_session_the_workloads_power_only() {
     assert!(err.contains("--match-container: no LSM"), "{err}");
 
     // A workload with its own user, no_new_privs and fewer capabilities.
-    let r = start_container(
-        "match-user",
+    let r = Container::start_with(
+        &unique("match-user"),
+        fat_image(),
         &[
             "--user",
             "1000:1000",
@@ -512,8 +513,6 @@ fn match_container_gives_the_session_the_workloads_power_only() {
             "--cap-drop",
             "NET_RAW",
         ],
-        fat_image(),
-        &[],
     );
     let out = output(
         cartinject()
@@ -539,11 +538,10 @@ fn match_container_gives_the_session_the_workloads_power_only() {
     );
 
     // A container with CAP_SYS_PTRACE: the default mode says what that means.
-    let p = start_container(
-        "match-ptrace",
-        &["--cap-add", "SYS_PTRACE"],
+    let p = Container::start_with(
+        &unique("match-ptrace"),
         fat_image(),
-        &[],
+        &["--cap-add", "SYS_PTRACE"],
     );
     let out = output(&mut inject(&img, &p.name, &["true"]));
     assert!(out.status.success());

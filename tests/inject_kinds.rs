@@ -31,21 +31,7 @@ fn inject(image: &Path, target: &str, command: &[&str]) -> Command {
 /// Starts the fat image under Docker as `cc-<test>-<pid>` with `--network none` and `args`.
 fn docker_run(test: &str, args: &[&str]) -> Container {
     require_root();
-    let name = unique(test);
-    let image = fat_image();
-    let _ = output(Command::new("docker").args(["rm", "-f", &name]));
-    let id = ok(Command::new("docker")
-        .args(["run", "-d", "--network", "none", "--name", &name])
-        .args(args)
-        .arg(image))
-    .trim()
-    .to_string();
-    let pid: i32 = ok(Command::new("docker").args(["inspect", "-f", "{{.State.Pid}}", &id]))
-        .trim()
-        .parse()
-        .expect("a PID");
-    assert!(pid > 0, "{name} has no PID");
-    Container { name, id, pid }
+    Container::start_with(&unique(test), fat_image(), args)
 }
 
 /// The entries of a container's `/dev` as its processes see them: name → (mode, uid, gid,

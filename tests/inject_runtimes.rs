@@ -313,22 +313,7 @@ fn a_name_two_runtimes_share_is_ambiguous_until_forced() {
     let name = unique("shared");
     let d = Container::start_named(&name, fat_image());
     // Podman takes the same name (its own namespace of names).
-    let _ = output(Command::new("podman").args(["rm", "-f", "-t", "0", &name]));
-    let p = PodmanContainer {
-        id: ok(Command::new("podman")
-            .args(["--runtime", "runc", "run", "-d"])
-            .args([
-                "--ulimit",
-                "nofile=1024:1024",
-                "--ulimit",
-                "nproc=1024:1024",
-            ])
-            .args(["--network", "none", "--name", &name, podman_image()]))
-        .trim()
-        .to_string(),
-        name: name.clone(),
-        pid: 0,
-    };
+    let p = PodmanContainer::start_named(&name, podman_image(), &[]);
     let out = output(&mut inject(&img, &name, &["true"]));
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(125), "{err}");

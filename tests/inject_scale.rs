@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crashcart_tests::hardening::{count, start_container};
+use crashcart_tests::hardening::count;
 use crashcart_tests::*;
 
 const LONG: Duration = Duration::from_secs(60);
@@ -117,7 +117,7 @@ fn many_containers_at_once_share_one_loop_device() {
     let img = TestImage::fixture();
     let containers: Vec<Container> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..n)
-            .map(|i| s.spawn(move || start_container(&format!("scale{i}"), &[], fat_image(), &[])))
+            .map(|i| s.spawn(move || Container::start(&format!("scale{i}"), fat_image())))
             .collect();
         handles
             .into_iter()
@@ -294,10 +294,10 @@ fn the_target_exits_in_the_middle_of_a_session() {
     let img = TestImage::fixture();
 
     // The container's first process exits (status 3): the kernel ends the session with it.
-    let c = start_container(
-        "targetexit",
-        &[],
+    let c = Container::start_with_command(
+        &unique("targetexit"),
         fat_image(),
+        &[],
         &[
             "sh",
             "-c",
@@ -333,10 +333,10 @@ fn the_target_exits_in_the_middle_of_a_session() {
 
     // A target that is not its namespace's first process: the namespace lives on, and
     // cartinject ends the session.
-    let c = start_container(
-        "targetexit2",
-        &[],
+    let c = Container::start_with_command(
+        &unique("targetexit2"),
         fat_image(),
+        &[],
         &["sh", "-c", "sleep 1000 & while :; do sleep 1; done"],
     );
     let mut child_pid = None;

@@ -1,9 +1,9 @@
 //! Fixtures for the hardening and crash tests (`tests/inject_hostile.rs`,
 //! `tests/inject_scale.rs`, and `tests/bench/inject_hardening.sh`, which runs them with the
-//! issue's full counts): containers started with extra `docker run` options, a container
-//! whose PID 1 is the hostile program (`tests/fixtures/hostile.c`, compiled by
-//! [`static_binary`]), an image with a setuid binary and device nodes, and the [`Judge`] that
-//! decides whether what the hostile program reached lies outside its container.
+//! issue's full counts): a container whose PID 1 is the hostile program
+//! (`tests/fixtures/hostile.c`, compiled by [`static_binary`]), an image with a setuid binary
+//! and device nodes, and the [`Judge`] that decides whether what the hostile program reached
+//! lies outside its container.
 
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -22,26 +22,6 @@ pub fn count(var: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// Starts `image` as `cc-<test>-<pid>` with `--network none` and the extra `docker run`
-/// options `args` (before the image name), and `command` after it.
-pub fn start_container(test: &str, args: &[&str], image: &str, command: &[&str]) -> Container {
-    let name = unique(test);
-    let _ = Command::new("docker").args(["rm", "-f", &name]).output();
-    let id = ok(Command::new("docker")
-        .args(["run", "-d", "--network", "none", "--name", &name])
-        .args(args)
-        .arg(image)
-        .args(command))
-    .trim()
-    .to_string();
-    let pid: i32 = ok(Command::new("docker").args(["inspect", "-f", "{{.State.Pid}}", &id]))
-        .trim()
-        .parse()
-        .expect("a PID");
-    assert!(pid > 0, "container {name} has no PID");
-    Container { name, id, pid }
 }
 
 /// The Docker image whose PID 1 is `hostile watch /hostile.log`.
@@ -220,7 +200,7 @@ impl HostileContainer {
     /// Starts the hostile image with the extra `docker run` options `args`, and waits until
     /// the program runs.
     pub fn start(test: &str, args: &[&str]) -> HostileContainer {
-        let container = start_container(test, args, hostile_image(), &[]);
+        let container = Container::start_with(&unique(test), hostile_image(), args);
         let log = format!("/proc/{}/root/hostile.log", container.pid);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !std::fs::read_to_string(&log).is_ok_and(|t| t.starts_with("READY")) {

@@ -332,11 +332,23 @@ impl Container {
 
     /// Starts `image` under `name` with extra `docker run` arguments (such as `--read-only`).
     pub fn start_with(name: &str, image: &str, args: &[&str]) -> Container {
+        Container::start_with_command(name, image, args, &[])
+    }
+
+    /// Starts `image` under `name` with `--network none`, the extra `docker run` options
+    /// `args` (before the image name) and `command` after it (none: the image's own).
+    pub fn start_with_command(
+        name: &str,
+        image: &str,
+        args: &[&str],
+        command: &[&str],
+    ) -> Container {
         let _ = Command::new("docker").args(["rm", "-f", name]).output();
         let id = ok(Command::new("docker")
             .args(["run", "-d", "--network", "none", "--name", name])
             .args(args)
-            .arg(image))
+            .arg(image)
+            .args(command))
         .trim()
         .to_string();
         let pid: i32 = ok(Command::new("docker").args(["inspect", "-f", "{{.State.Pid}}", &id]))

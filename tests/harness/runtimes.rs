@@ -94,8 +94,13 @@ impl PodmanContainer {
 
     /// Starts `image` as `cc-<test>-<pid>`, like [`PodmanContainer::start`].
     pub fn start_image(test: &str, image: &str, args: &[&str]) -> PodmanContainer {
-        let name = unique(test);
-        let _ = output(Command::new("podman").args(["rm", "-f", "-t", "0", &name]));
+        PodmanContainer::start_named(&unique(test), image, args)
+    }
+
+    /// Starts `image` under `name` (removing any container of that name first), like
+    /// [`PodmanContainer::start`].
+    pub fn start_named(name: &str, image: &str, args: &[&str]) -> PodmanContainer {
+        let _ = output(Command::new("podman").args(["rm", "-f", "-t", "0", name]));
         let id = ok(Command::new("podman")
             .args(["--runtime", "runc", "run", "-d"])
             .args([
@@ -104,7 +109,7 @@ impl PodmanContainer {
                 "--ulimit",
                 "nproc=1024:1024",
             ])
-            .args(["--network", "none", "--name", &name])
+            .args(["--network", "none", "--name", name])
             .args(args)
             .arg(image))
         .trim()
@@ -114,7 +119,11 @@ impl PodmanContainer {
             .parse()
             .expect("a PID");
         assert!(pid > 0, "podman container {name} has no PID");
-        PodmanContainer { name, id, pid }
+        PodmanContainer {
+            name: name.to_string(),
+            id,
+            pid,
+        }
     }
 }
 
