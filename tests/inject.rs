@@ -14,13 +14,6 @@ use crashcart_tests::*;
 
 const LONG: Duration = Duration::from_secs(30);
 
-fn thin(test: &str) -> Container {
-    require_root();
-    let c = Container::start(test, thin_image());
-    c.wait_listening(80);
-    c
-}
-
 fn fat(test: &str) -> Container {
     require_root();
     Container::start(test, fat_image())
@@ -44,7 +37,7 @@ fn code(out: &std::process::Output) -> i32 {
 
 #[test]
 fn exercise_thin_container_shell_mount_and_unmount() {
-    let c = thin("exercise");
+    let c = thin_container("exercise");
     let img = TestImage::fixture();
 
     // The container has no shell of its own.
@@ -145,7 +138,7 @@ fn exercise_thin_container_shell_mount_and_unmount() {
 
 #[test]
 fn exercise_lsof_and_tcpdump_from_the_net_image() {
-    let c = thin("nettools");
+    let c = thin_container("nettools");
     let img = TestImage::copy_of(net_image());
 
     // lsof lists the server's executable and its listening socket.
@@ -342,7 +335,7 @@ fn docker_not_running_when_a_name_is_given() {
 
 #[test]
 fn legacy_mount_path_for_sessions_and_mount_unmount() {
-    let c = thin("legacy");
+    let c = thin_container("legacy");
     let img = TestImage::fixture();
     let out = output(
         cartinject()
@@ -487,7 +480,7 @@ fn signals_reach_the_command_and_set_the_status() {
 
 #[test]
 fn stdin_and_stdout_are_plain_pipes() {
-    let c = thin("pipes");
+    let c = thin_container("pipes");
     let img = TestImage::fixture();
     // cat < file: binary data through unchanged.
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -532,7 +525,7 @@ use std::fs::File;
 
 #[test]
 fn interactive_shell_through_a_real_pty() {
-    let c = thin("pty");
+    let c = thin_container("pty");
     let img = TestImage::fixture();
     let mut pty = Pty::open(33, 101);
     let before = pty.termios();
@@ -583,7 +576,7 @@ fn interactive_shell_through_a_real_pty() {
 
 #[test]
 fn list_shows_mounts_and_sessions() {
-    let c = thin("list");
+    let c = thin_container("list");
     let img = TestImage::fixture();
     ok(cartinject().arg("-m").arg(&img.path).arg(&c.name));
     let text = ok(cartinject().arg("--list"));
@@ -656,7 +649,7 @@ fn assert_refused(out: &std::process::Output, needle: &str, img: &std::path::Pat
 
 #[test]
 fn bad_images_are_refused_with_nothing_left() {
-    let c = thin("badimg");
+    let c = thin_container("badimg");
     let img = TestImage::fixture();
     let bytes = std::fs::read(&img.path).expect("read image");
     type Make<'a> = Box<dyn Fn(&std::path::Path) + 'a>;
@@ -741,7 +734,7 @@ fn bad_images_are_refused_with_nothing_left() {
 
 #[test]
 fn bad_targets_and_commands_are_refused_with_nothing_left() {
-    let c = thin("badtarget");
+    let c = thin_container("badtarget");
     let img = TestImage::fixture();
 
     // A PID that does not exist.

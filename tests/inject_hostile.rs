@@ -266,9 +266,7 @@ fn assert_holds_nothing_of_the_host(text: &str, terminal: bool) {
 
 #[test]
 fn a_session_holds_no_fd_cwd_or_root_of_the_host() {
-    require_root();
-    let c = Container::start("nohostfd", thin_image());
-    c.wait_listening(80);
+    let c = thin_container("nohostfd");
     let img = TestImage::fixture();
     let dir = img.sibling("files");
     std::fs::create_dir_all(&dir).expect("mkdir");

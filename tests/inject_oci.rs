@@ -16,14 +16,6 @@ use std::process::{Command, Output, Stdio};
 use crashcart_tests::*;
 use registry::*;
 
-/// A thin container (its root holds only a static HTTP server) listening on port 80.
-fn thin(test: &str) -> Container {
-    require_root();
-    let c = Container::start(test, thin_image());
-    c.wait_listening(80);
-    c
-}
-
 /// A tiny image built by cartbuild, pushed to `registry` under `repo:tag`; returns the
 /// printed `oci://…@sha256:…` and the directory holding the local image.
 fn pushed(registry: &str, repo: &str, tag: &str) -> (String, tempfile::TempDir) {
@@ -144,7 +136,7 @@ fn push_then_pull_by_tag_and_by_digest_into_a_container() {
     let repo = repository("inject-oci");
     let (pinned, _local) = pushed(registry, &repo, "1.0.0");
     let hex = digest_hex(&pinned);
-    let c = thin("oci-pull");
+    let c = thin_container("oci-pull");
     let cache = tempfile::tempdir().expect("cache dir");
 
     // By tag, straight from the .ci registry: pulled, verified, cached, injected.
@@ -274,7 +266,7 @@ fn a_tampered_blob_is_refused_and_nothing_is_cached_or_attached() {
     let (pinned, local) = pushed(&registry.authority(), &repo, "1.0.0");
     let image_hex = cartoci_hex(&local.path().join("out/tiny-1.0.0.img"));
     tamper(&registry.blob_data(&image_hex));
-    let c = thin("oci-tamper");
+    let c = thin_container("oci-tamper");
     let cache = tempfile::tempdir().expect("cache dir");
 
     for reference in [
@@ -311,7 +303,7 @@ fn missing_tags_repositories_and_registries_are_clear_errors() {
     let registry = ci_registry();
     let repo = repository("inject-missing");
     let _pushed = pushed(registry, &repo, "1.0.0");
-    let c = thin("oci-missing");
+    let c = thin_container("oci-missing");
     let cache = tempfile::tempdir().expect("cache dir");
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -360,7 +352,7 @@ fn a_registry_host_name_from_etc_hosts() {
     let registry = ci_registry();
     let repo = repository("inject-hosts");
     let (pinned, _local) = pushed(registry, &repo, "1.0.0");
-    let c = thin("oci-hosts");
+    let c = thin_container("oci-hosts");
     let cache = tempfile::tempdir().expect("cache dir");
     // registry.example is known only to this /etc/hosts, bound over the host's in a mount
     // namespace of the command's own: cartinject resolves it without NSS.

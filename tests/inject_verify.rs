@@ -11,13 +11,6 @@ use std::process::{Command, Output};
 
 use crashcart_tests::*;
 
-fn thin(test: &str) -> Container {
-    require_root();
-    let c = Container::start(test, thin_image());
-    c.wait_listening(80);
-    c
-}
-
 /// `cartinject [ARGS] IMAGE TARGET -- true`.
 fn run_true(img: &Path, c: &Container, args: &[&str]) -> Output {
     output(
@@ -95,7 +88,7 @@ fn tamper(img: &Path) {
 
 #[test]
 fn checksums_and_manifests_beside_the_image_are_checked_before_attaching() {
-    let c = thin("verify-sums");
+    let c = thin_container("verify-sums");
     let img = TestImage::fixture();
 
     // The harness writes a .sha256 beside every copy: it matches, nothing is said.
@@ -171,7 +164,7 @@ fn cartbuild_keys(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 #[test]
 fn signatures_are_verified_with_the_key_given() {
     require_tool("minisign", "minisign");
-    let c = thin("verify-sig");
+    let c = thin_container("verify-sig");
     let img = TestImage::fixture();
     let keys = tempfile::tempdir().expect("tempdir");
     let (public, secret) = cartbuild_keys(keys.path(), "release");
@@ -289,7 +282,7 @@ fn signatures_are_verified_with_the_key_given() {
 #[test]
 fn minisign_made_signatures_verify_in_cartinject() {
     require_tool("minisign", "minisign");
-    let c = thin("verify-minisign");
+    let c = thin_container("verify-minisign");
     let img = TestImage::fixture();
     let keys = tempfile::tempdir().expect("tempdir");
     let (public, secret) = (keys.path().join("m.pub"), keys.path().join("m.key"));

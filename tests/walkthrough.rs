@@ -216,8 +216,7 @@ fn walkthrough(img: &TestImage, t: &Target) {
 fn walkthrough_in_a_thin_docker_container() {
     require_root();
     let img = TestImage::copy_of(net_image());
-    let c = Container::start(&unique("walk"), thin_image());
-    c.wait_listening(80);
+    let c = thin_container("walk");
     let t = Target {
         arg: c.name.clone(),
         name: c.name.clone(),

@@ -308,6 +308,15 @@ pub fn fat_image() -> &'static str {
     })
 }
 
+/// The thin image running as `cc-<test>-<pid>`, once its server listens on port 80. Fails
+/// unless the test runs as root.
+pub fn thin_container(test: &str) -> Container {
+    require_root();
+    let c = Container::start(test, thin_image());
+    c.wait_listening(80);
+    c
+}
+
 /// A running container, removed (`docker rm -f`) on drop.
 pub struct Container {
     /// Its name.
