@@ -19,15 +19,6 @@ fn fat(test: &str) -> Container {
     Container::start(test, fat_image())
 }
 
-fn inject(img: &TestImage, target: &str, command: &[&str]) -> Command {
-    let mut cmd = cartinject();
-    cmd.arg(&img.path).arg(target);
-    if !command.is_empty() {
-        cmd.arg("--").args(command);
-    }
-    cmd
-}
-
 /// Exit code of an output, as a number (signals are a failure of the test).
 fn code(out: &std::process::Output) -> i32 {
     out.status

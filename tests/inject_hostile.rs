@@ -53,12 +53,6 @@ fn pending_input(master: &File) -> i32 {
     queued
 }
 
-fn inject(img: &TestImage, target: &str, command: &[&str]) -> Command {
-    let mut cmd = cartinject();
-    cmd.arg(&img.path).arg(target).arg("--").args(command);
-    cmd
-}
-
 /// Injects into the hostile container `h` over and over (sessions with host files as stdin
 /// and stdout, sessions with pipes, `--match-container` sessions, `-m`/`-u`, one session on
 /// a pty), then judges what the hostile program reached.
@@ -369,8 +363,8 @@ fn tiocsti_lands_in_the_sessions_own_pty() {
     let img = TestImage::copy_of(hardening_image());
     let mut pty = Pty::open(24, 80);
     let caller = pty_rdev(&pty.master);
-    let mut cmd = cartinject();
-    cmd.arg(&img.path).arg(&c.name).env("TERM", "dumb");
+    let mut cmd = inject(&img, &c.name, &[]);
+    cmd.env("TERM", "dumb");
     let mut child = pty.spawn(&mut cmd);
     let prompt = pty.read_until("# ", LONG);
     assert!(prompt.contains("crashcart"), "{prompt:?}");

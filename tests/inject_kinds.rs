@@ -22,12 +22,6 @@ use crashcart_tests::*;
 
 const LONG: Duration = Duration::from_secs(30);
 
-fn inject(image: &Path, target: &str, command: &[&str]) -> Command {
-    let mut cmd = cartinject();
-    cmd.arg(image).arg(target).arg("--").args(command);
-    cmd
-}
-
 /// Starts the fat image under Docker as `cc-<test>-<pid>` with `--network none` and `args`.
 fn docker_run(test: &str, args: &[&str]) -> Container {
     require_root();

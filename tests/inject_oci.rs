@@ -36,16 +36,11 @@ fn pushed(registry: &str, repo: &str, tag: &str) -> (String, tempfile::TempDir) 
 }
 
 /// `cartinject REFERENCE TARGET -- CMD…` with its own cache.
-fn inject(cache: &Path, reference: &str, target: &str, cmd: &[&str]) -> Command {
-    let mut c = cartinject();
+fn inject_with_cache(cache: &Path, reference: &str, target: &str, cmd: &[&str]) -> Command {
+    let mut c = inject(reference, target, cmd);
     c.env("CARTINJECT_CACHE", cache)
         .env_remove("CRASHCART_REGISTRY_USERNAME")
-        .env_remove("CRASHCART_REGISTRY_PASSWORD")
-        .arg(reference)
-        .arg(target);
-    if !cmd.is_empty() {
-        c.arg("--").args(cmd);
-    }
+        .env_remove("CRASHCART_REGISTRY_PASSWORD");
     c
 }
 
@@ -140,7 +135,7 @@ fn push_then_pull_by_tag_and_by_digest_into_a_container() {
     let cache = tempfile::tempdir().expect("cache dir");
 
     // By tag, straight from the .ci registry: pulled, verified, cached, injected.
-    let out = output(&mut inject(
+    let out = output(&mut inject_with_cache(
         cache.path(),
         &format!("oci://{registry}/{repo}:1.0.0"),
         &c.name,
@@ -184,7 +179,7 @@ fn push_then_pull_by_tag_and_by_digest_into_a_container() {
     let via = relay.authority();
 
     // By digest, cached: not one request.
-    let out = output(&mut inject(
+    let out = output(&mut inject_with_cache(
         cache.path(),
         &format!("oci://{via}/{repo}@sha256:{hex}"),
         &c.name,
@@ -199,7 +194,7 @@ fn push_then_pull_by_tag_and_by_digest_into_a_container() {
     assert!(!stderr(&out).contains("pulled"), "{}", stderr(&out));
 
     // By tag, cached: the tag is asked for again (one HEAD), nothing else.
-    let out = output(&mut inject(
+    let out = output(&mut inject_with_cache(
         cache.path(),
         &format!("oci://{via}/{repo}:1.0.0"),
         &c.name,
@@ -210,7 +205,7 @@ fn push_then_pull_by_tag_and_by_digest_into_a_container() {
 
     // -m and -u with a reference: docker exec then finds the image's tools.
     let out = output(
-        inject(
+        inject_with_cache(
             cache.path(),
             &format!("oci://{via}/{repo}@sha256:{hex}"),
             &c.name,
@@ -234,7 +229,7 @@ fn push_then_pull_by_tag_and_by_digest_into_a_container() {
 
     // By digest into an empty cache: the manifest by its digest and each blob, no tag.
     let fresh = tempfile::tempdir().expect("cache dir");
-    let out = output(&mut inject(
+    let out = output(&mut inject_with_cache(
         fresh.path(),
         &format!("oci://{via}/{repo}@sha256:{hex}"),
         &c.name,
@@ -273,7 +268,12 @@ fn a_tampered_blob_is_refused_and_nothing_is_cached_or_attached() {
         pinned.clone(),
         format!("oci://{}/{repo}:1.0.0", registry.authority()),
     ] {
-        let out = output(&mut inject(cache.path(), &reference, &c.name, &RUN));
+        let out = output(&mut inject_with_cache(
+            cache.path(),
+            &reference,
+            &c.name,
+            &RUN,
+        ));
         assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
         let err = stderr(&out);
         assert_eq!(err.lines().count(), 1, "not one line: {err}");
@@ -331,7 +331,12 @@ fn missing_tags_repositories_and_registries_are_clear_errors() {
             vec!["sha256:<64"],
         ),
     ] {
-        let out = output(&mut inject(cache.path(), &reference, &c.name, &RUN));
+        let out = output(&mut inject_with_cache(
+            cache.path(),
+            &reference,
+            &c.name,
+            &RUN,
+        ));
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(125), "{reference}: {err}");
         assert_eq!(err.lines().count(), 1, "{reference}: not one line: {err}");

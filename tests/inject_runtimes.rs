@@ -16,12 +16,6 @@ use std::time::{Duration, Instant};
 use crashcart_tests::runtimes::*;
 use crashcart_tests::*;
 
-fn inject(img: &TestImage, target: &str, command: &[&str]) -> Command {
-    let mut cmd = cartinject();
-    cmd.arg(&img.path).arg(target).arg("--").args(command);
-    cmd
-}
-
 /// What `sh -c 'echo $CRASHCART_TARGET; hostname'` says inside `target`: (label, hostname).
 fn label_and_host(img: &TestImage, target: &str, env: &[(&str, &str)]) -> (String, String) {
     let mut cmd = inject(

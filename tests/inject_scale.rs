@@ -18,12 +18,6 @@ use crashcart_tests::*;
 
 const LONG: Duration = Duration::from_secs(60);
 
-fn inject(img: &TestImage, target: &str, command: &[&str]) -> Command {
-    let mut cmd = cartinject();
-    cmd.arg(&img.path).arg(target).arg("--").args(command);
-    cmd
-}
-
 /// Processes whose command line names `image` (cartinject and the children it forked).
 fn processes_of(image: &Path) -> Vec<i32> {
     let needle = image.to_string_lossy().into_owned();

@@ -30,15 +30,6 @@ struct Target {
     runtime: &'static str,
 }
 
-fn inject(img: &TestImage, t: &Target, command: &[&str]) -> Command {
-    let mut cmd = cartinject();
-    cmd.arg(&img.path).arg(&t.arg);
-    if !command.is_empty() {
-        cmd.arg("--").args(command);
-    }
-    cmd
-}
-
 /// A request to the server over the container's own loopback, from the host's `curl` in the
 /// container's network namespace.
 fn request(t: &Target) -> String {
@@ -86,7 +77,7 @@ fn walkthrough(img: &TestImage, t: &Target) {
     // An interactive bash from the image, through a real pty: the prompt names crashcart and
     // the container, lsof shows the server and its listening socket, exit returns the status.
     let mut pty = Pty::open(40, 120);
-    let mut cmd = inject(img, t, &[]);
+    let mut cmd = inject(img, &t.arg, &[]);
     cmd.env("TERM", "xterm-256color");
     let mut shell = pty.spawn(&mut cmd);
     let prompt = pty.read_until(" # ", LONG);
@@ -118,7 +109,7 @@ fn walkthrough(img: &TestImage, t: &Target) {
     assert_eq!(wait_with_timeout(&mut shell, LONG).code(), Some(3));
 
     // One command, not interactive: lsof behaves without an /etc/passwd in the container.
-    let out = output(&mut inject(img, t, &["lsof", "-n", "-P", "-p", "1"]));
+    let out = output(&mut inject(img, &t.arg, &["lsof", "-n", "-P", "-p", "1"]));
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("*:80 (LISTEN)"), "{}", stdout(&out));
     assert_eq!(stderr(&out), "", "lsof complained");
@@ -126,7 +117,7 @@ fn walkthrough(img: &TestImage, t: &Target) {
     // tcpdump on the container's loopback captures a request to the server.
     let mut dump = inject(
         img,
-        t,
+        &t.arg,
         &[
             "tcpdump",
             "-i",
@@ -156,11 +147,15 @@ fn walkthrough(img: &TestImage, t: &Target) {
 
     // strace attaches to the server, sees it accept a connection, and detaches on Ctrl-C
     // (SIGINT to cartinject, forwarded to strace).
-    let mut trace = inject(img, t, &["strace", "-p", "1", "-e", "trace=accept,accept4"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("strace");
+    let mut trace = inject(
+        img,
+        &t.arg,
+        &["strace", "-p", "1", "-e", "trace=accept,accept4"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("strace");
     stderr_until(&mut trace, "attached");
     assert_eq!(request(t), "hello from thin\n");
     let mut err = BufReader::new(trace.stderr.take().expect("stderr"));
@@ -292,7 +287,7 @@ fn walkthrough_in_a_user_namespaced_podman_container() {
     // The shell runs as the container's root, and the image's files are that root's.
     let text = ok(&mut inject(
         &img,
-        &t,
+        &t.arg,
         &["sh", "-c", "id -u; stat -c %u:%g /dev/crashcart/bin/bash"],
     ));
     assert_eq!(

@@ -80,6 +80,18 @@ pub fn cartinject() -> Command {
     cmd
 }
 
+/// `cartinject IMAGE TARGET [-- COMMAND...]`: a session in `target` with the tools of `image`
+/// (a file, or an `oci://` reference) that runs `command`, or the image's shell when it is
+/// empty.
+pub fn inject(image: impl AsRef<Path>, target: &str, command: &[&str]) -> Command {
+    let mut cmd = cartinject();
+    cmd.arg(image.as_ref()).arg(target);
+    if !command.is_empty() {
+        cmd.arg("--").args(command);
+    }
+    cmd
+}
+
 /// Runs a command to completion, stdin closed, and returns its output.
 pub fn output(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null())
@@ -516,6 +528,12 @@ impl TestImage {
     /// and fails the test if one stays.
     pub fn assert_no_loop_device(&self) {
         assert_no_loop_device(&self.path);
+    }
+}
+
+impl AsRef<Path> for TestImage {
+    fn as_ref(&self) -> &Path {
+        &self.path
     }
 }
 
