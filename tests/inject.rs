@@ -78,22 +78,16 @@ fn exercise_thin_container_shell_mount_and_unmount() {
     );
     assert_eq!(c.crashcart_mounts().len(), 1, "{:?}", c.crashcart_mounts());
     assert_eq!(img.loop_devices().len(), 1);
-    let text = ok(Command::new("docker").args([
-        "exec",
-        &c.name,
-        "/dev/crashcart/bin/busybox",
-        "cat",
-        "/proc/1/cmdline",
-    ]));
+    let text = c.exec(&["/dev/crashcart/bin/busybox", "cat", "/proc/1/cmdline"]);
     assert!(text.contains("/httpd"), "{text}");
-    let text = ok(Command::new("nsenter").args([
-        "-a",
-        "-t",
-        &c.pid.to_string(),
-        "/dev/crashcart/bin/bash",
-        "-c",
-        "echo nsenter:$(/dev/crashcart/bin/ls /dev/crashcart/etc)",
-    ]));
+    let text = nsenter_all(
+        c.pid,
+        &[
+            "/dev/crashcart/bin/bash",
+            "-c",
+            "echo nsenter:$(/dev/crashcart/bin/ls /dev/crashcart/etc)",
+        ],
+    );
     assert!(text.contains("nsenter:bashrc"), "{text}");
 
     // A second -m is a no-op that says so.
@@ -188,12 +182,7 @@ fn exercise_lsof_and_tcpdump_from_the_net_image() {
 
     // -m with the net image, then docker exec of its tcpdump.
     ok(cartinject().arg("-m").arg(&img.path).arg(&c.name));
-    let text = ok(Command::new("docker").args([
-        "exec",
-        &c.name,
-        "/dev/crashcart/bin/tcpdump",
-        "--version",
-    ]));
+    let text = c.exec(&["/dev/crashcart/bin/tcpdump", "--version"]);
     assert!(text.contains("tcpdump version"), "{text}");
     ok(cartinject().arg("-u").arg(&img.path).arg(&c.name));
     c.assert_clean();
@@ -358,13 +347,7 @@ fn legacy_mount_path_for_sessions_and_mount_unmount() {
         .arg(&img.path)
         .arg(&c.name));
     assert_eq!(c.crashcart_mounts().len(), 1);
-    let text = ok(Command::new("docker").args([
-        "exec",
-        &c.name,
-        "/dev/crashcart/bin/busybox",
-        "echo",
-        "legacy-ok",
-    ]));
+    let text = c.exec(&["/dev/crashcart/bin/busybox", "echo", "legacy-ok"]);
     assert_eq!(text.trim(), "legacy-ok");
     ok(cartinject().args(["-u", "--legacy-mount"]).arg(&c.name));
     c.assert_clean();
@@ -396,7 +379,7 @@ fn concurrent_sessions_do_not_disturb_each_other_or_the_container() {
 
     // While A runs: the container itself sees nothing, not even the directory.
     c.assert_clean();
-    let text = ok(Command::new("docker").args(["exec", &c.name, "ls", "/dev"]));
+    let text = c.exec(&["ls", "/dev"]);
     assert!(!text.contains("crashcart"), "{text}");
 
     let text = ok(&mut inject(&img, &c.name, &["sh", "-c", "echo B-ok"]));

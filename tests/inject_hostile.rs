@@ -334,13 +334,11 @@ fn the_image_is_read_only_nosuid_and_nodev() {
     }
     // The same through -m and docker exec.
     ok(cartinject().arg("-m").arg(&img.path).arg(&c.name));
-    let text = ok(Command::new("docker").args([
-        "exec",
-        &c.name,
+    let text = c.exec(&[
         "/dev/crashcart/bin/hostile",
         "write",
         "/dev/crashcart/new-file",
-    ]));
+    ]);
     assert!(text.contains("write=Read-only file system"), "{text}");
     let text = ok(Command::new("docker").args([
         "exec",

@@ -135,16 +135,14 @@ fn user_namespaced_podman_container_gets_an_idmapped_image_and_a_root_shell() {
     // container root's ids) and the image is idmapped there too.
     let out = ok(cartinject().arg("-m").arg(&img.path).arg(&c.name));
     assert!(out.contains("mounted"), "{out}");
-    let text = ok(Command::new("podman").args([
-        "exec",
-        &c.name,
+    let text = c.exec(&[
         "/dev/crashcart/bin/busybox",
         "stat",
         "-c",
         "%u:%g",
         "/dev/crashcart",
         "/dev/crashcart/bin/bash",
-    ]));
+    ]);
     assert_eq!(text.lines().collect::<Vec<_>>(), ["0:0", "0:0"], "{text}");
     ok(cartinject().arg("-u").arg(&c.name));
     assert_clean(&c);
@@ -220,13 +218,7 @@ fn read_only_root_filesystem_sessions_and_mount() {
     );
 
     ok(cartinject().arg("-m").arg(&img.path).arg(&c.name));
-    let text = ok(Command::new("docker").args([
-        "exec",
-        &c.name,
-        "/dev/crashcart/bin/busybox",
-        "echo",
-        "exec-ok",
-    ]));
+    let text = c.exec(&["/dev/crashcart/bin/busybox", "echo", "exec-ok"]);
     assert_eq!(text.trim(), "exec-ok");
     ok(cartinject().arg("-u").arg(&c.name));
     watch.finish();
@@ -321,14 +313,12 @@ fn read_only_dev_sessions_and_mount_without_writing_there() {
     // -m adds /dev/crashcart without writing to the read-only /dev.
     let out = ok(cartinject().arg("-m").arg(&img.path).arg(&c.name));
     assert!(out.contains("read-only"), "{out}");
-    let text = ok(Command::new("docker").args([
-        "exec",
-        &c.name,
+    let text = c.exec(&[
         "/dev/crashcart/bin/busybox",
         "sh",
         "-c",
         "ls /dev; touch /dev/y 2>&1; echo x > /dev/null && echo null-ok",
-    ]));
+    ]);
     for name in ["crashcart", "null", "zero", "urandom", "fd"] {
         assert!(text.lines().any(|l| l == name), "no /dev/{name}: {text}");
     }
@@ -529,13 +519,7 @@ fn erofs_squashfs_and_gpt_disk_images_in_a_real_container() {
         } else {
             assert_eq!(geometry[0].1, 0);
         }
-        let text = ok(Command::new("docker").args([
-            "exec",
-            &c.name,
-            "/dev/crashcart/bin/busybox",
-            "echo",
-            "exec-ok",
-        ]));
+        let text = c.exec(&["/dev/crashcart/bin/busybox", "echo", "exec-ok"]);
         assert_eq!(text.trim(), "exec-ok");
         ok(cartinject().arg("-u").arg(&c.name));
         c.assert_clean();

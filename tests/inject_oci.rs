@@ -214,13 +214,7 @@ fn push_then_pull_by_tag_and_by_digest_into_a_container() {
         .arg("-m"),
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let text = ok(Command::new("docker").args([
-        "exec",
-        &c.name,
-        "/dev/crashcart/bin/busybox",
-        "cat",
-        "/proc/1/cmdline",
-    ]));
+    let text = c.exec(&["/dev/crashcart/bin/busybox", "cat", "/proc/1/cmdline"]);
     assert!(text.contains("/httpd"), "{text}");
     ok(cartinject().arg("-u").arg(&c.name));
     c.assert_clean();

@@ -96,13 +96,7 @@ fn podman_containers_by_name_id_prefix_and_forced_kind() {
         .arg(&c.name)
         .env("CONTAINER_HOST", "unix:///nonexistent/podman.sock"));
     assert!(out.contains("mounted"), "{out}");
-    let text = ok(Command::new("podman").args([
-        "exec",
-        &c.name,
-        "/dev/crashcart/bin/busybox",
-        "cat",
-        "/proc/1/cmdline",
-    ]));
+    let text = c.exec(&["/dev/crashcart/bin/busybox", "cat", "/proc/1/cmdline"]);
     assert!(text.contains("sleep"), "{text}");
     ok(cartinject().arg("-u").arg(&c.name));
     assert_clean(c.pid);

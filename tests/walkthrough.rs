@@ -179,21 +179,20 @@ fn walkthrough(img: &TestImage, t: &Target) {
 
     // -m: the tools stay for the runtime's exec and for nsenter, then -u takes them away.
     ok(cartinject().arg("-m").arg(&img.path).arg(&t.arg));
-    let text = ok(Command::new(t.runtime).args([
-        "exec",
+    let text = exec_in(
+        t.runtime,
         &t.name,
-        "/dev/crashcart/bin/tcpdump",
-        "--version",
-    ]));
+        &["/dev/crashcart/bin/tcpdump", "--version"],
+    );
     assert!(text.contains("tcpdump version 4.99.3"), "{text}");
-    let text = ok(Command::new("nsenter").args([
-        "-a",
-        "-t",
-        &t.pid.to_string(),
-        "/dev/crashcart/bin/bash",
-        "-c",
-        "/dev/crashcart/bin/lsof -n -P -p 1",
-    ]));
+    let text = nsenter_all(
+        t.pid,
+        &[
+            "/dev/crashcart/bin/bash",
+            "-c",
+            "/dev/crashcart/bin/lsof -n -P -p 1",
+        ],
+    );
     assert!(text.contains("*:80 (LISTEN)"), "{text}");
     ok(cartinject().arg("-u").arg(&t.arg));
 

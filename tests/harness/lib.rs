@@ -329,6 +329,20 @@ pub fn thin_container(test: &str) -> Container {
     c
 }
 
+/// `RUNTIME exec NAME COMMAND...` (`docker` or `podman`): asserts a zero exit and returns
+/// stdout.
+pub fn exec_in(runtime: &str, name: &str, command: &[&str]) -> String {
+    ok(Command::new(runtime).arg("exec").arg(name).args(command))
+}
+
+/// `nsenter -a -t PID COMMAND...`: `command` in every namespace of `pid`, as the runtime's
+/// exec would run it; asserts a zero exit and returns stdout.
+pub fn nsenter_all(pid: i32, command: &[&str]) -> String {
+    ok(Command::new("nsenter")
+        .args(["-a", "-t", &pid.to_string()])
+        .args(command))
+}
+
 /// A running container, removed (`docker rm -f`) on drop.
 pub struct Container {
     /// Its name.
@@ -382,6 +396,11 @@ impl Container {
             id,
             pid,
         }
+    }
+
+    /// `docker exec NAME COMMAND...`: asserts a zero exit and returns stdout.
+    pub fn exec(&self, command: &[&str]) -> String {
+        exec_in("docker", &self.name, command)
     }
 
     /// Waits until the container listens on TCP port `port` (its `/proc/PID/net/tcp`).

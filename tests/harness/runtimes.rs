@@ -125,6 +125,11 @@ impl PodmanContainer {
             pid,
         }
     }
+
+    /// `podman exec NAME COMMAND...`: asserts a zero exit and returns stdout.
+    pub fn exec(&self, command: &[&str]) -> String {
+        crate::exec_in("podman", &self.name, command)
+    }
 }
 
 impl Drop for PodmanContainer {
