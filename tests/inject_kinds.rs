@@ -128,7 +128,7 @@ fn user_namespaced_podman_container_gets_an_idmapped_image_and_a_root_shell() {
         lines[5].contains(&host_root.to_string()),
         "not in the container's user namespace: {text}"
     );
-    assert_clean(&c);
+    c.assert_clean();
     img.assert_no_loop_device();
 
     // -m creates /dev/crashcart in the container's own /dev (EOVERFLOW unless made with the
@@ -145,7 +145,7 @@ fn user_namespaced_podman_container_gets_an_idmapped_image_and_a_root_shell() {
     ]);
     assert_eq!(text.lines().collect::<Vec<_>>(), ["0:0", "0:0"], "{text}");
     ok(cartinject().arg("-u").arg(&c.name));
-    assert_clean(&c);
+    c.assert_clean();
     img.assert_no_loop_device();
 }
 
@@ -178,18 +178,8 @@ fn without_an_idmap_a_user_namespaced_session_says_so_and_still_works() {
         ["0", "65534", "runs"],
         "{text}"
     );
-    assert_clean(&c);
+    c.assert_clean();
     img.assert_no_loop_device();
-}
-
-fn assert_clean(c: &PodmanContainer) {
-    let left = crashcart_mounts(c.pid);
-    assert!(left.is_empty(), "{} still has {left:?}", c.name);
-    assert!(
-        !Path::new(&format!("/proc/{}/root/dev/crashcart", c.pid)).exists(),
-        "{} still has /dev/crashcart",
-        c.name
-    );
 }
 
 #[test]

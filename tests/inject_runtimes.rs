@@ -38,15 +38,6 @@ fn label_and_host(img: &TestImage, target: &str, env: &[(&str, &str)]) -> (Strin
     )
 }
 
-fn assert_clean(pid: i32) {
-    let left = crashcart_mounts(pid);
-    assert!(left.is_empty(), "pid {pid} still has {left:?}");
-    assert!(
-        !std::path::Path::new(&format!("/proc/{pid}/root/dev/crashcart")).exists(),
-        "pid {pid} still has /dev/crashcart"
-    );
-}
-
 /// A storage.conf naming an empty store, so that Podman's state files find nothing.
 fn empty_store(img: &TestImage) -> std::path::PathBuf {
     let conf = img.sibling("storage.conf");
@@ -99,7 +90,7 @@ fn podman_containers_by_name_id_prefix_and_forced_kind() {
     let text = c.exec(&["/dev/crashcart/bin/busybox", "cat", "/proc/1/cmdline"]);
     assert!(text.contains("sleep"), "{text}");
     ok(cartinject().arg("-u").arg(&c.name));
-    assert_clean(c.pid);
+    c.assert_clean();
     img.assert_no_loop_device();
 
     // A stopped Podman container: a clear error, not a stale PID.
@@ -198,7 +189,7 @@ fn podman_through_its_api_socket() {
     let (label, _) = label_and_host(&img, &format!("cgroup:{}", &c.id[..16]), &env);
     assert_eq!(label, c.id[..12]);
     img.assert_no_loop_device();
-    assert_clean(c.pid);
+    c.assert_clean();
 }
 
 #[test]
@@ -251,7 +242,7 @@ fn containerd_tasks_by_id_namespace_and_kubernetes_name() {
         assert!(text.contains("sleep"), "{target}: {text}");
         // The task's own network namespace: loopback only.
         assert_eq!(lines.last(), Some("lo"), "{target}: {text}");
-        assert_clean(task.pid);
+        task.assert_clean();
     }
 
     // The cgroup fallback finds a task by its 64-hex ID (ctr puts it in /k8s.io/ID).
@@ -279,7 +270,7 @@ fn containerd_tasks_by_id_namespace_and_kubernetes_name() {
     ]));
     assert_eq!(text.trim(), "ctr-exec-ok");
     ok(cartinject().arg("-u").arg(&app));
-    assert_clean(cri.pid);
+    cri.assert_clean();
     img.assert_no_loop_device();
 
     // Unknown names list containerd's tasks with their namespace (and pod).

@@ -197,12 +197,7 @@ fn walkthrough(img: &TestImage, t: &Target) {
     ok(cartinject().arg("-u").arg(&t.arg));
 
     // Nothing leaked: no mount or mount point in the container, no loop device on the image.
-    assert_eq!(crashcart_mounts(t.pid), Vec::<String>::new());
-    assert!(
-        !std::path::Path::new(&format!("/proc/{}/root/dev/crashcart", t.pid)).exists(),
-        "/dev/crashcart is left in {}",
-        t.name
-    );
+    assert_clean(t.pid, &t.name);
     img.assert_no_loop_device();
 }
 

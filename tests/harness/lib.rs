@@ -425,13 +425,7 @@ impl Container {
 
     /// Asserts that nothing of cartinject is left in the container: no mount, no directory.
     pub fn assert_clean(&self) {
-        let mounts = self.crashcart_mounts();
-        assert!(mounts.is_empty(), "{} still has {mounts:?}", self.name);
-        assert!(
-            !Path::new(&format!("/proc/{}/root/dev/crashcart", self.pid)).exists(),
-            "{} still has /dev/crashcart",
-            self.name
-        );
+        assert_clean(self.pid, &self.name);
     }
 }
 
@@ -441,6 +435,17 @@ impl Drop for Container {
             .args(["rm", "-f", &self.name])
             .output();
     }
+}
+
+/// Asserts that nothing of cartinject is left where the process `pid` (`name` in messages)
+/// looks: no mount at `/dev/crashcart` in its mount namespace, no `/dev/crashcart` in its root.
+pub fn assert_clean(pid: i32, name: &str) {
+    let mounts = crashcart_mounts(pid);
+    assert!(mounts.is_empty(), "{name} still has {mounts:?}");
+    assert!(
+        !Path::new(&format!("/proc/{pid}/root/dev/crashcart")).exists(),
+        "{name} still has /dev/crashcart"
+    );
 }
 
 /// Lines of `/proc/PID/mountinfo` that mention `/dev/crashcart`.

@@ -126,6 +126,11 @@ impl PodmanContainer {
         }
     }
 
+    /// Asserts that nothing of cartinject is left in the container: no mount, no directory.
+    pub fn assert_clean(&self) {
+        crate::assert_clean(self.pid, &self.name);
+    }
+
     /// `podman exec NAME COMMAND...`: asserts a zero exit and returns stdout.
     pub fn exec(&self, command: &[&str]) -> String {
         crate::exec_in("podman", &self.name, command)
@@ -219,6 +224,11 @@ impl CtrTask {
         };
         task.pid = pid;
         task
+    }
+
+    /// Asserts that nothing of cartinject is left in the task: no mount, no directory.
+    pub fn assert_clean(&self) {
+        crate::assert_clean(self.pid, &format!("task {}/{}", self.ns, self.id));
     }
 }
 
