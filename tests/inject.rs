@@ -132,53 +132,7 @@ fn exercise_lsof_and_tcpdump_from_the_net_image() {
     assert!(text.contains("*:80 (LISTEN)"), "{text}");
 
     // tcpdump on the container's loopback sees a request made in its network namespace.
-    let mut dump = inject(
-        &img,
-        &c.name,
-        &[
-            "tcpdump",
-            "-i",
-            "lo",
-            "-n",
-            "-l",
-            "-c",
-            "1",
-            "tcp dst port 80 and tcp[tcpflags] & tcp-syn != 0",
-        ],
-    );
-    let mut dump = dump
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tcpdump");
-    let mut stderr = dump.stderr.take().expect("stderr");
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 256];
-    while !String::from_utf8_lossy(&seen).contains("listening on lo") {
-        use std::io::Read;
-        let n = stderr.read(&mut buf).expect("read tcpdump stderr");
-        assert!(n > 0, "tcpdump ended: {}", String::from_utf8_lossy(&seen));
-        seen.extend_from_slice(&buf[..n]);
-    }
-    let reply = ok(Command::new("nsenter").args([
-        "-t",
-        &c.pid.to_string(),
-        "-n",
-        "curl",
-        "-s",
-        "http://127.0.0.1:80/",
-    ]));
-    assert_eq!(reply, "hello from thin\n");
-    let status = wait_with_timeout(&mut dump, LONG);
-    let mut text = String::new();
-    use std::io::Read;
-    dump.stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut text)
-        .expect("read");
-    assert!(status.success(), "tcpdump: {status:?}");
-    assert!(text.contains("127.0.0.1.80: Flags [S]"), "{text}");
+    assert_tcpdump_captures_a_request(&img, &c.name, c.pid, LONG);
 
     // -m with the net image, then docker exec of its tcpdump.
     ok(cartinject().arg("-m").arg(&img.path).arg(&c.name));

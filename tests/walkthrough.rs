@@ -9,8 +9,8 @@
 //! the Debian mirror from this host's apt sources); `tests/run` provides them. The image is
 //! built once per run (`$CRASHCART_NET_IMAGE` uses one already built).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crashcart_tests::runtimes::*;
@@ -28,40 +28,6 @@ struct Target {
     pid: i32,
     /// `docker` or `podman`: the runtime's own `exec`.
     runtime: &'static str,
-}
-
-/// A request to the server over the container's own loopback, from the host's `curl` in the
-/// container's network namespace.
-fn request(t: &Target) -> String {
-    require_tool("curl", "curl");
-    ok(Command::new("nsenter").args([
-        "-t",
-        &t.pid.to_string(),
-        "-n",
-        "curl",
-        "-s",
-        "--max-time",
-        "10",
-        "http://127.0.0.1:80/",
-    ]))
-}
-
-/// Reads `child`'s stderr until it holds `needle`; returns what was read.
-fn stderr_until(child: &mut Child, needle: &str) -> String {
-    let mut err = child.stderr.take().expect("stderr piped");
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 512];
-    while !String::from_utf8_lossy(&seen).contains(needle) {
-        let n = err.read(&mut buf).expect("read stderr");
-        assert!(
-            n > 0,
-            "ended before {needle:?}: {}",
-            String::from_utf8_lossy(&seen)
-        );
-        seen.extend_from_slice(&buf[..n]);
-    }
-    child.stderr = Some(err);
-    String::from_utf8_lossy(&seen).into_owned()
 }
 
 /// The walkthrough, in `t`, with `img`.
@@ -115,35 +81,7 @@ fn walkthrough(img: &TestImage, t: &Target) {
     assert_eq!(stderr(&out), "", "lsof complained");
 
     // tcpdump on the container's loopback captures a request to the server.
-    let mut dump = inject(
-        img,
-        &t.arg,
-        &[
-            "tcpdump",
-            "-i",
-            "lo",
-            "-n",
-            "-l",
-            "-c",
-            "1",
-            "tcp dst port 80 and tcp[tcpflags] & tcp-syn != 0",
-        ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("tcpdump");
-    stderr_until(&mut dump, "listening on lo");
-    assert_eq!(request(t), "hello from thin\n");
-    let status = wait_with_timeout(&mut dump, LONG);
-    let mut text = String::new();
-    dump.stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut text)
-        .expect("read");
-    assert!(status.success(), "tcpdump: {status:?}");
-    assert!(text.contains("127.0.0.1.80: Flags [S]"), "{text}");
+    assert_tcpdump_captures_a_request(img, &t.arg, t.pid, LONG);
 
     // strace attaches to the server, sees it accept a connection, and detaches on Ctrl-C
     // (SIGINT to cartinject, forwarded to strace).
@@ -157,7 +95,7 @@ fn walkthrough(img: &TestImage, t: &Target) {
     .spawn()
     .expect("strace");
     stderr_until(&mut trace, "attached");
-    assert_eq!(request(t), "hello from thin\n");
+    assert_eq!(http_get(t.pid), "hello from thin\n");
     let mut err = BufReader::new(trace.stderr.take().expect("stderr"));
     let mut seen = String::new();
     while !seen.contains("accept") {
@@ -175,7 +113,7 @@ fn walkthrough(img: &TestImage, t: &Target) {
         "cartinject died of a signal: {status:?}"
     );
     // The server goes on serving once strace has detached.
-    assert_eq!(request(t), "hello from thin\n");
+    assert_eq!(http_get(t.pid), "hello from thin\n");
 
     // -m: the tools stay for the runtime's exec and for nsenter, then -u takes them away.
     ok(cartinject().arg("-m").arg(&img.path).arg(&t.arg));

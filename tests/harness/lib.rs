@@ -15,7 +15,7 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -341,6 +341,82 @@ pub fn nsenter_all(pid: i32, command: &[&str]) -> String {
     ok(Command::new("nsenter")
         .args(["-a", "-t", &pid.to_string()])
         .args(command))
+}
+
+/// A request to the thin image's server (port 80) over the loopback of `pid`'s network
+/// namespace, from the host's `curl` run in that namespace: asserts a zero exit and returns
+/// the body.
+pub fn http_get(pid: i32) -> String {
+    require_tool("curl", "curl");
+    ok(Command::new("nsenter").args([
+        "-t",
+        &pid.to_string(),
+        "-n",
+        "curl",
+        "-s",
+        "--max-time",
+        "10",
+        "http://127.0.0.1:80/",
+    ]))
+}
+
+/// Reads `child`'s stderr until it holds `needle`; returns what was read, and leaves the rest
+/// of stderr to the caller.
+pub fn stderr_until(child: &mut Child, needle: &str) -> String {
+    let mut err = child.stderr.take().expect("stderr piped");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        let n = err.read(&mut buf).expect("read stderr");
+        assert!(
+            n > 0,
+            "ended before {needle:?}: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    child.stderr = Some(err);
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// `tcpdump -i lo` from `image`, in a session in `target` (whose first process in the host is
+/// `pid`), captures the SYN of a request to the thin image's server: asserts the server's
+/// reply, tcpdump's exit (within `timeout`) and the packet it printed.
+pub fn assert_tcpdump_captures_a_request(
+    image: impl AsRef<Path>,
+    target: &str,
+    pid: i32,
+    timeout: Duration,
+) {
+    let mut dump = inject(
+        image,
+        target,
+        &[
+            "tcpdump",
+            "-i",
+            "lo",
+            "-n",
+            "-l",
+            "-c",
+            "1",
+            "tcp dst port 80 and tcp[tcpflags] & tcp-syn != 0",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("tcpdump");
+    stderr_until(&mut dump, "listening on lo");
+    assert_eq!(http_get(pid), "hello from thin\n");
+    let status = wait_with_timeout(&mut dump, timeout);
+    let mut text = String::new();
+    dump.stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut text)
+        .expect("read");
+    assert!(status.success(), "tcpdump: {status:?}");
+    assert!(text.contains("127.0.0.1.80: Flags [S]"), "{text}");
 }
 
 /// A running container, removed (`docker rm -f`) on drop.
