@@ -105,13 +105,7 @@ impl Drop for Watch {
 fn user_namespaced_podman_container_gets_an_idmapped_image_and_a_root_shell() {
     require_root();
     let c = PodmanContainer::start("userns", &["--userns=auto"]);
-    let map = std::fs::read_to_string(format!("/proc/{}/uid_map", c.pid)).expect("uid_map");
-    let host_root: u32 = map
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .expect("a uid map");
-    assert_ne!(host_root, 0, "the container is not user-namespaced: {map}");
+    let host_root = assert_user_namespaced(c.pid);
     let img = TestImage::fixture();
     let text = ok(&mut inject(
         &img.path,

@@ -189,32 +189,8 @@ fn walkthrough_in_a_user_namespaced_podman_container() {
         runtime: "podman",
     };
     // The container's root is an unprivileged host uid.
-    let map = std::fs::read_to_string(format!("/proc/{}/uid_map", c.pid)).expect("uid_map");
-    let host_uid: u64 = map
-        .split_whitespace()
-        .nth(1)
-        .and_then(|u| u.parse().ok())
-        .expect("a uid map");
-    assert_ne!(host_uid, 0, "the container is not user-namespaced: {map}");
-    // Wait for the server (the harness's wait_listening is Docker's).
-    let deadline = std::time::Instant::now() + LONG;
-    while output(Command::new("nsenter").args([
-        "-t",
-        &c.pid.to_string(),
-        "-n",
-        "curl",
-        "-s",
-        "http://127.0.0.1:80/",
-    ]))
-    .stdout
-    .is_empty()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the server never answered"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert_user_namespaced(c.pid);
+    wait_listening(c.pid, &c.name, 80, LONG);
 
     // The shell runs as the container's root, and the image's files are that root's.
     let text = ok(&mut inject(

@@ -479,19 +479,9 @@ impl Container {
         exec_in("docker", &self.name, command)
     }
 
-    /// Waits until the container listens on TCP port `port` (its `/proc/PID/net/tcp`).
+    /// Waits (up to 10 s) until the container listens on TCP port `port`.
     pub fn wait_listening(&self, port: u16) {
-        let needle = format!(":{port:04X} 00000000:0000 0A");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            let tcp =
-                std::fs::read_to_string(format!("/proc/{}/net/tcp", self.pid)).unwrap_or_default();
-            if tcp.contains(&needle) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("container {} does not listen on port {port}", self.name);
+        wait_listening(self.pid, &self.name, port, Duration::from_secs(10));
     }
 
     /// Lines of the container's mountinfo that mention `/dev/crashcart`.
@@ -522,6 +512,21 @@ pub fn assert_clean(pid: i32, name: &str) {
         !Path::new(&format!("/proc/{pid}/root/dev/crashcart")).exists(),
         "{name} still has /dev/crashcart"
     );
+}
+
+/// Waits (up to `timeout`) until something listens on TCP port `port` in the network
+/// namespace of `pid` (its `/proc/PID/net/tcp`); fails naming `name` if nothing does.
+pub fn wait_listening(pid: i32, name: &str, port: u16, timeout: Duration) {
+    let needle = format!(":{port:04X} 00000000:0000 0A");
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let tcp = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+        if tcp.contains(&needle) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("container {name} does not listen on port {port}");
 }
 
 /// Lines of `/proc/PID/mountinfo` that mention `/dev/crashcart`.

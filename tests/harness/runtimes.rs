@@ -75,6 +75,19 @@ pub fn podman_thin_image() -> &'static str {
     })
 }
 
+/// Asserts that the container whose first process is `pid` is user-namespaced (its root is
+/// an unprivileged uid of the host) and returns that uid.
+pub fn assert_user_namespaced(pid: i32) -> u64 {
+    let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).expect("uid_map");
+    let host_uid: u64 = map
+        .split_whitespace()
+        .nth(1)
+        .and_then(|u| u.parse().ok())
+        .expect("a uid map");
+    assert_ne!(host_uid, 0, "the container is not user-namespaced: {map}");
+    host_uid
+}
+
 /// A running Podman container, removed (`podman rm -f`) on drop.
 pub struct PodmanContainer {
     /// Its name.
