@@ -94,15 +94,23 @@ fn walkthrough(img: &TestImage, t: &Target) {
     .stderr(Stdio::piped())
     .spawn()
     .expect("strace");
-    stderr_until(&mut trace, "attached");
+    // strace says "attached" before its tracing takes hold, and a request accepted in between
+    // is never reported: wait until it shows the server's next accept begun (unfinished until a
+    // connection comes), so that the request is the one it traces.
+    let shown = stderr_until(&mut trace, "accept");
     assert_eq!(http_get(t.pid), "hello from thin\n");
     let mut err = BufReader::new(trace.stderr.take().expect("stderr"));
     let mut seen = String::new();
+    // Whole lines only, starting with the one strace had begun.
+    let mut line = shown
+        .rsplit_once('\n')
+        .map_or(shown.as_str(), |(_, begun)| begun)
+        .to_string();
     while !seen.contains("accept") {
-        let mut line = String::new();
         let n = err.read_line(&mut line).expect("read strace");
-        assert!(n > 0, "strace ended without tracing accept: {seen}");
+        assert!(n > 0, "strace ended without tracing accept: {seen}{line}");
         seen.push_str(&line);
+        line.clear();
     }
     let pid = i32::try_from(trace.id()).expect("pid");
     // SAFETY: kill(2) with a PID of our own child and a valid signal number.
