@@ -118,6 +118,11 @@ impl Pin {
         Ok(file)
     }
 
+    /// The pinned process's start time (clock ticks after boot, `/proc/PID/stat` field 22).
+    pub fn start_time(&self) -> u64 {
+        self.start_time
+    }
+
     /// Whether a pidfd holds the target.
     pub fn has_pidfd(&self) -> bool {
         self.pidfd.is_some()

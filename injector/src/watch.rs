@@ -24,7 +24,7 @@ const DOCKER_WAIT: Duration = Duration::from_secs(3);
 pub struct TargetWatch {
     pidfd: Option<OwnedFd>,
     pid: i32,
-    start_time: Option<u64>,
+    start_time: u64,
     label: String,
     docker_id: Option<String>,
     /// `wait(2)` status read while it was a zombie.
@@ -41,7 +41,8 @@ impl TargetWatch {
         TargetWatch {
             pidfd,
             pid: target.pid,
-            start_time: procfs::read_stat(target.pid).ok().map(|s| s.start_time),
+            // The pin's, not a new read: the target may be gone already.
+            start_time: pin.start_time(),
             label: target.to_string(),
             // Docker records the exit status of a container's first process only; it is
             // asked about any container ID (a target given by PID is often one of its
@@ -61,7 +62,7 @@ impl TargetWatch {
 
     /// Without a pidfd: whether the target has exited (or its PID is someone else's now).
     pub fn gone(&self) -> bool {
-        procfs::read_stat(self.pid).ok().map(|s| s.start_time) != self.start_time
+        procfs::read_stat(self.pid).ok().map(|s| s.start_time) != Some(self.start_time)
     }
 
     /// Called when [`TargetWatch::fd`] is readable: remembers the exit status while the
