@@ -313,22 +313,18 @@ fn concurrent_sessions_do_not_disturb_each_other_or_the_container() {
     let c = fat("concurrent");
     let img = TestImage::fixture();
     // Session A waits on its stdin while B comes and goes.
-    let mut a = inject(
-        &img,
-        &c.name,
-        &[
-            "sh",
-            "-c",
-            "echo A-ready; read line; ls /dev/crashcart/bin/bash && echo A-ok-$line",
-        ],
-    )
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .spawn()
-    .expect("session A");
-    let mut a_out = std::io::BufReader::new(a.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut a_out, &mut line).expect("read A");
+    let (mut a, mut a_out, line) = spawn_until_first_line(
+        inject(
+            &img,
+            &c.name,
+            &[
+                "sh",
+                "-c",
+                "echo A-ready; read line; ls /dev/crashcart/bin/bash && echo A-ok-$line",
+            ],
+        )
+        .stdin(Stdio::piped()),
+    );
     assert_eq!(line.trim(), "A-ready");
 
     // While A runs: the container itself sees nothing, not even the directory.
@@ -380,13 +376,8 @@ fn signals_reach_the_command_and_set_the_status() {
             4,
         ),
     ] {
-        let mut child = inject(&img, &c.name, &["sh", "-c", script])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("session");
-        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut out, &mut line).expect("read");
+        let (mut child, mut out, line) =
+            spawn_until_first_line(&mut inject(&img, &c.name, &["sh", "-c", script]));
         assert_eq!(line.trim(), "ready");
         // SAFETY: kill with a PID of our own child and a valid signal number.
         let rc = unsafe { libc::kill(i32::try_from(child.id()).expect("pid"), sig) };
@@ -538,14 +529,9 @@ fn list_shows_mounts_and_sessions() {
     ok(cartinject().arg("-u").arg(&c.name));
 
     // A running session is listed too, as a session of this container.
-    let mut s = inject(&img, &c.name, &["sh", "-c", "echo ready; read x"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("session");
-    let mut out = std::io::BufReader::new(s.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).expect("read");
+    let (mut s, _out, _) = spawn_until_first_line(
+        inject(&img, &c.name, &["sh", "-c", "echo ready; read x"]).stdin(Stdio::piped()),
+    );
     let json: serde_json::Value =
         serde_json::from_str(&ok(cartinject().args(["--list", "--json"]))).expect("JSON");
     let ours: Vec<&serde_json::Value> = json

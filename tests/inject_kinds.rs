@@ -9,7 +9,6 @@
 //! its containers' `/dev`.
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -366,18 +365,14 @@ fn sessions_leave_no_trace_even_after_kill_9() {
     let processes = processes_in_pid_ns_of(c.pid);
 
     for kill in [false, true] {
-        let mut session = inject(
-            &img.path,
-            &c.name,
-            &["sh", "-c", "echo ready; read x; echo bye"],
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("session");
-        let mut out = std::io::BufReader::new(session.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        out.read_line(&mut line).expect("read");
+        let (mut session, _out, line) = spawn_until_first_line(
+            inject(
+                &img.path,
+                &c.name,
+                &["sh", "-c", "echo ready; read x; echo bye"],
+            )
+            .stdin(Stdio::piped()),
+        );
         assert_eq!(line.trim(), "ready");
         // While it runs, the workload sees nothing of it in its mounts or its /dev.
         assert_eq!(

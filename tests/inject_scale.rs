@@ -298,14 +298,9 @@ fn the_target_exits_in_the_middle_of_a_session() {
             "while [ ! -e /stop ]; do sleep 0.05; done; exit 3",
         ],
     );
-    let mut session = inject(&img, &c.name, &["sh", "-c", "echo ready; sleep 100"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start a session");
-    let mut out = BufReader::new(session.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    out.read_line(&mut line).expect("read");
+    let (mut session, _out, line) = spawn_until_first_line(
+        inject(&img, &c.name, &["sh", "-c", "echo ready; sleep 100"]).stderr(Stdio::piped()),
+    );
     assert_eq!(line.trim(), "ready");
     std::fs::write(format!("/proc/{}/root/stop", c.pid), b"").expect("stop the target");
     let status = wait_with_timeout(&mut session, LONG);
@@ -345,18 +340,14 @@ fn the_target_exits_in_the_middle_of_a_session() {
         child_pid.is_some()
     }));
     let target = child_pid.expect("the container's sleep");
-    let mut session = inject(
-        &img,
-        &target.to_string(),
-        &["sh", "-c", "echo ready; exec sleep 101"],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("start a session");
-    let mut out = BufReader::new(session.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    out.read_line(&mut line).expect("read");
+    let (mut session, _out, line) = spawn_until_first_line(
+        inject(
+            &img,
+            &target.to_string(),
+            &["sh", "-c", "echo ready; exec sleep 101"],
+        )
+        .stderr(Stdio::piped()),
+    );
     assert_eq!(line.trim(), "ready");
     // SAFETY: kill with a PID and a valid signal number.
     assert_eq!(unsafe { libc::kill(target, libc::SIGTERM) }, 0);

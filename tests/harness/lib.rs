@@ -11,11 +11,11 @@
 use std::collections::hash_map::DefaultHasher;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -97,6 +97,19 @@ pub fn output(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Starts `cmd` with its stdout piped (stdin and stderr as the caller set them) and reads
+/// its first line: the running child, the rest of its stdout, and that line.
+pub fn spawn_until_first_line(cmd: &mut Command) -> (Child, BufReader<ChildStdout>, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let mut out = BufReader::new(child.stdout.take().expect("stdout piped"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("read the first line");
+    (child, out, line)
 }
 
 /// Stdout as text.
