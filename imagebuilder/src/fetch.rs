@@ -117,6 +117,8 @@ impl Failure {
 impl Fetcher {
     /// A fetcher writing into `cache`.
     pub fn new(cache: Cache, opts: Options, reporter: Reporter) -> Result<Fetcher, FetchError> {
+        // reqwest takes the process's default rustls provider; an Err means one is installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::blocking::Client::builder()
             .connect_timeout(opts.connect_timeout)
             // The blocking client applies this to the response headers and to each

@@ -183,6 +183,8 @@ pub struct Client {
 impl Client {
     /// A client for `reference`'s repository.
     pub fn new(reference: &Reference, access: Access) -> Result<Client, ClientError> {
+        // reqwest takes the process's default rustls provider; an Err means one is installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::blocking::Client::builder()
             .user_agent(concat!("crashcart/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(CONNECT_TIMEOUT)
