@@ -508,14 +508,7 @@ fn list_shows_mounts_and_sessions() {
         "{line}"
     );
 
-    let json: serde_json::Value =
-        serde_json::from_str(&ok(cartinject().args(["--list", "--json"]))).expect("JSON");
-    let ours: Vec<&serde_json::Value> = json
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter(|p| p["image"].as_str() == img.path.to_str())
-        .collect();
+    let (json, ours) = img.listed();
     assert_eq!(ours.len(), 1, "{json}");
     assert_eq!(ours[0]["kind"], "mount");
     assert_eq!(ours[0]["target_pid"], c.pid);
@@ -532,14 +525,7 @@ fn list_shows_mounts_and_sessions() {
     let (mut s, _out, _) = spawn_until_first_line(
         inject(&img, &c.name, &["sh", "-c", "echo ready; read x"]).stdin(Stdio::piped()),
     );
-    let json: serde_json::Value =
-        serde_json::from_str(&ok(cartinject().args(["--list", "--json"]))).expect("JSON");
-    let ours: Vec<&serde_json::Value> = json
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter(|p| p["image"].as_str() == img.path.to_str())
-        .collect();
+    let (json, ours) = img.listed();
     drop(s.stdin.take());
     wait_with_timeout(&mut s, LONG);
     assert_eq!(ours.len(), 1, "{json}");

@@ -153,14 +153,8 @@ fn many_containers_at_once_share_one_loop_device() {
     for c in &containers {
         assert!(c.crashcart_mounts().is_empty(), "{}", c.name);
     }
-    let listed: serde_json::Value =
-        serde_json::from_str(&ok(cartinject().args(["--list", "--json"]))).expect("JSON");
-    let ours = listed
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter(|p| p["image"].as_str() == img.path.to_str() && p["kind"] == "session")
-        .count();
+    let (listed, ours) = img.listed();
+    let ours = ours.iter().filter(|p| p["kind"] == "session").count();
     assert_eq!(ours, n, "{listed}");
 
     let mut succeeded = 0;

@@ -641,6 +641,21 @@ impl TestImage {
         loop_devices_for(&self.path)
     }
 
+    /// What `cartinject --list --json` says: all of it (for messages), and its entries for
+    /// this image.
+    pub fn listed(&self) -> (serde_json::Value, Vec<serde_json::Value>) {
+        let json: serde_json::Value =
+            serde_json::from_str(&ok(cartinject().args(["--list", "--json"]))).expect("JSON");
+        let ours = json
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter(|p| p["image"].as_str() == self.path.to_str())
+            .cloned()
+            .collect();
+        (json, ours)
+    }
+
     /// Waits (up to 10 s: autoclear runs when the last user is gone, which the kernel may
     /// finish a moment after cartinject exits) until no loop device is backed by this image,
     /// and fails the test if one stays.
