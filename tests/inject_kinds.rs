@@ -179,12 +179,7 @@ fn without_an_idmap_a_user_namespaced_session_says_so_and_still_works() {
 fn read_only_root_filesystem_sessions_and_mount() {
     let c = docker_run("roroot", &["--read-only"]);
     let img = TestImage::fixture();
-    let before = mount_table(c.pid);
-    let root = before
-        .values()
-        .find(|m| m.point == "/")
-        .expect("a root mount");
-    assert!(root.read_only(), "the root is not read-only: {root:?}");
+    let before = assert_read_only_root(c.pid);
     let watch = Watch::start(c.pid);
 
     let text = ok(&mut inject(

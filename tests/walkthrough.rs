@@ -168,12 +168,7 @@ fn walkthrough_in_a_read_only_docker_container() {
     let img = TestImage::copy_of(net_image());
     let c = Container::start_with(&unique("walkro"), thin_image(), &["--read-only"]);
     c.wait_listening(80);
-    let before = mount_table(c.pid);
-    let root = before
-        .values()
-        .find(|m| m.point == "/")
-        .expect("a root mount");
-    assert!(root.read_only(), "the root is not read-only: {root:?}");
+    let before = assert_read_only_root(c.pid);
     let t = Target {
         arg: c.name.clone(),
         name: c.name.clone(),

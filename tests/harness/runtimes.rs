@@ -399,6 +399,18 @@ pub fn mount_table(pid: i32) -> BTreeMap<u32, Mount> {
         .collect()
 }
 
+/// The mount table of `pid` (see [`mount_table`]), once asserted that its root is mounted
+/// read-only.
+pub fn assert_read_only_root(pid: i32) -> BTreeMap<u32, Mount> {
+    let table = mount_table(pid);
+    let root = table
+        .values()
+        .find(|m| m.point == "/")
+        .expect("a root mount");
+    assert!(root.read_only(), "the root is not read-only: {root:?}");
+    table
+}
+
 /// The loop device(s) backed by `image`, with their `offset` and `sizelimit` (sysfs).
 pub fn loop_geometry(image: &Path) -> Vec<(String, u64, u64)> {
     crate::loop_devices_for(image)
