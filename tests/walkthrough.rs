@@ -30,6 +30,18 @@ struct Target {
     runtime: &'static str,
 }
 
+impl Target {
+    /// A Docker container, by its name.
+    fn docker(c: &Container) -> Target {
+        Target {
+            arg: c.name.clone(),
+            name: c.name.clone(),
+            pid: c.pid,
+            runtime: "docker",
+        }
+    }
+}
+
 /// The walkthrough, in `t`, with `img`.
 fn walkthrough(img: &TestImage, t: &Target) {
     // The container has no shell of its own.
@@ -152,12 +164,7 @@ fn walkthrough_in_a_thin_docker_container() {
     require_root();
     let img = TestImage::copy_of(net_image());
     let c = thin_container("walk");
-    let t = Target {
-        arg: c.name.clone(),
-        name: c.name.clone(),
-        pid: c.pid,
-        runtime: "docker",
-    };
+    let t = Target::docker(&c);
     walkthrough(&img, &t);
     c.assert_clean();
 }
@@ -169,12 +176,7 @@ fn walkthrough_in_a_read_only_docker_container() {
     let c = Container::start_with(&unique("walkro"), thin_image(), &["--read-only"]);
     c.wait_listening(80);
     let before = assert_read_only_root(c.pid);
-    let t = Target {
-        arg: c.name.clone(),
-        name: c.name.clone(),
-        pid: c.pid,
-        runtime: "docker",
-    };
+    let t = Target::docker(&c);
     walkthrough(&img, &t);
     assert_eq!(mount_table(c.pid), before, "the container's mounts changed");
     c.assert_clean();
