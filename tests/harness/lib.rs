@@ -432,6 +432,17 @@ pub fn assert_tcpdump_captures_a_request(
     assert!(text.contains("127.0.0.1.80: Flags [S]"), "{text}");
 }
 
+/// The PID in the host of the first process of the container `id` of `engine` (`docker` or
+/// `podman`); fails unless it has one (`name` in the message).
+fn first_pid(engine: &str, id: &str, name: &str) -> i32 {
+    let pid: i32 = ok(Command::new(engine).args(["inspect", "-f", "{{.State.Pid}}", id]))
+        .trim()
+        .parse()
+        .expect("a PID");
+    assert!(pid > 0, "{engine} container {name} has no PID");
+    pid
+}
+
 /// A running container, removed (`docker rm -f`) on drop.
 pub struct Container {
     /// Its name.
@@ -475,11 +486,7 @@ impl Container {
             .args(command))
         .trim()
         .to_string();
-        let pid: i32 = ok(Command::new("docker").args(["inspect", "-f", "{{.State.Pid}}", &id]))
-            .trim()
-            .parse()
-            .expect("a PID");
-        assert!(pid > 0, "container {name} has no PID");
+        let pid = first_pid("docker", &id, name);
         Container {
             name: name.to_string(),
             id,

@@ -127,11 +127,7 @@ impl PodmanContainer {
             .arg(image))
         .trim()
         .to_string();
-        let pid: i32 = ok(Command::new("podman").args(["inspect", "-f", "{{.State.Pid}}", &id]))
-            .trim()
-            .parse()
-            .expect("a PID");
-        assert!(pid > 0, "podman container {name} has no PID");
+        let pid = crate::first_pid("podman", &id, name);
         PodmanContainer {
             name: name.to_string(),
             id,
