@@ -16,7 +16,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use crashcart_tests::hardening::{
@@ -53,6 +53,18 @@ fn pending_input(master: &File) -> i32 {
     queued
 }
 
+/// `cartinject --match-container IMAGE TARGET -- COMMAND...`, run to completion.
+fn match_container(img: &TestImage, target: &str, command: &[&str]) -> Output {
+    output(
+        cartinject()
+            .arg("--match-container")
+            .arg(&img.path)
+            .arg(target)
+            .arg("--")
+            .args(command),
+    )
+}
+
 /// Injects into the hostile container `h` over and over (sessions with host files as stdin
 /// and stdout, sessions with pipes, `--match-container` sessions, `-m`/`-u`, one session on
 /// a pty), then judges what the hostile program reached.
@@ -85,13 +97,7 @@ fn attack(label: &str, h: &HostileContainer, img: &TestImage) -> Figures {
                 assert!(out.status.success(), "session {i}: {}", stderr(&out));
             }
             _ => {
-                let out = output(
-                    cartinject()
-                        .arg("--match-container")
-                        .arg(&img.path)
-                        .arg(&c.name)
-                        .args(["--", "sleep", "0.05"]),
-                );
+                let out = match_container(img, &c.name, &["sleep", "0.05"]);
                 assert!(out.status.success(), "session {i}: {}", stderr(&out));
             }
         }
@@ -452,13 +458,7 @@ fn match_container_gives_the_session_the_workloads_power_only() {
     }
 
     // --match-container: the container's capabilities and Docker's default profile.
-    let out = output(
-        cartinject()
-            .arg("--match-container")
-            .arg(&img.path)
-            .arg(&c.name)
-            .args(["--", "sh", "-c", PROBE]),
-    );
+    let out = match_container(&img, &c.name, &["sh", "-c", PROBE]);
     let (text, err) = (stdout(&out), stderr(&out));
     assert!(out.status.success(), "{err}");
     for key in ["CapEff", "CapPrm", "CapBnd", "CapInh", "CapAmb"] {
@@ -504,13 +504,7 @@ fn match_container_gives_the_session_the_workloads_power_only() {
             "NET_RAW",
         ],
     );
-    let out = output(
-        cartinject()
-            .arg("--match-container")
-            .arg(&img.path)
-            .arg(&r.name)
-            .args(["--", "sh", "-c", PROBE]),
-    );
+    let out = match_container(&img, &r.name, &["sh", "-c", PROBE]);
     let text = stdout(&out);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(text.contains("Uid:\t1000\t1000\t1000\t1000"), "{text}");
