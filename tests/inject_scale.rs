@@ -10,7 +10,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crashcart_tests::hardening::count;
@@ -102,6 +102,15 @@ fn kill9(child: &mut Child) -> bool {
     assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
     let status = child.wait().expect("wait");
     std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGKILL)
+}
+
+/// Waits for `session` and returns its status and all it wrote to stderr.
+fn wait_with_stderr(session: &mut Child) -> (ExitStatus, String) {
+    let status = wait_with_timeout(session, LONG);
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut session.stderr.take().expect("stderr"), &mut err)
+        .expect("read");
+    (status, err)
 }
 
 #[test]
@@ -297,10 +306,7 @@ fn the_target_exits_in_the_middle_of_a_session() {
     );
     assert_eq!(line.trim(), "ready");
     std::fs::write(format!("/proc/{}/root/stop", c.pid), b"").expect("stop the target");
-    let status = wait_with_timeout(&mut session, LONG);
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut session.stderr.take().expect("stderr"), &mut err)
-        .expect("read");
+    let (status, err) = wait_with_stderr(&mut session);
     assert_eq!(status.code(), Some(128 + libc::SIGKILL), "{err}");
     assert!(
         err.contains(&format!("the target {} (pid {})", c.name, c.pid))
@@ -345,10 +351,7 @@ fn the_target_exits_in_the_middle_of_a_session() {
     assert_eq!(line.trim(), "ready");
     // SAFETY: kill with a PID and a valid signal number.
     assert_eq!(unsafe { libc::kill(target, libc::SIGTERM) }, 0);
-    let status = wait_with_timeout(&mut session, LONG);
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut session.stderr.take().expect("stderr"), &mut err)
-        .expect("read");
+    let (status, err) = wait_with_stderr(&mut session);
     assert_eq!(status.code(), Some(128 + libc::SIGKILL), "{err}");
     assert!(
         err.contains(&format!("(pid {target}) exited during the session")),
