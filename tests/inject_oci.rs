@@ -53,6 +53,11 @@ const RUN: [&str; 4] = [
     "busybox cat /proc/1/cmdline; echo; echo from-the-registry",
 ];
 
+/// [`RUN`] in `c` from the image at `reference`, with the cache `cache`, run to completion.
+fn run_from(cache: &Path, reference: &str, c: &Container) -> Output {
+    output(&mut inject_with_cache(cache, reference, &c.name, &RUN))
+}
+
 fn assert_ran(out: &Output) {
     let text = stdout(out);
     assert!(
@@ -135,12 +140,7 @@ fn push_then_pull_by_tag_and_by_digest_into_a_container() {
     let cache = tempfile::tempdir().expect("cache dir");
 
     // By tag, straight from the .ci registry: pulled, verified, cached, injected.
-    let out = output(&mut inject_with_cache(
-        cache.path(),
-        &format!("oci://{registry}/{repo}:1.0.0"),
-        &c.name,
-        &RUN,
-    ));
+    let out = run_from(cache.path(), &format!("oci://{registry}/{repo}:1.0.0"), &c);
     assert_ran(&out);
     assert!(
         stderr(&out).contains("pulled") && stderr(&out).contains(&hex),
@@ -179,12 +179,11 @@ fn push_then_pull_by_tag_and_by_digest_into_a_container() {
     let via = relay.authority();
 
     // By digest, cached: not one request.
-    let out = output(&mut inject_with_cache(
+    let out = run_from(
         cache.path(),
         &format!("oci://{via}/{repo}@sha256:{hex}"),
-        &c.name,
-        &RUN,
-    ));
+        &c,
+    );
     assert_ran(&out);
     assert_eq!(
         relay.take(),
@@ -194,12 +193,7 @@ fn push_then_pull_by_tag_and_by_digest_into_a_container() {
     assert!(!stderr(&out).contains("pulled"), "{}", stderr(&out));
 
     // By tag, cached: the tag is asked for again (one HEAD), nothing else.
-    let out = output(&mut inject_with_cache(
-        cache.path(),
-        &format!("oci://{via}/{repo}:1.0.0"),
-        &c.name,
-        &RUN,
-    ));
+    let out = run_from(cache.path(), &format!("oci://{via}/{repo}:1.0.0"), &c);
     assert_ran(&out);
     assert_eq!(relay.take(), [format!("HEAD /v2/{repo}/manifests/1.0.0")]);
 
@@ -223,12 +217,11 @@ fn push_then_pull_by_tag_and_by_digest_into_a_container() {
 
     // By digest into an empty cache: the manifest by its digest and each blob, no tag.
     let fresh = tempfile::tempdir().expect("cache dir");
-    let out = output(&mut inject_with_cache(
+    let out = run_from(
         fresh.path(),
         &format!("oci://{via}/{repo}@sha256:{hex}"),
-        &c.name,
-        &RUN,
-    ));
+        &c,
+    );
     assert_ran(&out);
     let requests = relay.take();
     assert_eq!(
@@ -262,12 +255,7 @@ fn a_tampered_blob_is_refused_and_nothing_is_cached_or_attached() {
         pinned.clone(),
         format!("oci://{}/{repo}:1.0.0", registry.authority()),
     ] {
-        let out = output(&mut inject_with_cache(
-            cache.path(),
-            &reference,
-            &c.name,
-            &RUN,
-        ));
+        let out = run_from(cache.path(), &reference, &c);
         assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
         let err = stderr(&out);
         assert_eq!(err.lines().count(), 1, "not one line: {err}");
@@ -325,12 +313,7 @@ fn missing_tags_repositories_and_registries_are_clear_errors() {
             vec!["sha256:<64"],
         ),
     ] {
-        let out = output(&mut inject_with_cache(
-            cache.path(),
-            &reference,
-            &c.name,
-            &RUN,
-        ));
+        let out = run_from(cache.path(), &reference, &c);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(125), "{reference}: {err}");
         assert_eq!(err.lines().count(), 1, "{reference}: not one line: {err}");
