@@ -246,7 +246,8 @@ fn a_tampered_blob_is_refused_and_nothing_is_cached_or_attached() {
     let registry = PrivateRegistry::start();
     let repo = repository("inject-tamper");
     let (pinned, local) = pushed(&registry.authority(), &repo, "1.0.0");
-    let image_hex = cartoci_hex(&local.path().join("out/tiny-1.0.0.img"));
+    // The registry stores a blob under the hex sha256 of its content.
+    let image_hex = sha256_of(&local.path().join("out/tiny-1.0.0.img"));
     tamper(&registry.blob_data(&image_hex));
     let c = thin_container("oci-tamper");
     let cache = tempfile::tempdir().expect("cache dir");
@@ -272,12 +273,6 @@ fn a_tampered_blob_is_refused_and_nothing_is_cached_or_attached() {
         assert_eq!(loop_devices_under(cache.path()), Vec::<String>::new());
         c.assert_clean();
     }
-}
-
-/// The hex sha256 of a file (what the registry stores its blob under).
-fn cartoci_hex(path: &Path) -> String {
-    let out = ok(Command::new("sha256sum").arg(path));
-    out.split_whitespace().next().expect("a digest").to_string()
 }
 
 #[test]

@@ -70,14 +70,6 @@ fn write_manifest(img: &Path, sha256: &str, size: u64) {
     std::fs::write(sidecar(img, ".manifest.json"), doc.to_string()).expect("write manifest");
 }
 
-fn sha256_of(img: &Path) -> String {
-    ok(Command::new("sha256sum").arg(img))
-        .split_whitespace()
-        .next()
-        .expect("a digest")
-        .to_string()
-}
-
 /// Flips one byte near the end of the image (free space: the filesystem still mounts).
 fn tamper(img: &Path) {
     let mut bytes = std::fs::read(img).expect("read image");

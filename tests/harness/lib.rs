@@ -677,10 +677,18 @@ impl AsRef<Path> for TestImage {
     }
 }
 
+/// The sha256 of the file at `path`, in hex (`sha256sum`).
+pub fn sha256_of(path: &Path) -> String {
+    ok(Command::new("sha256sum").arg(path))
+        .split_whitespace()
+        .next()
+        .expect("sha256sum output")
+        .to_string()
+}
+
 /// Writes `<image>.sha256` beside `image`, in `sha256sum`'s format (as cartbuild does).
 pub fn write_checksum(image: &Path) {
-    let out = ok(Command::new("sha256sum").arg(image));
-    let digest = out.split_whitespace().next().expect("sha256sum output");
+    let digest = sha256_of(image);
     let name = image.file_name().expect("a file name").to_string_lossy();
     let mut sum = image.as_os_str().to_owned();
     sum.push(".sha256");
