@@ -14,14 +14,10 @@
 # release build, made here if missing).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. tests/bench/cartinject_bench.sh
 runs=${1:-30}
-[ "$(id -u)" = 0 ] || { echo "inject.sh: run as root" >&2; exit 1; }
-docker info >/dev/null 2>&1 || { echo "inject.sh: the Docker daemon is not running" >&2; exit 1; }
-if [ -z "${CARTINJECT:-}" ]; then
-    target_dir=${CARGO_TARGET_DIR:-target}
-    cargo build --release -q -p cartinject
-    CARTINJECT=$target_dir/release/cartinject
-fi
+bench_preflight inject.sh
+bench_cartinject
 
 work=$(mktemp -d)
 name=cc-bench-inject-$$
@@ -34,11 +30,8 @@ cleanup() {
 trap cleanup EXIT
 
 # The image: static busybox and its applets, made with mke2fs -d.
-mkdir -p "$work/img/bin"
-cp /bin/busybox "$work/img/bin/busybox"
-for a in true sh ls cat; do ln -s busybox "$work/img/bin/$a"; done
-mke2fs -q -F -t ext4 -O ^has_journal -d "$work/img" "$work/bench.img" 8M
 img=$work/bench.img
+busybox_image "$work/img" "$img" true sh ls cat
 
 # The thin container: a static HTTP server and nothing else.
 mkdir -p "$work/thin"
@@ -48,18 +41,12 @@ tar -C "$work/thin" -c . | docker import -c 'CMD ["/httpd"]' - cc-bench-thin:lat
 docker run -d --network none --name "$name" cc-bench-thin:latest >/dev/null
 pid=$(docker inspect -f '{{.State.Pid}}' "$name")
 
-# Median wall time of RUNS runs of "$@", in microseconds (bash's EPOCHREALTIME: no fork
-# for the clock), after 3 warm-up runs.
+# Median wall time of RUNS runs of "$@", in microseconds, after 3 warm-up runs.
 median_us() {
-    local i t0 t1 times=()
-    for i in 1 2 3; do "$@" >/dev/null 2>&1; done
-    for ((i = 0; i < runs; i++)); do
-        t0=$EPOCHREALTIME
-        "$@" >/dev/null 2>&1
-        t1=$EPOCHREALTIME
-        times+=( $(( (${t1/./} - ${t0/./}) )) )
-    done
-    printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : int((a[NR/2]+a[NR/2+1])/2)}'
+    local i times=()
+    for i in 1 2 3; do "$@" >/dev/null 2>&1 || true; done
+    for ((i = 0; i < runs; i++)); do times+=( "$(elapsed_us "$@")" ); done
+    printf '%s\n' "${times[@]}" | median
 }
 
 mount_unmount() { "$CARTINJECT" -m "$img" "$pid" && "$CARTINJECT" -u "$pid"; }

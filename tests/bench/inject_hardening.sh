@@ -19,14 +19,10 @@
 # alone run 30). CC_SEED replays the random moments of a kill -9 run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. tests/bench/cartinject_bench.sh
 sessions=${1:-200}
-[ "$(id -u)" = 0 ] || { echo "inject_hardening.sh: run as root" >&2; exit 1; }
-docker info >/dev/null 2>&1 || { echo "inject_hardening.sh: the Docker daemon is not running" >&2; exit 1; }
-
-if [ -z "${CARTINJECT:-}" ]; then
-    cargo build --release -q -p cartinject
-    CARTINJECT=${CARGO_TARGET_DIR:-target}/release/cartinject
-fi
+bench_preflight inject_hardening.sh
+bench_cartinject
 work=$(mktemp -d)
 name=cc-bench-hardening-$$
 cleanup() {
@@ -35,25 +31,16 @@ cleanup() {
     rm -rf "$work" "${log:-}"
 }
 trap cleanup EXIT
-mkdir -p "$work/img/bin" "$work/root/bin"
-cp /bin/busybox "$work/img/bin/busybox"
+busybox_image "$work/img" "$work/bench.img" true
+mkdir -p "$work/root/bin"
 cp /bin/busybox "$work/root/bin/busybox"
-ln -s busybox "$work/img/bin/true"
 ln -s busybox "$work/root/bin/sleep"
-mke2fs -q -F -t ext4 -O ^has_journal -d "$work/img" "$work/bench.img" 8M
 tar -C "$work/root" -c . | docker import -c 'CMD ["/bin/sleep", "100000"]' - cc-bench-hardening:latest >/dev/null
 docker run -d --network none --name "$name-default" cc-bench-hardening:latest >/dev/null
 docker run -d --network none --cap-add SYS_PTRACE --name "$name-ptrace" cc-bench-hardening:latest >/dev/null
 plain_pid=$(docker inspect -f '{{.State.Pid}}' "$name-default")
 ptrace_pid=$(docker inspect -f '{{.State.Pid}}' "$name-ptrace")
-cycle_us() {
-    local t0 t1
-    t0=$EPOCHREALTIME
-    "$CARTINJECT" "$work/bench.img" "$1" -- /dev/crashcart/bin/true >/dev/null 2>&1 || true
-    t1=$EPOCHREALTIME
-    echo $(( (${t1/./} - ${t0/./}) ))
-}
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : int((a[NR/2]+a[NR/2+1])/2)}'; }
+cycle_us() { elapsed_us "$CARTINJECT" "$work/bench.img" "$1" -- /dev/crashcart/bin/true; }
 plain_times=() sealed_times=()
 for i in 1 2 3; do cycle_us "$plain_pid" >/dev/null; cycle_us "$ptrace_pid" >/dev/null; done
 for ((i = 0; i < 60; i++)); do
