@@ -19,6 +19,8 @@
 //! A missing prerequisite (not root, no e2fsck, no losetup/mount) fails the
 //! test that needs it, saying what is missing.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -31,6 +33,7 @@ use std::process::Command;
 use cartbuild::ext4::{
     Error, FileData, FileKind, ImageSize, Meta, Options, Report, Tree, write_image,
 };
+use common::{LoopMount, require_root, run_tool};
 use proptest::prelude::*;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
@@ -39,38 +42,7 @@ const EPOCH: u32 = 1_700_000_000;
 const BLOCK: usize = 4096;
 
 // ---------------------------------------------------------------------------
-// Prerequisites
-
-fn require_root() {
-    // /proc/self belongs to the process's effective uid.
-    let uid = fs::metadata("/proc/self")
-        .expect("reading /proc/self")
-        .uid();
-    assert_eq!(
-        uid, 0,
-        "this test mounts images through loop devices and must run as root (tests/run does)"
-    );
-}
-
-fn run_tool(program: &str, args: &[&OsStr]) -> std::process::Output {
-    // A PATH without the sbin directories (some sudo and CI setups) must not
-    // hide e2fsck or losetup.
-    let program = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-        .iter()
-        .map(|dir| Path::new(dir).join(program))
-        .find(|path| path.exists())
-        .map_or_else(|| program.into(), PathBuf::into_os_string);
-    Command::new(&program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run `{}` ({e}): install it (e2fsprogs / util-linux, listed in \
-                 .ci/packages)",
-                program.to_string_lossy()
-            )
-        })
-}
+// e2fsck
 
 /// `e2fsck -fn` must pass and say nothing but its pass headers and summary.
 fn e2fsck_clean(image: &Path) {
@@ -100,115 +72,6 @@ fn e2fsck_clean(image: &Path) {
     );
     for line in stderr.lines() {
         assert!(line.starts_with("e2fsck "), "{context}");
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Loop mounts
-
-/// A read-only loop mount of an image; `Drop` unmounts and detaches even
-/// when the test fails, `finish` does it checking every step.
-struct LoopMount {
-    image: PathBuf,
-    device: String,
-    dir: TempDir,
-    mounted: bool,
-}
-
-impl LoopMount {
-    fn new(image: &Path) -> LoopMount {
-        require_root();
-        let out = run_tool(
-            "losetup",
-            &[
-                OsStr::new("--find"),
-                OsStr::new("--show"),
-                OsStr::new("--read-only"),
-                image.as_os_str(),
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "losetup {}: {}",
-            image.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut guard = LoopMount {
-            image: image.to_path_buf(),
-            device: String::from_utf8_lossy(&out.stdout).trim().to_string(),
-            dir: tempfile::tempdir().expect("mount point"),
-            mounted: false,
-        };
-        let out = run_tool(
-            "mount",
-            &[
-                OsStr::new("-t"),
-                OsStr::new("ext4"),
-                OsStr::new("-o"),
-                OsStr::new("ro"),
-                OsStr::new(&guard.device),
-                guard.dir.path().as_os_str(),
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "mount {} ({}): {}",
-            guard.device,
-            image.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        guard.mounted = true;
-        guard
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Unmounts and detaches, then checks that no loop device is left on
-    /// this test's image.
-    fn finish(mut self) {
-        // Whatever else runs on the machine may hold the fresh mount for a
-        // moment (a scan of /tmp, a process whose cwd passes through it):
-        // "target is busy" is retried for a few seconds, not a failure.
-        let mut out = run_tool("umount", &[self.dir.path().as_os_str()]);
-        for _ in 0..50 {
-            if out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("busy") {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            out = run_tool("umount", &[self.dir.path().as_os_str()]);
-        }
-        assert!(
-            out.status.success(),
-            "umount: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        self.mounted = false;
-        let out = run_tool("losetup", &[OsStr::new("-d"), OsStr::new(&self.device)]);
-        assert!(
-            out.status.success(),
-            "losetup -d: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let out = run_tool("losetup", &[OsStr::new("-j"), self.image.as_os_str()]);
-        assert!(
-            String::from_utf8_lossy(&out.stdout).trim().is_empty(),
-            "a loop device is still attached to {}",
-            self.image.display()
-        );
-        self.device.clear();
-    }
-}
-
-impl Drop for LoopMount {
-    fn drop(&mut self) {
-        if self.mounted {
-            let _ = Command::new("umount").arg(self.dir.path()).status();
-        }
-        if !self.device.is_empty() {
-            let _ = Command::new("losetup").args(["-d", &self.device]).status();
-        }
     }
 }
 
@@ -667,7 +530,7 @@ fn check(case: Case) -> Report {
     assert_eq!(fs.label().to_str(), Ok(case.opts.label.as_str()));
     assert_eq!(fs.uuid().as_bytes(), &report.uuid);
     compare(&case, &report, &observe_ext4_view(&image), "ext4-view");
-    let mount = LoopMount::new(&image);
+    let mount = LoopMount::new(&image, 0, None);
     compare(&case, &report, &observe_mount(mount.path()), "a loop mount");
     let root = fs::metadata(mount.path()).unwrap();
     assert_eq!(
@@ -935,7 +798,7 @@ fn a_directory_with_more_subdirectories_than_its_link_count_can_hold() {
         .find(|f| f.path == Path::new("wide"))
         .unwrap();
     assert_eq!(wide.links, 65_002);
-    let mount = LoopMount::new(&image);
+    let mount = LoopMount::new(&image, 0, None);
     let md = fs::metadata(mount.path().join("wide")).unwrap();
     assert_eq!(md.nlink(), 1);
     assert_eq!(
@@ -954,7 +817,7 @@ fn a_directory_with_more_subdirectories_than_its_link_count_can_hold() {
 fn sparse_file_keeps_its_holes_on_a_mount() {
     let case = sparse_files();
     let (image, _) = case.write();
-    let mount = LoopMount::new(&image);
+    let mount = LoopMount::new(&image, 0, None);
     let md = fs::metadata(mount.path().join("on-disk-sparse")).unwrap();
     // Four 10-byte writes touch 4 blocks; all of 64 MiB would be 131072
     // sectors.
@@ -975,7 +838,7 @@ fn epochs_after_2038_survive() {
     case.opts.epoch = 3_000_000_000;
     case.file("f", Meta::root(0o644), b"from the future".to_vec());
     let (image, report) = case.write();
-    let mount = LoopMount::new(&image);
+    let mount = LoopMount::new(&image, 0, None);
     compare(&case, &report, &observe_mount(mount.path()), "a loop mount");
     mount.finish();
 }

@@ -421,8 +421,9 @@ pub fn require_root() {
 
 /// A read-only loop mount of the filesystem at `offset` (of `size` bytes, or
 /// to the end) of an image file. `Drop` unmounts and detaches even when the
-/// test fails.
+/// test fails; `finish` does it checking every step.
 pub struct LoopMount {
+    image: PathBuf,
     device: String,
     dir: tempfile::TempDir,
     mounted: bool,
@@ -454,6 +455,7 @@ impl LoopMount {
             String::from_utf8_lossy(&out.stderr)
         );
         let mut guard = LoopMount {
+            image: image.to_path_buf(),
             device: String::from_utf8_lossy(&out.stdout).trim().to_string(),
             dir: tempfile::tempdir().expect("mount point"),
             mounted: false,
@@ -483,6 +485,41 @@ impl LoopMount {
     /// The mount point.
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Unmounts and detaches, then checks that no loop device is left on the
+    /// image.
+    pub fn finish(mut self) {
+        // Whatever else runs on the machine may hold the fresh mount for a
+        // moment (a scan of /tmp, a process whose cwd passes through it):
+        // "target is busy" is retried for a few seconds, not a failure.
+        let mut out = run_tool("umount", &[self.dir.path().as_os_str()]);
+        for _ in 0..50 {
+            if out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("busy") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            out = run_tool("umount", &[self.dir.path().as_os_str()]);
+        }
+        assert!(
+            out.status.success(),
+            "umount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.mounted = false;
+        let out = run_tool("losetup", &["-d".as_ref(), self.device.as_ref()]);
+        assert!(
+            out.status.success(),
+            "losetup -d: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = run_tool("losetup", &["-j".as_ref(), self.image.as_os_str()]);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+            "a loop device is still attached to {}",
+            self.image.display()
+        );
+        self.device.clear();
     }
 }
 
