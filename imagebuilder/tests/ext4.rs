@@ -145,6 +145,17 @@ enum Kind {
     Symlink(Vec<u8>),
 }
 
+impl Kind {
+    /// A file of the length, sha256 and non-zero blocks [`digest`] gives.
+    fn file((len, sha256, data_blocks): (u64, [u8; 32], u64)) -> Kind {
+        Kind::File {
+            len,
+            sha256,
+            data_blocks,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Expected {
     kind: Kind,
@@ -197,36 +208,20 @@ impl Case {
     }
 
     fn file(&mut self, path: &str, meta: Meta, bytes: Vec<u8>) {
-        let (len, sha256, data_blocks) = digest(&bytes[..]).unwrap();
+        let kind = Kind::file(digest(&bytes[..]).unwrap());
         self.tree
             .add_file(path, meta, FileData::Bytes(bytes))
             .unwrap();
-        self.expect(
-            path,
-            Kind::File {
-                len,
-                sha256,
-                data_blocks,
-            },
-            meta,
-        );
+        self.expect(path, kind, meta);
     }
 
     /// A file streamed from disk (`source` is inside this case's tempdir).
     fn file_on_disk(&mut self, path: &str, meta: Meta, source: &Path) {
-        let (len, sha256, data_blocks) = digest(File::open(source).unwrap()).unwrap();
+        let kind = Kind::file(digest(File::open(source).unwrap()).unwrap());
         self.tree
             .add_file(path, meta, FileData::from_path(source).unwrap())
             .unwrap();
-        self.expect(
-            path,
-            Kind::File {
-                len,
-                sha256,
-                data_blocks,
-            },
-            meta,
-        );
+        self.expect(path, kind, meta);
     }
 
     fn sparse(&mut self, path: &str, meta: Meta, len: u64, segments: Vec<(u64, Vec<u8>)>) {
@@ -328,12 +323,7 @@ fn observe_mount(root: &Path) -> BTreeMap<Vec<u8>, Observed> {
                         .to_vec(),
                 )
             } else {
-                let (len, sha256, data_blocks) = digest(File::open(&full).unwrap()).unwrap();
-                Kind::File {
-                    len,
-                    sha256,
-                    data_blocks,
-                }
+                Kind::file(digest(File::open(&full).unwrap()).unwrap())
             };
             seen.insert(
                 rel.as_os_str().as_bytes().to_vec(),
@@ -381,21 +371,12 @@ fn observe_ext4_view(image: &Path) -> BTreeMap<Vec<u8>, Observed> {
                 Kind::Symlink(fs.read_link(abs.as_slice()).unwrap().as_ref().to_vec())
             } else if md.len() == 0 {
                 // Saves a path lookup per empty file in big directories.
-                let (len, sha256, data_blocks) = digest(io::empty()).unwrap();
-                Kind::File {
-                    len,
-                    sha256,
-                    data_blocks,
-                }
+                Kind::file(digest(io::empty()).unwrap())
             } else {
                 let file = fs.open(abs.as_slice()).unwrap();
-                let (len, sha256, data_blocks) = digest(file).unwrap();
-                assert_eq!(len, md.len());
-                Kind::File {
-                    len,
-                    sha256,
-                    data_blocks,
-                }
+                let read = digest(file).unwrap();
+                assert_eq!(read.0, md.len());
+                Kind::file(read)
             };
             seen.insert(
                 rel,
