@@ -11,16 +11,6 @@ use std::process::Command;
 
 use common::*;
 
-/// A server with the hello source at /hello.tar.gz; returns it with the bytes'
-/// sha256.
-fn hello_server(message: &str) -> (Server, Vec<u8>, String) {
-    let s = Server::start();
-    let src = hello_source(message);
-    let sha = sha256(&src);
-    s.route("/hello.tar.gz", Route::Serve(src.clone()));
-    (s, src, sha)
-}
-
 fn run_hello(env: &Env, image: &Path) -> String {
     let bin = env.dir.path().join("hello.out");
     let _ = fs::remove_file(&bin);

@@ -27,15 +27,6 @@ const EPOCH: u64 = 1_700_000_000;
 const EPOCH_ISO: &str = "2023-11-14 22:13:20.000000000 +0000";
 const MESSAGE: &str = "MARKER-hello-from-crashcart-7f3a9c";
 
-/// A server with the hello source (printing `message`) at `/hello.tar.gz`.
-fn hello(message: &str) -> (Server, String) {
-    let s = Server::start();
-    let src = hello_source(message);
-    let sha = sha256(&src);
-    s.route("/hello.tar.gz", Route::Serve(src));
-    (s, sha)
-}
-
 /// Builds the hello recipe `text` in `env` with extra arguments; asserts success.
 fn build(env: &Env, text: &str, args: &[&str]) -> PathBuf {
     let recipe = env.write("r.toml", text);
@@ -70,7 +61,7 @@ fn stdout(o: &Output) -> String {
 #[test]
 fn manifest_inside_and_beside_the_image_and_an_sbom() {
     let env = Env::new();
-    let (server, src_sha) = hello(MESSAGE);
+    let (server, _, src_sha) = hello_server(MESSAGE);
     let url = server.url("/hello.tar.gz");
     let image = build(
         &env,
@@ -204,7 +195,7 @@ fn manifest_inside_and_beside_the_image_and_an_sbom() {
 #[test]
 fn the_spdx_project_validator_accepts_the_sbom() {
     let env = Env::new();
-    let (server, sha) = hello("x");
+    let (server, _, sha) = hello_server("x");
     let image = build(
         &env,
         &hello_recipe(&env, &[server.url("/hello.tar.gz")], &sha),
@@ -225,7 +216,7 @@ fn the_spdx_project_validator_accepts_the_sbom() {
 
 #[test]
 fn the_epoch_comes_from_source_date_epoch_else_the_recipe_else_zero() {
-    let (server, sha) = hello("x");
+    let (server, _, sha) = hello_server("x");
     let epoch_of = |text: &str, sde: Option<&str>| {
         let env = Env::new();
         let recipe = env.write("r.toml", text);
@@ -313,7 +304,7 @@ fn build_as_nobody(env: &Env, recipe: &Path) -> Output {
 #[test]
 fn an_unprivileged_user_builds_the_same_image_without_e2fsprogs() {
     require_root();
-    let (server, sha) = hello("x");
+    let (server, _, sha) = hello_server("x");
     let root_env = Env::new();
     let text = hello_recipe(&root_env, &[server.url("/hello.tar.gz")], &sha);
     let root_image = build(&root_env, &text, &[]);
@@ -340,7 +331,7 @@ fn an_unprivileged_user_builds_the_same_image_without_e2fsprogs() {
 #[test]
 fn every_time_on_a_mount_is_the_epoch() {
     let env = Env::new();
-    let (server, sha) = hello("x");
+    let (server, _, sha) = hello_server("x");
     let image = build(
         &env,
         &hello_recipe(&env, &[server.url("/hello.tar.gz")], &sha),
@@ -424,7 +415,7 @@ fn mtools(args: &[&str], disk: &Path, offset: u64) -> Output {
 
 #[test]
 fn a_gpt_disk_holds_the_filesystem_and_describes_itself() {
-    let (server, sha) = hello(MESSAGE);
+    let (server, _, sha) = hello_server(MESSAGE);
     let env = Env::new();
     let text = hello_recipe(&env, &[server.url("/hello.tar.gz")], &sha);
     let bare = build(&env, &text, &[]);
@@ -607,7 +598,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Vec<usize> {
 #[test]
 fn inspect_rejects_corrupt_truncated_and_foreign_images() {
     let env = Env::new();
-    let (server, sha) = hello(MESSAGE);
+    let (server, _, sha) = hello_server(MESSAGE);
     let image = build(
         &env,
         &hello_recipe(&env, &[server.url("/hello.tar.gz")], &sha),
@@ -691,8 +682,8 @@ fn inspect_rejects_corrupt_truncated_and_foreign_images() {
 
 #[test]
 fn diff_names_the_package_and_the_files_that_changed() {
-    let (server_a, sha_a) = hello("version one");
-    let (server_b, sha_b) = hello("version two, longer");
+    let (server_a, _, sha_a) = hello_server("version one");
+    let (server_b, _, sha_b) = hello_server("version two, longer");
     let a = Env::new();
     let b = Env::new();
     let text_a = hello_recipe(&a, &[server_a.url("/hello.tar.gz")], &sha_a);

@@ -191,6 +191,16 @@ pub fn hello_source(message: &str) -> Vec<u8> {
     tarball("hello-1.0", &[("hello.c", c.as_bytes(), 0o644)])
 }
 
+/// A server with the hello source (printing `message`) at `/hello.tar.gz`;
+/// returns it with the source's bytes and their sha256.
+pub fn hello_server(message: &str) -> (Server, Vec<u8>, String) {
+    let s = Server::start();
+    let src = hello_source(message);
+    let sha = sha256(&src);
+    s.route("/hello.tar.gz", Route::Serve(src.clone()));
+    (s, src, sha)
+}
+
 /// An isolated cartbuild environment: its own cache, config dir and output.
 pub struct Env {
     /// Holds everything; removed on drop.
