@@ -37,9 +37,9 @@ use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStringExt;
-use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
-use crate::sys::{Errno, memfd};
+use crate::sys::{Errno, memfd, ns};
 
 /// Where the running binary is.
 const SELF_EXE: &str = "/proc/self/exe";
@@ -76,7 +76,7 @@ pub fn running_sealed() -> bool {
 /// namespace with `CAP_SYS_PTRACE` in its bounding, permitted or effective set. When in
 /// doubt (a namespace that cannot be read), yes.
 pub fn needed_for(target: i32) -> bool {
-    let ino = |path: String| std::fs::metadata(path).ok().map(|m| m.ino());
+    let ino = |path: String| ns::link_inode(Path::new(&path));
     let (Some(their_pid_ns), Some(our_pid_ns), Some(our_user_ns)) = (
         ino(format!("/proc/{target}/ns/pid")),
         ino("/proc/self/ns/pid".into()),

@@ -8,7 +8,6 @@
 //! they share with it.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -40,9 +39,7 @@ pub struct Placement {
 }
 
 fn ns_inode(proc_root: &Path, pid: i32, ns: &str) -> Option<u64> {
-    std::fs::metadata(proc_root.join(format!("{pid}/ns/{ns}")))
-        .ok()
-        .map(|m| m.ino())
+    crate::sys::ns::link_inode(&proc_root.join(format!("{pid}/ns/{ns}")))
 }
 
 /// Scans the procfs at `proc_root` and the sysfs at `sys_root`.
