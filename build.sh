@@ -26,11 +26,9 @@ fi
 host=$(rustc -vV | sed -n 's/^host: //p')
 say "building cartbuild (release)"
 cargo build --release --locked -p cartbuild
-# cartinject must run on hosts we did not build on: link it statically. --target keeps
-# crt-static away from build scripts and proc macros.
+# cartinject must run on hosts we did not build on: link it statically.
 say "building cartinject (release, static)"
-RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-    cargo build --release --locked -p cartinject --target "$host"
+.ci/build-static-cartinject >/dev/null
 
 mkdir -p bin
 ln -sf "../target/release/cartbuild" bin/cartbuild

@@ -7,12 +7,11 @@ bench_preflight() {
     docker info >/dev/null 2>&1 || { echo "$1: the Docker daemon is not running" >&2; exit 1; }
 }
 
-# bench_cartinject: unless CARTINJECT names a binary already, builds a release cartinject
-# here and sets CARTINJECT to it.
+# bench_cartinject: unless CARTINJECT names a binary already, builds the static release
+# cartinject that ./build.sh ships and sets CARTINJECT to it.
 bench_cartinject() {
     if [ -z "${CARTINJECT:-}" ]; then
-        cargo build --release -q -p cartinject
-        CARTINJECT=${CARGO_TARGET_DIR:-target}/release/cartinject
+        CARTINJECT=$(.ci/build-static-cartinject)
     fi
 }
 

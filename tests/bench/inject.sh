@@ -10,8 +10,8 @@
 # and the ratios of 1 to 4 (target: within 3x) and of 1 to 5 (target: well below 1).
 #
 # Needs root, a running Docker daemon, mke2fs, busybox-static, musl-gcc (or gcc).
-# Usage: tests/bench/inject.sh [RUNS]   (CARTINJECT=path overrides the binary; default: a
-# release build, made here if missing).
+# Usage: tests/bench/inject.sh [RUNS]   (CARTINJECT=path overrides the binary; default: the
+# static release build that ./build.sh ships, made by .ci/build-static-cartinject).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . tests/bench/cartinject_bench.sh

@@ -9,7 +9,7 @@
 #   - a target that exits in the middle of a session.
 # It runs tests/inject_hostile.rs and tests/inject_scale.rs with these counts and prints
 # their FIGURE lines; it fails when a test fails. First it measures what the sealed
-# re-execution costs a session that needs it (a release build, or $CARTINJECT): medians of
+# re-execution costs a session that needs it (the static release build, or $CARTINJECT): medians of
 # full cycles `cartinject IMG PID -- /dev/crashcart/bin/true` into a container with
 # CAP_SYS_PTRACE (sealed copy) and into a default one (no copy: non-dumpable suffices),
 # interleaved.
