@@ -46,18 +46,16 @@ fn it_runs_in_a_root_that_has_nothing_else() {
     let path = static_cartinject();
     let c = thin_container("static-elsewhere");
     // The container's root: /httpd, nothing else; the binary comes in read-only at /cartinject.
-    let out = output(Command::new("docker").args([
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        &format!("{}:/cartinject:ro", path.display()),
-        "--entrypoint",
-        "/cartinject",
-        thin_image(),
-        "--version",
-    ]));
+    let mount = format!("{}:/cartinject:ro", path.display());
+    let run_inside = |args: &[&str]| {
+        output(
+            Command::new("docker")
+                .args(["run", "--rm", "--network", "none", "-v", &mount])
+                .args(["--entrypoint", "/cartinject", thin_image()])
+                .args(args),
+        )
+    };
+    let out = run_inside(&["--version"]);
     assert!(out.status.success(), "--version failed: {}", stderr(&out));
     assert!(
         stdout(&out).starts_with("cartinject "),
@@ -65,19 +63,7 @@ fn it_runs_in_a_root_that_has_nothing_else() {
         stdout(&out)
     );
     // Real work there: --list reads the container's own /proc and finds nothing mounted.
-    let out = output(Command::new("docker").args([
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "-v",
-        &format!("{}:/cartinject:ro", path.display()),
-        "--entrypoint",
-        "/cartinject",
-        thin_image(),
-        "--list",
-        "--json",
-    ]));
+    let out = run_inside(&["--list", "--json"]);
     assert!(out.status.success(), "--list failed: {}", stderr(&out));
     let listed: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("--list --json prints JSON");
