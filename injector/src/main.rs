@@ -11,6 +11,7 @@ mod cgroups;
 mod child;
 mod command;
 mod confine;
+mod display;
 mod exec;
 mod exeseal;
 mod image;
