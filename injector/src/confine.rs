@@ -1,10 +1,6 @@
-//! `--match-container`: the debug process gets no more power than the workload it debugs.
-//!
-//! By default a session runs as the container's root with all of cartinject's capabilities
-//! and no seccomp filter, so that `strace`, `tcpdump` and `lsof` work in a container that
-//! could not run them itself. Teams that must not give a debugger more power than the
-//! workload ask for `--match-container`: the command then gets, from the target process
-//! (its main thread),
+//! `--profile match` (alias `--match-container`): the debug process gets no more power than
+//! the workload it debugs (see [`crate::profile`] for the other profiles). The command gets,
+//! from the target process (its main thread),
 //!
 //! - its user, group and supplementary groups (from `/proc/PID/status`, mapped into its user
 //!   namespace through `/proc/PID/uid_map` and `gid_map`);
@@ -21,9 +17,15 @@
 //! The order of the steps in the command process is runc's (`setns_init_linux.go`):
 //! `no_new_privs`, then the seccomp filter if `no_new_privs` is off (installing one without
 //! it needs `CAP_SYS_ADMIN`, which is about to go), then capabilities and ids, then the LSM
-//! label, and the seccomp filter last if `no_new_privs` is on. What cannot be read or
-//! matched is said on stderr before the session starts; what cannot be applied fails the
-//! session.
+//! label, and the seccomp filter last if `no_new_privs` is on.
+//!
+//! Matching fails closed: what cannot be copied exactly (a seccomp filter that cannot be
+//! read, strict mode, a label that cannot be read, ids without a mapping, capabilities
+//! `execve` cannot reproduce) is an [`Reading::unmatched`] line that stops the session unless
+//! `--allow-unmatched` is given; what cannot be applied always fails the session. The LSM
+//! label is written only through the host's procfs, opened and checked to be procfs before
+//! any namespace was joined (runc CVE-2019-16884: a container's own `/proc` would swallow
+//! the write).
 
 use std::path::{Path, PathBuf};
 
@@ -139,6 +141,8 @@ pub enum Label {
     AppArmor(String),
     /// An SELinux context.
     SeLinux(String),
+    /// An LSM labels processes, but the target's label could not be read.
+    Unreadable(String),
 }
 
 impl Label {
@@ -158,7 +162,10 @@ impl Label {
             Ok(label) if label.is_empty() => Label::NoLsm,
             Ok(label) if selinux => Label::SeLinux(label),
             Ok(label) => Label::apparmor(&label),
-            Err(_) => Label::NoLsm,
+            // EINVAL: no LSM provides the attribute.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Label::NoLsm,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !selinux => Label::NoLsm,
+            Err(e) => Label::Unreadable(e.to_string()),
         }
     }
 
@@ -175,17 +182,21 @@ impl Label {
         }
     }
 
-    /// The file under `/proc/thread-self/attr/` and the text to write there before exec.
-    fn exec_attr(&self, proc_root: &Path) -> Option<(PathBuf, String)> {
-        let attr = proc_root.join("thread-self/attr");
+    /// The file under procfs (relative to its root) and the text to write there before
+    /// exec; `exists` says whether a file under procfs exists.
+    fn exec_attr(&self, exists: impl Fn(&str) -> bool) -> Option<(&'static str, String)> {
         match self {
             Label::AppArmor(profile) => {
-                let own = attr.join("apparmor/exec");
-                let file = if own.exists() { own } else { attr.join("exec") };
+                let own = "thread-self/attr/apparmor/exec";
+                let file = if exists(own) {
+                    own
+                } else {
+                    "thread-self/attr/exec"
+                };
                 Some((file, format!("exec {profile}")))
             }
-            Label::SeLinux(context) => Some((attr.join("exec"), context.clone())),
-            Label::NoLsm | Label::Unconfined(_) => None,
+            Label::SeLinux(context) => Some(("thread-self/attr/exec", context.clone())),
+            Label::NoLsm | Label::Unconfined(_) | Label::Unreadable(_) => None,
         }
     }
 }
@@ -261,11 +272,23 @@ fn plan_caps(root: bool, t: &Status) -> ((u64, u64, u64, u64, bool), Vec<String>
     )
 }
 
-/// Reads what `--match-container` applies from target `pid`. Returns the profile and one
-/// line for stderr per thing that could not be matched exactly.
-pub fn read(pid: i32) -> Result<(Profile, Vec<String>), ConfineError> {
+/// What [`read`] found.
+#[derive(Debug)]
+pub struct Reading {
+    /// What the command gets.
+    pub profile: Profile,
+    /// Lines for stderr about differences that give the command no more power than the
+    /// workload (nothing to match: no LSM; the effective set widened to the permitted set).
+    pub notes: Vec<String>,
+    /// What could not be copied: each stops the session unless `--allow-unmatched`.
+    pub unmatched: Vec<String>,
+}
+
+/// Reads what `--profile match` applies from target `pid`.
+pub fn read(pid: i32) -> Result<Reading, ConfineError> {
     let status = read_status(pid)?;
     let mut notes = Vec::new();
+    let mut unmatched = Vec::new();
     let map_text = |name: &str| std::fs::read_to_string(format!("/proc/{pid}/{name}")).ok();
     let (uid_map, gid_map) = (map_text("uid_map"), map_text("gid_map"));
     let map = |id: u32, text: &Option<String>, what: &str, notes: &mut Vec<String>| {
@@ -278,8 +301,8 @@ pub fn read(pid: i32) -> Result<(Profile, Vec<String>), ConfineError> {
                 65534
             })
     };
-    let uid = [0, 1, 2].map(|i| map(status.uid[i], &uid_map, "uid", &mut notes));
-    let gid = [0, 1, 2].map(|i| map(status.gid[i], &gid_map, "gid", &mut notes));
+    let uid = [0, 1, 2].map(|i| map(status.uid[i], &uid_map, "uid", &mut unmatched));
+    let gid = [0, 1, 2].map(|i| map(status.gid[i], &gid_map, "gid", &mut unmatched));
     let groups = status
         .groups
         .iter()
@@ -287,12 +310,18 @@ pub fn read(pid: i32) -> Result<(Profile, Vec<String>), ConfineError> {
         .collect();
     let root = uid[1] == 0;
     let ((effective, permitted, inheritable, ambient, noroot), differs) = plan_caps(root, &status);
-    notes.extend(differs);
+    // Root's differences give the command no more than the workload could give itself; a
+    // non-root workload's permitted set beyond its ambient one cannot be carried over.
+    if root {
+        notes.extend(differs);
+    } else {
+        unmatched.extend(differs);
+    }
 
     let filters = match status.seccomp {
         0 => Vec::new(),
         1 => {
-            notes.push(
+            unmatched.push(
                 "it runs in seccomp strict mode, which a shell cannot: no filter is installed"
                     .into(),
             );
@@ -301,7 +330,7 @@ pub fn read(pid: i32) -> Result<(Profile, Vec<String>), ConfineError> {
         _ => match seccomp::read_filters(pid) {
             Ok(filters) => {
                 if filters.iter().any(Filter::uses_user_notif) {
-                    notes.push("its seccomp filter hands some syscalls to a supervisor (SECCOMP_RET_USER_NOTIF): in the copy they fail with ENOSYS".into());
+                    unmatched.push("its seccomp filter hands some syscalls to a supervisor (SECCOMP_RET_USER_NOTIF): in the copy they fail with ENOSYS".into());
                 }
                 filters
             }
@@ -317,9 +346,7 @@ pub fn read(pid: i32) -> Result<(Profile, Vec<String>), ConfineError> {
                     }
                     other => other.to_string(),
                 };
-                notes.push(format!(
-                    "its seccomp filter cannot be copied ({why}): the debug process runs without one"
-                ));
+                unmatched.push(format!("its seccomp filter cannot be copied ({why})"));
                 Vec::new()
             }
         },
@@ -337,10 +364,11 @@ pub fn read(pid: i32) -> Result<(Profile, Vec<String>), ConfineError> {
         Label::Unconfined(lsm) => notes.push(format!(
             "it is unconfined by {lsm}: there is no profile to match"
         )),
+        Label::Unreadable(why) => unmatched.push(format!("its LSM label cannot be read ({why})")),
         Label::AppArmor(_) | Label::SeLinux(_) => {}
     }
-    Ok((
-        Profile {
+    Ok(Reading {
+        profile: Profile {
             uid,
             gid,
             groups,
@@ -355,7 +383,8 @@ pub fn read(pid: i32) -> Result<(Profile, Vec<String>), ConfineError> {
             label,
         },
         notes,
-    ))
+        unmatched,
+    })
 }
 
 impl Profile {
@@ -381,10 +410,11 @@ impl Profile {
         Ok(())
     }
 
-    /// Applies the profile to the calling process (the command process, right before it
-    /// execs). Any failure fails the session: running with more power than asked is not an
-    /// option.
-    pub fn apply(&self) -> Result<(), String> {
+    /// Applies the profile to the calling process (the namespace child, right before it
+    /// forks the command). `procfs` is the host's procfs, opened and checked before joining
+    /// (see [`crate::sys::fd::open_procfs`]): the LSM label is written only through it. Any
+    /// failure fails the session: running with more power than asked is not an option.
+    pub fn apply(&self, procfs: Option<std::os::fd::BorrowedFd<'_>>) -> Result<(), String> {
         let parent = process::parent_pid();
         if self.no_new_privs {
             caps::set_no_new_privs().map_err(|e| format!("prctl(PR_SET_NO_NEW_PRIVS): {e}"))?;
@@ -412,12 +442,18 @@ impl Profile {
             .map_err(|e| format!("capset: {e}"))?;
         caps::raise_ambient(self.ambient)
             .map_err(|e| format!("cannot raise the ambient capabilities: {e}"))?;
-        if let Some((file, text)) = self.label.exec_attr(Path::new("/proc")) {
-            std::fs::write(&file, text.as_bytes()).map_err(|e| {
+        let exists = |name: &str| procfs.is_some_and(|p| crate::sys::fd::exists_at(p, name));
+        if let Some((file, text)) = self.label.exec_attr(exists) {
+            let procfs = procfs.ok_or_else(|| {
                 format!(
-                    "cannot apply the target's LSM label {:?} ({}): {e}",
-                    self.label,
-                    file.display()
+                    "cannot apply the target's LSM label {:?}: the host's procfs was not opened",
+                    self.label
+                )
+            })?;
+            crate::sys::fd::write_at(procfs, file, text.as_bytes()).map_err(|e| {
+                format!(
+                    "cannot apply the target's LSM label {:?} (/proc/{file}): {e}",
+                    self.label
                 )
             })?;
         }
@@ -430,14 +466,6 @@ impl Profile {
         }
         Ok(())
     }
-}
-
-/// For the default mode: a warning when processes of the target can trace the session's
-/// (they hold `CAP_SYS_PTRACE` in our user namespace), and so borrow its capabilities.
-pub fn ptrace_warning(status: &Status, same_user_ns: bool) -> Option<String> {
-    (same_user_ns && status.effective & caps::bit(caps::SYS_PTRACE) != 0).then(|| {
-        "the target holds CAP_SYS_PTRACE: its processes can trace this session's and use the capabilities they have; --match-container gives the session no more than the target has".to_string()
-    })
 }
 
 #[cfg(test)]
@@ -525,22 +553,13 @@ mod tests {
             selinux,
             Label::SeLinux("system_u:system_r:container_t:s0:c1,c2".into())
         );
-        let (file, text) = selinux.exec_attr(Path::new("/proc")).expect("attr");
-        assert_eq!(file, Path::new("/proc/thread-self/attr/exec"));
+        let (file, text) = selinux.exec_attr(|_| true).expect("attr");
+        assert_eq!(file, "thread-self/attr/exec");
         assert_eq!(text, "system_u:system_r:container_t:s0:c1,c2");
         std::fs::write(attr.join("apparmor/current"), "unconfined\n").expect("write");
         assert_eq!(
             Label::read(dir.path(), 7, false),
             Label::Unconfined("AppArmor")
         );
-    }
-
-    #[test]
-    fn warning_only_for_ptrace_in_our_user_namespace() {
-        let mut s = parse_status(DOCKER_DEFAULT).expect("parse");
-        assert!(ptrace_warning(&s, true).is_none());
-        s.effective |= caps::bit(caps::SYS_PTRACE);
-        assert!(ptrace_warning(&s, true).is_some());
-        assert!(ptrace_warning(&s, false).is_none());
     }
 }

@@ -9,8 +9,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::child::{EXIT_FAILURE, Reporter};
-use crate::confine::Profile;
 use crate::place::MOUNT_POINT;
+use crate::profile::Power;
 use crate::sys::Errno;
 use crate::sys::process;
 use crate::sys::pty;
@@ -60,15 +60,21 @@ pub struct ExecSpec {
     pub path: Vec<PathBuf>,
     /// The target's root inside its mount namespace (`/` unless it is chrooted).
     pub root: PathBuf,
+    /// The (device, inode) of the target's root, as opened through the host's
+    /// `/proc/PID/root`: the namespace child checks that [`ExecSpec::root`] still names it.
+    pub root_id: (u64, u64),
     /// The target's working directory inside its root.
     pub cwd: PathBuf,
     /// Standard fds.
     pub stdio: Stdio,
     /// The signal mask to restore before exec.
     pub signal_mask: SignalSet,
-    /// With `--match-container`: the target's ids, capabilities, seccomp filter and LSM
-    /// label, applied last (see [`crate::confine`]).
-    pub confine: Option<Profile>,
+    /// The session's power (`--profile`), applied last, before the command is forked
+    /// (see [`crate::profile`]).
+    pub power: Power,
+    /// The host's procfs, opened and checked before joining (LSM labels are written only
+    /// through it).
+    pub procfs: Option<OwnedFd>,
 }
 
 /// The session's environment: the target's own, with PATH led by the image's `bin` and
@@ -280,29 +286,17 @@ pub fn exec(spec: ExecSpec, reporter: &Reporter) -> i32 {
     127
 }
 
-/// The target's root and working directory, then (with `--match-container`) the target's
-/// credentials, seccomp filter and LSM label: done by the namespace child right before it
-/// forks the command process, which so has them from its first instruction. That process
-/// is visible inside the container from then on; with `--match-container` it never holds
-/// more privilege than the workload, not even for the moment before its `execve`.
-pub fn settle(spec: &ExecSpec) -> Result<(), String> {
-    if spec.root != Path::new("/") {
-        process::chroot(&spec.root).map_err(|e| {
-            format!(
-                "cannot chroot to the target's root {}: {e}",
-                spec.root.display()
-            )
-        })?;
-    }
+/// The target's working directory, then the session's power (`--profile`: the debug set,
+/// or the target's credentials, seccomp filter and LSM label): done by the namespace child,
+/// already inside the target's root, right before it forks the command process, which so
+/// has them from its first instruction. That process is visible inside the container from
+/// then on; it never holds more than its profile, not even before its `execve`.
+pub fn settle(spec: &mut ExecSpec) -> Result<(), String> {
     if process::chdir(&spec.cwd).is_err() {
         process::chdir(Path::new("/")).map_err(|e| format!("cannot chdir to /: {e}"))?;
     }
-    if let Some(profile) = &spec.confine {
-        profile
-            .apply()
-            .map_err(|e| format!("--match-container: {e}"))?;
-    }
-    Ok(())
+    let procfs = spec.procfs.take();
+    spec.power.apply(procfs.as_ref().map(AsFd::as_fd))
 }
 
 /// Session, terminal, signals and fds, in the command process, in that order.

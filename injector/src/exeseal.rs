@@ -25,7 +25,7 @@
 //! The copy costs one `sendfile` of the whole binary and one more `execve`: about 0.7 ms per
 //! MB of binary here, 6 ms for an 8.9 MB release build, on a full cycle of 5 ms
 //! (`tests/bench/inject_hardening.sh` measures it). So it is made only when something in
-//! the container could get past non-dumpable ([`needed_for`]): a process of the target's
+//! the container could get past non-dumpable ([`tracers`]): a process of the target's
 //! PID namespace that holds, or may gain, `CAP_SYS_PTRACE` in the host's user namespace
 //! (`ptrace_may_access` lets exactly that through to a non-dumpable process: it checks the
 //! capability in the user namespace of the process's memory, which is the host's), or a
@@ -71,38 +71,113 @@ pub fn running_sealed() -> bool {
         .is_some_and(|seals| seals & memfd::base_seals() == memfd::base_seals())
 }
 
-/// Whether a session into `target` (a PID in our namespace) must run from the sealed copy:
-/// the target shares our PID namespace, or some process in its PID namespace is in our user
-/// namespace with `CAP_SYS_PTRACE` in its bounding, permitted or effective set. When in
-/// doubt (a namespace that cannot be read), yes.
-pub fn needed_for(target: i32) -> bool {
+/// Who could get past non-dumpable into a session of a target (see [`tracers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Tracers {
+    /// The target shares our PID namespace: everything on the host sees the session.
+    pub shares_our_pid_ns: bool,
+    /// A process of the container (the target's PID namespace and those nested in it; the
+    /// target itself when it shares ours) holds `CAP_SYS_PTRACE` over our user namespace.
+    pub capable: bool,
+    /// A namespace could not be read: assume the worst.
+    pub unknown: bool,
+}
+
+impl Tracers {
+    /// Whether the session must run from the sealed copy.
+    pub fn needs_sealed_copy(&self) -> bool {
+        self.shares_our_pid_ns || self.capable || self.unknown
+    }
+
+    /// Whether processes of the container could seize the session's command (and use its
+    /// capabilities): the profile is then limited to the workload's (see
+    /// [`crate::profile::choose`]).
+    pub fn can_seize_session(&self) -> bool {
+        self.capable || self.unknown
+    }
+}
+
+/// The depth of a process's PID namespace below ours: the number of `NSpid` entries of its
+/// `/proc/PID/status`, less one.
+fn pid_ns_depth(status: &str) -> Option<usize> {
+    let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+    line.split_whitespace().count().checked_sub(1)
+}
+
+/// Looks at the processes that can see a session's command in `target`'s PID namespace:
+/// those of that namespace and of every PID namespace nested in it (a nested process can
+/// still reach the session through the container's `/proc`), or, when the target shares
+/// our PID namespace, the target itself. A process counts when it is in our user namespace
+/// with `CAP_SYS_PTRACE` in its bounding, permitted or effective set. Processes of our own
+/// namespace and shallower ones are skipped by their `ns/pid` link alone; only those of
+/// other namespaces have their depth and ancestry read.
+pub fn tracers(target: i32) -> Tracers {
     let ino = |path: String| ns::link_inode(Path::new(&path));
+    let unknown = Tracers {
+        unknown: true,
+        ..Tracers::default()
+    };
     let (Some(their_pid_ns), Some(our_pid_ns), Some(our_user_ns)) = (
         ino(format!("/proc/{target}/ns/pid")),
         ino("/proc/self/ns/pid".into()),
         ino("/proc/self/ns/user".into()),
     ) else {
-        return true;
+        return unknown;
+    };
+    let capable = |pid: i32| -> bool {
+        if ino(format!("/proc/{pid}/ns/user")) != Some(our_user_ns) {
+            return false;
+        }
+        // Gone meanwhile: nothing to fear from it.
+        std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|t| may_ptrace(&t))
     };
     if their_pid_ns == our_pid_ns {
-        return true;
+        return Tracers {
+            shares_our_pid_ns: true,
+            capable: capable(target),
+            unknown: false,
+        };
     }
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return true;
+    let Some(their_depth) = std::fs::read_to_string(format!("/proc/{target}/status"))
+        .ok()
+        .and_then(|t| pid_ns_depth(&t))
+    else {
+        return unknown;
     };
-    dir.flatten()
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return unknown;
+    };
+    let in_container = |pid: i32| -> bool {
+        let Some(ns) = ino(format!("/proc/{pid}/ns/pid")) else {
+            return false;
+        };
+        if ns == their_pid_ns {
+            return true;
+        }
+        if ns == our_pid_ns {
+            return false;
+        }
+        let Some(depth) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|t| pid_ns_depth(&t))
+        else {
+            return false;
+        };
+        depth > their_depth
+            && ns::pid_ns_ancestor(
+                Path::new(&format!("/proc/{pid}/ns/pid")),
+                depth - their_depth,
+            ) == Some(their_pid_ns)
+    };
+    let capable = dir
+        .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| ino(format!("/proc/{pid}/ns/pid")) == Some(their_pid_ns))
-        .any(|pid| {
-            if ino(format!("/proc/{pid}/ns/user")) != Some(our_user_ns) {
-                return false;
-            }
-            match std::fs::read_to_string(format!("/proc/{pid}/status")) {
-                Ok(text) => may_ptrace(&text),
-                // Gone meanwhile: nothing to fear from it.
-                Err(_) => false,
-            }
-        })
+        .any(|pid| in_container(pid) && capable(pid));
+    Tracers {
+        shares_our_pid_ns: false,
+        capable,
+        unknown: false,
+    }
 }
 
 /// Whether a `/proc/PID/status` text shows `CAP_SYS_PTRACE` (19) in the bounding,
@@ -174,6 +249,15 @@ mod tests {
 
     #[test]
     fn our_own_namespace_needs_it() {
-        assert!(needed_for(std::process::id().try_into().expect("pid")));
+        let tracers = tracers(std::process::id().try_into().expect("pid"));
+        assert!(tracers.shares_our_pid_ns && tracers.needs_sealed_copy());
+    }
+
+    #[test]
+    fn depth_from_nspid() {
+        assert_eq!(pid_ns_depth("Name:\tx\nNSpid:\t42\n"), Some(0));
+        assert_eq!(pid_ns_depth("NSpid:\t4242\t1\n"), Some(1));
+        assert_eq!(pid_ns_depth("NSpid:\t9\t7\t1\n"), Some(2));
+        assert_eq!(pid_ns_depth("Name:\tx\n"), None);
     }
 }

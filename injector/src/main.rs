@@ -23,6 +23,7 @@ mod mountinfo;
 mod oci;
 mod place;
 mod procfs;
+mod profile;
 mod session;
 mod stdio;
 mod sys;
@@ -53,10 +54,12 @@ use crate::session::{ExitWith, SessionArgs};
 /// container name, full ID or unique ID prefix; `pid:N` and `docker:NAME` force the kind; an
 /// ID of any runtime is also found in /proc/*/cgroup. A lone argument is the TARGET.
 ///
-/// By default the debug process runs as the container's root with all of cartinject's
-/// capabilities (ptrace, raw sockets) and no seccomp filter, so tcpdump, strace and lsof
-/// work even where the workload could not run them; --match-container gives it exactly the
-/// workload's power instead.
+/// The debug process runs as the container's root with the `debug` profile: what tcpdump,
+/// strace, lsof and gdb need (ptrace, raw sockets, network admin, DAC override) and none of
+/// the capabilities that reach past the container (CAP_SYS_ADMIN, CAP_SYS_MODULE,
+/// CAP_DAC_READ_SEARCH, ...). --profile match gives it exactly the workload's power,
+/// --profile sysadmin everything. Its environment is built from an allow-list, never
+/// inherited from the container.
 ///
 /// Exit status: the command's, or 125 when cartinject itself fails, 2 for bad usage.
 #[derive(Parser, Debug)]
@@ -91,11 +94,26 @@ struct Cli {
     #[arg(long, env = "CARTINJECT_LEGACY_MOUNT", value_parser = clap::builder::FalseyValueParser::new())]
     legacy_mount: bool,
 
-    /// Give the debug process no more power than the target: its uid and gids, capability
-    /// sets (bounding, permitted, effective, inheritable, ambient), no_new_privs, seccomp
-    /// filter and AppArmor/SELinux label. What cannot be matched is said on stderr.
-    #[arg(long, conflicts_with_all = ["mount", "unmount", "list"])]
+    /// The debug process's power: `debug` (the default: what debuggers need, nothing that
+    /// reaches past the container), `match` (exactly the target's uid, gids, capability
+    /// sets, no_new_privs, seccomp filter and LSM label), `sysadmin` (every capability, with
+    /// a warning). Against a container that can ptrace the session, the default is `match`.
+    #[arg(long, value_enum, value_name = "NAME", conflicts_with_all = ["mount", "unmount", "list"])]
+    profile: Option<profile::ProfileName>,
+
+    /// The same as `--profile match`.
+    #[arg(long, conflicts_with_all = ["mount", "unmount", "list", "profile"])]
     match_container: bool,
+
+    /// With `--profile match`: start the session even when something of the target's power
+    /// cannot be copied exactly (its seccomp filter, LSM label, ids), with a warning for each.
+    #[arg(long, conflicts_with_all = ["mount", "unmount", "list"])]
+    allow_unmatched: bool,
+
+    /// Allow `--profile debug` or `sysadmin` against a container whose processes can ptrace
+    /// the session (CAP_SYS_PTRACE over the host's user namespace), and so use its power.
+    #[arg(long, conflicts_with_all = ["mount", "unmount", "list"])]
+    allow_ptrace_escalation: bool,
 
     /// Refuse an image unless IMAGE.minisig beside it verifies with this minisign public key
     /// (a key file, as `cartbuild keygen` or `minisign -G` write it, or the base64 key). Every
@@ -163,7 +181,15 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         command: (!cli.command.is_empty()).then_some(cli.command),
         legacy: cli.legacy_mount,
         verbose: cli.verbose,
-        match_container: cli.match_container,
+        power: profile::Request {
+            profile: if cli.match_container {
+                Some(profile::ProfileName::Match)
+            } else {
+                cli.profile
+            },
+            allow_ptrace_escalation: cli.allow_ptrace_escalation,
+            allow_unmatched: cli.allow_unmatched,
+        },
     })
 }
 
@@ -178,7 +204,9 @@ fn one_line(e: &anyhow::Error) -> String {
             line.push_str(&text);
         }
     }
-    line.replace('\n', " ")
+    // Messages quote names, paths and entries read from containers: whatever slipped
+    // through unescaped is escaped here, before it reaches the operator's terminal.
+    display::escape(line.replace('\n', " "))
 }
 
 fn main() -> ExitCode {

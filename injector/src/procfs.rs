@@ -149,9 +149,48 @@ pub fn usable_dir(link: &Path) -> PathBuf {
     }
 }
 
+/// The (device, inode) of process `pid`'s root directory, through the host's
+/// `/proc/PID/root` (the kernel's own reference to it, whatever the path text says).
+pub fn root_identity(pid: i32) -> Result<(u64, u64), ProcError> {
+    use std::os::unix::fs::MetadataExt;
+    let path = proc_path(pid, "root");
+    let meta = std::fs::metadata(&path).map_err(|e| read_error(pid, path, e))?;
+    Ok((meta.dev(), meta.ino()))
+}
+
+/// The working directory `cwd` (as `/proc/PID/cwd` names it, from the mount namespace's
+/// root) as a path inside the process's root `root`: `/j/app` with root `/j` is `/app`. A
+/// directory outside the root (or an unusable one) is `/`.
+pub fn inside_root(cwd: &Path, root: &Path) -> PathBuf {
+    match cwd.strip_prefix(root) {
+        Ok(rest) => Path::new("/").join(rest),
+        Err(_) => PathBuf::from("/"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn working_directories_inside_a_chroot() {
+        assert_eq!(
+            inside_root(Path::new("/app"), Path::new("/")),
+            PathBuf::from("/app")
+        );
+        assert_eq!(
+            inside_root(Path::new("/j/app"), Path::new("/j")),
+            PathBuf::from("/app")
+        );
+        assert_eq!(
+            inside_root(Path::new("/j"), Path::new("/j")),
+            PathBuf::from("/")
+        );
+        assert_eq!(
+            inside_root(Path::new("/elsewhere"), Path::new("/j")),
+            PathBuf::from("/")
+        );
+    }
 
     #[test]
     fn stat_of_a_process_with_a_strange_name() {

@@ -57,9 +57,8 @@ pub struct SessionArgs {
     pub legacy: bool,
     /// Print each step.
     pub verbose: bool,
-    /// `--match-container`: give the command the target's ids, capabilities, seccomp filter
-    /// and LSM label (see [`crate::confine`]).
-    pub match_container: bool,
+    /// `--profile` and its flags: the command's power (see [`crate::profile`]).
+    pub power: crate::profile::Request,
 }
 
 /// The start of a note from the namespace child that is shown without `-v`.
@@ -77,12 +76,43 @@ const ALL_NAMESPACES: [Namespace; 8] = [
     Namespace::User,
 ];
 
-/// Resolves the target and pins it: the shared first steps of every mode.
+/// Resolves the target and pins it: the shared first steps of every mode. Once pinned,
+/// the process is checked again against the container it was resolved as (its ID in the
+/// process's cgroup paths): a PID reused by another process between the runtime's answer
+/// and the pin is refused.
 pub fn pin_target(arg: &str, legacy: bool) -> anyhow::Result<(Target, Pin)> {
     let target = target::resolve(arg, &target::resolvers())?;
     let stat = procfs::read_stat(target.pid)?;
     let pin = Pin::new(target.pid, stat.start_time, !legacy)?;
+    if let Some(id) = &target.id {
+        let cgroup = std::fs::read(format!("/proc/{}/cgroup", target.pid)).unwrap_or_default();
+        if !pin.is_alive() || !in_cgroup_of(&cgroup, id) {
+            anyhow::bail!(
+                "pid {} is no longer the container {}: it exited or its PID was reused; run cartinject again",
+                target.pid,
+                crate::display::escape(id.chars().take(12).collect::<String>())
+            );
+        }
+    }
     Ok((target, pin))
+}
+
+/// Whether a `/proc/PID/cgroup` text names the container `id` in one of its paths (every
+/// runtime puts the full ID there: `docker-ID.scope`, `/docker/ID`, `libpod-ID`,
+/// `cri-containerd-ID`, ...). IDs that are not 64 hex digits (containerd's free-form task
+/// IDs) are matched as a whole path component.
+pub fn in_cgroup_of(cgroup: &[u8], id: &str) -> bool {
+    let text = String::from_utf8_lossy(cgroup);
+    let hex = id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit());
+    text.lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2))
+        .any(|path| {
+            if hex {
+                path.contains(id)
+            } else {
+                path.split('/').any(|c| c == id)
+            }
+        })
 }
 
 fn stdin() -> BorrowedFd<'static> {
@@ -113,7 +143,8 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
     // A process of ours is about to enter the target's PID namespace: when something there
     // could get past non-dumpable, run from a sealed copy of ourselves first (this
     // re-executes cartinject, which then comes back here; see exeseal).
-    if !crate::exeseal::running_sealed() && crate::exeseal::needed_for(target.pid) {
+    let tracers = crate::exeseal::tracers(target.pid);
+    if !crate::exeseal::running_sealed() && tracers.needs_sealed_copy() {
         crate::exeseal::ensure()
             .context("failed to protect cartinject's binary before entering a container")?;
     }
@@ -122,21 +153,7 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
     }
     let mut watch = crate::watch::TargetWatch::new(&target, &pin);
     let userns = UserNs::of(&pin)?;
-    let confine = if args.match_container {
-        let (profile, unmatched) = crate::confine::read(target.pid)?;
-        for line in &unmatched {
-            eprintln!("cartinject: --match-container: {line}");
-        }
-        note(&format!("--match-container: {}", profile.describe()));
-        Some(profile)
-    } else {
-        if let Ok(status) = crate::confine::read_status(target.pid)
-            && let Some(warning) = crate::confine::ptrace_warning(&status, userns.is_none())
-        {
-            eprintln!("cartinject: warning: {warning}");
-        }
-        None
-    };
+    let power = choose_power(&args.power, &tracers, target.pid, verbose)?;
     note(&format!(
         "target {target}, pinned {}",
         if pin.has_pidfd() {
@@ -170,7 +187,12 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
         Err(e) => Err(e),
     };
     let root = dir("root")?;
-    let cwd = dir("cwd")?;
+    let cwd = procfs::inside_root(&dir("cwd")?, &root);
+    // The target's root as the kernel holds it, opened through the host's procfs: the
+    // namespace child chroots only into the directory that is this one.
+    let root_id = procfs::root_identity(target.pid)?;
+    let host_procfs = fd::open_procfs()
+        .map_err(|e| anyhow::anyhow!("cannot open the host's /proc as procfs: {e}"))?;
     let joiner = Joiner::plan(&pin, &ALL_NAMESPACES)?;
     note(&format!("joining namespaces: {}", joiner.describe()));
     // The target's cgroups, opened here in the host; the namespace child enters them.
@@ -241,10 +263,12 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
         env: exec::to_cstrings(&env),
         path,
         root,
+        root_id,
         cwd,
         stdio,
         signal_mask: saved_mask,
-        confine,
+        power,
+        procfs: Some(host_procfs),
     };
 
     let (image_mount, notes) = {
@@ -309,12 +333,19 @@ fn namespace_child(
     cgroups: CgroupJoin,
     mut spec: ExecSpec,
 ) -> i32 {
-    let entered = enter_and_place(reporter, &mut joiner, image, host_root.as_ref(), cgroups)
-        .and_then(|()| {
-            drop(joiner);
-            drop(host_root);
-            contain_for_fork(reporter, &mut spec)
-        });
+    let entered = enter_and_place(
+        reporter,
+        &mut joiner,
+        image,
+        host_root.as_ref(),
+        cgroups,
+        (&spec.root, spec.root_id),
+    )
+    .and_then(|()| {
+        drop(joiner);
+        drop(host_root);
+        contain_for_fork(reporter, &mut spec)
+    });
     let (exec_reports, exec_reporter) = match entered.and_then(|()| {
         Reporter::pipe().map_err(|e| format!("cannot create a pipe inside the target: {e}"))
     }) {
@@ -369,10 +400,64 @@ fn namespace_child(
 /// working directory become the target's, and `--match-container`'s profile is applied. The
 /// command process is forked with nothing else.
 fn contain_for_fork(reporter: &Reporter, spec: &mut ExecSpec) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
     exec::install_stdio(spec)?;
-    fd::close_all_except(&[reporter.raw_fd()])
-        .map_err(|e| format!("cannot close inherited fds: {e}"))?;
+    let mut keep = vec![reporter.raw_fd()];
+    keep.extend(spec.procfs.as_ref().map(AsRawFd::as_raw_fd));
+    fd::close_all_except(&keep).map_err(|e| format!("cannot close inherited fds: {e}"))?;
+    // settle closes the procfs fd once the profile is applied.
     exec::settle(spec)
+}
+
+/// Chooses the session's power from `--profile` and whether the target's processes can
+/// ptrace ours, and reads the workload's for `match` (failing closed on what cannot be
+/// copied, unless `--allow-unmatched`). Prints the profile's warnings.
+fn choose_power(
+    request: &crate::profile::Request,
+    tracers: &crate::exeseal::Tracers,
+    pid: i32,
+    verbose: bool,
+) -> anyhow::Result<crate::profile::Power> {
+    use crate::profile::{Power, ProfileName};
+    let chosen =
+        crate::profile::choose(request, tracers.can_seize_session()).map_err(|message| {
+            ExitWith {
+                code: EXIT_FAILURE,
+                message,
+            }
+        })?;
+    for line in &chosen.lines {
+        eprintln!("cartinject: {line}");
+    }
+    let power = match chosen.name {
+        ProfileName::Debug => Power::Debug,
+        ProfileName::Sysadmin => Power::Sysadmin,
+        ProfileName::Match => {
+            let reading = crate::confine::read(pid)?;
+            if !reading.unmatched.is_empty() && !request.allow_unmatched {
+                anyhow::bail!(ExitWith {
+                    code: EXIT_FAILURE,
+                    message: format!(
+                        "--profile match cannot give the session exactly the target's power: {}; the session would run with more than the workload, so it does not start (--allow-unmatched starts it anyway)",
+                        reading.unmatched.join("; ")
+                    ),
+                });
+            }
+            for line in &reading.unmatched {
+                eprintln!("cartinject: warning: --allow-unmatched: {line}");
+            }
+            if verbose {
+                for line in &reading.notes {
+                    eprintln!("cartinject: --profile match: {line}");
+                }
+            }
+            Power::Match(reading.profile)
+        }
+    };
+    if verbose {
+        eprintln!("cartinject: {}", power.describe());
+    }
+    Ok(power)
 }
 
 fn enter_and_place(
@@ -381,6 +466,7 @@ fn enter_and_place(
     image: ImageMount,
     host_root: Option<&HostRoot>,
     cgroups: CgroupJoin,
+    target_root: (&std::path::Path, (u64, u64)),
 ) -> Result<(), String> {
     let cartinject = process::parent_pid();
     process::set_non_dumpable().map_err(|e| format!("prctl(PR_SET_DUMPABLE): {e}"))?;
@@ -388,8 +474,11 @@ fn enter_and_place(
     joiner.prepare().map_err(|e| e.to_string())?;
     let how = joiner.join_non_user().map_err(|e| e.to_string())?;
     reporter.note(format!("joined the target's namespaces: {how}"));
-    let placed = place::private_namespace()
-        .and_then(|()| place::shadow_dev())
+    place::private_namespace().map_err(|e| {
+        format!("cannot place the image in a private mount namespace of the target: {e}")
+    })?;
+    enter_target_root(target_root.0, target_root.1)?;
+    let placed = place::shadow_dev()
         .and_then(|()| place::attach(&image, std::path::Path::new(MOUNT_POINT), host_root));
     placed.map_err(|e| {
         format!("cannot place the image in a private mount namespace of the target: {e}")
@@ -410,6 +499,32 @@ fn enter_and_place(
     // the parent-death signal and resets the dumpable flag to fs.suid_dumpable.
     crate::child::tie_to_parent(&[cartinject])
         .map_err(|e| format!("cartinject went away, or prctl failed: {e}"))?;
+    Ok(())
+}
+
+/// Makes the target's root (`path` in its mount namespace, whose (device, inode) the host
+/// saw through `/proc/PID/root` as `expected`) the root of the calling process, so that the
+/// image is placed inside it: a target that chrooted itself then finds the real image at
+/// `/dev/crashcart`, never one planted at `ROOT/dev/crashcart`. The path is opened without
+/// following any symlink and must be the very directory the kernel holds as the target's
+/// root; anything else (a rename or a mount over it since) refuses the session.
+fn enter_target_root(path: &std::path::Path, expected: (u64, u64)) -> Result<(), String> {
+    use crate::sys::path;
+    let shown = crate::display::path(path);
+    let dir = path::open_dir_nofollow(path)
+        .map_err(|e| format!("cannot open the target's root {shown} without following symlinks ({e}): the container changed it; run cartinject again"))?;
+    let found = path::identity(dir.as_fd()).map_err(|e| format!("fstat {shown}: {e}"))?;
+    if found != expected {
+        return Err(format!(
+            "the target's root {shown} is no longer the directory the target runs in (the container renamed or covered it): refusing to place the image there"
+        ));
+    }
+    if path != std::path::Path::new("/") {
+        process::fchdir(dir.as_fd()).map_err(|e| format!("fchdir {shown}: {e}"))?;
+        process::chroot(std::path::Path::new("."))
+            .map_err(|e| format!("cannot chroot to the target's root {shown}: {e}"))?;
+        process::chdir(std::path::Path::new("/")).map_err(|e| format!("chdir /: {e}"))?;
+    }
     Ok(())
 }
 

@@ -135,6 +135,27 @@ pub fn set(effective: u64, permitted: u64, inheritable: u64) -> Result<(), Errno
     if rc < 0 { Err(Errno::last()) } else { Ok(()) }
 }
 
+/// `capget(2)` of the calling thread: (effective, permitted, inheritable).
+pub fn get() -> Result<(u64, u64, u64), Errno> {
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget writes two data structs (version 3) into `data`, which has room for
+    // them; the header is valid for the call.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+    if rc < 0 {
+        return Err(Errno::last());
+    }
+    let join = |low: u32, high: u32| u64::from(low) | (u64::from(high) << 32);
+    Ok((
+        join(data[0].effective, data[1].effective),
+        join(data[0].permitted, data[1].permitted),
+        join(data[0].inheritable, data[1].inheritable),
+    ))
+}
+
 fn prctl(option: libc::c_int, arg2: libc::c_ulong, arg3: libc::c_ulong) -> Result<i32, Errno> {
     // SAFETY: the prctl options used here take integers only and touch no memory.
     let rc = unsafe { libc::prctl(option, arg2, arg3, 0 as libc::c_ulong, 0 as libc::c_ulong) };

@@ -83,7 +83,7 @@ pub fn identity(ns: Namespace, pid: Option<i32>) -> std::io::Result<(u64, u64)> 
 /// (`pid:[4026531836]`). Equal inodes mean one namespace (the nsfs device is the same for
 /// all). `readlink` formats the name without the nsfs dentry that following the link
 /// (`stat`) looks up or creates, which makes it about twice as fast: it matters where every
-/// process on the host is looked at (`exeseal::needed_for`, `list::scan`). `None` when the
+/// process on the host is looked at (`exeseal::tracers`, `list::scan`). `None` when the
 /// link cannot be read (the process is gone, or is not ours to look at).
 pub fn link_inode(path: &Path) -> Option<u64> {
     let text = std::fs::read_link(path).ok()?;
@@ -113,6 +113,32 @@ pub fn set_fs_ids(uid: u32, gid: u32) -> (u32, u32) {
     let old_gid = nix::unistd::setfsgid(Gid::from_raw(gid));
     let old_uid = nix::unistd::setfsuid(Uid::from_raw(uid));
     (old_uid.as_raw(), old_gid.as_raw())
+}
+
+/// `NS_GET_PARENT` (`include/uapi/linux/nsfs.h`: `_IO(0xb7, 0x2)`).
+const NS_GET_PARENT: libc::c_ulong = 0xb702;
+
+/// The inode of the PID namespace `levels` levels above the one `/proc/PID/ns/pid` at
+/// `path` names (`ioctl_ns(2)`, `NS_GET_PARENT`); `None` when a level cannot be read (the
+/// process is gone, or the ancestor lies outside our own PID namespace: EPERM).
+pub fn pid_ns_ancestor(path: &Path, levels: usize) -> Option<u64> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::fs::MetadataExt;
+    let mut current: OwnedFd = std::fs::File::open(path).ok()?.into();
+    for _ in 0..levels {
+        // SAFETY: NS_GET_PARENT takes no argument and returns a new fd or -1; `current` is
+        // an open nsfs fd for the duration of the call.
+        let rc = unsafe { libc::ioctl(current.as_raw_fd(), NS_GET_PARENT) };
+        if rc < 0 {
+            return None;
+        }
+        // SAFETY: on success the ioctl returned a new fd that nothing else owns.
+        current = unsafe { OwnedFd::from_raw_fd(rc) };
+    }
+    std::fs::File::from(current)
+        .metadata()
+        .ok()
+        .map(|m| m.ino())
 }
 
 #[cfg(test)]
