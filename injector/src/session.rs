@@ -135,7 +135,7 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
     let verbose = args.verbose;
     let note = |text: &str| {
         if verbose {
-            eprintln!("cartinject: {text}");
+            eprintln!("cartinject: {}", crate::display::escape(text));
         }
     };
     let image = Image::open(&args.image)?;
@@ -198,7 +198,8 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
     // The target's cgroups, opened here in the host; the namespace child enters them.
     let (cgroups, cgroup_warnings) = CgroupJoin::open(target.pid);
     for warning in &cgroup_warnings {
-        eprintln!("cartinject: warning: {warning}");
+        // Cgroup paths: a container with its own cgroup namespace names its sub-cgroups.
+        eprintln!("cartinject: warning: {}", crate::display::escape(warning));
     }
     for path in cgroups.paths() {
         note(&format!("joining cgroup {}", path.display()));
@@ -655,6 +656,7 @@ fn proxy(
                 match report {
                     Report::Note(text) => {
                         if verbose || text.starts_with(WARNING) {
+                            let text = crate::display::escape(&text);
                             eprint!("cartinject: {text}{eol}");
                         }
                     }

@@ -43,17 +43,21 @@ pub fn run(json: bool) -> anyhow::Result<i32> {
                     .map(|id| id.chars().take(12).collect())
             })
             .unwrap_or_else(|| "-".into());
+        // Names come from runtimes (and so from whoever named the container), device and
+        // image paths from mount tables: printed escaped (JSON escapes them itself).
+        let target = crate::display::escape(&target);
         let image = p
             .image
             .as_ref()
-            .map_or_else(|| "?".into(), |i| i.display().to_string());
+            .map_or_else(|| "?".into(), |i| crate::display::path(i));
+        let device = crate::display::escape(&p.device);
         let pid = match p.session_pid {
             Some(s) => format!("{}/{s}", p.target_pid),
             None => p.target_pid.to_string(),
         };
         println!(
             "{:<8} {:<24} {:>8} {:<12} {image}",
-            p.kind, target, pid, p.device
+            p.kind, target, pid, device
         );
     }
     Ok(0)

@@ -47,14 +47,17 @@ impl Target {
     }
 }
 
+/// Names and IDs come from runtimes' answers and state files, which the container's owner
+/// chose: shown escaped.
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use crate::display::escape;
         match (&self.name, &self.id) {
-            (Some(name), _) => write!(f, "{name} (pid {})", self.pid),
+            (Some(name), _) => write!(f, "{} (pid {})", escape(name), self.pid),
             (None, Some(id)) => write!(
                 f,
                 "container {} (pid {})",
-                &id[..id.len().min(12)],
+                escape(id.chars().take(12).collect::<String>()),
                 self.pid
             ),
             (None, None) => write!(f, "pid {}", self.pid),
