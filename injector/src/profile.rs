@@ -139,26 +139,67 @@ pub struct Chosen {
     pub lines: Vec<String>,
 }
 
-/// Chooses the profile: `ptrace_capable` says whether a process of the target's PID
-/// namespace (or of one nested in it) holds `CAP_SYS_PTRACE` over the host's user namespace.
-/// An error is one line for the user.
-pub fn choose(request: &Request, ptrace_capable: bool) -> Result<Chosen, String> {
+/// Why the container could take over a session with more power than its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Risk {
+    /// A process of the target's PID namespace (or of one nested in it) holds
+    /// `CAP_SYS_PTRACE` over the host's user namespace: it can seize the command.
+    Ptrace,
+    /// The container can rename the `/dev` under its root (it is no mount point in the
+    /// target's mount namespace, as in a chroot into a plain directory, or the target may
+    /// hold `CAP_SYS_ADMIN`): a path through `/dev/crashcart` could then lead to its files.
+    Redirect,
+}
+
+impl Risk {
+    fn why(self) -> &'static str {
+        match self {
+            Risk::Ptrace => {
+                "processes of the target hold CAP_SYS_PTRACE over the host's user namespace and could seize the session's command"
+            }
+            Risk::Redirect => {
+                "the target's /dev is no mount point of its own (or it may hold CAP_SYS_ADMIN), so the container could rename it under the session and put its own programs at /dev/crashcart"
+            }
+        }
+    }
+}
+
+/// Chooses the profile. `risk` says whether (and why) the container could take over the
+/// session's command; `target_bounding` is the target's bounding set: a profile that holds
+/// nothing beyond it lends the container nothing, risk or not. An error is one line for the
+/// user.
+pub fn choose(
+    request: &Request,
+    risk: Option<Risk>,
+    target_bounding: u64,
+) -> Result<Chosen, String> {
     let mut lines = Vec::new();
-    let name = match (request.profile, ptrace_capable) {
-        (None, true) => {
-            lines.push("warning: processes of the target hold CAP_SYS_PTRACE over the host's user namespace and could seize this session's: it gets the workload's own power (--profile match); --profile debug --allow-ptrace-escalation gives more, and lends it to the container".into());
+    let exceeds = |name: ProfileName| match name {
+        ProfileName::Debug => debug_mask() & !target_bounding != 0,
+        ProfileName::Sysadmin => true,
+        ProfileName::Match => false,
+    };
+    let risk = risk.filter(|_| exceeds(request.profile.unwrap_or(ProfileName::Debug)));
+    let name = match (request.profile, risk) {
+        (None, Some(risk)) => {
+            lines.push(format!(
+                "warning: {}: the session gets the workload's own power (--profile match); --profile debug --allow-ptrace-escalation gives more, and lends it to the container",
+                risk.why()
+            ));
             ProfileName::Match
         }
         (Some(ProfileName::Match), _) => ProfileName::Match,
-        (Some(name), true) if !request.allow_ptrace_escalation => {
+        (Some(name), Some(risk)) if !request.allow_ptrace_escalation => {
             return Err(format!(
-                "--profile {} refused: processes of the target hold CAP_SYS_PTRACE over the host's user namespace and could seize the session's command and use every capability it holds; use --profile match, or add --allow-ptrace-escalation to accept that risk",
-                name.as_str()
+                "--profile {} refused: {}, and so use every capability the session holds; use --profile match, or add --allow-ptrace-escalation to accept that risk",
+                name.as_str(),
+                risk.why()
             ));
         }
-        (Some(name), true) => {
+        (Some(name), Some(risk)) => {
             lines.push(format!(
-                "warning: --allow-ptrace-escalation: processes of the target can seize this session's command and use its --profile {} capabilities ({})",
+                "warning: --allow-ptrace-escalation: {}, and so use its --profile {} capabilities ({})",
+                risk.why(),
                 name.as_str(),
                 match name {
                     ProfileName::Sysadmin => "all of them, which reach the host",
@@ -167,7 +208,7 @@ pub fn choose(request: &Request, ptrace_capable: bool) -> Result<Chosen, String>
             ));
             name
         }
-        (requested, false) => requested.unwrap_or(ProfileName::Debug),
+        (requested, None) => requested.unwrap_or(ProfileName::Debug),
     };
     if name == ProfileName::Sysadmin {
         lines.push("warning: --profile sysadmin: the session holds every capability of cartinject (CAP_SYS_ADMIN, CAP_SYS_MODULE, CAP_DAC_READ_SEARCH, ...) and no seccomp filter: it can reach past the container".into());
@@ -260,24 +301,35 @@ mod tests {
             allow_ptrace_escalation: allow,
             allow_unmatched: false,
         };
-        let plain = choose(&req(None, false), false).expect("default");
+        // Docker's default bounding set, and CAP_SYS_PTRACE added to it.
+        let docker = 0xa804_25fb_u64;
+        let ptrace = Some(Risk::Ptrace);
+        let plain = choose(&req(None, false), None, docker).expect("default");
         assert_eq!(plain.name, ProfileName::Debug);
         assert!(plain.lines.is_empty());
-        let forced = choose(&req(None, false), true).expect("ptrace");
+        let forced = choose(&req(None, false), ptrace, docker).expect("ptrace");
         assert_eq!(forced.name, ProfileName::Match);
         assert_eq!(forced.lines.len(), 1);
-        let refused = choose(&req(Some(ProfileName::Debug), false), true);
+        let redirect = choose(&req(None, false), Some(Risk::Redirect), docker).expect("chroot");
+        assert_eq!(redirect.name, ProfileName::Match);
+        assert!(redirect.lines[0].contains("rename"));
+        let refused = choose(&req(Some(ProfileName::Debug), false), ptrace, docker);
         assert!(refused.is_err_and(|e| e.contains("--allow-ptrace-escalation")));
-        let allowed = choose(&req(Some(ProfileName::Sysadmin), true), true).expect("allowed");
+        let allowed =
+            choose(&req(Some(ProfileName::Sysadmin), true), ptrace, docker).expect("allowed");
         assert_eq!(allowed.name, ProfileName::Sysadmin);
         assert_eq!(allowed.lines.len(), 2);
-        let admin = choose(&req(Some(ProfileName::Sysadmin), false), false).expect("admin");
+        let admin = choose(&req(Some(ProfileName::Sysadmin), false), None, docker).expect("admin");
         assert_eq!(admin.lines.len(), 1);
         assert_eq!(
-            choose(&req(Some(ProfileName::Match), false), true)
+            choose(&req(Some(ProfileName::Match), false), ptrace, docker)
                 .expect("match")
                 .name,
             ProfileName::Match
         );
+        // A privileged container lends nothing to a debug session: no risk to speak of.
+        let privileged = choose(&req(None, false), ptrace, u64::MAX).expect("privileged");
+        assert_eq!(privileged.name, ProfileName::Debug);
+        assert!(privileged.lines.is_empty());
     }
 }

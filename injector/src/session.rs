@@ -410,6 +410,21 @@ fn contain_for_fork(reporter: &Reporter, spec: &mut ExecSpec) -> Result<(), Stri
     exec::settle(spec)
 }
 
+/// Whether the container could rename the `/dev` under the target's root while a session
+/// runs (and so make `/dev/crashcart/...` in the session lead to its own files, since mounts
+/// hang on dentries, which a rename in another mount namespace moves): that `/dev` is no
+/// mount point in the target's mount namespace (`/proc/PID/mountinfo` shows mount points
+/// relative to the target's root: a chroot into a plain directory), or the target may hold
+/// `CAP_SYS_ADMIN` (it could unmount it in a namespace of its own). A process that cannot
+/// rename a mount point of its own namespace (EBUSY) leaves the session's paths alone.
+fn dev_redirectable(pid: i32, status: &crate::confine::Status) -> bool {
+    let sys_admin = status.bounding & crate::sys::caps::bit(21) != 0;
+    let mounted = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .map(|text| !crate::mountinfo::at(&crate::mountinfo::parse(&text), "/dev").is_empty())
+        .unwrap_or(false);
+    sys_admin || !mounted
+}
+
 /// Chooses the session's power from `--profile` and whether the target's processes can
 /// ptrace ours, and reads the workload's for `match` (failing closed on what cannot be
 /// copied, unless `--allow-unmatched`). Prints the profile's warnings.
@@ -419,13 +434,20 @@ fn choose_power(
     pid: i32,
     verbose: bool,
 ) -> anyhow::Result<crate::profile::Power> {
+    use crate::profile::Risk;
     use crate::profile::{Power, ProfileName};
+    let status = crate::confine::read_status(pid)?;
+    let risk = if tracers.can_seize_session() {
+        Some(Risk::Ptrace)
+    } else if dev_redirectable(pid, &status) {
+        Some(Risk::Redirect)
+    } else {
+        None
+    };
     let chosen =
-        crate::profile::choose(request, tracers.can_seize_session()).map_err(|message| {
-            ExitWith {
-                code: EXIT_FAILURE,
-                message,
-            }
+        crate::profile::choose(request, risk, status.bounding).map_err(|message| ExitWith {
+            code: EXIT_FAILURE,
+            message,
         })?;
     for line in &chosen.lines {
         eprintln!("cartinject: {line}");
