@@ -280,13 +280,24 @@ impl std::fmt::Display for Caps {
 pub fn debug_profile_problems(caps: &Caps) -> Vec<String> {
     let mut problems = Vec::new();
     let forbidden = mask(&DEBUG_FORBIDDEN);
+    // Sets that hold the same forbidden capabilities are named together.
+    let mut groups: Vec<(Vec<&str>, u64)> = Vec::new();
     for (set, value) in caps.sets() {
-        if value & forbidden != 0 {
-            problems.push(format!(
-                "{set} holds {} (never in the debug profile)",
-                names(value & forbidden)
-            ));
+        let bad = value & forbidden;
+        if bad == 0 {
+            continue;
         }
+        match groups.iter_mut().find(|(_, b)| *b == bad) {
+            Some((sets, _)) => sets.push(set),
+            None => groups.push((vec![set], bad)),
+        }
+    }
+    for (sets, bad) in groups {
+        problems.push(format!(
+            "{} hold(s) {} (never in the debug profile)",
+            sets.join(", "),
+            names(bad)
+        ));
     }
     let kept = mask(&DEBUG_KEPT);
     if caps.eff & kept != kept {
@@ -347,10 +358,35 @@ pub fn session(image: impl AsRef<Path>, target: &str, flags: &[&str], command: &
     cmd
 }
 
+/// A command line as a user would type it (the program's file name, then the arguments;
+/// an argument quoted only when it holds a space, a quote or a control character).
+pub fn cmdline(cmd: &Command) -> String {
+    let program = Path::new(cmd.get_program())
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    std::iter::once(program)
+        .chain(cmd.get_args().map(|a| {
+            let a = a.to_string_lossy();
+            if a.is_empty()
+                || a.chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '"')
+            {
+                format!("{a:?}")
+            } else {
+                a.into_owned()
+            }
+        }))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// A command and its outcome, for messages.
 pub fn shown(cmd: &Command, out: &Output) -> String {
     format!(
-        "{cmd:?} exited {:?}\n  stdout: {:?}\n  stderr: {:?}",
+        "`{}` exited {:?}\n  stdout: {:?}\n  stderr: {:?}",
+        cmdline(cmd),
         out.status.code(),
         stdout(out),
         stderr(out)
