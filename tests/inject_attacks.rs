@@ -601,6 +601,22 @@ fn matching_fails_closed_when_the_filter_cannot_be_read() {
     );
 
     let img = TestImage::fixture();
+    // The negative control: where the filter can be copied, it blocks `unshare -U -r`, so a
+    // success below means the session ran without it.
+    let control = Container::start("attack-failclosed-control", fat_image());
+    let (cmd, out) = run(session(
+        &img,
+        &control.name,
+        &["--match-container"],
+        &["unshare", "-U", "-r", "true"],
+    ));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "Docker's filter, copied, does not block unshare -U -r: {}",
+        shown(&cmd, &out)
+    );
+    drop(control);
     let mounts = MountSnapshot::take(c.pid);
     let mut problems = Problems::new();
     for flags in [&["--match-container"][..], &["--profile", "match"][..]] {
