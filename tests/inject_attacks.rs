@@ -433,12 +433,15 @@ fn parse_seizer_log(text: &str) -> Vec<Seen> {
         .collect()
 }
 
-/// Whether stderr says the session got the `match` power (and not merely that
-/// `--match-container` exists).
+/// Whether stderr says the session got the `match` power because of the target's ptrace:
+/// one line that names ptrace and the match profile or power (not merely a suggestion of
+/// `--match-container`, nor the note that there is no LSM profile to match).
 fn says_match_power(out: &Output) -> bool {
     stderr_lines(out).iter().any(|l| {
         let l = l.to_lowercase();
-        l.contains("match") && (l.contains("profile") || l.contains("power"))
+        l.contains("ptrace")
+            && l.contains("match")
+            && (l.contains("profile") || l.contains("power"))
     })
 }
 
@@ -648,10 +651,11 @@ fn matching_fails_closed_when_the_filter_cannot_be_read() {
             out.status.success()
                 && stderr_lines(&out)
                     .iter()
-                    .any(|l| l.to_lowercase().contains("warning")),
+                    .any(|l| l.to_lowercase().contains("seccomp")),
             || {
                 format!(
-                    "--allow-unmatched did not go on with a warning: {}",
+                    "--allow-unmatched did not go on with a warning naming the seccomp filter it \
+                     could not copy: {}",
                     shown(&cmd, &out)
                 )
             },
