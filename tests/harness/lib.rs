@@ -19,6 +19,7 @@ use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod attacks;
 pub mod hardening;
 pub mod runtimes;
 
