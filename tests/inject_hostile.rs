@@ -275,10 +275,14 @@ fn a_session_holds_no_fd_cwd_or_root_of_the_host() {
     for legacy in [false, true] {
         // stdin and stdout files of the host, stderr /dev/null: all replaced by pipes.
         let out = dir.join("out.txt");
-        let mut cmd = inject(&img, &c.name, &["sh", "-c", INSIDE_CHECK]);
+        // The flag goes before `--`: after it, it would be an argument of the command.
+        let mut cmd = cartinject();
         if legacy {
             cmd.arg("--legacy-mount");
         }
+        cmd.arg(&img.path)
+            .arg(&c.name)
+            .args(["--", "sh", "-c", INSIDE_CHECK]);
         let status = cmd
             .stdin(File::open(&input).expect("open"))
             .stdout(File::create(&out).expect("create"))
