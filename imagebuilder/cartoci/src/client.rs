@@ -128,7 +128,7 @@ impl fmt::Display for Oversize {
 /// `N bytes`, with the nearest binary unit when it is one (`4294967296 bytes (4 GiB)`).
 pub fn bytes(n: u64) -> String {
     for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
-        if n >= 1 << shift && n % (1 << shift) == 0 {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
             return format!("{n} bytes ({} {unit})", n >> shift);
         }
     }
@@ -1081,7 +1081,10 @@ mod tests {
         let d = detail_of(body);
         assert!(!d.contains('\x1b') && !d.contains('\x07'), "{d:?}");
         assert!(d.contains("\\x1b]0;pwned\\x07"), "{d}");
-        let long = format!(r#"{{"errors":[{{"code":"C","message":"{}"}}]}}"#, "m".repeat(1 << 20));
+        let long = format!(
+            r#"{{"errors":[{{"code":"C","message":"{}"}}]}}"#,
+            "m".repeat(1 << 20)
+        );
         assert!(detail_of(long.as_bytes()).len() < 300);
         let html = vec![b'x'; 10 << 20];
         assert!(detail_of(&html).len() < 300);
@@ -1091,11 +1094,18 @@ mod tests {
     fn bodies_are_bounded_in_bytes_and_time() {
         let later = Instant::now() + Duration::from_secs(60);
         // An endless body: exactly `limit` bytes are taken.
-        assert_eq!(read_within(io::repeat(b'a'), 100_000, later).unwrap().len(), 100_000);
+        assert_eq!(
+            read_within(io::repeat(b'a'), 100_000, later).unwrap().len(),
+            100_000
+        );
         assert_eq!(read_within(&b"short"[..], 100, later).unwrap(), b"short");
         // Past the deadline: no more reading.
-        let e = read_within(io::repeat(b'a'), 10, Instant::now() - Duration::from_secs(1))
-            .unwrap_err();
+        let e = read_within(
+            io::repeat(b'a'),
+            10,
+            Instant::now() - Duration::from_secs(1),
+        )
+        .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
         assert_eq!(transfer_budget(0), READ_TIMEOUT);
         assert_eq!(
