@@ -1118,3 +1118,54 @@ fn a_cache_others_could_change_is_refused_before_any_request() {
     assert_eq!(registry.requests().len(), 1);
     c.assert_clean();
 }
+
+#[test]
+fn redirects_and_challenges_are_bounded() {
+    let c = thin_container("oci-redirects");
+    let hex = "c".repeat(64);
+    let loop_path = format!("/v2/loop/manifests/sha256:{hex}");
+    let realm = format!("not a url {}", "r".repeat(20 << 10));
+    let answers = HashMap::from([
+        // A redirect to itself, forever.
+        (
+            format!("GET {loop_path}"),
+            Answer::Full {
+                status: 307,
+                headers: Vec::new(),
+                body: Vec::new(),
+            }
+            .with_header("Location", &loop_path),
+        ),
+        // A challenge whose realm is 20 KiB of junk.
+        (
+            format!("GET /v2/auth/manifests/sha256:{hex}"),
+            Answer::Full {
+                status: 401,
+                headers: Vec::new(),
+                body: Vec::new(),
+            }
+            .with_header("WWW-Authenticate", &format!("Bearer realm=\"{realm}\"")),
+        ),
+    ]);
+    let registry = fake::Registry::start(answers);
+    let at = registry.authority();
+
+    let (out, took, cache) = pull_from_fake(&format!("oci://{at}/loop@sha256:{hex}"), &c, &[]);
+    assert_refused(&out, took, cache.path(), &c, &["more than 5 redirects"]);
+    let asked = registry.requests();
+    assert_eq!(asked.len(), 6, "{asked:?}");
+
+    let (out, took, cache) = pull_from_fake(&format!("oci://{at}/auth@sha256:{hex}"), &c, &[]);
+    assert_refused(
+        &out,
+        took,
+        cache.path(),
+        &c,
+        &["is not a URL", "not a url rrr"],
+    );
+    assert!(
+        stderr(&out).len() < 1024,
+        "the realm was not cut short: {} bytes",
+        stderr(&out).len()
+    );
+}
