@@ -97,7 +97,7 @@ impl Limit {
     pub fn default_blob() -> Limit {
         Limit {
             bytes: DEFAULT_MAX_BLOB,
-            fix: "the client's default limit".into(),
+            fix: "this is the default limit of crashcart's registry client".into(),
         }
     }
 }
