@@ -55,7 +55,8 @@ fn inject_with_options(
     }
     c.env("CARTINJECT_CACHE", cache)
         .env_remove("CRASHCART_REGISTRY_USERNAME")
-        .env_remove("CRASHCART_REGISTRY_PASSWORD");
+        .env_remove("CRASHCART_REGISTRY_PASSWORD")
+        .env_remove("CARTINJECT_OCI_MAX_SIZE");
     c
 }
 
