@@ -121,6 +121,12 @@ struct Cli {
     #[arg(long, value_name = "KEY", env = "CARTINJECT_VERIFY_KEY")]
     verify_key: Option<String>,
 
+    /// With IMAGE as oci://…: the largest image to pull, in bytes or with a K, M or G
+    /// suffix (default 4G); its sidecars get at most 64M, its manifest at most 4M. A larger
+    /// blob is refused before it is downloaded.
+    #[arg(long, value_name = "BYTES", env = oci::MAX_SIZE_ENV, value_parser = oci::parse_size)]
+    oci_max_size: Option<u64>,
+
     /// Print each step to stderr.
     #[arg(short, long)]
     verbose: bool,
@@ -158,7 +164,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     // IMAGE as oci://HOST/REPO:TAG or @sha256:…: pulled (or found in the cache) now, with
     // the HTTP client gone before anything forks (see oci).
     let image = if oci::is_reference(&image) {
-        let pulled = oci::localize(&image.to_string_lossy(), &oci::cache_base())
+        let options = oci::PullOptions {
+            max_size: cli.oci_max_size.unwrap_or(oci::DEFAULT_MAX_SIZE),
+            keyed: cli.verify_key.is_some(),
+        };
+        let pulled = oci::localize(&image.to_string_lossy(), &oci::cache_base(), options)
             .context("failed to pull the image")?;
         if cli.verbose {
             for step in &pulled.steps {

@@ -20,13 +20,15 @@
 //! layer, a safe file name, sha256 digests, each kind of sidecar at most once) and ignores
 //! layers of other media types, so later versions can add some. Sidecar file names derive
 //! from the image's, never from what the registry says, so they always sit where
-//! `cartinject` looks for them.
+//! `cartinject` looks for them. What a pulled manifest says reaches an error message only
+//! through [`crate::display::untrusted`] (escaped, cut short).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::digest::{Digest, DigestError};
+use crate::display::untrusted;
 
 /// The OCI image manifest media type.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -375,18 +377,19 @@ impl Layout {
 pub fn parse(bytes: &[u8]) -> Result<Layout, ArtifactError> {
     // A first look at the media type, so that an index or a Docker manifest is named as
     // such rather than failing on a missing field.
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| ArtifactError::Json(e.to_string()))?;
+    // serde's messages quote the offending values, which are the registry's.
+    let json = |e: serde_json::Error| ArtifactError::Json(untrusted(e.to_string()));
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(json)?;
     let media_type = value.get("mediaType").and_then(|v| v.as_str());
     if let Some(mt) = media_type
         && mt != OCI_MANIFEST
     {
         return Err(ArtifactError::NotCrashcart(format!(
-            "a manifest of media type {mt}"
+            "a manifest of media type {}",
+            untrusted(mt)
         )));
     }
-    let manifest: OciManifest =
-        serde_json::from_value(value).map_err(|e| ArtifactError::Json(e.to_string()))?;
+    let manifest: OciManifest = serde_json::from_value(value).map_err(json)?;
     if manifest.schema_version != 2 {
         return Err(ArtifactError::Json(format!(
             "schemaVersion {} (expected 2)",
@@ -398,10 +401,12 @@ pub fn parse(bytes: &[u8]) -> Result<Layout, ArtifactError> {
     if !ours {
         return Err(ArtifactError::NotCrashcart(format!(
             "an artifact of type {}",
-            manifest
-                .artifact_type
-                .as_deref()
-                .unwrap_or(&manifest.config.media_type)
+            untrusted(
+                manifest
+                    .artifact_type
+                    .as_deref()
+                    .unwrap_or(&manifest.config.media_type)
+            )
         )));
     }
     let mut image = None;
@@ -434,7 +439,8 @@ pub fn parse(bytes: &[u8]) -> Result<Layout, ArtifactError> {
         .ok_or_else(|| ArtifactError::Invalid(format!("the image layer has no {TITLE}")))?;
     if !is_safe_file_name(name) {
         return Err(ArtifactError::Invalid(format!(
-            "the image's file name {name:?} is not a plain file name"
+            "the image's file name \"{}\" is not a plain file name",
+            untrusted(name)
         )));
     }
     if descriptor.size == 0 {
@@ -585,6 +591,13 @@ mod tests {
             e.contains("not a crashcart image") && e.contains("index"),
             "{e}"
         );
+        // The registry's words reach the message escaped and cut short.
+        let e = err(mutate(&|v| {
+            v["mediaType"] = format!("x\u{1b}]0;pwned\u{7}{}", "y".repeat(1 << 20)).into()
+        }));
+        assert!(e.contains("x\\x1b]0;pwned\\x07y") && e.len() < 400, "{e}");
+        let e = err(mutate(&|v| v["layers"][0]["size"] = "\u{1b}[2J".into()));
+        assert!(!e.contains('\u{1b}') && e.contains("expected u64"), "{e}");
         let e = err(mutate(&|v| {
             v["artifactType"] = "application/vnd.example".into();
             v["config"]["mediaType"] = "application/vnd.oci.image.config.v1+json".into();

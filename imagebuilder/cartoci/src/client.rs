@@ -15,16 +15,30 @@
 //! one clear error: `NAME_UNKNOWN` a repository that does not exist, `MANIFEST_UNKNOWN` a
 //! tag that does not, `DENIED`/`UNAUTHORIZED` a refusal.
 //!
+//! Everything a registry answers is bounded, in bytes and in time, before it is believed:
+//!
+//! | answer | bound |
+//! |---|---|
+//! | a manifest or index | the client's manifest [`Limit`] ([`MAX_MANIFEST`], 4 MiB, unless lowered), checked against `Content-Length` and again while the body streams |
+//! | a blob | the size its descriptor declares, which must be within the blob [`Limit`] before any request is made; a `Content-Length` other than that size, or a body that goes past it, stops the download |
+//! | error bodies, token answers, tag lists | [`MAX_ERROR_BODY`], [`MAX_SMALL_BODY`] |
+//! | any body | [`READ_TIMEOUT`] between two reads, and a deadline for the whole body ([`READ_TIMEOUT`], plus a second for each [`MIN_RATE`] bytes of a blob) |
+//! | redirects | [`MAX_REDIRECTS`] hops, never from HTTPS down to plain HTTP |
+//! | headers (`WWW-Authenticate`, `Location`, …) | hyper's own limits: at most 100 headers in a buffer of about 400 KiB |
+//!
+//! Registry text that reaches a message (error bodies, realms, tags, media types, URLs)
+//! goes through [`crate::display::untrusted`]: escaped and cut short.
+//!
 //! The HTTP client is reqwest's blocking client: it runs a Tokio runtime on a thread of its
 //! own, which [`Client`]'s drop joins (reqwest's `InnerClientHandle::drop`), so once a
 //! `Client` is gone the process has no thread of it left, which `cartinject` relies on before
 //! it forks. Host names are resolved by [`crate::dns`].
 
+use std::fmt;
 use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use std::time::Duration;
-
 use reqwest::StatusCode;
 use reqwest::blocking::{Body, RequestBuilder, Response};
 use reqwest::header::{
@@ -34,11 +48,21 @@ use reqwest::header::{
 use crate::artifact::OCI_MANIFEST;
 use crate::auth::{self, AuthError, Challenge, Credentials};
 use crate::digest::{Digest, Hasher};
+use crate::display::untrusted;
 use crate::dns::HostsAndDns;
 use crate::reference::{Reference, Registry, Transport};
 
-/// The largest manifest accepted (the distribution spec's suggested limit for registries).
+/// The largest manifest or index accepted (the distribution spec's suggested limit for
+/// registries; a crashcart image's manifest is under 4 KiB).
 pub const MAX_MANIFEST: u64 = 4 << 20;
+/// The largest blob a [`Client`] fetches unless told otherwise ([`Client::set_limits`]).
+pub const DEFAULT_MAX_BLOB: u64 = 4 << 30;
+/// The most bytes of an error body read (only its first error is shown).
+pub const MAX_ERROR_BODY: u64 = 64 << 10;
+/// The most bytes of a token service's answer or a tag list read.
+pub const MAX_SMALL_BODY: u64 = 1 << 20;
+/// The most redirects followed for one request.
+pub const MAX_REDIRECTS: usize = 5;
 
 /// What a manifest request accepts: OCI manifests, and the other kinds only so that a
 /// reference to a container image is named as such.
@@ -46,10 +70,70 @@ const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.manifest.v1+json, appl
 
 /// Seconds allowed to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-/// Seconds allowed for an answer, and between two reads of a body.
-const READ_TIMEOUT: Duration = Duration::from_secs(60);
-/// An upload may take READ_TIMEOUT plus a second for each 64 KiB.
-const UPLOAD_MIN_RATE: u64 = 64 << 10;
+/// Seconds allowed for an answer, between two reads of a body, and for a whole small body.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// A blob's transfer (either way) may take READ_TIMEOUT plus a second for each 64 KiB.
+pub const MIN_RATE: u64 = 64 << 10;
+
+/// The most bytes accepted of one kind of answer, and what the user can do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit {
+    /// Bytes.
+    pub bytes: u64,
+    /// How to raise it, or why it cannot be raised; ends the error message.
+    pub fix: String,
+}
+
+impl Limit {
+    /// The manifest limit of a client nobody configured.
+    pub fn default_manifest() -> Limit {
+        Limit {
+            bytes: MAX_MANIFEST,
+            fix: "4 MiB is the distribution spec's limit for manifests; a crashcart image's is under 4 KiB, so this is no crashcart image".into(),
+        }
+    }
+
+    /// The blob limit of a client nobody configured.
+    pub fn default_blob() -> Limit {
+        Limit {
+            bytes: DEFAULT_MAX_BLOB,
+            fix: "this is the default limit of crashcart's registry client".into(),
+        }
+    }
+}
+
+/// How large something too large is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Oversize {
+    /// As its descriptor (a manifest) declares: nothing was downloaded.
+    Declared(u64),
+    /// As the registry's `Content-Length` says: nothing was read.
+    ContentLength(u64),
+    /// Its body went past the limit and was cut off after this many bytes.
+    Streamed(u64),
+}
+
+impl fmt::Display for Oversize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Oversize::Declared(n) => write!(f, "is {} as its descriptor declares", bytes(*n)),
+            Oversize::ContentLength(n) => {
+                write!(f, "is {} by the registry's Content-Length", bytes(*n))
+            }
+            Oversize::Streamed(n) => write!(f, "went on past {n} bytes"),
+        }
+    }
+}
+
+/// `N bytes`, with the nearest binary unit when it is one (`4294967296 bytes (4 GiB)`).
+pub fn bytes(n: u64) -> String {
+    for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
+            return format!("{n} bytes ({} {unit})", n >> shift);
+        }
+    }
+    format!("{n} bytes")
+}
 
 /// Failures talking to a registry. Each message names the registry or the reference and
 /// says what to do.
@@ -121,14 +205,47 @@ pub enum ClientError {
         what: String,
         /// The size it should have.
         expected: u64,
-        /// The size it had (or more, when cut off).
+        /// The size it had (`Content-Length`, or what arrived).
         actual: u64,
     },
-    /// A manifest over [`MAX_MANIFEST`].
-    #[error("{what} is larger than {MAX_MANIFEST} bytes: not a crashcart image's manifest")]
-    TooLarge {
+    /// A body that went on past the size its descriptor declares: cut off there.
+    #[error(
+        "{what} went on past the {expected} bytes its descriptor declares; the download was stopped and nothing of it kept: the registry's copy is corrupt or was tampered with"
+    )]
+    Overlong {
         /// What was fetched.
         what: String,
+        /// The size it should have.
+        expected: u64,
+    },
+    /// A body that did not arrive in the time allowed.
+    #[error(
+        "{what} did not arrive within {secs} s (the registry sends too slowly or never stops); nothing of it was kept"
+    )]
+    TooSlow {
+        /// What was fetched.
+        what: String,
+        /// The time allowed.
+        secs: u64,
+    },
+    /// A manifest or blob over its [`Limit`]. Nothing of it was kept.
+    #[error(
+        "{what} {size}, over the limit of {limit}; {kept}: {fix}",
+        limit = bytes(*limit),
+        kept = match size {
+            Oversize::Streamed(_) => "the download was stopped and nothing of it kept",
+            _ => "nothing was downloaded",
+        }
+    )]
+    TooLarge {
+        /// What was (to be) fetched.
+        what: String,
+        /// How large it is, and who says so.
+        size: Oversize,
+        /// The limit in bytes.
+        limit: u64,
+        /// What to do ([`Limit::fix`]).
+        fix: String,
     },
     /// The registry answered in a way the protocol does not allow.
     #[error("{what}: {reason}")]
@@ -178,6 +295,8 @@ pub struct Client {
     credentials: Option<Option<Credentials>>,
     authorization: Option<String>,
     requests: u64,
+    manifest_limit: Limit,
+    blob_limit: Limit,
 }
 
 impl Client {
@@ -185,6 +304,7 @@ impl Client {
     pub fn new(reference: &Reference, access: Access) -> Result<Client, ClientError> {
         // reqwest takes the process's default rustls provider; an Err means one is installed.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let https = reference.registry.transport() == Transport::Https;
         let http = reqwest::blocking::Client::builder()
             .user_agent(concat!("crashcart/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(CONNECT_TIMEOUT)
@@ -192,6 +312,18 @@ impl Client {
             // A peer that stops acknowledging what we send (an upload to a dead host).
             .tcp_user_timeout(READ_TIMEOUT)
             .dns_resolver(std::sync::Arc::new(HostsAndDns::new()))
+            // A registry may send blobs elsewhere (a CDN), but not in circles, and not from
+            // HTTPS down to plain HTTP, where anyone on the path could change them.
+            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                if attempt.previous().len() > MAX_REDIRECTS {
+                    attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+                } else if https && attempt.url().scheme() != "https" {
+                    let to = untrusted(attempt.url().as_str());
+                    attempt.error(format!("a redirect from HTTPS to {to} refused"))
+                } else {
+                    attempt.follow()
+                }
+            }))
             .build()
             .map_err(|e| ClientError::Setup(chain(&e)))?;
         Ok(Client {
@@ -202,7 +334,20 @@ impl Client {
             credentials: None,
             authorization: None,
             requests: 0,
+            manifest_limit: Limit::default_manifest(),
+            blob_limit: Limit::default_blob(),
         })
+    }
+
+    /// Sets the most bytes a manifest (or index) and a blob may have; a manifest limit
+    /// above [`MAX_MANIFEST`] is lowered to it.
+    pub fn set_limits(&mut self, manifest: Limit, blob: Limit) {
+        self.manifest_limit = if manifest.bytes > MAX_MANIFEST {
+            Limit::default_manifest()
+        } else {
+            manifest
+        };
+        self.blob_limit = blob;
     }
 
     /// How many HTTP requests this client has made (token requests included).
@@ -301,9 +446,11 @@ impl Client {
         let credentials = self.credentials()?;
         match challenges.first() {
             Some(Challenge::Bearer { realm, service, .. }) => {
+                // The realm is the registry's text: only its excerpt reaches a message.
+                let shown = untrusted(realm);
                 let mut url = reqwest::Url::parse(realm).map_err(|e| ClientError::Protocol {
                     what: format!("the token service of {}", self.registry.authority()),
-                    reason: format!("realm {realm:?} is not a URL: {e}"),
+                    reason: format!("realm \"{shown}\" is not a URL: {e}"),
                 })?;
                 if url.scheme() != "https"
                     && !(url.scheme() == "http" && self.registry.transport() == Transport::Http)
@@ -311,7 +458,7 @@ impl Client {
                     return Err(ClientError::Protocol {
                         what: format!("the token service of {}", self.registry.authority()),
                         reason: format!(
-                            "realm {realm} is not HTTPS; credentials are not sent there"
+                            "realm {shown} is not HTTPS; credentials are not sent there"
                         ),
                     });
                 }
@@ -332,10 +479,10 @@ impl Client {
                 self.requests += 1;
                 let response = request.send().map_err(|e| self.unreachable(&e))?;
                 let status = response.status();
-                let body = read_limited(response, 1 << 20).unwrap_or_default();
+                let body = read_limited(response, MAX_SMALL_BODY).unwrap_or_default();
                 if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
                     return Err(self.denied(format!(
-                        "its token service {realm} answered HTTP {}{}",
+                        "its token service {shown} answered HTTP {}{}",
                         status.as_u16(),
                         if credentials.is_some() {
                             " to the credentials given"
@@ -346,12 +493,12 @@ impl Client {
                 }
                 if !status.is_success() {
                     return Err(ClientError::Status {
-                        what: format!("getting a token from {realm}"),
+                        what: format!("getting a token from {shown}"),
                         status: status.as_u16(),
                         detail: detail_of(&body),
                     });
                 }
-                let token = auth::token_from_response(&body, realm)?;
+                let token = auth::token_from_response(&body, &shown)?;
                 self.authorization = Some(format!("Bearer {token}"));
                 Ok(())
             }
@@ -375,7 +522,7 @@ impl Client {
     /// Turns an unsuccessful answer into an error; `missing` says what a 404 means.
     fn fail(&self, response: Response, what: &str, missing: &str) -> ClientError {
         let status = response.status();
-        let body = read_limited(response, 64 << 10).unwrap_or_default();
+        let body = read_limited(response, MAX_ERROR_BODY).unwrap_or_default();
         let codes = error_codes(&body);
         let has = |c: &str| codes.iter().any(|(code, _)| code == c);
         if status == StatusCode::UNAUTHORIZED
@@ -460,11 +607,14 @@ impl Client {
             .and_then(|base| base.join(location))
             .map_err(|e| ClientError::Protocol {
                 what: what.clone(),
-                reason: format!("upload Location {location:?} is not a URL: {e}"),
+                reason: format!(
+                    "upload Location \"{}\" is not a URL: {e}",
+                    untrusted(location)
+                ),
             })?;
         url.query_pairs_mut()
             .append_pair("digest", &digest.to_string());
-        let budget = READ_TIMEOUT + Duration::from_secs(size / UPLOAD_MIN_RATE);
+        let budget = transfer_budget(size);
         let response = self.send(&mut |http| {
             let source = open().map_err(|source| ClientError::Local {
                 what: what.clone(),
@@ -526,7 +676,7 @@ impl Client {
                 _ => ClientError::NotFound(self.missing_tag(tag)),
             };
         }
-        let body = read_limited(response, 1 << 20).unwrap_or_default();
+        let body = read_limited(response, MAX_SMALL_BODY).unwrap_or_default();
         let tags: Vec<String> = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v.get("tags").cloned())
@@ -535,7 +685,12 @@ impl Client {
         if tags.is_empty() {
             return ClientError::NotFound(self.missing_tag(tag));
         }
-        let mut listed = tags.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
+        let mut listed = tags
+            .iter()
+            .take(10)
+            .map(|t| crate::display::excerpt(t, 64))
+            .collect::<Vec<_>>()
+            .join(", ");
         if tags.len() > 10 {
             listed.push_str(", …");
         }
@@ -628,17 +783,31 @@ impl Client {
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| Digest::parse(v).ok());
-        if content_length(&response).is_some_and(|n| n > MAX_MANIFEST) {
-            return Err(ClientError::TooLarge {
-                what: what.to_string(),
-            });
+        let limit = self.manifest_limit.clone();
+        let too_large = |size| ClientError::TooLarge {
+            what: what.to_string(),
+            size,
+            limit: limit.bytes,
+            fix: limit.fix.clone(),
+        };
+        if let Some(n) = content_length(&response)
+            && n > limit.bytes
+        {
+            return Err(too_large(Oversize::ContentLength(n)));
         }
-        let bytes =
-            read_limited(response, MAX_MANIFEST + 1).map_err(|e| self.read_error(what, e))?;
-        if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > MAX_MANIFEST {
-            return Err(ClientError::TooLarge {
-                what: what.to_string(),
-            });
+        // Content-Length is only what the registry says: the body is bounded as it streams.
+        let bytes = match read_limited(response, limit.bytes.saturating_add(1)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                return Err(ClientError::TooSlow {
+                    what: what.to_string(),
+                    secs: READ_TIMEOUT.as_secs(),
+                });
+            }
+            Err(e) => return Err(self.read_error(what, e)),
+        };
+        if len(&bytes) > limit.bytes {
+            return Err(too_large(Oversize::Streamed(limit.bytes)));
         }
         Ok((bytes, reported))
     }
@@ -652,7 +821,9 @@ impl Client {
     }
 
     /// Streams blob `digest` of `size` bytes into `out`, hashing as it goes, and fails
-    /// unless every byte matches: more bytes than `size` stop the download at once. `what`
+    /// unless every byte matches: a `size` over the blob [`Limit`] is refused before any
+    /// request, and more bytes than `size` stop the download at once, as does a body that
+    /// takes longer than [`READ_TIMEOUT`] plus a second for each [`MIN_RATE`] bytes. `what`
     /// names the blob in messages; `progress` gets the bytes done so far. On failure, what
     /// was written to `out` must be thrown away by the caller.
     pub fn fetch_blob(
@@ -663,6 +834,14 @@ impl Client {
         out: &mut dyn Write,
         progress: &mut dyn FnMut(u64),
     ) -> Result<(), ClientError> {
+        if size > self.blob_limit.bytes {
+            return Err(ClientError::TooLarge {
+                what: what.to_string(),
+                size: Oversize::Declared(size),
+                limit: self.blob_limit.bytes,
+                fix: self.blob_limit.fix.clone(),
+            });
+        }
         let url = self.url(&format!("blobs/{digest}"));
         let mut response = self.send(&mut |http| Ok(http.get(&url)))?;
         if !response.status().is_success() {
@@ -682,9 +861,17 @@ impl Client {
                 actual: n,
             });
         }
+        let budget = transfer_budget(size);
+        let deadline = Instant::now() + budget;
         let mut hasher = Hasher::new();
         let mut buf = vec![0u8; 256 << 10];
         loop {
+            if Instant::now() > deadline {
+                return Err(ClientError::TooSlow {
+                    what: what.to_string(),
+                    secs: budget.as_secs(),
+                });
+            }
             let n = response
                 .read(&mut buf)
                 .map_err(|e| self.read_error(what, e))?;
@@ -693,10 +880,9 @@ impl Client {
             }
             hasher.update(&buf[..n]);
             if hasher.len() > size {
-                return Err(ClientError::SizeMismatch {
+                return Err(ClientError::Overlong {
                     what: what.to_string(),
                     expected: size,
-                    actual: hasher.len(),
                 });
             }
             out.write_all(&buf[..n])
@@ -751,15 +937,49 @@ fn check_header_digest(
         Ok(d) if d == *digest => Ok(()),
         _ => Err(ClientError::Protocol {
             what: what.to_string(),
-            reason: format!("the registry stored it as {reported}, not {digest}"),
+            reason: format!(
+                "the registry stored it as {}, not {digest}",
+                untrusted(reported)
+            ),
         }),
     }
 }
 
-/// Up to `limit` bytes of a body.
+/// The time allowed to move `size` bytes: [`READ_TIMEOUT`], and a second for each
+/// [`MIN_RATE`] bytes.
+fn transfer_budget(size: u64) -> Duration {
+    READ_TIMEOUT + Duration::from_secs(size / MIN_RATE)
+}
+
+fn len(bytes: &[u8]) -> u64 {
+    u64::try_from(bytes.len()).unwrap_or(u64::MAX)
+}
+
+/// Up to `limit` bytes of a body, read within [`READ_TIMEOUT`] in all.
 fn read_limited(response: Response, limit: u64) -> io::Result<Vec<u8>> {
+    read_within(response, limit, Instant::now() + READ_TIMEOUT)
+}
+
+/// Up to `limit` bytes of `reader`; `TimedOut` once `deadline` has passed (checked
+/// between reads, each of which the HTTP client bounds by [`READ_TIMEOUT`]).
+fn read_within(mut reader: impl Read, limit: u64, deadline: Instant) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    response.take(limit).read_to_end(&mut bytes)?;
+    let mut buf = vec![0u8; 64 << 10];
+    while len(&bytes) < limit {
+        if Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the body did not end in time",
+            ));
+        }
+        let left = usize::try_from(limit - len(&bytes)).unwrap_or(usize::MAX);
+        let want = buf.len().min(left);
+        let n = reader.read(&mut buf[..want])?;
+        if n == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&buf[..n]);
+    }
     Ok(bytes)
 }
 
@@ -792,14 +1012,19 @@ fn error_codes(body: &[u8]) -> Vec<(String, String)> {
 fn detail_of(body: &[u8]) -> String {
     let codes = error_codes(body);
     if let Some((code, message)) = codes.first() {
-        return format!(": {code}: {message}");
+        return format!(
+            ": {}: {}",
+            crate::display::excerpt(code, 64),
+            untrusted(message)
+        );
     }
-    let text = String::from_utf8_lossy(body);
+    let head = &body[..body.len().min(4 * crate::display::EXCERPT)];
+    let text = String::from_utf8_lossy(head);
     let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if text.is_empty() {
         String::new()
     } else {
-        format!(": {}", text.chars().take(200).collect::<String>())
+        format!(": {}", untrusted(text))
     }
 }
 
@@ -818,11 +1043,13 @@ fn chain(e: &dyn std::error::Error) -> String {
         }
         next = err.source();
     }
-    if parts.is_empty() {
+    // URLs (of redirects) and the peer's words can be in here.
+    let line = if parts.is_empty() {
         e.to_string()
     } else {
         parts.join(": ")
-    }
+    };
+    crate::display::excerpt(line, 4 * crate::display::EXCERPT)
 }
 
 #[cfg(test)]
@@ -846,5 +1073,91 @@ mod tests {
         );
         assert_eq!(detail_of(b""), "");
         assert!(error_codes(b"{}").is_empty());
+    }
+
+    #[test]
+    fn registry_text_in_errors_is_escaped_and_short() {
+        let body = br#"{"errors":[{"code":"X[2J","message":"]0;pwned"}]}"#;
+        let d = detail_of(body);
+        assert!(!d.contains('\x1b') && !d.contains('\x07'), "{d:?}");
+        assert!(d.contains("\\x1b]0;pwned\\x07"), "{d}");
+        let long = format!(
+            r#"{{"errors":[{{"code":"C","message":"{}"}}]}}"#,
+            "m".repeat(1 << 20)
+        );
+        assert!(detail_of(long.as_bytes()).len() < 300);
+        let html = vec![b'x'; 10 << 20];
+        assert!(detail_of(&html).len() < 300);
+    }
+
+    #[test]
+    fn bodies_are_bounded_in_bytes_and_time() {
+        let later = Instant::now() + Duration::from_secs(60);
+        // An endless body: exactly `limit` bytes are taken.
+        assert_eq!(
+            read_within(io::repeat(b'a'), 100_000, later).unwrap().len(),
+            100_000
+        );
+        assert_eq!(read_within(&b"short"[..], 100, later).unwrap(), b"short");
+        // Past the deadline: no more reading.
+        let e = read_within(
+            io::repeat(b'a'),
+            10,
+            Instant::now() - Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(transfer_budget(0), READ_TIMEOUT);
+        assert_eq!(
+            transfer_budget(4 << 30),
+            READ_TIMEOUT + Duration::from_secs(65536)
+        );
+    }
+
+    #[test]
+    fn a_blob_over_the_limit_is_refused_before_any_request() {
+        let digest = Digest::of(b"x");
+        // Port 1 on loopback: nothing listens, and nothing must be asked.
+        let reference = Reference::parse(&format!("oci://127.0.0.1:1/r@{digest}")).unwrap();
+        let mut client = Client::new(&reference, Access::Pull).unwrap();
+        client.set_limits(
+            Limit {
+                bytes: 10 << 20,
+                fix: "ignored: above MAX_MANIFEST".into(),
+            },
+            Limit {
+                bytes: 1024,
+                fix: "raise it with --max".into(),
+            },
+        );
+        assert_eq!(client.manifest_limit, Limit::default_manifest());
+        let mut out = Vec::new();
+        let e = client
+            .fetch_blob(&digest, 1025, "the image x.img", &mut out, &mut |_| {})
+            .unwrap_err();
+        assert_eq!(client.requests(), 0);
+        assert!(out.is_empty());
+        assert_eq!(
+            e.to_string(),
+            "the image x.img is 1025 bytes as its descriptor declares, over the limit of 1024 bytes (1 KiB); nothing was downloaded: raise it with --max"
+        );
+    }
+
+    #[test]
+    fn sizes_read_as_bytes_and_units() {
+        assert_eq!(bytes(4 << 30), "4294967296 bytes (4 GiB)");
+        assert_eq!(bytes(4 << 20), "4194304 bytes (4 MiB)");
+        assert_eq!(bytes(1536), "1536 bytes");
+        assert_eq!(bytes(0), "0 bytes");
+        let e = ClientError::TooLarge {
+            what: "the manifest m".into(),
+            size: Oversize::Streamed(MAX_MANIFEST),
+            limit: MAX_MANIFEST,
+            fix: "no".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "the manifest m went on past 4194304 bytes, over the limit of 4194304 bytes (4 MiB); the download was stopped and nothing of it kept: no"
+        );
     }
 }

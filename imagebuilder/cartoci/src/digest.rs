@@ -15,11 +15,12 @@ pub const ALGORITHM: &str = "sha256";
 /// Why a string is not a digest.
 #[derive(Debug, thiserror::Error)]
 pub enum DigestError {
-    /// Another algorithm than sha256.
-    #[error("digest {0:?}: only sha256 digests are supported (sha256:<64 hex digits>)")]
+    /// Another algorithm than sha256 (the text as given, escaped and cut short: it may be a
+    /// registry's).
+    #[error("digest \"{0}\": only sha256 digests are supported (sha256:<64 hex digits>)")]
     Algorithm(String),
-    /// Not 64 lower-case hex digits after `sha256:`.
-    #[error("digest {0:?} is not sha256:<64 lower-case hex digits>")]
+    /// Not 64 lower-case hex digits after `sha256:` (escaped and cut short).
+    #[error("digest \"{0}\" is not sha256:<64 lower-case hex digits>")]
     Malformed(String),
 }
 
@@ -31,13 +32,14 @@ impl Digest {
     /// Parses `sha256:<64 lower-case hex digits>` (the distribution spec's canonical form;
     /// upper case is refused as registries do).
     pub fn parse(s: &str) -> Result<Digest, DigestError> {
+        let shown = || crate::display::excerpt(s, 100);
         let Some((algorithm, hex_part)) = s.split_once(':') else {
-            return Err(DigestError::Malformed(s.to_string()));
+            return Err(DigestError::Malformed(shown()));
         };
         if algorithm != ALGORITHM {
-            return Err(DigestError::Algorithm(s.to_string()));
+            return Err(DigestError::Algorithm(shown()));
         }
-        Digest::from_hex(hex_part).ok_or_else(|| DigestError::Malformed(s.to_string()))
+        Digest::from_hex(hex_part).ok_or_else(|| DigestError::Malformed(shown()))
     }
 
     /// From 64 lower-case hex digits.

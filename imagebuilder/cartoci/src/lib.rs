@@ -6,7 +6,8 @@
 //! - [`artifact`]: how an image and its sidecars are laid out as one OCI artifact, and how
 //!   a pulled manifest is checked;
 //! - [`client`]: the distribution API for one repository (blobs, manifests, tags), with
-//!   [`auth`] (bearer tokens, basic credentials) and [`dns`] (host names without NSS).
+//!   [`auth`] (bearer tokens, basic credentials) and [`dns`] (host names without NSS);
+//! - [`display`]: what a registry sent, escaped and cut short before it is printed.
 //!
 //! Nothing here knows about filesystems, loop devices or recipes: the caller hands in
 //! digests and readers, and gets bytes that matched their digests.
@@ -15,9 +16,10 @@ pub mod artifact;
 pub mod auth;
 pub mod client;
 pub mod digest;
+pub mod display;
 pub mod dns;
 pub mod reference;
 
-pub use client::{Access, Client, ClientError};
+pub use client::{Access, Client, ClientError, Limit};
 pub use digest::Digest;
 pub use reference::{Reference, Target};
