@@ -14,9 +14,24 @@ use std::path::Path;
 
 /// `text` with every control character, DEL, backslash and invalid byte escaped.
 pub fn escape(text: impl AsRef<[u8]>) -> String {
+    escape_with(text.as_ref(), true)
+}
+
+/// `text` with every control character, DEL and invalid byte escaped, backslashes left as
+/// they are: for a whole message whose container-controlled parts were escaped already
+/// (doubling their backslashes again would only make them harder to read).
+pub fn controls(text: impl AsRef<[u8]>) -> String {
+    escape_with(text.as_ref(), false)
+}
+
+fn escape_with(text: &[u8], backslash: bool) -> String {
     let mut out = String::new();
-    for chunk in text.as_ref().utf8_chunks() {
+    for chunk in text.utf8_chunks() {
         for c in chunk.valid().chars() {
+            if c == '\\' && !backslash {
+                out.push(c);
+                continue;
+            }
             push_char(&mut out, c);
         }
         for b in chunk.invalid() {
@@ -91,6 +106,11 @@ mod tests {
                 .bytes()
                 .any(|b| b < 0x20 || b == 0x7f)
         );
+    }
+
+    #[test]
+    fn controls_only_leaves_backslashes() {
+        assert_eq!(controls("a\\x1b b\x1bc"), "a\\x1b b\\x1bc");
     }
 
     #[test]

@@ -216,7 +216,7 @@ fn one_line(e: &anyhow::Error) -> String {
     }
     // Messages quote names, paths and entries read from containers: whatever slipped
     // through unescaped is escaped here, before it reaches the operator's terminal.
-    display::escape(line.replace('\n', " "))
+    display::controls(line.replace('\n', " "))
 }
 
 fn main() -> ExitCode {

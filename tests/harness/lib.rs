@@ -77,6 +77,7 @@ pub fn cartinject() -> Command {
     cmd.env_remove("CARTINJECT_IMAGE")
         .env_remove("CARTINJECT_LEGACY_MOUNT")
         .env_remove("CARTINJECT_VERIFY_KEY")
+        .env_remove("CARTINJECT_OCI_MAX_SIZE")
         .env_remove("DOCKER_HOST");
     cmd
 }
