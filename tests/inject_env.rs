@@ -232,6 +232,17 @@ fn commands_get_only_the_allow_listed_environment() {
         ] {
             assert!(env.contains(expected), "{which}: no {expected:?} in {env}");
         }
+        // A PATH entry or a command holding escape sequences reaches the operator's
+        // terminal escaped, if at all.
+        for command in ["no-such-tool", "/hostile/\x1b]0;pwned\x07\x1b[2J"] {
+            let out = output(&mut inject(&img, &c.name, &[command]));
+            assert_eq!(out.status.code(), Some(127), "{which}: {}", stderr(&out));
+            assert!(
+                !stderr(&out).contains('\x1b'),
+                "{which}: {:?}",
+                stderr(&out)
+            );
+        }
         img.assert_no_loop_device();
     }
     c.assert_clean();
