@@ -501,6 +501,26 @@ fn crashcart_info_shows_the_target_environment_and_runs_nothing() {
         "{err:?}"
     );
     assert!(!err.contains('\x1b'), "{err:?}");
+    // How it prints a saved environment, shown on the container's own (NUL-separated, like
+    // the saved one): one variable a line, escape sequences made visible.
+    let text = ok(Command::new("docker").args([
+        "exec",
+        "-e",
+        "CRASHCART_TARGET_ENV=/proc/1/environ",
+        &c.name,
+        "/dev/crashcart/bin/crashcart-info",
+        "--env",
+    ]));
+    for line in [
+        "BASH_ENV=/hostile/rc\n",
+        "BASH_FUNC_true%%=() { /pwn BASH_FUNC_true; }\n",
+        "PS4=$(/pwn PS4)\n",
+        "PATH=/hostile/^[]0;pwned^G^[[2Jbin:/usr/bin:/bin\n",
+    ] {
+        assert!(text.contains(line), "no {line:?} in {text}");
+    }
+    assert!(!text.contains('\x1b'), "{text:?}");
+    assert_no_marker(&c, "in crashcart-info --env under docker exec");
     ok(cartinject().arg("-u").arg(&c.name));
     img.assert_no_loop_device();
     c.assert_clean();
