@@ -9,6 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::child::{EXIT_FAILURE, Reporter};
+use crate::display;
 use crate::place::MOUNT_POINT;
 use crate::profile::Power;
 use crate::sys::Errno;
@@ -16,11 +17,13 @@ use crate::sys::process;
 use crate::sys::pty;
 use crate::sys::signal::{self, SignalSet};
 
-/// The PATH a target gets when its environment has none (Docker's default).
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// Shells looked for in the image's `bin/` when it has no bash, in order.
-pub const SHELLS: [&str; 6] = ["bash", "zsh", "mksh", "ash", "dash", "sh"];
-/// Where an image may keep the rc file bash reads for an interactive session, in order
+pub use crate::environ::session_env;
+
+/// Shells looked for in the image's `bin/` when it has no bash, in order. Not zsh: it
+/// always reads its compiled-in `/etc/zshenv`, which is the container's file (zsh(1),
+/// STARTUP/SHUTDOWN FILES: "this cannot be overridden").
+pub const SHELLS: [&str; 5] = ["bash", "mksh", "ash", "dash", "sh"];
+/// Where an image may keep the rc file of an interactive session, in order
 /// (`etc/crashcartrc` is where `recipes/base.toml` puts it).
 pub const RC_FILES: [&str; 4] = [
     "etc/crashcartrc",
@@ -77,45 +80,6 @@ pub struct ExecSpec {
     pub procfs: Option<OwnedFd>,
 }
 
-/// The session's environment: the target's own, with PATH led by the image's `bin` and
-/// `sbin`, a prompt naming crashcart and the target, no shell history written into the
-/// container, and the user's TERM when there is a terminal.
-pub fn session_env(
-    target_env: &[(OsString, OsString)],
-    label: &str,
-    term: Option<&OsStr>,
-) -> Vec<(OsString, OsString)> {
-    let drop = ["PATH", "PS1", "HISTFILE", "CRASHCART_TARGET"];
-    let mut env: Vec<(OsString, OsString)> = target_env
-        .iter()
-        .filter(|(k, _)| !drop.iter().any(|d| k == d))
-        .filter(|(k, _)| term.is_none() || k != "TERM")
-        .cloned()
-        .collect();
-    let container_path = target_env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map_or_else(|| OsString::from(DEFAULT_PATH), |(_, v)| v.clone());
-    let mut path = OsString::from(format!("{MOUNT_POINT}/bin:{MOUNT_POINT}/sbin"));
-    if !container_path.is_empty() {
-        path.push(":");
-        path.push(&container_path);
-    }
-    env.push(("PATH".into(), path));
-    if !env.iter().any(|(k, _)| k == "HOME") {
-        env.push(("HOME".into(), "/".into()));
-    }
-    if let Some(term) = term {
-        env.push(("TERM".into(), term.to_owned()));
-    }
-    env.push(("PS1".into(), format!("[crashcart {label}] \\w \\$ ").into()));
-    // An empty HISTFILE: bash and ash keep no history file, so nothing is written into the
-    // container's filesystem.
-    env.push(("HISTFILE".into(), "".into()));
-    env.push(("CRASHCART_TARGET".into(), label.into()));
-    env
-}
-
 /// Turns `(name, value)` pairs into `NAME=value` C strings (entries with NUL are dropped).
 pub fn to_cstrings(env: &[(OsString, OsString)]) -> Vec<CString> {
     env.iter()
@@ -142,28 +106,54 @@ fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// The image's shell and its arguments: bash with the image's rc file when there is one,
-/// else the first of [`SHELLS`] in the image's `bin/`.
-fn shell(interactive: bool) -> Option<Vec<OsString>> {
+/// The image's shell: its arguments, and for an interactive session the `ENV` variable
+/// that names the image's rc file.
+struct Shell {
+    argv: Vec<OsString>,
+    env: Option<CString>,
+}
+
+/// The image's shell (the first of [`SHELLS`] in the image's `bin/`), started so that it
+/// reads no file of the container's.
+///
+/// An interactive bash reads its compiled-in `SYS_BASHRC` even with `--rcfile` (Debian's
+/// bash: `/etc/bash.bashrc`, the container's file; the image's own bash is built with every
+/// such default in the image, see recipes/base.toml, but an image may carry another bash).
+/// In POSIX mode it reads `$ENV` instead and nothing else (bash(1), INVOCATION), so it is
+/// started as `bash --posix --noprofile -i` with `ENV` naming the image's rc file, which
+/// turns POSIX mode off (`set +o posix`) first; with no rc file in the image, as
+/// `bash --noprofile --norc -i`. The other shells read `$ENV` alone when interactive and not
+/// a login shell. `HOME` is the image (see [`crate::environ`]), so `~/...` files are the
+/// image's too.
+fn shell(interactive: bool) -> Option<Shell> {
     let bin = Path::new(MOUNT_POINT).join("bin");
-    let shell = SHELLS
+    let (name, path) = SHELLS
         .iter()
-        .map(|s| bin.join(s))
-        .find(|p| is_executable(p))?;
-    let mut argv = vec![shell.clone().into_os_string()];
-    if interactive {
-        if shell.ends_with("bash")
-            && let Some(rc) = RC_FILES
-                .iter()
-                .map(|rc| Path::new(MOUNT_POINT).join(rc))
-                .find(|p| p.is_file())
-        {
-            argv.push("--rcfile".into());
-            argv.push(rc.into_os_string());
-        }
-        argv.push("-i".into());
+        .map(|s| (*s, bin.join(s)))
+        .find(|(_, p)| is_executable(p))?;
+    let mut argv = vec![path.into_os_string()];
+    if !interactive {
+        return Some(Shell { argv, env: None });
     }
-    Some(argv)
+    let rc = RC_FILES
+        .iter()
+        .map(|rc| Path::new(MOUNT_POINT).join(rc))
+        .find(|p| p.is_file());
+    if name == "bash" {
+        let flags: &[&str] = if rc.is_some() {
+            &["--posix", "--noprofile"]
+        } else {
+            &["--noprofile", "--norc"]
+        };
+        argv.extend(flags.iter().map(OsString::from));
+    }
+    argv.push("-i".into());
+    let env = rc.and_then(|rc| {
+        let mut var = b"ENV=".to_vec();
+        var.extend_from_slice(rc.as_os_str().as_bytes());
+        CString::new(var).ok()
+    });
+    Some(Shell { argv, env })
 }
 
 /// Puts the session's stdio on fds 0, 1 and 2 of the calling process (the namespace child,
@@ -221,10 +211,14 @@ pub fn exec(spec: ExecSpec, reporter: &Reporter) -> i32 {
         spec.stdio,
         Stdio::Pty(_) | Stdio::Installed { terminal: true }
     );
+    let mut env = spec.env.clone();
     let argv = match &spec.command {
         Some(argv) => argv.clone(),
         None => match shell(interactive) {
-            Some(argv) => argv,
+            Some(shell) => {
+                env.extend(shell.env);
+                shell.argv
+            }
             None => {
                 reporter.fail(
                     127,
@@ -256,13 +250,16 @@ pub fn exec(spec: ExecSpec, reporter: &Reporter) -> i32 {
         let Ok(c_path) = CString::new(candidate.as_os_str().as_bytes()) else {
             continue;
         };
-        match process::exec(&c_path, &c_argv, &spec.env) {
+        match process::exec(&c_path, &c_argv, &env) {
             Errno::ENOENT | Errno::ENOTDIR => continue,
             Errno::EACCES => {
                 denied.get_or_insert_with(|| candidate.clone());
             }
             errno => {
-                reporter.fail(126, format!("cannot run {}: {errno}", candidate.display()));
+                reporter.fail(
+                    126,
+                    format!("cannot run {}: {errno}", display::path(candidate)),
+                );
                 return 126;
             }
         }
@@ -270,11 +267,11 @@ pub fn exec(spec: ExecSpec, reporter: &Reporter) -> i32 {
     if let Some(path) = denied {
         reporter.fail(
             126,
-            format!("cannot run {}: permission denied", path.display()),
+            format!("cannot run {}: permission denied", display::path(&path)),
         );
         return 126;
     }
-    let name = program.display();
+    let name = display::path(program);
     let message = if candidates.len() == 1 && program.is_absolute() {
         format!("command not found: {name} does not exist in the target: check the path")
     } else {
@@ -324,43 +321,15 @@ fn prepare(spec: &ExecSpec) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn get<'a>(env: &'a [(OsString, OsString)], key: &str) -> Option<&'a OsString> {
-        env.iter().find(|(k, _)| k == key).map(|(_, v)| v)
-    }
-
     #[test]
-    fn path_prompt_and_history() {
-        let target = vec![
-            ("PATH".into(), "/app/bin:/bin".into()),
-            ("APP_MODE".into(), "prod".into()),
-            ("TERM".into(), "dumb".into()),
-            ("HISTFILE".into(), "/root/.h".into()),
-        ];
-        let env = session_env(&target, "web", Some(OsStr::new("xterm-256color")));
-        assert_eq!(
-            get(&env, "PATH").map(|v| v.to_string_lossy().into_owned()),
-            Some("/dev/crashcart/bin:/dev/crashcart/sbin:/app/bin:/bin".into())
-        );
-        assert_eq!(get(&env, "APP_MODE"), Some(&OsString::from("prod")));
-        assert_eq!(get(&env, "TERM"), Some(&OsString::from("xterm-256color")));
-        assert_eq!(get(&env, "HISTFILE"), Some(&OsString::from("")));
-        assert_eq!(get(&env, "HOME"), Some(&OsString::from("/")));
-        assert!(get(&env, "PS1").is_some_and(|p| p.to_string_lossy().contains("crashcart web")));
-        assert_eq!(env.iter().filter(|(k, _)| k == "TERM").count(), 1);
-    }
-
-    #[test]
-    fn default_path_without_one() {
-        let env = session_env(&[], "pid 7", None);
-        let path = get(&env, "PATH")
-            .expect("PATH")
-            .to_string_lossy()
-            .into_owned();
-        assert!(path.ends_with(DEFAULT_PATH), "{path}");
+    fn path_and_c_strings() {
         assert_eq!(
             split_path(OsStr::new("/a::/b:")),
             vec![PathBuf::from("/a"), PathBuf::from("/b")]
         );
+        let env = session_env(&[], "pid 7", None);
         assert_eq!(to_cstrings(&env).len(), env.len());
+        let with_nul = [(OsString::from("A"), OsString::from("x\0y"))];
+        assert!(to_cstrings(&with_nul).is_empty());
     }
 }

@@ -12,6 +12,7 @@ mod child;
 mod command;
 mod confine;
 mod display;
+mod environ;
 mod exec;
 mod exeseal;
 mod image;

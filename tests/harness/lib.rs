@@ -197,7 +197,7 @@ fn docker_ok() {
 /// `podman`) with the command `cmd` and the label `cc.fixture=label`, unless an image `tag`
 /// with that label is there already: importing again would leave the previous one behind as
 /// a dangling image.
-fn import_root(engine: &str, tag: &str, root: &Path, label: &str, cmd: &str) {
+pub fn import_root(engine: &str, tag: &str, root: &Path, label: &str, cmd: &str) {
     let have = Command::new(engine)
         .args([
             "image",
