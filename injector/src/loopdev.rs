@@ -100,14 +100,22 @@ impl LoopDevice {
             return Ok(found);
         }
         // A second open file description for the device to hold: the loop driver keeps a
-        // reference to it for as long as the device is bound.
+        // reference to it for as long as the device is bound (so not the one that holds our
+        // flock, which would stay locked as long as the device exists). /proc/self/fd/N is
+        // the open file itself, not its path looked up again: the same inode that was
+        // checked and hashed through `image`, which the comparison below makes sure of.
+        let reopen_err = |source| LoopError::Reopen {
+            image: image_path.to_owned(),
+            source,
+        };
         let backing =
-            File::open(format!("/proc/self/fd/{}", image.as_raw_fd())).map_err(|source| {
-                LoopError::Reopen {
-                    image: image_path.to_owned(),
-                    source,
-                }
-            })?;
+            File::open(format!("/proc/self/fd/{}", image.as_raw_fd())).map_err(reopen_err)?;
+        let reopened = backing.metadata().map_err(reopen_err)?;
+        if (reopened.dev(), reopened.ino()) != (meta.dev(), meta.ino()) {
+            return Err(reopen_err(io::Error::other(
+                "/proc/self/fd gave another file (is /proc a real procfs?)",
+            )));
+        }
         let control = File::open("/dev/loop-control").map_err(LoopError::Control)?;
         let mut last = Errno::EBUSY;
         for _ in 0..ATTACH_ATTEMPTS {

@@ -17,6 +17,7 @@ use crate::place::{self, HostRoot, MOUNT_POINT, MountPlacement};
 use crate::session::{ExitWith, pin_target};
 use crate::sys::ns::Namespace;
 use crate::sys::process;
+use crate::sys::signal::{self, SignalSet};
 use crate::userns::UserNs;
 
 /// The note the child sends when it covered a read-only `/dev`.
@@ -51,7 +52,17 @@ pub fn run(
 ) -> anyhow::Result<i32> {
     let image = Image::open(image_path)?;
     let (target, pin) = pin_target(target_arg, legacy)?;
-    let _lock = image.lock()?;
+    // From the lock on, a stop signal only ends the wait for it (or is acted on before
+    // anything is attached): once the mount starts it completes and is reported, never
+    // half done with the child still placing it (the child inherits this mask).
+    signal::block(&SignalSet::of(&signal::STOPPING)).context("failed to block signals")?;
+    let stopped = |e: crate::image::ImageError| ExitWith {
+        code: e.exit_code(),
+        message: e.to_string(),
+    };
+    let _lock = image
+        .lock(&|| signal::pending_of(&signal::STOPPING))
+        .map_err(stopped)?;
     if let Some((device, backing, fstype)) = current(target.pid)? {
         let same = backing
             .as_ref()
@@ -79,6 +90,13 @@ pub fn run(
     }
     let userns = UserNs::of(&pin)?;
     let owner = userns.as_ref().map_or((0, 0), UserNs::root_ids);
+    if let Some(signal) = signal::pending_of(&signal::STOPPING) {
+        return Err(stopped(crate::image::ImageError::Interrupted {
+            path: image.path().to_path_buf(),
+            signal,
+        })
+        .into());
+    }
     let (image_mount, notes) = image.mount(legacy, userns.as_ref())?;
     notes.show(verbose);
     let device = match &image_mount {
