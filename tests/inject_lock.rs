@@ -131,7 +131,10 @@ fn stop_while_waiting(cmd: &mut Command, sig: i32) -> (Option<i32>, String, Dura
             child.try_wait().expect("try_wait").is_none(),
             "cartinject ended before it waited for the lock"
         );
-        assert!(Instant::now() < deadline, "cartinject never reached the lock");
+        assert!(
+            Instant::now() < deadline,
+            "cartinject never reached the lock"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     // Into the wait itself (the first try is at once, the next after 20 ms).
@@ -163,10 +166,16 @@ fn a_stop_signal_ends_the_wait_for_a_lock_at_once_leaving_nothing() {
         libc::SIGTERM,
     );
     assert_eq!(code, Some(128 + libc::SIGTERM), "{err}");
-    assert!(err.contains("stopped by SIGTERM while waiting for the lock"), "{err}");
+    assert!(
+        err.contains("stopped by SIGTERM while waiting for the lock"),
+        "{err}"
+    );
     assert!(err.contains("nothing was attached"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(took < Duration::from_secs(5), "ended {took:?} after SIGTERM");
+    assert!(
+        took < Duration::from_secs(5),
+        "ended {took:?} after SIGTERM"
+    );
     assert_no_loop_device(&img.path);
     c.assert_clean();
 

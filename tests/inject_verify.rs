@@ -369,10 +369,20 @@ fn an_image_anyone_but_root_could_change_is_refused_before_it_is_read() {
     // The file owned by another uid (even read-only for it: its owner can chmod it back).
     set_owner_mode(&img.path, 1000, 0, 0o444);
     let out = run_true(&img.path, &c, &[]);
-    assert_refused(&out, "can be changed by uid 1000 (its owner)", &img.path, &c);
+    assert_refused(
+        &out,
+        "can be changed by uid 1000 (its owner)",
+        &img.path,
+        &c,
+    );
     assert!(stderr(&out).contains("chown root"), "{}", stderr(&out));
     let out = mount_only(&img.path);
-    assert_refused(&out, "can be changed by uid 1000 (its owner)", &img.path, &c);
+    assert_refused(
+        &out,
+        "can be changed by uid 1000 (its owner)",
+        &img.path,
+        &c,
+    );
 
     // Writable by everyone.
     set_owner_mode(&img.path, 0, 0, 0o666);
@@ -398,8 +408,17 @@ fn an_image_anyone_but_root_could_change_is_refused_before_it_is_read() {
     let dir = img.path.parent().expect("dir").to_path_buf();
     set_owner_mode(&dir, 1000, 1000, 0o700);
     let out = run_true(&img.path, &c, &[]);
-    assert_refused(&out, "can be changed by uid 1000 (the owner of", &img.path, &c);
-    assert!(stderr(&out).contains(&*dir.to_string_lossy()), "{}", stderr(&out));
+    assert_refused(
+        &out,
+        "can be changed by uid 1000 (the owner of",
+        &img.path,
+        &c,
+    );
+    assert!(
+        stderr(&out).contains(&*dir.to_string_lossy()),
+        "{}",
+        stderr(&out)
+    );
     // A group-writable directory that is not sticky.
     set_owner_mode(&dir, 0, 100, 0o770);
     let out = run_true(&img.path, &c, &[]);
@@ -433,11 +452,20 @@ fn an_image_anyone_but_root_could_change_is_refused_before_it_is_read() {
         .open(&img.path)
         .expect("open for writing");
     let out = run_true(&img.path, &c, &[]);
-    assert_refused(&out, "is open for writing by another process", &img.path, &c);
+    assert_refused(
+        &out,
+        "is open for writing by another process",
+        &img.path,
+        &c,
+    );
     drop(writer);
     assert_ran(&run_true(&img.path, &c, &[]), &img.path, &c, None);
     assert_eq!(
-        std::fs::metadata(&img.path).expect("stat").permissions().mode() & 0o777,
+        std::fs::metadata(&img.path)
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o777,
         0o644
     );
 }

@@ -52,10 +52,11 @@ pub fn run(
 ) -> anyhow::Result<i32> {
     let image = Image::open(image_path)?;
     let (target, pin) = pin_target(target_arg, legacy)?;
-    // From the lock on, a stop signal only ends the wait for it (or is acted on before
-    // anything is attached): once the mount starts it completes and is reported, never
-    // half done with the child still placing it (the child inherits this mask).
-    signal::block(&SignalSet::of(&signal::STOPPING)).context("failed to block signals")?;
+    // While cartinject waits for the lock, a stop signal ends the wait (blocked, it stays
+    // pending for `lock` to see) with 128+N and nothing attached; the mask is restored before
+    // anything is attached, so the mount's own steps stay interruptible as before.
+    let saved_mask =
+        signal::block(&SignalSet::of(&signal::STOPPING)).context("failed to block signals")?;
     let stopped = |e: crate::image::ImageError| ExitWith {
         code: e.exit_code(),
         message: e.to_string(),
@@ -97,6 +98,7 @@ pub fn run(
         })
         .into());
     }
+    signal::set_mask(&saved_mask).context("failed to restore the signal mask")?;
     let (image_mount, notes) = image.mount(legacy, userns.as_ref())?;
     notes.show(verbose);
     let device = match &image_mount {
