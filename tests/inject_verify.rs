@@ -496,3 +496,28 @@ fn a_fifo_in_place_of_an_image_or_a_sidecar_does_not_hang() {
         started.elapsed()
     );
 }
+
+/// A loop device already bound to the image's inode (here by -m) is reused, found by the
+/// inode its status names (not by looking up the path sysfs prints): the bytes it serves are
+/// those of the file that was just checked and hashed.
+#[test]
+fn a_device_already_serving_the_checked_inode_is_reused() {
+    let c = thin_container("verify-reuse");
+    let other = thin_container("verify-reuse2");
+    let img = TestImage::fixture();
+    let out = output(cartinject().arg("-m").arg(&img.path).arg(&c.name));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let devices = img.loop_devices();
+    assert_eq!(devices.len(), 1, "{devices:?}");
+    let out = run_true(&img.path, &other, &["-v"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&format!("reusing {}", devices[0])),
+        "expected the device of -m to be reused: {err}"
+    );
+    other.assert_clean();
+    ok(cartinject().arg("-u").arg(&c.name));
+    c.assert_clean();
+    img.assert_no_loop_device();
+}

@@ -178,15 +178,12 @@ fn open_device(path: &Path) -> io::Result<File> {
 /// A device bound read-only with autoclear to the file `(dev, ino)` at `offset` with
 /// `size_limit`, opened (so it cannot go away under us) and checked with
 /// `LOOP_GET_STATUS64` after opening.
+///
+/// The backing paths sysfs prints are not looked up: whoever attached a device named that
+/// path (in their own mount namespace, perhaps), and a `stat` of it could wait on whatever
+/// filesystem it leads to here. The device's own status names the backing inode.
 fn find_attached(dev: u64, ino: u64, offset: u64, size_limit: u64) -> Option<LoopDevice> {
-    for (number, backing) in attached_devices(Path::new("/sys")) {
-        // Cheap filter first: the backing path as sysfs prints it, if it still resolves.
-        let Ok(meta) = std::fs::metadata(&backing) else {
-            continue;
-        };
-        if (meta.dev(), meta.ino()) != (dev, ino) {
-            continue;
-        }
+    for (number, _) in attached_devices(Path::new("/sys")) {
         let path = PathBuf::from(format!("/dev/loop{number}"));
         let Ok(device) = open_device(&path) else {
             continue;
