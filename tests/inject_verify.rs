@@ -470,6 +470,35 @@ fn an_image_anyone_but_root_could_change_is_refused_before_it_is_read() {
     );
 }
 
+/// An image on a FUSE filesystem (here fuse-overlayfs, which reports its files as root's
+/// 0644 in root's directories) is refused: the daemon answers every read, so the bytes the
+/// loop device reads need not be those that were hashed.
+#[test]
+fn an_image_on_a_fuse_filesystem_is_refused() {
+    require_tool("fuse-overlayfs", "fuse-overlayfs");
+    let c = thin_container("verify-fuse");
+    let img = TestImage::fixture();
+    let dir = img.path.parent().expect("dir");
+    for sub in ["upper", "work", "merged"] {
+        std::fs::create_dir(dir.join(sub)).expect("mkdir");
+    }
+    let lower = dir.display();
+    ok(Command::new("fuse-overlayfs")
+        .arg("-o")
+        .arg(format!(
+            "lowerdir={lower},upperdir={lower}/upper,workdir={lower}/work"
+        ))
+        .arg(dir.join("merged")));
+    let merged = dir.join("merged/crashcart.img");
+    let out = run_true(&merged, &c, &[]);
+    let _ = Command::new("fusermount3")
+        .arg("-u")
+        .arg(dir.join("merged"))
+        .status();
+    assert_refused(&out, "is on a FUSE filesystem", &merged, &c);
+    assert_no_loop_device(&img.path);
+}
+
 /// Nothing beside or in place of an image can make cartinject wait: a FIFO as the image or
 /// as its `.sha256` (anyone may create names in a sticky /tmp) is refused at once.
 #[test]

@@ -16,7 +16,10 @@
 //!    writable by group or others, unless sticky (`/tmp`), where only a file's owner may
 //!    rename or remove it (`inode(7)`, `S_ISVTX`); the last name must still lead to the open
 //!    file afterwards;
-//! 3. writers that already hold the file open (opened before its mode was tightened, or a
+//! 3. the filesystem: not FUSE, whose daemon (which any user may run, `fusermount3`) says
+//!    what owner and mode a file has and what each read returns, so it could hand the hash
+//!    one set of bytes and the loop device another;
+//! 4. writers that already hold the file open (opened before its mode was tightened, or a
 //!    build still writing it): a read lease is refused while any exists
 //!    ([`crate::sys::fd::no_writers`]).
 //!
@@ -59,6 +62,14 @@ pub enum TrustError {
         who: String,
         /// What to do.
         fix: String,
+    },
+    /// The file lies on a FUSE filesystem.
+    #[error(
+        "{image} is on a FUSE filesystem, whose daemon decides what its owner is and what every read returns: the kernel could mount bytes other than those verified; copy it into a root-owned directory on a local filesystem, such as /var/lib/crashcart (nothing was attached)"
+    )]
+    Fuse {
+        /// The image, as given.
+        image: PathBuf,
     },
     /// A process holds the file open for writing.
     #[error(
@@ -228,6 +239,11 @@ pub fn check(image: &Path, file: &File) -> Result<String, TrustError> {
             source,
         }
     };
+    if fd::is_fuse(file.as_fd()).map_err(|e| failed("fstatfs")(std::io::Error::from(e)))? {
+        return Err(TrustError::Fuse {
+            image: image.to_path_buf(),
+        });
+    }
     let meta = file.metadata().map_err(failed("fstat"))?;
     if let Some(finding) = file_finding(Owner::from(&meta), || {
         fd::xattr(file.as_fd(), ACL_XATTR).map_err(std::io::Error::from)

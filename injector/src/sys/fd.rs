@@ -121,6 +121,15 @@ pub fn is_anonymous_pipe(fd: BorrowedFd<'_>) -> bool {
     nix::sys::statfs::fstatfs(fd).is_ok_and(|fs| fs.filesystem_type().0 == PIPEFS_MAGIC)
 }
 
+/// `FUSE_SUPER_MAGIC` from `include/uapi/linux/magic.h`.
+const FUSE_SUPER_MAGIC: libc::__fsword_t = 0x6573_5546;
+
+/// Whether the file behind `fd` lies on a FUSE filesystem (`fstatfs(2)`), whose daemon,
+/// not the kernel, answers every read and every `stat`.
+pub fn is_fuse(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
+    nix::sys::statfs::fstatfs(fd).map(|fs| fs.filesystem_type().0 == FUSE_SUPER_MAGIC)
+}
+
 /// Whether `fd` is `/dev/null` (the character device 1:3, `devices.txt`).
 pub fn is_dev_null(fd: BorrowedFd<'_>) -> bool {
     nix::sys::stat::fstat(fd).is_ok_and(|st| {
