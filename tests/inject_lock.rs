@@ -52,7 +52,7 @@ fn assert_timed_out(out: &Output, img: &Path, c: &Container, took: Duration) {
     assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
     for needle in [
         &*img.to_string_lossy(),
-        &format!("is locked by PID {} (holdlock)", c.pid),
+        &format!("is still locked by PID {} (holdlock)", c.pid),
         "CARTINJECT_LOCK_TIMEOUT=SECONDS",
         "nothing was attached",
     ] {

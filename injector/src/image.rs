@@ -67,7 +67,7 @@ pub enum ImageError {
     },
     /// Someone else held the image's lock for longer than the limit.
     #[error(
-        "image {path} is locked by {holder}, still after {waited:.1?}: another cartinject attaching it takes milliseconds, so this is a process holding a lock on it (one in a container that has the image bind-mounted can); end that process, or wait longer with {LOCK_TIMEOUT_ENV}=SECONDS (nothing was attached)"
+        "image {path} is still locked by {holder} after {waited:.1?}: cartinject holds that lock only while it attaches the image, but anything that can open the file can take it (a container that has it bind-mounted, say); end that process, or wait longer with {LOCK_TIMEOUT_ENV}=SECONDS (nothing was attached)"
     )]
     LockTimeout {
         /// The image.
