@@ -114,7 +114,7 @@ const LOCKS_MAX: u64 = 4 << 20;
 fn open_file(path: &Path) -> Result<File, DetectError> {
     let fd = fd::open_nonblocking(path).map_err(|errno| match errno {
         Errno::ENOENT => DetectError::Missing(path.to_owned()),
-        Errno::ENXIO | Errno::EWOULDBLOCK => DetectError::NotAFile(path.to_owned()),
+        Errno::ENXIO => DetectError::NotAFile(path.to_owned()),
         errno => DetectError::Io {
             path: path.to_owned(),
             source: errno.into(),
@@ -269,6 +269,15 @@ impl Image {
     /// lock is tried without waiting, again after 20 ms, then after pauses growing to 200 ms.
     pub fn lock(&self, interrupted: &dyn Fn() -> Option<i32>) -> Result<ImageLock<'_>, ImageError> {
         let limit = lock_timeout(std::env::var_os(LOCK_TIMEOUT_ENV).as_deref())?;
+        self.lock_within(limit, interrupted)
+    }
+
+    /// [`Image::lock`] with the limit given.
+    fn lock_within(
+        &self,
+        limit: Duration,
+        interrupted: &dyn Fn() -> Option<i32>,
+    ) -> Result<ImageLock<'_>, ImageError> {
         let start = Instant::now();
         let mut pause = LOCK_PAUSE.0;
         loop {
@@ -474,6 +483,17 @@ mod tests {
         };
         let holder = File::open(&path).unwrap();
         holder.lock().unwrap();
+        let start = Instant::now();
+        let e = image
+            .lock_within(Duration::from_millis(300), &|| None)
+            .err()
+            .unwrap();
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(300), "{waited:?}");
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+        assert_eq!(e.exit_code(), EXIT_FAILURE);
+        let me = format!("is still locked by PID {} (", std::process::id());
+        assert!(e.to_string().contains(&me), "{e}");
         let start = Instant::now();
         let e = image.lock(&|| Some(libc::SIGTERM)).err().unwrap();
         assert_eq!(e.exit_code(), 128 + libc::SIGTERM);
