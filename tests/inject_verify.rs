@@ -304,3 +304,249 @@ fn minisign_made_signatures_verify_in_cartinject() {
     let out = run_true(&img.path, &c, &["--verify-key", public_arg]);
     assert_refused(&out, "legacy minisign signature", &img.path, &c);
 }
+
+/// `chown UID:GID path` and `chmod MODE path`.
+fn set_owner_mode(path: &Path, uid: u32, gid: u32, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Gives `path` the access ACL `u::rw-,u:UID:rw-,g::r--,m::rw-,o::r--` (as `setfacl -m
+/// u:UID:rw` does), written as the `system.posix_acl_access` attribute (`acl(5)`: a version
+/// then tag, permissions, id per entry, little endian).
+fn set_acl_user_write(path: &Path, uid: u32) {
+    use std::os::unix::ffi::OsStrExt;
+    let undefined = u32::MAX;
+    let mut value = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (0x01u16, 6u16, undefined),
+        (0x02, 6, uid),
+        (0x04, 4, undefined),
+        (0x10, 6, undefined),
+        (0x20, 4, undefined),
+    ] {
+        value.extend(tag.to_le_bytes());
+        value.extend(perm.to_le_bytes());
+        value.extend(id.to_le_bytes());
+    }
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
+    // SAFETY: both strings are NUL-terminated and `value` is readable for its length.
+    let rc = unsafe {
+        libc::setxattr(
+            c_path.as_ptr(),
+            c"system.posix_acl_access".as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
+}
+
+/// Point 5 of issue 9: the verified bytes are the mounted bytes. An image that anyone but
+/// root could change after cartinject hashed it (its owner, group or others through the
+/// file's mode, a POSIX ACL, or a directory above it that lets them replace it) is refused
+/// before it is read, for sessions and for -m: one line naming who could change it and the
+/// fix, exit 125, no loop device, nothing in the container. A root-owned image in a private
+/// temporary directory, or in a sticky one, is used.
+#[test]
+fn an_image_anyone_but_root_could_change_is_refused_before_it_is_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = thin_container("verify-trust");
+    let mount_only = |img: &Path| output(cartinject().arg("-m").arg(img).arg(&c.name));
+
+    // The baseline: a root-owned copy in a root-owned 0700 directory under sticky /tmp.
+    let img = TestImage::fixture();
+    let out = run_true(&img.path, &c, &["-v"]);
+    assert_ran(&out, &img.path, &c, None);
+    assert!(
+        stderr(&out).contains("only root can change"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The file owned by another uid (even read-only for it: its owner can chmod it back).
+    set_owner_mode(&img.path, 1000, 0, 0o444);
+    let out = run_true(&img.path, &c, &[]);
+    assert_refused(
+        &out,
+        "can be changed by uid 1000 (its owner)",
+        &img.path,
+        &c,
+    );
+    assert!(stderr(&out).contains("chown root"), "{}", stderr(&out));
+    let out = mount_only(&img.path);
+    assert_refused(
+        &out,
+        "can be changed by uid 1000 (its owner)",
+        &img.path,
+        &c,
+    );
+
+    // Writable by everyone.
+    set_owner_mode(&img.path, 0, 0, 0o666);
+    let out = run_true(&img.path, &c, &[]);
+    assert_refused(&out, "can be changed by any user", &img.path, &c);
+    // Writable by a group other than root's.
+    set_owner_mode(&img.path, 0, 100, 0o664);
+    let out = run_true(&img.path, &c, &[]);
+    assert_refused(&out, "can be changed by group 100", &img.path, &c);
+    // Group 0 may write it.
+    set_owner_mode(&img.path, 0, 0, 0o664);
+    assert_ran(&run_true(&img.path, &c, &[]), &img.path, &c, None);
+
+    // A POSIX ACL that lets uid 1000 write (the mode's group bits are then the ACL's mask,
+    // and the group is root's: the mode alone would pass).
+    set_acl_user_write(&img.path, 1000);
+    let out = run_true(&img.path, &c, &[]);
+    assert_refused(&out, "uid 1000 (a POSIX ACL lets it write)", &img.path, &c);
+    set_owner_mode(&img.path, 0, 0, 0o644);
+    assert_ran(&run_true(&img.path, &c, &[]), &img.path, &c, None);
+
+    // Its directory owned by uid 1000: the owner could rename it away and put another there.
+    let dir = img.path.parent().expect("dir").to_path_buf();
+    set_owner_mode(&dir, 1000, 1000, 0o700);
+    let out = run_true(&img.path, &c, &[]);
+    assert_refused(
+        &out,
+        "can be changed by uid 1000 (the owner of",
+        &img.path,
+        &c,
+    );
+    assert!(
+        stderr(&out).contains(&*dir.to_string_lossy()),
+        "{}",
+        stderr(&out)
+    );
+    // A group-writable directory that is not sticky.
+    set_owner_mode(&dir, 0, 100, 0o770);
+    let out = run_true(&img.path, &c, &[]);
+    assert_refused(&out, "is group-writable and not sticky", &img.path, &c);
+    let out = mount_only(&img.path);
+    assert_refused(&out, "is group-writable and not sticky", &img.path, &c);
+
+    // A symlink from a safe directory into that one: the real path is what counts.
+    let safe = TestImage::fixture();
+    let link = safe.sibling("link.img");
+    std::os::unix::fs::symlink(&img.path, &link).expect("symlink");
+    let out = run_true(&link, &c, &[]);
+    assert_refused(&out, "is group-writable and not sticky", &img.path, &c);
+
+    // A root-owned sticky directory (like /tmp itself) is fine: only a file's owner may
+    // rename or remove it there.
+    set_owner_mode(&dir, 0, 0, 0o1777);
+    assert_ran(&run_true(&link, &c, &[]), &img.path, &c, None);
+    set_owner_mode(&dir, 0, 0, 0o700);
+
+    // A hard link elsewhere changes nothing: the inode's owner and mode are what is checked.
+    let hard = safe.sibling("hard.img");
+    std::fs::hard_link(&img.path, &hard).expect("hard link");
+    std::fs::copy(sidecar(&img.path, ".sha256"), sidecar(&hard, ".sha256")).expect("copy");
+    assert_ran(&run_true(&hard, &c, &[]), &hard, &c, None);
+
+    // A process that opened it for writing before it became root's 0644 keeps its write
+    // access: refused while such a descriptor is open.
+    let writer = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img.path)
+        .expect("open for writing");
+    let out = run_true(&img.path, &c, &[]);
+    assert_refused(
+        &out,
+        "is open for writing by another process",
+        &img.path,
+        &c,
+    );
+    drop(writer);
+    assert_ran(&run_true(&img.path, &c, &[]), &img.path, &c, None);
+    assert_eq!(
+        std::fs::metadata(&img.path)
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o644
+    );
+}
+
+/// An image on a FUSE filesystem (here fuse-overlayfs, which reports its files as root's
+/// 0644 in root's directories) is refused: the daemon answers every read, so the bytes the
+/// loop device reads need not be those that were hashed.
+#[test]
+fn an_image_on_a_fuse_filesystem_is_refused() {
+    require_tool("fuse-overlayfs", "fuse-overlayfs");
+    let c = thin_container("verify-fuse");
+    let img = TestImage::fixture();
+    let dir = img.path.parent().expect("dir");
+    for sub in ["upper", "work", "merged"] {
+        std::fs::create_dir(dir.join(sub)).expect("mkdir");
+    }
+    let lower = dir.display();
+    ok(Command::new("fuse-overlayfs")
+        .arg("-o")
+        .arg(format!(
+            "lowerdir={lower},upperdir={lower}/upper,workdir={lower}/work"
+        ))
+        .arg(dir.join("merged")));
+    let merged = dir.join("merged/crashcart.img");
+    let out = run_true(&merged, &c, &[]);
+    let _ = Command::new("fusermount3")
+        .arg("-u")
+        .arg(dir.join("merged"))
+        .status();
+    assert_refused(&out, "is on a FUSE filesystem", &merged, &c);
+    assert_no_loop_device(&img.path);
+}
+
+/// Nothing beside or in place of an image can make cartinject wait: a FIFO as the image or
+/// as its `.sha256` (anyone may create names in a sticky /tmp) is refused at once.
+#[test]
+fn a_fifo_in_place_of_an_image_or_a_sidecar_does_not_hang() {
+    let c = thin_container("verify-fifo");
+    let img = TestImage::fixture();
+    let fifo = img.sibling("fifo.img");
+    ok(Command::new("mkfifo").arg(&fifo));
+    let started = std::time::Instant::now();
+    let out = run_true(&fifo, &c, &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("is not a regular file"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+
+    let sum = sidecar(&img.path, ".sha256");
+    std::fs::remove_file(&sum).expect("rm");
+    ok(Command::new("mkfifo").arg(&sum));
+    let out = run_true(&img.path, &c, &[]);
+    assert_refused(&out, "it is not a regular file", &img.path, &c);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// A loop device already bound to the image's inode (here by -m) is reused, found by the
+/// inode its status names (not by looking up the path sysfs prints): the bytes it serves are
+/// those of the file that was just checked and hashed.
+#[test]
+fn a_device_already_serving_the_checked_inode_is_reused() {
+    let c = thin_container("verify-reuse");
+    let other = thin_container("verify-reuse2");
+    let img = TestImage::fixture();
+    let out = output(cartinject().arg("-m").arg(&img.path).arg(&c.name));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let devices = img.loop_devices();
+    assert_eq!(devices.len(), 1, "{devices:?}");
+    let out = run_true(&img.path, &other, &["-v"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&format!("reusing {}", devices[0])),
+        "expected the device of -m to be reused: {err}"
+    );
+    other.assert_clean();
+    ok(cartinject().arg("-u").arg(&c.name));
+    c.assert_clean();
+    img.assert_no_loop_device();
+}

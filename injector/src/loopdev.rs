@@ -100,14 +100,22 @@ impl LoopDevice {
             return Ok(found);
         }
         // A second open file description for the device to hold: the loop driver keeps a
-        // reference to it for as long as the device is bound.
+        // reference to it for as long as the device is bound (so not the one that holds our
+        // flock, which would stay locked as long as the device exists). /proc/self/fd/N is
+        // the open file itself, not its path looked up again: the same inode that was
+        // checked and hashed through `image`, which the comparison below makes sure of.
+        let reopen_err = |source| LoopError::Reopen {
+            image: image_path.to_owned(),
+            source,
+        };
         let backing =
-            File::open(format!("/proc/self/fd/{}", image.as_raw_fd())).map_err(|source| {
-                LoopError::Reopen {
-                    image: image_path.to_owned(),
-                    source,
-                }
-            })?;
+            File::open(format!("/proc/self/fd/{}", image.as_raw_fd())).map_err(reopen_err)?;
+        let reopened = backing.metadata().map_err(reopen_err)?;
+        if (reopened.dev(), reopened.ino()) != (meta.dev(), meta.ino()) {
+            return Err(reopen_err(io::Error::other(
+                "/proc/self/fd gave another file (is /proc a real procfs?)",
+            )));
+        }
         let control = File::open("/dev/loop-control").map_err(LoopError::Control)?;
         let mut last = Errno::EBUSY;
         for _ in 0..ATTACH_ATTEMPTS {
@@ -170,15 +178,12 @@ fn open_device(path: &Path) -> io::Result<File> {
 /// A device bound read-only with autoclear to the file `(dev, ino)` at `offset` with
 /// `size_limit`, opened (so it cannot go away under us) and checked with
 /// `LOOP_GET_STATUS64` after opening.
+///
+/// The backing paths sysfs prints are not looked up: whoever attached a device named that
+/// path (in their own mount namespace, perhaps), and a `stat` of it could wait on whatever
+/// filesystem it leads to here. The device's own status names the backing inode.
 fn find_attached(dev: u64, ino: u64, offset: u64, size_limit: u64) -> Option<LoopDevice> {
-    for (number, backing) in attached_devices(Path::new("/sys")) {
-        // Cheap filter first: the backing path as sysfs prints it, if it still resolves.
-        let Ok(meta) = std::fs::metadata(&backing) else {
-            continue;
-        };
-        if (meta.dev(), meta.ino()) != (dev, ino) {
-            continue;
-        }
+    for (number, _) in attached_devices(Path::new("/sys")) {
         let path = PathBuf::from(format!("/dev/loop{number}"));
         let Ok(device) = open_device(&path) else {
             continue;

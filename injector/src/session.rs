@@ -273,7 +273,13 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
     };
 
     let (image_mount, notes) = {
-        let _lock = image.lock()?;
+        // A bounded wait, ended by a stop signal (blocked above, so still pending).
+        let _lock = image
+            .lock(&|| signal::pending_of(&signal::STOPPING))
+            .map_err(|e| ExitWith {
+                code: e.exit_code(),
+                message: e.to_string(),
+            })?;
         image.mount(args.legacy, userns.as_ref())?
     };
     notes.show(verbose);

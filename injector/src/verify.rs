@@ -162,11 +162,20 @@ pub fn check(path: &Path, file: &File, policy: &Policy) -> Result<Verified, Veri
     // What the sidecars expect: (file, sha256) pairs, size checked at once.
     let mut expected: Vec<(PathBuf, String)> = Vec::new();
     if let Some(sum) = &found.sha256 {
-        let digest = manifest::read_checksum_file(sum).map_err(|e| VerifyError::Sidecar {
+        let sidecar_err = |reason: String| VerifyError::Sidecar {
             image: path.to_path_buf(),
             sidecar: sum.clone(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let text = read_sidecar(sum).map_err(sidecar_err)?;
+        let digest = String::from_utf8_lossy(&text)
+            .split_whitespace()
+            .next()
+            .filter(|d| manifest::is_sha256_hex(d))
+            .map(str::to_ascii_lowercase)
+            .ok_or_else(|| {
+                sidecar_err(manifest::Error::ChecksumFormat { path: sum.clone() }.to_string())
+            })?;
         expected.push((sum.clone(), digest));
     }
     if let Some(m) = &found.manifest {
@@ -175,7 +184,8 @@ pub fn check(path: &Path, file: &File, policy: &Policy) -> Result<Verified, Veri
             sidecar: m.clone(),
             reason,
         };
-        let parsed = Manifest::read(m).map_err(|e| sidecar_err(e.to_string()))?;
+        let bytes = read_sidecar(m).map_err(sidecar_err)?;
+        let parsed = Manifest::from_slice(&bytes, m).map_err(|e| sidecar_err(e.to_string()))?;
         let digest = parsed.image_sha256.ok_or_else(|| {
             sidecar_err(
                 "it names no image_sha256 (it is the manifest from inside an image, not the one cartbuild writes beside it)".into(),
@@ -195,12 +205,15 @@ pub fn check(path: &Path, file: &File, policy: &Policy) -> Result<Verified, Veri
 
     let signature = match (&policy.key, &found.signature) {
         (Some(_), Some(sig_path)) => {
-            let text =
-                std::fs::read_to_string(sig_path).map_err(|source| VerifyError::Signature {
+            let text = read_sidecar(sig_path)
+                .and_then(|bytes| {
+                    String::from_utf8(bytes).map_err(|_| "it is not UTF-8 text".to_string())
+                })
+                .map_err(|reason| VerifyError::Signature {
                     image: path.to_path_buf(),
                     source: SignatureError::SigRead {
                         path: sig_path.clone(),
-                        source,
+                        source: io::Error::other(reason),
                     },
                 })?;
             Some(ImageSignature::decode(&text, sig_path).map_err(|source| {
@@ -304,6 +317,39 @@ pub fn check(path: &Path, file: &File, policy: &Policy) -> Result<Verified, Veri
         ));
     }
     Ok(verified)
+}
+
+/// The most a sidecar may hold: cartbuild's manifests list every file of the image, and
+/// stay far below this.
+const SIDECAR_MAX: u64 = 16 << 20;
+
+/// Reads a sidecar without waiting: opened non-blocking (a FIFO put in its place, say in
+/// a sticky `/tmp` where anyone may create names, cannot hang cartinject), a regular file,
+/// at most [`SIDECAR_MAX`] bytes. A sidecar need not be root's: it can only make an image
+/// fail its check, never make another image pass (the image itself is root's: see
+/// `image::trust`), and a signature is checked against the key.
+fn read_sidecar(sidecar: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = File::from(
+        crate::sys::fd::open_nonblocking(sidecar).map_err(|e| format!("cannot open it: {e}"))?,
+    );
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot stat it: {e}"))?;
+    if !meta.is_file() {
+        return Err("it is not a regular file".into());
+    }
+    if meta.len() > SIDECAR_MAX {
+        return Err(format!(
+            "it has {} bytes, more than the {SIDECAR_MAX} a sidecar may have",
+            meta.len()
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(SIDECAR_MAX)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    Ok(bytes)
 }
 
 fn name_of(path: &Path) -> String {

@@ -17,6 +17,7 @@ use crate::place::{self, HostRoot, MOUNT_POINT, MountPlacement};
 use crate::session::{ExitWith, pin_target};
 use crate::sys::ns::Namespace;
 use crate::sys::process;
+use crate::sys::signal::{self, SignalSet};
 use crate::userns::UserNs;
 
 /// The note the child sends when it covered a read-only `/dev`.
@@ -51,7 +52,18 @@ pub fn run(
 ) -> anyhow::Result<i32> {
     let image = Image::open(image_path)?;
     let (target, pin) = pin_target(target_arg, legacy)?;
-    let _lock = image.lock()?;
+    // While cartinject waits for the lock, a stop signal ends the wait (blocked, it stays
+    // pending for `lock` to see) with 128+N and nothing attached; the mask is restored before
+    // anything is attached, so the mount's own steps stay interruptible as before.
+    let saved_mask =
+        signal::block(&SignalSet::of(&signal::STOPPING)).context("failed to block signals")?;
+    let stopped = |e: crate::image::ImageError| ExitWith {
+        code: e.exit_code(),
+        message: e.to_string(),
+    };
+    let _lock = image
+        .lock(&|| signal::pending_of(&signal::STOPPING))
+        .map_err(stopped)?;
     if let Some((device, backing, fstype)) = current(target.pid)? {
         let same = backing
             .as_ref()
@@ -79,6 +91,14 @@ pub fn run(
     }
     let userns = UserNs::of(&pin)?;
     let owner = userns.as_ref().map_or((0, 0), UserNs::root_ids);
+    if let Some(signal) = signal::pending_of(&signal::STOPPING) {
+        return Err(stopped(crate::image::ImageError::Interrupted {
+            path: image.path().to_path_buf(),
+            signal,
+        })
+        .into());
+    }
+    signal::set_mask(&saved_mask).context("failed to restore the signal mask")?;
     let (image_mount, notes) = image.mount(legacy, userns.as_ref())?;
     notes.show(verbose);
     let device = match &image_mount {

@@ -1,6 +1,6 @@
 //! File descriptors: pipes, non-blocking mode, polling, reading and writing.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::fcntl::{FcntlArg, OFlag};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -121,6 +121,15 @@ pub fn is_anonymous_pipe(fd: BorrowedFd<'_>) -> bool {
     nix::sys::statfs::fstatfs(fd).is_ok_and(|fs| fs.filesystem_type().0 == PIPEFS_MAGIC)
 }
 
+/// `FUSE_SUPER_MAGIC` from `include/uapi/linux/magic.h`.
+const FUSE_SUPER_MAGIC: libc::__fsword_t = 0x6573_5546;
+
+/// Whether the file behind `fd` lies on a FUSE filesystem (`fstatfs(2)`), whose daemon,
+/// not the kernel, answers every read and every `stat`.
+pub fn is_fuse(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
+    nix::sys::statfs::fstatfs(fd).map(|fs| fs.filesystem_type().0 == FUSE_SUPER_MAGIC)
+}
+
 /// Whether `fd` is `/dev/null` (the character device 1:3, `devices.txt`).
 pub fn is_dev_null(fd: BorrowedFd<'_>) -> bool {
     nix::sys::stat::fstat(fd).is_ok_and(|st| {
@@ -180,4 +189,67 @@ pub fn write_at(dir: BorrowedFd<'_>, name: &str, text: &[u8]) -> Result<(), Errn
 /// Whether `name` exists under the directory `dir` (without following a final symlink).
 pub fn exists_at(dir: BorrowedFd<'_>, name: &str) -> bool {
     nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
+}
+
+/// Opens `path` read-only, close-on-exec and with `O_NONBLOCK`, so that the open itself
+/// cannot wait: not on a FIFO (which blocks until a writer comes, `fifo(7)`), nor on a file
+/// under a lease (`fcntl(2)`, "Leases": a non-blocking open fails with EWOULDBLOCK
+/// instead). On a regular file `O_NONBLOCK` changes nothing else.
+pub fn open_nonblocking(path: &std::path::Path) -> Result<OwnedFd, Errno> {
+    nix::fcntl::open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+        nix::sys::stat::Mode::empty(),
+    )
+}
+
+/// Whether no process has the file behind `fd` (open read-only) open for writing, as the
+/// kernel answers it: a read lease (`F_SETLEASE`, `F_RDLCK`) is refused with EAGAIN while
+/// any open file description of the inode has write access (`fcntl(2)`, "Leases";
+/// `check_conflicting_open` in `fs/locks.c`), including shared writable mappings and loop
+/// devices bound read-write. The lease is released at once. Root may take a lease on any
+/// file (CAP_LEASE). Other errors (a filesystem without leases, `fs.leases-enable=0`) are
+/// returned as they are: the caller decides.
+pub fn no_writers(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
+    // SAFETY: F_SETLEASE takes an int argument and acts only on `fd`. No owner is set
+    // (F_SETOWN), so a lease break in the moment the lease is held sends no signal.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) };
+    if rc < 0 {
+        let e = Errno::last();
+        return if e == Errno::EAGAIN {
+            Ok(false)
+        } else {
+            Err(e)
+        };
+    }
+    // SAFETY: as above; F_UNLCK removes the lease just taken.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
+    Ok(true)
+}
+
+/// The extended attribute `name` of the file behind `fd` (`fgetxattr(2)`), at most 64 KiB
+/// (the kernel's own limit for a value, `XATTR_SIZE_MAX`); `None` when the file has none
+/// or the filesystem keeps no extended attributes.
+pub fn xattr(fd: BorrowedFd<'_>, name: &std::ffi::CStr) -> Result<Option<Vec<u8>>, Errno> {
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: `name` is NUL-terminated; `buf` is writable for its whole length, which is
+    // what we pass.
+    let n = unsafe {
+        libc::fgetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        let e = Errno::last();
+        return if e == Errno::ENODATA || e == Errno::EOPNOTSUPP {
+            Ok(None)
+        } else {
+            Err(e)
+        };
+    }
+    buf.truncate(usize::try_from(n).map_err(|_| Errno::EINVAL)?);
+    Ok(Some(buf))
 }

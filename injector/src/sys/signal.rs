@@ -97,3 +97,35 @@ pub fn read_signal(fd: BorrowedFd<'_>) -> Result<Option<i32>, Errno> {
     let info = unsafe { info.assume_init() };
     Ok(i32::try_from(info.ssi_signo).ok())
 }
+
+/// The signals that ask cartinject to stop (the terminal's Ctrl-C and Ctrl-\, a hang-up,
+/// `kill`): a wait before the session's command starts ends on any of them.
+pub const STOPPING: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+/// The first of `signals` that is blocked and pending for this thread or the process
+/// (`sigpending(2)`), without taking it: it stays pending (and readable from a signalfd).
+pub fn pending_of(signals: &[i32]) -> Option<i32> {
+    let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigpending fills the set it is given.
+    if unsafe { libc::sigpending(set.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: sigpending succeeded and so initialised `set`.
+    let set = unsafe { set.assume_init() };
+    signals
+        .iter()
+        .copied()
+        // SAFETY: `set` is an initialised sigset_t; an invalid number gives -1, not 1.
+        .find(|&sig| unsafe { libc::sigismember(&set, sig) } == 1)
+}
+
+/// The name of a signal that stops cartinject (`SIGTERM`), or `signal N`.
+pub fn name(sig: i32) -> String {
+    match sig {
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGHUP => "SIGHUP".into(),
+        libc::SIGQUIT => "SIGQUIT".into(),
+        _ => format!("signal {sig}"),
+    }
+}
