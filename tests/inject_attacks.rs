@@ -716,10 +716,17 @@ fn a_path_entry_with_escapes_is_printed_escaped() {
     let img = TestImage::fixture();
     let mounts = MountSnapshot::take(c.pid);
     let mut problems = Problems::new();
+    // The session's PATH keeps only plain directory names: entries holding escapes are
+    // left out, so the commands in them are not found by name (127); named by their
+    // absolute path they are found, cannot run (126), and the message names the path.
+    let noexec = format!("{x}/cc-attack-noexec");
+    let garbage = format!("{y}/cc-attack-garbage");
     for (command, code) in [
         ("nosuchcmd", 127),
-        ("cc-attack-noexec", 126),
-        ("cc-attack-garbage", 126),
+        ("cc-attack-noexec", 127),
+        ("cc-attack-garbage", 127),
+        (noexec.as_str(), 126),
+        (garbage.as_str(), 126),
     ] {
         for flags in [&[][..], &["--match-container"][..], &["-v"][..]] {
             let out = check_output(
