@@ -667,6 +667,34 @@ fn matching_fails_closed_when_the_filter_cannot_be_read() {
     problems.finish("matching a target whose filter cannot be read");
 }
 
+/// A target that cannot stop to have its filter read (frozen by `docker pause`): `match`
+/// refuses within a bounded time instead of waiting for it forever.
+#[test]
+fn matching_a_frozen_target_refuses_instead_of_hanging() {
+    let c = Container::start("attack-frozen", fat_image());
+    let img = TestImage::fixture();
+    let paused = Command::new("docker")
+        .args(["pause", &c.name])
+        .status()
+        .expect("docker pause");
+    assert!(paused.success(), "docker pause {} failed", c.name);
+    let started = Instant::now();
+    let (cmd, out) = run(session(&img, &c.name, &["--profile", "match"], &["true"]));
+    let took = started.elapsed();
+    let _ = Command::new("docker").args(["unpause", &c.name]).status();
+    assert!(
+        took < Duration::from_secs(60),
+        "--profile match waited {took:?} on a frozen target"
+    );
+    assert!(
+        is_one_line_refusal(&out) && stderr(&out).contains("seccomp"),
+        "a frozen target's filter that cannot be read does not refuse in one line: {}",
+        shown(&cmd, &out)
+    );
+    img.assert_no_loop_device();
+    c.assert_clean();
+}
+
 // ---------------------------------------------------------------------------------------
 // 5. Escape sequences in what the container names.
 // ---------------------------------------------------------------------------------------

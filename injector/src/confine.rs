@@ -341,6 +341,9 @@ pub fn read(pid: i32) -> Result<Reading, ConfineError> {
                         "cartinject itself runs under seccomp or without CAP_SYS_ADMIN".into()
                     }
                     Errno::EMEDIUMTYPE => "it is an eBPF filter, which cannot be read back".into(),
+                    Errno::ETIMEDOUT => {
+                        "the target did not stop to have it read within 2 s (is it frozen?)".into()
+                    }
                     Errno::EIO | Errno::EINVAL => {
                         "this kernel cannot read filters (CONFIG_CHECKPOINT_RESTORE is off)".into()
                     }

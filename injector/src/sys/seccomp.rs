@@ -116,8 +116,18 @@ pub fn read_filters(pid: i32) -> Result<Vec<Filter>, Errno> {
     let mut pending = None;
     let result = (|| {
         ptrace::interrupt(tracee)?;
+        // A target that cannot stop (frozen by its cgroup's freezer, say) never reports the
+        // stop: wait a bounded time (2 s), then give up with ETIMEDOUT.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         loop {
-            match nix::sys::wait::waitpid(tracee, Some(WaitPidFlag::__WALL)) {
+            match nix::sys::wait::waitpid(tracee, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG))
+            {
+                Ok(WaitStatus::StillAlive) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(Errno::ETIMEDOUT);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
                 Ok(WaitStatus::PtraceEvent(..)) => break,
                 Ok(WaitStatus::Stopped(_, sig)) => {
                     // A signal arrived first: keep it for the detach, read in this stop.
