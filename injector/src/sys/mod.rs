@@ -14,6 +14,7 @@ pub mod mount_api;
 pub mod ns;
 pub mod pidfd;
 pub mod process;
+pub mod resolve;
 pub mod pty;
 pub mod seccomp;
 pub mod signal;

@@ -1,0 +1,208 @@
+//! Files in a tree the container controls, reached without following anything it planted.
+//!
+//! Every path inside a container is hostile: any component can be a symlink (absolute ones
+//! resolve against whatever root the resolving process has), a magic link of `/proc`, or a
+//! mount. These calls resolve one directory fd at a time with `openat2(2)`
+//! (`RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_BENEATH`, Linux 5.6; on older
+//! kernels `openat` with `O_NOFOLLOW`, one component at a time), act on the fds they return
+//! (`*at` calls, which never follow a final symlink here), and tell mounts apart by mount ID
+//! (`statx(2)` `STATX_MNT_ID`, Linux 5.8), the same number `/proc/PID/mountinfo` prints first.
+//! This is the answer to the CVE-2018-15664 / CVE-2021-30465 class (a path swapped for a
+//! symlink between check and use).
+
+use std::ffi::OsString;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Component, Path};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, StatxFlags};
+
+use super::Errno;
+
+fn errno(e: rustix::io::Errno) -> Errno {
+    Errno::from_raw(e.raw_os_error())
+}
+
+/// `openat2(dir, path, O_PATH|O_CLOEXEC|O_NOFOLLOW|extra, RESOLVE_NO_SYMLINKS|
+/// RESOLVE_NO_MAGICLINKS|RESOLVE_BENEATH)`: `path` (relative, no `..`) below `dir`, never
+/// through a symlink, also not as its last component (ELOOP), never above `dir` (EXDEV).
+/// Without `openat2` (ENOSYS), one `openat(O_NOFOLLOW)` per component (ELOOP or ENOTDIR
+/// for a symlink).
+fn open_beneath(dir: BorrowedFd<'_>, path: &Path, flags: OFlags) -> Result<OwnedFd, Errno> {
+    let flags = flags | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    let resolve =
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS | ResolveFlags::BENEATH;
+    match rustix::fs::openat2(dir, path, flags, Mode::empty(), resolve) {
+        Err(rustix::io::Errno::NOSYS) => {}
+        other => return other.map_err(errno),
+    }
+    let names: Vec<&std::ffi::OsStr> = path
+        .components()
+        .map(|c| match c {
+            Component::Normal(name) => Ok(name),
+            _ => Err(Errno::EXDEV),
+        })
+        .collect::<Result<_, _>>()?;
+    let Some((last, parents)) = names.split_last() else {
+        return Err(Errno::EINVAL);
+    };
+    let mut held: Option<OwnedFd> = None;
+    for name in parents {
+        let from = held.as_ref().map_or(dir, AsFd::as_fd);
+        let next = rustix::fs::openat(
+            from,
+            *name,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno)?;
+        held = Some(next);
+    }
+    let from = held.as_ref().map_or(dir, AsFd::as_fd);
+    rustix::fs::openat(from, *last, flags, Mode::empty()).map_err(errno)
+}
+
+/// The directory `path` below `dir` as an `O_PATH` fd (see [`open_beneath`]).
+pub fn open_dir(dir: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd, Errno> {
+    open_beneath(dir, path, OFlags::PATH | OFlags::DIRECTORY)
+}
+
+/// `/` of the calling process as an `O_PATH` directory fd.
+pub fn open_root() -> Result<OwnedFd, Errno> {
+    rustix::fs::open(
+        "/",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(errno)
+}
+
+/// The ID of the mount `fd` lies on (`statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID)`): for the
+/// fd of a mount point's directory, opened by walking to it, the mount on top there.
+/// ENOSYS when the kernel does not report mount IDs (before Linux 5.8).
+pub fn mount_id(fd: BorrowedFd<'_>) -> Result<u64, Errno> {
+    let stx = rustix::fs::statx(
+        fd,
+        "",
+        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::MNT_ID,
+    )
+    .map_err(errno)?;
+    if stx.stx_mask & StatxFlags::MNT_ID.bits() == 0 {
+        return Err(Errno::ENOSYS);
+    }
+    Ok(stx.stx_mnt_id)
+}
+
+/// The ID of the mount `name` in `dir` is on, without following it if it is a symlink and
+/// without triggering an automount (see [`mount_id`]).
+pub fn mount_id_at(dir: BorrowedFd<'_>, name: &str) -> Result<u64, Errno> {
+    let stx = rustix::fs::statx(
+        dir,
+        name,
+        AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT,
+        StatxFlags::MNT_ID,
+    )
+    .map_err(errno)?;
+    if stx.stx_mask & StatxFlags::MNT_ID.bits() == 0 {
+        return Err(Errno::ENOSYS);
+    }
+    Ok(stx.stx_mnt_id)
+}
+
+/// What an entry is, as `fstatat(AT_SYMLINK_NOFOLLOW)` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// Anything else (device node, file, socket, FIFO).
+    Other,
+}
+
+/// The owner, mode and kind of `name` in `dir` (itself when `name` is empty), not following
+/// a symlink.
+pub fn stat_at(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> Result<(Kind, u32, u32, u32), Errno> {
+    let flags = if name.is_empty() {
+        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW
+    } else {
+        AtFlags::SYMLINK_NOFOLLOW
+    };
+    let st = rustix::fs::statat(dir, name, flags).map_err(errno)?;
+    let kind = match FileType::from_raw_mode(st.st_mode) {
+        FileType::Directory => Kind::Dir,
+        FileType::Symlink => Kind::Symlink,
+        _ => Kind::Other,
+    };
+    Ok((kind, st.st_uid, st.st_gid, st.st_mode & 0o7777))
+}
+
+/// The target of symlink `name` in `dir`.
+pub fn read_link_at(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> Result<OsString, Errno> {
+    rustix::fs::readlinkat(dir, name, Vec::new())
+        .map(|target| OsString::from_vec(target.into_bytes()))
+        .map_err(errno)
+}
+
+/// The names in directory `dir` (an fd opened for reading), without `.` and `..`.
+pub fn list(dir: BorrowedFd<'_>) -> Result<Vec<OsString>, Errno> {
+    let mut names = Vec::new();
+    let mut entries = rustix::fs::Dir::read_from(dir).map_err(errno)?;
+    while let Some(entry) = entries.read() {
+        let entry = entry.map_err(errno)?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        names.push(OsString::from_vec(name.to_vec()));
+    }
+    Ok(names)
+}
+
+/// `mkdirat(dir, name, mode)`.
+pub fn mkdir_at(dir: BorrowedFd<'_>, name: &std::ffi::OsStr, mode: u32) -> Result<(), Errno> {
+    rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(mode)).map_err(errno)
+}
+
+/// `symlinkat(target, dir, name)`.
+pub fn symlink_at(
+    target: &std::ffi::OsStr,
+    dir: BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+) -> Result<(), Errno> {
+    rustix::fs::symlinkat(target, dir, name).map_err(errno)
+}
+
+/// Creates the empty file `name` in `dir` (`O_CREAT|O_EXCL|O_NOFOLLOW`) with `mode`.
+pub fn create_file_at(dir: BorrowedFd<'_>, name: &std::ffi::OsStr, mode: u32) -> Result<(), Errno> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(mode),
+    )
+    .map(drop)
+    .map_err(errno)
+}
+
+/// `unlinkat(dir, name, AT_REMOVEDIR)`: removes the empty directory `name` (a symlink there
+/// is never followed: ENOTDIR).
+pub fn rmdir_at(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> Result<(), Errno> {
+    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR).map_err(errno)
+}
+
+/// Whether the mount `fd` lies on is read-only (`fstatvfs(3)`'s `ST_RDONLY`).
+pub fn is_read_only(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
+    let st = rustix::fs::fstatvfs(fd).map_err(errno)?;
+    Ok(st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY))
+}
+
+/// `PROC_SUPER_MAGIC` (`include/uapi/linux/magic.h`).
+const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+
+/// Whether `fd` lies on a procfs (`fstatfs(2)`), as a host `/proc` opened before joining
+/// must: a container can plant anything at its own `/proc` (runc CVE-2019-16884).
+pub fn is_procfs(fd: BorrowedFd<'_>) -> bool {
+    rustix::fs::fstatfs(fd).is_ok_and(|st| i64::from(st.f_type) == PROC_SUPER_MAGIC)
+}
