@@ -69,6 +69,15 @@ pub fn parse_line(line: &str) -> Option<MountEntry> {
     })
 }
 
+/// Reads and parses the mountinfo file at `path`. Its paths are whatever bytes the mounts'
+/// owners chose (only space, tab, newline and backslash are escaped): a container can mount
+/// on a name that is not UTF-8, or have cartinject bind one, so the text is read as bytes
+/// and invalid sequences replaced rather than refused.
+pub fn read(path: &std::path::Path) -> std::io::Result<Vec<MountEntry>> {
+    let bytes = std::fs::read(path)?;
+    Ok(parse(&String::from_utf8_lossy(&bytes)))
+}
+
 /// Parses a whole mountinfo file, skipping malformed lines.
 pub fn parse(text: &str) -> Vec<MountEntry> {
     text.lines().filter_map(parse_line).collect()
@@ -107,6 +116,18 @@ mod tests {
         assert_eq!(entries[4].mount_point, PathBuf::from("/mnt/with space"));
         assert_eq!(entries[4].root, PathBuf::from("/a b"));
         assert_eq!(entries[2].super_options, "rw,size=65536k,mode=755");
+    }
+
+    #[test]
+    fn invalid_utf8_does_not_hide_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("mountinfo");
+        let mut text = FIXTURE.as_bytes().to_vec();
+        text.extend_from_slice(b"902 847 0:5 /x /dev/\x1b\x9bbad rw - tmpfs tmpfs rw\n");
+        std::fs::write(&path, text).expect("write");
+        let entries = read(&path).expect("read");
+        assert_eq!(entries.len(), 6);
+        assert_eq!(at(&entries, "/dev/crashcart").len(), 1);
     }
 
     #[test]

@@ -55,8 +55,8 @@ const MAX_BOUND_ENTRIES: usize = 10_000;
 /// The entries of `/dev` every container runtime makes (the OCI runtime spec's default
 /// devices and links, plus what Docker and Podman mount there).
 const STANDARD_DEV: [&str; 17] = [
-    "null", "zero", "full", "random", "urandom", "tty", "console", "ptmx", "pts", "shm",
-    "mqueue", "fd", "stdin", "stdout", "stderr", "core", "kmsg",
+    "null", "zero", "full", "random", "urandom", "tty", "console", "ptmx", "pts", "shm", "mqueue",
+    "fd", "stdin", "stdout", "stderr", "core", "kmsg",
 ];
 
 /// A failed placement step. Paths and names from the container are printed escaped.
@@ -570,7 +570,8 @@ pub fn mount_in_place(
             });
         }
     }
-    attach_onto(image, at.as_fd(), Path::new(MOUNT_POINT), host_root).inspect_err(|_| undo(&dev))?;
+    attach_onto(image, at.as_fd(), Path::new(MOUNT_POINT), host_root)
+        .inspect_err(|_| undo(&dev))?;
     Ok(MountPlacement::Directory { created })
 }
 

@@ -27,9 +27,8 @@ const WARNING: &str = "warning: ";
 
 /// The mounts of process `pid`'s mount namespace (`/proc/PID/mountinfo`).
 pub fn mounts_of(pid: i32) -> anyhow::Result<Vec<MountEntry>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
-        .with_context(|| format!("failed to read /proc/{pid}/mountinfo"))?;
-    Ok(mountinfo::parse(&text))
+    let path = format!("/proc/{pid}/mountinfo");
+    mountinfo::read(Path::new(&path)).with_context(|| format!("failed to read {path}"))
 }
 
 /// What is mounted on top at `/dev/crashcart` among `mounts` (by the path mountinfo prints):
@@ -54,7 +53,9 @@ pub fn at_mount_point(
 }
 
 /// What is mounted at `/dev/crashcart` in process `pid`'s namespace (see [`at_mount_point`]).
-pub fn current(pid: i32) -> anyhow::Result<Result<Option<(String, Option<PathBuf>, String)>, String>> {
+pub fn current(
+    pid: i32,
+) -> anyhow::Result<Result<Option<(String, Option<PathBuf>, String)>, String>> {
     Ok(at_mount_point(&mounts_of(pid)?))
 }
 

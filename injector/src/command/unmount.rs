@@ -8,6 +8,7 @@
 //! never through a symlink (see [`place::remove`]). Nothing is resolved from the host through
 //! `/proc/PID/root`, where the container's symlinks would lead anywhere.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::Context;
@@ -26,6 +27,17 @@ pub fn run(target_arg: &str, legacy: bool) -> anyhow::Result<i32> {
     let (target, pin) = pin_target(target_arg, legacy)?;
     let sys = Path::new("/sys");
     let ours = OwnMounts::find(mounts_of(target.pid)?, sys);
+    // The device and image file of each of our image mounts, read before the loop device
+    // clears itself.
+    let described: HashMap<u64, (String, String)> = ours
+        .images
+        .iter()
+        .filter_map(|&id| {
+            let (device, image) = loopdev::device_of(sys, ours.entry(id)?);
+            let image = image.map_or_else(|| "the image".into(), |i| i.display().to_string());
+            Some((id, (device, image)))
+        })
+        .collect();
     let mut joiner = Joiner::plan(&pin, &[Namespace::Mnt])?;
     let child_ours = ours.clone();
     let child = Child::spawn(move |reporter| {
@@ -66,11 +78,10 @@ pub fn run(target_arg: &str, legacy: bool) -> anyhow::Result<i32> {
         .context("the unmount child ended without saying what it did")?;
     // The image mount detached, and the device and file behind it, for the message.
     let describe = |id: u64| {
-        let (device, image) = ours
-            .entry(id)
-            .map_or_else(|| ("?".to_string(), None), |m| loopdev::device_of(sys, m));
-        let image = image.map_or_else(|| "the image".into(), |i| i.display().to_string());
-        (device, image)
+        described
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| ("?".into(), "the image".into()))
     };
     match removed {
         Removed::Image(id, _) => {

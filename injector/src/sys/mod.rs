@@ -14,8 +14,8 @@ pub mod mount_api;
 pub mod ns;
 pub mod pidfd;
 pub mod process;
-pub mod resolve;
 pub mod pty;
+pub mod resolve;
 pub mod seccomp;
 pub mod signal;
 

@@ -30,8 +30,7 @@ fn errno(e: rustix::io::Errno) -> Errno {
 /// for a symlink).
 fn open_beneath(dir: BorrowedFd<'_>, path: &Path, flags: OFlags) -> Result<OwnedFd, Errno> {
     let flags = flags | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-    let resolve =
-        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS | ResolveFlags::BENEATH;
+    let resolve = ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS | ResolveFlags::BENEATH;
     match rustix::fs::openat2(dir, path, flags, Mode::empty(), resolve) {
         Err(rustix::io::Errno::NOSYS) => {}
         other => return other.map_err(errno),
@@ -123,7 +122,10 @@ pub enum Kind {
 
 /// The owner, mode and kind of `name` in `dir` (itself when `name` is empty), not following
 /// a symlink.
-pub fn stat_at(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> Result<(Kind, u32, u32, u32), Errno> {
+pub fn stat_at(
+    dir: BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+) -> Result<(Kind, u32, u32, u32), Errno> {
     let flags = if name.is_empty() {
         AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW
     } else {
@@ -145,10 +147,18 @@ pub fn read_link_at(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> Result<OsStr
         .map_err(errno)
 }
 
-/// The names in directory `dir` (an fd opened for reading), without `.` and `..`.
+/// The names in directory `dir` (any fd of it, `O_PATH` too), without `.` and `..`.
 pub fn list(dir: BorrowedFd<'_>) -> Result<Vec<OsString>, Errno> {
     let mut names = Vec::new();
-    let mut entries = rustix::fs::Dir::read_from(dir).map_err(errno)?;
+    // `.` of the directory fd is that directory itself: nothing is resolved.
+    let readable = rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(errno)?;
+    let mut entries = rustix::fs::Dir::new(readable).map_err(errno)?;
     while let Some(entry) = entries.read() {
         let entry = entry.map_err(errno)?;
         let name = entry.file_name().to_bytes();
