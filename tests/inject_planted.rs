@@ -208,6 +208,68 @@ fn foreign_mount_at_dev_crashcart() {
     attack(&c, &check);
 }
 
+/// A small ext4 filesystem loop-mounted in the host (`mount -o loop`, so its loop device
+/// clears itself), with a directory `sub` to bind into a container: a mount that looks like
+/// cartinject's by its device (`/dev/loopN`) but is not. Unmounted on drop.
+struct LoopFs {
+    dir: tempfile::TempDir,
+}
+
+impl LoopFs {
+    fn new() -> LoopFs {
+        require_tool("mke2fs", "e2fsprogs");
+        let dir = tempfile::Builder::new()
+            .prefix("cc-plantfs-")
+            .tempdir()
+            .expect("temp dir");
+        let file = dir.path().join("fs.img");
+        std::fs::File::create(&file)
+            .and_then(|f| f.set_len(8 << 20))
+            .expect("create the filesystem file");
+        ok(Command::new("mke2fs")
+            .args(["-q", "-F", "-t", "ext4"])
+            .arg(&file));
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).expect("mkdir");
+        ok(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&file)
+            .arg(&mnt));
+        std::fs::create_dir(mnt.join("sub")).expect("mkdir sub");
+        LoopFs { dir }
+    }
+
+    fn mount_arg(&self) -> String {
+        format!(
+            "type=bind,src={},dst=/dev/crashcart",
+            self.dir.path().join("mnt/sub").display()
+        )
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg(self.dir.path().join("mnt"))
+            .output();
+    }
+}
+
+#[test]
+fn foreign_loop_bind_mount_at_dev_crashcart() {
+    let fs = LoopFs::new();
+    let c = planted("plant-loopbind", &["--mount", &fs.mount_arg()], &["idle"]);
+    let check = || {
+        let mounts = c.crashcart_mounts();
+        assert!(
+            mounts.len() == 1 && mounts[0].contains(" /sub /dev/crashcart "),
+            "the container's own mount at /dev/crashcart changed: {mounts:?}"
+        );
+    };
+    check();
+    attack(&c, &check);
+}
+
 /// A name for entry `i` of a hostile `/dev`: an OSC window title, a clear screen, a C1 CSI
 /// (UTF-8 and raw), as the planter makes them.
 fn escape_name(i: usize) -> Vec<u8> {

@@ -18,6 +18,8 @@ pub struct MountEntry {
     pub root: PathBuf,
     /// Where it is mounted, relative to the reading process's root, unescaped.
     pub mount_point: PathBuf,
+    /// Per-mount options (`ro,nosuid,nodev,relatime`).
+    pub options: String,
     /// Filesystem type (`ext4`, `tmpfs`, ...).
     pub fstype: String,
     /// Mount source (`/dev/loop3`, the tmpfs name, ...).
@@ -61,6 +63,7 @@ pub fn parse_line(line: &str) -> Option<MountEntry> {
         minor: minor.parse().ok()?,
         root: PathBuf::from(unescape(fields.get(3)?)),
         mount_point: PathBuf::from(unescape(fields.get(4)?)),
+        options: (*fields.get(5)?).to_string(),
         fstype: (*fields.get(dash + 1)?).to_string(),
         source: unescape(fields.get(dash + 2)?),
         super_options: fields
@@ -113,6 +116,7 @@ mod tests {
         assert_eq!(found[0].source, "/dev/loop3");
         assert_eq!(found[0].fstype, "ext4");
         assert_eq!(found[0].parent_id, 847);
+        assert_eq!(found[0].options, "ro,nosuid,nodev,relatime");
         assert_eq!(entries[4].mount_point, PathBuf::from("/mnt/with space"));
         assert_eq!(entries[4].root, PathBuf::from("/a b"));
         assert_eq!(entries[2].super_options, "rw,size=65536k,mode=755");

@@ -661,11 +661,17 @@ impl OwnMounts {
     }
 }
 
-/// Whether `m` is an image mount as cartinject makes them: the whole filesystem of a loop
-/// device whose backing file is a file, at `.../dev/crashcart`.
+/// Whether `m` is an image mount as cartinject makes them: the whole filesystem (not a bind
+/// of part of it) of a loop device whose backing file is a file, mounted read-only as one
+/// of the filesystems images are, at `.../dev/crashcart`.
 pub fn is_image_mount(m: &MountEntry, sys_root: &Path) -> bool {
     m.major == crate::loopdev::LOOP_MAJOR
         && m.root == Path::new("/")
+        && matches!(
+            m.fstype.as_str(),
+            "ext4" | "ext3" | "ext2" | "erofs" | "squashfs"
+        )
+        && m.options.split(',').any(|o| o == "ro")
         && m.mount_point.ends_with("dev/crashcart")
         && crate::loopdev::backing_file(sys_root, m.major, m.minor).is_some()
 }
