@@ -31,12 +31,13 @@ pub fn mounts_of(pid: i32) -> anyhow::Result<Vec<MountEntry>> {
     mountinfo::read(Path::new(&path)).with_context(|| format!("failed to read {path}"))
 }
 
+/// An image mount of cartinject's: (device, image file, filesystem type).
+pub type Mounted = (String, Option<PathBuf>, String);
+
 /// What is mounted on top at `/dev/crashcart` among `mounts` (by the path mountinfo prints):
 /// an image mount of cartinject's as (device, image file, filesystem type), or an error that
 /// describes a mount cartinject did not make (its type and source escaped).
-pub fn at_mount_point(
-    mounts: &[MountEntry],
-) -> Result<Option<(String, Option<PathBuf>, String)>, String> {
+pub fn at_mount_point(mounts: &[MountEntry]) -> Result<Option<Mounted>, String> {
     let Some(&top) = mountinfo::at(mounts, MOUNT_POINT).last() else {
         return Ok(None);
     };
@@ -53,9 +54,7 @@ pub fn at_mount_point(
 }
 
 /// What is mounted at `/dev/crashcart` in process `pid`'s namespace (see [`at_mount_point`]).
-pub fn current(
-    pid: i32,
-) -> anyhow::Result<Result<Option<(String, Option<PathBuf>, String)>, String>> {
+pub fn current(pid: i32) -> anyhow::Result<Result<Option<Mounted>, String>> {
     Ok(at_mount_point(&mounts_of(pid)?))
 }
 

@@ -214,5 +214,7 @@ const PROC_SUPER_MAGIC: i64 = 0x9fa0;
 /// Whether `fd` lies on a procfs (`fstatfs(2)`), as a host `/proc` opened before joining
 /// must: a container can plant anything at its own `/proc` (runc CVE-2019-16884).
 pub fn is_procfs(fd: BorrowedFd<'_>) -> bool {
+    // `f_type` is an i64 on 64-bit targets and narrower on others.
+    #[allow(clippy::useless_conversion)]
     rustix::fs::fstatfs(fd).is_ok_and(|st| i64::from(st.f_type) == PROC_SUPER_MAGIC)
 }
