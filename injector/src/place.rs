@@ -111,9 +111,7 @@ pub enum PlaceError {
         errno: Errno,
     },
     /// Something in the container that cartinject did not make is where it would work.
-    #[error(
-        "{path} in the container is {what}: cartinject follows no link and touches no mount it did not make, so it changed nothing; {fix}"
-    )]
+    #[error("{path} in the container is {what}: {fix}")]
     Planted {
         /// Where (a fixed path: `/dev` or `/dev/crashcart`).
         path: &'static str,
@@ -326,7 +324,7 @@ impl Drop for FsIds {
 }
 
 /// What to do about a symlinked `/dev` in a session.
-const SESSION_DEV_FIX: &str = "cartinject needs the container's /dev to be a directory";
+const SESSION_DEV_FIX: &str = "cartinject follows no link there and needs /dev to be a directory, so the session did not start";
 
 /// Covers `/dev` of the process root (in a private namespace) with a tmpfs holding bind
 /// mounts of everything the container's `/dev` holds, and an empty `crashcart` directory:
@@ -360,13 +358,16 @@ fn cover_dev(
 ) -> Result<OwnedFd, PlaceError> {
     let shape = read_dev(dev, note)?;
     let count = shape.entries.len();
-    let options = [
+    let mut options = vec![
         ("mode", format!("{:o}", shape.mode)),
-        ("uid", shape.uid.to_string()),
-        ("gid", shape.gid.to_string()),
         ("size", (1024 * 1024 + 4096 * count).to_string()),
         ("nr_inodes", (1024 + count).to_string()),
     ];
+    // tmpfs's root belongs to the mounter (root) unless told otherwise.
+    if (shape.uid, shape.gid) != (0, 0) {
+        options.push(("uid", shape.uid.to_string()));
+        options.push(("gid", shape.gid.to_string()));
+    }
     let cover = mount_api::tmpfs(source, &options).map_err(|e| {
         if e.step == "fsopen" && e.errno == Errno::ENOSYS {
             PlaceError::NoMountApi(e.errno)
@@ -509,7 +510,7 @@ pub enum MountPlacement {
 }
 
 /// What `-m` says to do about something planted at `/dev` or `/dev/crashcart`.
-const MOUNT_FIX: &str = "remove it in the container, or start a session instead of -m (a session does not use the container's /dev/crashcart)";
+const MOUNT_FIX: &str = "it is not cartinject's, so -m left it as it is and followed no link; remove it there, or start a session instead (sessions do not use it)";
 
 /// For `-m`, in a child that has joined the target's mount namespace (`own_ns`, an fd of that
 /// namespace opened before joining): puts the image at `/dev/crashcart`.
@@ -565,7 +566,7 @@ pub fn mount_in_place(
         if on != mount_id(dev.as_fd(), "/dev")? {
             return Err(PlaceError::Planted {
                 path: MOUNT_POINT,
-                what: format!("a mount point (mount ID {on}) that cartinject did not make"),
+                what: format!("a mount point (mount ID {on})"),
                 fix: MOUNT_FIX,
             });
         }
@@ -652,11 +653,11 @@ impl OwnMounts {
     fn describe(&self, id: u64) -> String {
         match self.entry(id) {
             Some(m) => format!(
-                "a {} mount of {} that cartinject did not make",
+                "a {} mount of {}",
                 display::escape(&m.fstype),
                 display::escape(&m.source)
             ),
-            None => format!("a mount (ID {id}) that cartinject did not make"),
+            None => format!("a mount (ID {id})"),
         }
     }
 }
@@ -714,7 +715,7 @@ impl Removed {
 }
 
 /// What `-u` says about something that is not cartinject's.
-const UNMOUNT_FIX: &str = "it is not cartinject's to remove";
+const UNMOUNT_FIX: &str = "it is not cartinject's, so -u left it as it is (it follows no link and detaches only cartinject's own mounts)";
 
 /// For `-u`, in a child that has joined the target's mount namespace: detaches cartinject's
 /// mount at `/dev/crashcart` (lazily, so processes still running from it keep working until
