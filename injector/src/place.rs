@@ -257,21 +257,25 @@ struct DevShape {
 }
 
 /// How many entries a cover binds at most: [`MAX_BOUND_ENTRIES`], or a quarter of
-/// `fs.mount-max` when that is lower (read in the namespace joined; a value the container
-/// fakes can only lower the bound).
-fn bind_bound() -> usize {
-    std::fs::read_to_string("/proc/sys/fs/mount-max")
+/// `fs.mount-max` when that is lower (read below `root`, in the namespace joined, from a
+/// procfs: a value the container fakes can only lower the bound).
+fn bind_bound(root: BorrowedFd<'_>) -> usize {
+    resolve::read_procfs_value(root, Path::new("proc/sys/fs/mount-max"))
         .ok()
         .and_then(|t| t.trim().parse::<usize>().ok())
         .map_or(MAX_BOUND_ENTRIES, |max| (max / 4).min(MAX_BOUND_ENTRIES))
 }
 
-fn read_dev(dev: BorrowedFd<'_>, note: &mut dyn FnMut(String)) -> Result<DevShape, PlaceError> {
+fn read_dev(
+    root: BorrowedFd<'_>,
+    dev: BorrowedFd<'_>,
+    note: &mut dyn FnMut(String),
+) -> Result<DevShape, PlaceError> {
     let (_, uid, gid, mode) =
         resolve::stat_at(dev, OsStr::new("")).map_err(file_err("stat", "/dev"))?;
     let mut names = resolve::list(dev).map_err(file_err("list", "/dev"))?;
     names.retain(|n| n != CRASHCART);
-    let bound = bind_bound();
+    let bound = bind_bound(root);
     if names.len() > bound {
         let total = names.len();
         names.retain(|n| STANDARD_DEV.iter().any(|s| n == s));
@@ -337,7 +341,7 @@ pub fn shadow_dev() -> Result<(), PlaceError> {
 pub fn shadow_dev_noting(note: &mut dyn FnMut(String)) -> Result<(), PlaceError> {
     let root = resolve::open_root().map_err(file_err("open", "/"))?;
     let dev = open_dev(root.as_fd(), SESSION_DEV_FIX)?;
-    cover_dev(dev.as_fd(), SESSION_DEV_SOURCE, note).map(drop)
+    cover_dev(root.as_fd(), dev.as_fd(), SESSION_DEV_SOURCE, note).map(drop)
 }
 
 /// Covers the directory `dev` (an fd of the container's `/dev`) with a tmpfs named `source`
@@ -352,11 +356,12 @@ pub fn shadow_dev_noting(note: &mut dyn FnMut(String)) -> Result<(), PlaceError>
 /// cover by fd. The tmpfs is sized from the entries (4 KiB and an inode each, above 1 MiB and
 /// 1,024 inodes), so no number of them fills it.
 fn cover_dev(
+    root: BorrowedFd<'_>,
     dev: BorrowedFd<'_>,
     source: &str,
     note: &mut dyn FnMut(String),
 ) -> Result<OwnedFd, PlaceError> {
-    let shape = read_dev(dev, note)?;
+    let shape = read_dev(root, dev, note)?;
     let count = shape.entries.len();
     let mut options = vec![
         ("mode", format!("{:o}", shape.mode)),
@@ -591,7 +596,7 @@ fn cover_for_mount(
     // The copy's own /dev: `dev` still lies in the container's namespace.
     let root = resolve::open_root().map_err(file_err("open", "/"))?;
     let copy_dev = open_dev(root.as_fd(), MOUNT_FIX)?;
-    let cover = cover_dev(copy_dev.as_fd(), MOUNT_DEV_SOURCE, note)?;
+    let cover = cover_dev(root.as_fd(), copy_dev.as_fd(), MOUNT_DEV_SOURCE, note)?;
     let at = open_crashcart(cover.as_fd(), MOUNT_FIX)?;
     mount_api::attach_onto(detached.fd(), at.as_fd())
         .map_err(mount_err("move_mount the image to", MOUNT_POINT))?;
@@ -782,4 +787,85 @@ fn detach_checked(dir: BorrowedFd<'_>, name: &str, id: u64) -> Result<(), PlaceE
     };
     process::chdir(Path::new("/")).map_err(mount_err("chdir", "/"))?;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A target's mountinfo: cartinject's image at `/dev/crashcart` (7:3) under its cover of
+    /// `/dev`, and beside it what only looks like cartinject's.
+    const MOUNTS: &str = "\
+845 724 0:120 / / rw,relatime - overlay overlay rw,lowerdir=/a
+847 845 0:123 / /dev ro,nosuid - tmpfs tmpfs rw,size=65536k,mode=755
+900 847 0:130 / /dev rw,nosuid,nodev,noexec - tmpfs cartinject-dev rw,size=1080k
+901 900 7:3 / /dev/crashcart ro,nosuid,nodev,relatime - ext4 /dev/loop3 ro
+910 845 7:4 /sub /mnt/dev/crashcart ro,relatime - ext4 /dev/loop4 ro
+911 845 7:3 / /srv/dev/crashcart rw,relatime - ext4 /dev/loop3 rw
+912 845 7:5 / /opt/dev/crashcart ro,relatime - ext4 /dev/loop5 ro
+913 845 0:140 / /x/dev rw - tmpfs cartinject-dev rw
+";
+
+    fn sysfs() -> tempfile::TempDir {
+        let sys = tempfile::tempdir().expect("temp dir");
+        for n in [3, 4] {
+            let dev = sys.path().join(format!("dev/block/7:{n}/loop"));
+            std::fs::create_dir_all(&dev).expect("mkdir");
+            std::fs::write(dev.join("backing_file"), "/images/crashcart.img\n").expect("write");
+        }
+        sys
+    }
+
+    #[test]
+    fn only_whole_read_only_image_filesystems_and_their_covers_are_ours() {
+        let sys = sysfs();
+        let ours = OwnMounts::find(crate::mountinfo::parse(MOUNTS), sys.path());
+        // 910 is a bind of part of a loop filesystem, 911 is writable, 912's loop device has
+        // no backing file; 913 is named like a cover but holds no image.
+        assert_eq!(ours.images, HashSet::from([901]));
+        assert_eq!(ours.covers, HashSet::from([900]));
+        assert_eq!(ours.entry(910).map(|m| m.minor), Some(4));
+        assert_eq!(ours.describe(913), "a tmpfs mount of cartinject-dev");
+        assert_eq!(ours.describe(999), "a mount (ID 999)");
+    }
+
+    #[test]
+    fn a_foreign_mount_is_described_escaped() {
+        let line = "920 845 0:150 / /dev/crashcart rw - tmpfs \\033]0;x\\007 rw\n";
+        let ours = OwnMounts::find(crate::mountinfo::parse(line), Path::new("/nonexistent"));
+        let text = ours.describe(920);
+        assert_eq!(text, "a tmpfs mount of \\x1b]0;x\\x07");
+        assert!(!text.bytes().any(|b| b < 0x20));
+    }
+
+    #[test]
+    fn removals_survive_the_report_pipe() {
+        for r in [
+            Removed::Image(42, true),
+            Removed::Image(7, false),
+            Removed::Cover(900),
+            Removed::EmptyDir,
+            Removed::Nothing,
+        ] {
+            assert_eq!(Removed::decode(&r.encode()), Some(r));
+        }
+        assert_eq!(Removed::decode("image x true"), None);
+    }
+
+    #[test]
+    fn planted_errors_are_one_line() {
+        let e = PlaceError::Planted {
+            path: MOUNT_POINT,
+            what: format!("a symlink to {}", display::escape("/proc/sys\n\x1b[2J")),
+            fix: UNMOUNT_FIX,
+        };
+        let text = e.to_string();
+        assert!(!text.bytes().any(|b| b < 0x20), "{text}");
+        let e = PlaceError::File {
+            step: "create in the cover of /dev:",
+            path: PathBuf::from("\x1b]0;pwned\x07"),
+            errno: Errno::ENOSPC,
+        };
+        assert!(!e.to_string().bytes().any(|b| b < 0x20), "{e}");
+    }
 }

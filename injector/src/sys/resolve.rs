@@ -208,6 +208,19 @@ pub fn is_read_only(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
     Ok(st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY))
 }
 
+/// The first bytes (at most 64) of the procfs file `path` below `dir`, opened without
+/// following any link and without blocking (`O_NONBLOCK`: a FIFO planted there cannot hang
+/// the reader), and read only when it lies on a procfs.
+pub fn read_procfs_value(dir: BorrowedFd<'_>, path: &Path) -> Result<String, Errno> {
+    let file = open_beneath(dir, path, OFlags::RDONLY | OFlags::NONBLOCK)?;
+    if !is_procfs(file.as_fd()) {
+        return Err(Errno::EXDEV);
+    }
+    let mut buf = [0u8; 64];
+    let n = rustix::io::read(&file, &mut buf).map_err(errno)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
 /// `PROC_SUPER_MAGIC` (`include/uapi/linux/magic.h`).
 const PROC_SUPER_MAGIC: i64 = 0x9fa0;
 
