@@ -332,33 +332,60 @@ const SESSION_DEV_FIX: &str = "cartinject follows no link there and needs /dev t
 
 /// Covers `/dev` of the process root (in a private namespace) with a tmpfs holding bind
 /// mounts of everything the container's `/dev` holds, and an empty `crashcart` directory:
-/// see [`cover_dev`]. A warning (too many entries to bind them all) goes to stderr.
+/// see [`cover_dev`]. A warning (too many entries to bind them all) goes to stderr. Uses the
+/// new mount API: [`shadow_dev_with`] says how to use `mount(2)` instead.
 pub fn shadow_dev() -> Result<(), PlaceError> {
-    shadow_dev_noting(&mut |warning| eprintln!("cartinject: warning: {warning}"))
+    shadow_dev_with(None, &mut |warning| {
+        eprintln!("cartinject: warning: {warning}");
+    })
 }
 
-/// [`shadow_dev`], handing each warning line to `note` instead of printing it.
-pub fn shadow_dev_noting(note: &mut dyn FnMut(String)) -> Result<(), PlaceError> {
+/// [`shadow_dev`], with `mount(2)` when `legacy` holds the host's root and `/proc` (opened
+/// before joining: see [`HostRoot`]), and handing each warning line to `note`.
+pub fn shadow_dev_with(
+    legacy: Option<&HostRoot>,
+    note: &mut dyn FnMut(String),
+) -> Result<(), PlaceError> {
     let root = resolve::open_root().map_err(file_err("open", "/"))?;
     let dev = open_dev(root.as_fd(), SESSION_DEV_FIX)?;
-    cover_dev(root.as_fd(), dev.as_fd(), SESSION_DEV_SOURCE, note).map(drop)
+    cover_dev(root.as_fd(), dev.as_fd(), SESSION_DEV_SOURCE, legacy, note).map(drop)
 }
 
-/// Covers the directory `dev` (an fd of the container's `/dev`) with a tmpfs named `source`
-/// that re-exposes every entry of it by bind mount (symlinks are copied) and holds an empty
-/// `crashcart` directory, and returns the cover's mount fd. The cover looks like what it
-/// covers: the same owner and mode (so a user-namespaced container's `/dev` still belongs to
-/// its root; entries are created with that owner's ids), and read-only when the covered
-/// `/dev` is mounted read-only (the cover, and only it, is remounted read-only once filled).
-/// Nothing is written to the covered `/dev`, and no path is resolved through it: the tmpfs is
-/// made detached (`fsmount`), filled through its fd, moved onto the `/dev` fd, and each entry
-/// is cloned with `open_tree(dev, name, AT_SYMLINK_NOFOLLOW)` and moved onto its place in the
-/// cover by fd. The tmpfs is sized from the entries (4 KiB and an inode each, above 1 MiB and
-/// 1,024 inodes), so no number of them fills it.
+/// Runs `f` with the working directory in the host's `/proc` (so that `self/fd/N` names
+/// this process's fd N there), then goes back to `/`.
+fn in_host_proc<T>(
+    host: &HostRoot,
+    f: impl FnOnce() -> Result<T, Errno>,
+) -> Result<Result<T, Errno>, PlaceError> {
+    process::fchdir(host.proc.as_fd()).map_err(mount_err("enter the host's", "/proc"))?;
+    let result = f();
+    process::chdir(Path::new("/")).map_err(mount_err("chdir", "/"))?;
+    Ok(result)
+}
+
+/// `self/fd/N` for `fd`, relative to the host's `/proc`.
+fn by_fd(fd: BorrowedFd<'_>) -> PathBuf {
+    PathBuf::from(format!("self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)))
+}
+
+/// Covers the directory `dev` (an fd of the container's `/dev`, below `root`) with a tmpfs
+/// named `source` that re-exposes every entry of it by bind mount (symlinks are copied) and
+/// holds an empty `crashcart` directory, and returns the cover's fd. The cover looks like
+/// what it covers: the same owner and mode (so a user-namespaced container's `/dev` still
+/// belongs to its root; entries are created with that owner's ids), and read-only when the
+/// covered `/dev` is mounted read-only (the cover, and only it, is remounted read-only once
+/// filled). Nothing is written to the covered `/dev`, and no path is resolved through it:
+/// the tmpfs is made detached (`fsmount`) and moved onto the `/dev` fd, filled through its
+/// fd, and each entry is cloned with `open_tree(dev, name, AT_SYMLINK_NOFOLLOW)` and moved
+/// onto its place in the cover by fd. With `legacy` (`mount(2)` only), the tmpfs is mounted
+/// on, and each entry bound from and onto, `/proc/self/fd/N` of `O_PATH|O_NOFOLLOW` fds,
+/// through the host's `/proc`. The tmpfs is sized from the entries (4 KiB and an inode
+/// each, above 1 MiB and 1,024 inodes), so no number of them fills it.
 fn cover_dev(
     root: BorrowedFd<'_>,
     dev: BorrowedFd<'_>,
     source: &str,
+    legacy: Option<&HostRoot>,
     note: &mut dyn FnMut(String),
 ) -> Result<OwnedFd, PlaceError> {
     let shape = read_dev(root, dev, note)?;
@@ -373,17 +400,24 @@ fn cover_dev(
         options.push(("uid", shape.uid.to_string()));
         options.push(("gid", shape.gid.to_string()));
     }
-    let cover = mount_api::tmpfs(source, &options).map_err(|e| {
-        if e.step == "fsopen" && e.errno == Errno::ENOSYS {
-            PlaceError::NoMountApi(e.errno)
-        } else {
-            PlaceError::Mount {
-                step: "make a tmpfs (fsopen, fsconfig, fsmount) for",
-                path: "/dev".into(),
-                errno: e.errno,
-            }
+    let cover = match legacy {
+        None => {
+            let cover = mount_api::tmpfs(source, &options).map_err(|e| {
+                if e.step == "fsopen" && e.errno == Errno::ENOSYS {
+                    PlaceError::NoMountApi(e.errno)
+                } else {
+                    PlaceError::Mount {
+                        step: "make a tmpfs (fsopen, fsconfig, fsmount) for",
+                        path: "/dev".into(),
+                        errno: e.errno,
+                    }
+                }
+            })?;
+            mount_api::attach_onto(cover.as_fd(), dev).map_err(mount_err("cover", "/dev"))?;
+            cover
         }
-    })?;
+        Some(host) => legacy_tmpfs(root, dev, source, &options, host)?,
+    };
     {
         let _ids = FsIds::switch(shape.uid, shape.gid);
         for entry in &shape.entries {
@@ -397,31 +431,68 @@ fn cover_dev(
         resolve::mkdir_at(cover.as_fd(), OsStr::new(CRASHCART), 0o755)
             .map_err(file_err("mkdir", MOUNT_POINT))?;
     }
-    mount_api::attach_onto(cover.as_fd(), dev).map_err(mount_err("cover", "/dev"))?;
     for entry in &shape.entries {
         if matches!(entry.kind, DevKind::Symlink(_)) {
             continue;
         }
-        let tree = match mount_api::clone_tree(dev, &entry.name) {
-            Ok(tree) => tree,
-            // Gone since it was listed: its place stays empty.
-            Err(Errno::ENOENT) => continue,
-            Err(errno) => {
-                return Err(PlaceError::Mount {
-                    step: "clone (open_tree)",
-                    path: Path::new("/dev").join(&entry.name),
-                    errno,
-                });
-            }
+        let at = || Path::new("/dev").join(&entry.name);
+        let bound = match legacy {
+            None => match mount_api::clone_tree(dev, &entry.name) {
+                Ok(tree) => mount_api::attach_at(tree.as_fd(), cover.as_fd(), &entry.name),
+                Err(errno) => Err(errno),
+            },
+            Some(host) => match resolve::open_entry(dev, &entry.name) {
+                Ok(from) => {
+                    let onto = resolve::open_entry(cover.as_fd(), &entry.name)
+                        .map_err(file_err("open in the cover of /dev:", &entry.name))?;
+                    in_host_proc(host, || {
+                        mount::bind_recursive(&by_fd(from.as_fd()), &by_fd(onto.as_fd()))
+                    })?
+                }
+                Err(errno) => Err(errno),
+            },
         };
-        mount_api::attach_at(tree.as_fd(), cover.as_fd(), &entry.name)
-            .map_err(mount_err("bind", Path::new("/dev").join(&entry.name)))?;
+        match bound {
+            Ok(()) => {}
+            // Gone since it was listed: its place stays empty.
+            Err(Errno::ENOENT) => {}
+            Err(errno) => return Err(mount_err("bind", at())(errno)),
+        }
     }
     if shape.read_only {
         process::fchdir(cover.as_fd()).map_err(mount_err("enter", "/dev"))?;
         let remounted = mount::remount_readonly_here();
         process::chdir(Path::new("/")).map_err(mount_err("chdir", "/"))?;
         remounted.map_err(mount_err("remount read-only", "/dev"))?;
+    }
+    Ok(cover)
+}
+
+/// `mount(2)` of a tmpfs named `source` onto the directory fd `dev` (by the host's
+/// `/proc/self/fd/N`), and its fd: `dev` below `root` opened again, which must now be a
+/// filesystem other than the one `dev` lies on.
+fn legacy_tmpfs(
+    root: BorrowedFd<'_>,
+    dev: BorrowedFd<'_>,
+    source: &str,
+    options: &[(&str, String)],
+    host: &HostRoot,
+) -> Result<OwnedFd, PlaceError> {
+    let data = options
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    in_host_proc(host, || mount::mount_tmpfs(source, &by_fd(dev), &data))?
+        .map_err(mount_err("mount a tmpfs on", "/dev"))?;
+    let cover = open_dev(root, SESSION_DEV_FIX)?;
+    let old = resolve::device(dev).map_err(file_err("stat", "/dev"))?;
+    if resolve::device(cover.as_fd()).map_err(file_err("stat", "/dev"))? == old {
+        return Err(PlaceError::Mount {
+            step: "find the tmpfs just mounted on",
+            path: "/dev".into(),
+            errno: Errno::EXDEV,
+        });
     }
     Ok(cover)
 }
@@ -596,7 +667,7 @@ fn cover_for_mount(
     // The copy's own /dev: `dev` still lies in the container's namespace.
     let root = resolve::open_root().map_err(file_err("open", "/"))?;
     let copy_dev = open_dev(root.as_fd(), MOUNT_FIX)?;
-    let cover = cover_dev(root.as_fd(), copy_dev.as_fd(), MOUNT_DEV_SOURCE, note)?;
+    let cover = cover_dev(root.as_fd(), copy_dev.as_fd(), MOUNT_DEV_SOURCE, None, note)?;
     let at = open_crashcart(cover.as_fd(), MOUNT_FIX)?;
     mount_api::attach_onto(detached.fd(), at.as_fd())
         .map_err(mount_err("move_mount the image to", MOUNT_POINT))?;

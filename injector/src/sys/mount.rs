@@ -1,5 +1,5 @@
 //! Classic `mount(2)` and `umount2(2)`: propagation changes, remounts, detaching, and the
-//! fallback for kernels without the new mount API.
+//! fallback for kernels without the new mount API (tmpfs, bind mounts, block devices).
 
 use std::path::Path;
 
@@ -15,6 +15,28 @@ pub fn make_rprivate(path: &Path) -> Result<(), Errno> {
         path,
         None::<&str>,
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+}
+
+/// Mounts a new tmpfs named `source` at `target` with `options`, nosuid, nodev, noexec.
+pub fn mount_tmpfs(source: &str, target: &Path, options: &str) -> Result<(), Errno> {
+    nix::mount::mount(
+        Some(source),
+        target,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(options),
+    )
+}
+
+/// `mount --rbind source target`.
+pub fn bind_recursive(source: &Path, target: &Path) -> Result<(), Errno> {
+    nix::mount::mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
         None::<&str>,
     )
 }

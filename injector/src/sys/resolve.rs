@@ -66,6 +66,23 @@ pub fn open_dir(dir: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd, Errno> {
     open_beneath(dir, path, OFlags::PATH | OFlags::DIRECTORY)
 }
 
+/// Whatever `name` in `dir` is, a symlink included, as an `O_PATH|O_NOFOLLOW` fd: for
+/// `mount(2)` to name through `/proc/self/fd/N`, which then means exactly that file.
+pub fn open_entry(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> Result<OwnedFd, Errno> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(errno)
+}
+
+/// The device number of the filesystem `fd` lies on (`fstat`'s `st_dev`).
+pub fn device(fd: BorrowedFd<'_>) -> Result<u64, Errno> {
+    rustix::fs::fstat(fd).map(|st| st.st_dev).map_err(errno)
+}
+
 /// `/` of the calling process as an `O_PATH` directory fd.
 pub fn open_root() -> Result<OwnedFd, Errno> {
     rustix::fs::open(
