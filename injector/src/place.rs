@@ -156,6 +156,16 @@ impl HostRoot {
         Ok(HostRoot { root, proc })
     }
 
+    /// The host's root for `-m` and `-u`, which also need its `/proc` for mount IDs on
+    /// kernels before 5.8; `None` when it cannot be opened (the mount path then needs none).
+    pub fn for_mount_ids(image: Option<&ImageMount>) -> Result<Option<HostRoot>, PlaceError> {
+        match (HostRoot::open(), image) {
+            (Ok(host), _) => Ok(Some(host)),
+            (Err(e), Some(ImageMount::Legacy { .. })) => Err(e),
+            (Err(_), _) => Ok(None),
+        }
+    }
+
     /// The host's root when `image` is to be mounted with `mount(2)` (legacy); none for a
     /// detached mount, which needs no path.
     pub fn for_mount(image: &ImageMount) -> Result<Option<HostRoot>, PlaceError> {
@@ -223,11 +233,19 @@ fn open_crashcart(dev: BorrowedFd<'_>, fix: &'static str) -> Result<OwnedFd, Pla
     })
 }
 
-fn mount_id(fd: BorrowedFd<'_>, path: &str) -> Result<u64, PlaceError> {
-    resolve::mount_id(fd).map_err(|errno| match errno {
+/// The ID of the mount `fd` lies on: `statx`, or before Linux 5.8 the host's
+/// `/proc/self/fdinfo/N` when `host` is there.
+fn mount_id(fd: BorrowedFd<'_>, path: &str, host: Option<&HostRoot>) -> Result<u64, PlaceError> {
+    let found = match (resolve::mount_id(fd), host) {
+        (Err(Errno::ENOSYS | Errno::EINVAL), Some(host)) => {
+            resolve::mount_id_from_fdinfo(host.proc.as_fd(), fd)
+        }
+        (other, _) => other,
+    };
+    found.map_err(|errno| match errno {
         Errno::ENOSYS | Errno::EINVAL => PlaceError::NoMountIds(errno),
         errno => PlaceError::File {
-            step: "statx",
+            step: "find the mount ID of",
             path: path.into(),
             errno,
         },
@@ -638,8 +656,8 @@ pub fn mount_in_place(
     };
     let at = open_crashcart(dev.as_fd(), MOUNT_FIX).inspect_err(|_| undo(&dev))?;
     if !created {
-        let on = mount_id(at.as_fd(), MOUNT_POINT)?;
-        if on != mount_id(dev.as_fd(), "/dev")? {
+        let on = mount_id(at.as_fd(), MOUNT_POINT, host_root)?;
+        if on != mount_id(dev.as_fd(), "/dev", host_root)? {
             return Err(PlaceError::Planted {
                 path: MOUNT_POINT,
                 what: format!("a mount point (mount ID {on})"),
@@ -805,12 +823,12 @@ const UNMOUNT_FIX: &str = "it is not cartinject's, so -u left it as it is (it fo
 /// holds it, just before `umount2(name, MNT_DETACH|UMOUNT_NOFOLLOW)` there. A symlink, a
 /// file or a mount of the container's at `/dev/crashcart` (or `/dev`) is refused and left
 /// as it is.
-pub fn remove(ours: &OwnMounts) -> Result<Removed, PlaceError> {
+pub fn remove(ours: &OwnMounts, host: Option<&HostRoot>) -> Result<Removed, PlaceError> {
     let root = resolve::open_root().map_err(file_err("open", "/"))?;
     let dev = open_dev(root.as_fd(), UNMOUNT_FIX)?;
-    let dev_id = mount_id(dev.as_fd(), "/dev")?;
+    let dev_id = mount_id(dev.as_fd(), "/dev", host)?;
     if ours.covers.contains(&dev_id) {
-        detach_checked(root.as_fd(), "dev", dev_id)?;
+        detach_checked(root.as_fd(), "dev", dev_id, host)?;
         return Ok(Removed::Cover(dev_id));
     }
     match resolve::stat_at(dev.as_fd(), OsStr::new(CRASHCART)) {
@@ -819,7 +837,7 @@ pub fn remove(ours: &OwnMounts) -> Result<Removed, PlaceError> {
         Ok(_) => {}
     }
     let at = open_crashcart(dev.as_fd(), UNMOUNT_FIX)?;
-    let at_id = mount_id(at.as_fd(), MOUNT_POINT)?;
+    let at_id = mount_id(at.as_fd(), MOUNT_POINT, host)?;
     if at_id == dev_id {
         // No mount: a directory -m left behind, removed when empty.
         return match resolve::rmdir_at(dev.as_fd(), OsStr::new(CRASHCART)) {
@@ -837,25 +855,36 @@ pub fn remove(ours: &OwnMounts) -> Result<Removed, PlaceError> {
             fix: UNMOUNT_FIX,
         });
     }
-    detach_checked(dev.as_fd(), CRASHCART, at_id)?;
+    detach_checked(dev.as_fd(), CRASHCART, at_id, host)?;
     let removed = resolve::rmdir_at(dev.as_fd(), OsStr::new(CRASHCART)).is_ok();
     Ok(Removed::Image(at_id, removed))
 }
 
 /// Detaches the mount on `name` in `dir` after checking, on the name itself and without
 /// following it, that its mount ID is still `id`.
-fn detach_checked(dir: BorrowedFd<'_>, name: &str, id: u64) -> Result<(), PlaceError> {
+fn detach_checked(
+    dir: BorrowedFd<'_>,
+    name: &str,
+    id: u64,
+    host: Option<&HostRoot>,
+) -> Result<(), PlaceError> {
     let path = if name == "dev" { "/dev" } else { MOUNT_POINT };
-    process::fchdir(dir).map_err(mount_err("enter the directory of", path))?;
-    let result = match resolve::mount_id_at(dir, name) {
-        Ok(now) if now == id => mount::detach_here(name).map_err(mount_err("unmount", path)),
-        Ok(now) => Err(PlaceError::Planted {
-            path: if name == "dev" { "/dev" } else { MOUNT_POINT },
+    let now = match resolve::mount_id_at(dir, name) {
+        Err(Errno::ENOSYS | Errno::EINVAL) => {
+            let fd = resolve::open_entry(dir, OsStr::new(name)).map_err(file_err("open", path))?;
+            mount_id(fd.as_fd(), path, host)?
+        }
+        other => other.map_err(file_err("find the mount ID of", path))?,
+    };
+    if now != id {
+        return Err(PlaceError::Planted {
+            path,
             what: format!("now mount ID {now}, not cartinject's mount {id}"),
             fix: UNMOUNT_FIX,
-        }),
-        Err(errno) => Err(file_err("statx", path)(errno)),
-    };
+        });
+    }
+    process::fchdir(dir).map_err(mount_err("enter the directory of", path))?;
+    let result = mount::detach_here(name).map_err(mount_err("unmount", path));
     process::chdir(Path::new("/")).map_err(mount_err("chdir", "/"))?;
     result
 }

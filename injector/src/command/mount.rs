@@ -106,7 +106,8 @@ pub fn run(
         ImageMount::Detached(_) => None,
         ImageMount::Legacy { device, .. } => Some(device.path().display().to_string()),
     };
-    let host_root = HostRoot::for_mount(&image_mount).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let host_root =
+        HostRoot::for_mount_ids(Some(&image_mount)).map_err(|e| anyhow::anyhow!("{e}"))?;
     // The container's own mount namespace, to come back to from a private copy (read-only
     // /dev: see place::mount_in_place).
     let own_ns = pin.namespace_file(Namespace::Mnt)?;

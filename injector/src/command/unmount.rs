@@ -17,7 +17,7 @@ use crate::child::{self, Child, EXIT_FAILURE};
 use crate::command::mount::mounts_of;
 use crate::join::Joiner;
 use crate::loopdev;
-use crate::place::{self, MOUNT_POINT, OwnMounts, Removed};
+use crate::place::{self, HostRoot, MOUNT_POINT, OwnMounts, Removed};
 use crate::session::{ExitWith, pin_target};
 use crate::sys::ns::Namespace;
 use crate::sys::process;
@@ -38,6 +38,7 @@ pub fn run(target_arg: &str, legacy: bool) -> anyhow::Result<i32> {
             Some((id, (device, image)))
         })
         .collect();
+    let host = HostRoot::for_mount_ids(None).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut joiner = Joiner::plan(&pin, &[Namespace::Mnt])?;
     let child_ours = ours.clone();
     let child = Child::spawn(move |reporter| {
@@ -45,7 +46,7 @@ pub fn run(target_arg: &str, legacy: bool) -> anyhow::Result<i32> {
             process::set_non_dumpable().map_err(|e| format!("prctl: {e}"))?;
             joiner.prepare().map_err(|e| e.to_string())?;
             joiner.join_non_user().map_err(|e| e.to_string())?;
-            place::remove(&child_ours)
+            place::remove(&child_ours, host.as_ref())
                 .map_err(|e| format!("cannot remove the image from the target: {e}"))
         })();
         match result {

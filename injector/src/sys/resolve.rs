@@ -32,9 +32,14 @@ fn open_beneath(dir: BorrowedFd<'_>, path: &Path, flags: OFlags) -> Result<Owned
     let flags = flags | OFlags::CLOEXEC | OFlags::NOFOLLOW;
     let resolve = ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS | ResolveFlags::BENEATH;
     match rustix::fs::openat2(dir, path, flags, Mode::empty(), resolve) {
-        Err(rustix::io::Errno::NOSYS) => {}
-        other => return other.map_err(errno),
+        Err(rustix::io::Errno::NOSYS) => open_by_components(dir, path, flags),
+        other => other.map_err(errno),
     }
+}
+
+/// [`open_beneath`] without `openat2`: one `openat(O_NOFOLLOW)` per component, `..` and
+/// absolute paths refused (EXDEV).
+fn open_by_components(dir: BorrowedFd<'_>, path: &Path, flags: OFlags) -> Result<OwnedFd, Errno> {
     let names: Vec<&std::ffi::OsStr> = path
         .components()
         .map(|c| match c {
@@ -124,6 +129,27 @@ pub fn mount_id_at(dir: BorrowedFd<'_>, name: &str) -> Result<u64, Errno> {
         return Err(Errno::ENOSYS);
     }
     Ok(stx.stx_mnt_id)
+}
+
+/// The ID of the mount `fd` lies on, from `fdinfo/N` (its `mnt_id:` line, Linux 3.15) of
+/// the procfs `proc` (the host's, opened before joining and checked): for kernels whose
+/// `statx` does not report mount IDs.
+pub fn mount_id_from_fdinfo(proc: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> Result<u64, Errno> {
+    use std::os::fd::AsRawFd;
+    // "self" is procfs's own link to the reader: `proc` is a procfs, so it is followed.
+    let path = format!("self/fdinfo/{}", fd.as_raw_fd());
+    let info = rustix::fs::openat(proc, path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(errno)?;
+    let mut buf = [0u8; 512];
+    let n = rustix::io::read(&info, &mut buf).map_err(errno)?;
+    parse_fdinfo_mnt_id(&String::from_utf8_lossy(&buf[..n])).ok_or(Errno::ENOSYS)
+}
+
+/// The `mnt_id:` of an `fdinfo` text.
+fn parse_fdinfo_mnt_id(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("mnt_id:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// What an entry is, as `fstatat(AT_SYMLINK_NOFOLLOW)` says.
@@ -247,4 +273,54 @@ pub fn is_procfs(fd: BorrowedFd<'_>) -> bool {
     // `f_type` is an i64 on 64-bit targets and narrower on others.
     #[allow(clippy::useless_conversion)]
     rustix::fs::fstatfs(fd).is_ok_and(|st| i64::from(st.f_type) == PROC_SUPER_MAGIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdinfo_mount_ids() {
+        let text = "pos:\t0\nflags:\t012100000\nmnt_id:\t1043\nino:\t2\n";
+        assert_eq!(parse_fdinfo_mnt_id(text), Some(1043));
+        assert_eq!(parse_fdinfo_mnt_id("pos:\t0\n"), None);
+    }
+
+    #[test]
+    fn components_are_opened_without_following_links() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(tmp.path().join("a/b")).expect("mkdir");
+        std::os::unix::fs::symlink("a", tmp.path().join("link")).expect("symlink");
+        let base = rustix::fs::open(tmp.path(), OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
+            .expect("open the temp dir");
+        let dir_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW;
+        for open in [open_by_components, open_beneath] {
+            assert!(open(base.as_fd(), Path::new("a/b"), dir_flags).is_ok());
+            for bad in ["link", "link/b", "../x", "/etc"] {
+                let err = open(base.as_fd(), Path::new(bad), dir_flags).expect_err(bad);
+                assert!(
+                    matches!(err, Errno::ELOOP | Errno::ENOTDIR | Errno::EXDEV),
+                    "{bad}: {err}"
+                );
+            }
+        }
+    }
+
+    /// The fallback for kernels before 5.8 gives what statx gives (this process's own fds
+    /// and procfs).
+    #[test]
+    fn fdinfo_and_statx_agree() {
+        let root = open_root().expect("open /");
+        let proc = open_dir(root.as_fd(), Path::new("proc")).expect("open /proc");
+        assert!(is_procfs(proc.as_fd()));
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = rustix::fs::open(tmp.path(), OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
+            .expect("open the temp dir");
+        for fd in [root.as_fd(), proc.as_fd(), dir.as_fd()] {
+            assert_eq!(
+                mount_id_from_fdinfo(proc.as_fd(), fd).expect("fdinfo"),
+                mount_id(fd).expect("statx")
+            );
+        }
+    }
 }
