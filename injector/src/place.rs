@@ -54,9 +54,9 @@ const CRASHCART: &str = "crashcart";
 const MAX_BOUND_ENTRIES: usize = 10_000;
 /// The entries of `/dev` every container runtime makes (the OCI runtime spec's default
 /// devices and links, plus what Docker and Podman mount there).
-const STANDARD_DEV: [&str; 17] = [
+const STANDARD_DEV: [&str; 16] = [
     "null", "zero", "full", "random", "urandom", "tty", "console", "ptmx", "pts", "shm", "mqueue",
-    "fd", "stdin", "stdout", "stderr", "core", "kmsg",
+    "fd", "stdin", "stdout", "stderr", "core",
 ];
 
 /// A failed placement step. Paths and names from the container are printed escaped.
