@@ -86,11 +86,7 @@ mod tests {
         assert_eq!(escape("\u{9b}31m"), "\\u{009b}31m");
         assert_eq!(escape(b"\xff\\"), "\\xff\\\\");
         assert_eq!(escape("x\u{202e}y"), "x\\u{202e}y");
-        assert!(
-            !escape(b"\x1b[2J\x9b\x07\x7f")
-                .bytes()
-                .any(|b| b < 0x20 || b == 0x7f)
-        );
+        assert!(!escape(b"\x1b[2J\x9b\x07\x7f").bytes().any(|b| b < 0x20 || b == 0x7f));
     }
 
     #[test]
