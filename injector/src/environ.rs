@@ -24,6 +24,15 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 /// only); the session's `CRASHCART_TARGET_ENV` names it.
 pub const TARGET_ENV_FILE: &str = "/dev/crashcart.env";
 
+#[cfg(test)]
+#[test]
+fn the_target_env_file_is_the_one_the_cover_holds() {
+    assert_eq!(
+        std::path::Path::new(TARGET_ENV_FILE),
+        std::path::Path::new("/dev").join(crate::place::TARGET_ENV)
+    );
+}
+
 /// The readline init file of the session (`INPUTRC`): the image's, so that readline never
 /// falls back to the container's `~/.inputrc` or `/etc/inputrc`, even when the image has
 /// none (readline then reads nothing).

@@ -73,10 +73,9 @@ pub fn scan(proc_root: &Path, sys_root: &Path) -> Vec<Placement> {
     let mut found = Vec::new();
     let mut session_mnts = Vec::new();
     for (&mnt, &pid) in &by_mnt {
-        let Ok(text) = std::fs::read_to_string(proc_root.join(format!("{pid}/mountinfo"))) else {
+        let Ok(entries) = mountinfo::read(&proc_root.join(format!("{pid}/mountinfo"))) else {
             continue;
         };
-        let entries = mountinfo::parse(&text);
         let Some(top) = mountinfo::at(&entries, MOUNT_POINT).last().copied() else {
             continue;
         };

@@ -18,6 +18,8 @@ pub struct MountEntry {
     pub root: PathBuf,
     /// Where it is mounted, relative to the reading process's root, unescaped.
     pub mount_point: PathBuf,
+    /// Per-mount options (`ro,nosuid,nodev,relatime`).
+    pub options: String,
     /// Filesystem type (`ext4`, `tmpfs`, ...).
     pub fstype: String,
     /// Mount source (`/dev/loop3`, the tmpfs name, ...).
@@ -61,12 +63,22 @@ pub fn parse_line(line: &str) -> Option<MountEntry> {
         minor: minor.parse().ok()?,
         root: PathBuf::from(unescape(fields.get(3)?)),
         mount_point: PathBuf::from(unescape(fields.get(4)?)),
+        options: (*fields.get(5)?).to_string(),
         fstype: (*fields.get(dash + 1)?).to_string(),
         source: unescape(fields.get(dash + 2)?),
         super_options: fields
             .get(dash + 3)
             .map_or_else(String::new, |o| (*o).to_string()),
     })
+}
+
+/// Reads and parses the mountinfo file at `path`. Its paths are whatever bytes the mounts'
+/// owners chose (only space, tab, newline and backslash are escaped): a container can mount
+/// on a name that is not UTF-8, or have cartinject bind one, so the text is read as bytes
+/// and invalid sequences replaced rather than refused.
+pub fn read(path: &std::path::Path) -> std::io::Result<Vec<MountEntry>> {
+    let bytes = std::fs::read(path)?;
+    Ok(parse(&String::from_utf8_lossy(&bytes)))
 }
 
 /// Parses a whole mountinfo file, skipping malformed lines.
@@ -104,9 +116,22 @@ mod tests {
         assert_eq!(found[0].source, "/dev/loop3");
         assert_eq!(found[0].fstype, "ext4");
         assert_eq!(found[0].parent_id, 847);
+        assert_eq!(found[0].options, "ro,nosuid,nodev,relatime");
         assert_eq!(entries[4].mount_point, PathBuf::from("/mnt/with space"));
         assert_eq!(entries[4].root, PathBuf::from("/a b"));
         assert_eq!(entries[2].super_options, "rw,size=65536k,mode=755");
+    }
+
+    #[test]
+    fn invalid_utf8_does_not_hide_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("mountinfo");
+        let mut text = FIXTURE.as_bytes().to_vec();
+        text.extend_from_slice(b"902 847 0:5 /x /dev/\x1b\x9bbad rw - tmpfs tmpfs rw\n");
+        std::fs::write(&path, text).expect("write");
+        let entries = read(&path).expect("read");
+        assert_eq!(entries.len(), 6);
+        assert_eq!(at(&entries, "/dev/crashcart").len(), 1);
     }
 
     #[test]

@@ -125,11 +125,11 @@ pub fn parse_environ(raw: &[u8]) -> Vec<(OsString, OsString)> {
         .collect()
 }
 
-/// The process's initial environment.
-pub fn read_environ(pid: i32) -> Result<Vec<(OsString, OsString)>, ProcError> {
+/// The process's initial environment, as the kernel gives it (`NAME=value` entries, each
+/// ended by a NUL).
+pub fn read_environ_raw(pid: i32) -> Result<Vec<u8>, ProcError> {
     let path = proc_path(pid, "environ");
-    let raw = std::fs::read(&path).map_err(|e| read_error(pid, path, e))?;
-    Ok(parse_environ(&raw))
+    std::fs::read(&path).map_err(|e| read_error(pid, path, e))
 }
 
 /// Where `/proc/PID/{root,cwd}` point, as paths inside the process's mount namespace

@@ -164,8 +164,8 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
     ));
     // Some processes' environment is unreadable even to root (another user namespace's
     // init, for one); the session then starts from an empty one.
-    let target_env = match procfs::read_environ(target.pid) {
-        Ok(env) => env,
+    let target_env_raw = match procfs::read_environ_raw(target.pid) {
+        Ok(raw) => raw,
         Err(procfs::ProcError::Read { path, source }) => {
             note(&format!(
                 "cannot read {} ({source}): using an empty environment",
@@ -175,6 +175,7 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
         }
         Err(e) => return Err(e.into()),
     };
+    let target_env = procfs::parse_environ(&target_env_raw);
     let dir = |name: &str| match procfs::read_link(target.pid, name) {
         Ok(link) => Ok(procfs::usable_dir(&link)),
         Err(procfs::ProcError::Read { path, source }) => {
@@ -288,7 +289,15 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
     // The closure owns the pty slave, the pipes' write ends, the detached mount or loop
     // device: in the parent they are dropped (closed) as soon as the child is forked.
     let mut child = Child::spawn(move |reporter| {
-        namespace_child(reporter, joiner, image_mount, host_root, cgroups, spec)
+        namespace_child(
+            reporter,
+            joiner,
+            image_mount,
+            host_root,
+            cgroups,
+            spec,
+            &target_env_raw,
+        )
     })
     .context("failed to fork")?;
 
@@ -339,6 +348,7 @@ fn namespace_child(
     host_root: Option<HostRoot>,
     cgroups: CgroupJoin,
     mut spec: ExecSpec,
+    target_env: &[u8],
 ) -> i32 {
     let entered = enter_and_place(
         reporter,
@@ -347,6 +357,7 @@ fn namespace_child(
         host_root.as_ref(),
         cgroups,
         (&spec.root, spec.root_id),
+        target_env,
     )
     .and_then(|()| {
         drop(joiner);
@@ -496,6 +507,7 @@ fn enter_and_place(
     host_root: Option<&HostRoot>,
     cgroups: CgroupJoin,
     target_root: (&std::path::Path, (u64, u64)),
+    target_env: &[u8],
 ) -> Result<(), String> {
     let cartinject = process::parent_pid();
     process::set_non_dumpable().map_err(|e| format!("prctl(PR_SET_DUMPABLE): {e}"))?;
@@ -507,8 +519,10 @@ fn enter_and_place(
         format!("cannot place the image in a private mount namespace of the target: {e}")
     })?;
     enter_target_root(target_root.0, target_root.1)?;
-    let placed = place::shadow_dev()
-        .and_then(|()| place::attach(&image, std::path::Path::new(MOUNT_POINT), host_root));
+    let placed = place::shadow_dev_with(host_root, Some(target_env), &mut |warning| {
+        reporter.note(format!("{WARNING}{warning}"));
+    })
+    .and_then(|()| place::attach(&image, std::path::Path::new(MOUNT_POINT), host_root));
     placed.map_err(|e| {
         format!("cannot place the image in a private mount namespace of the target: {e}")
     })?;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::child::{self, Child, EXIT_FAILURE};
+use crate::display;
 use crate::image::Image;
 use crate::join::Joiner;
 use crate::loopdev;
@@ -22,24 +23,39 @@ use crate::userns::UserNs;
 
 /// The note the child sends when it covered a read-only `/dev`.
 const COVERED: &str = "covered /dev";
+/// The start of a note from the child that is a warning for the user.
+const WARNING: &str = "warning: ";
 
 /// The mounts of process `pid`'s mount namespace (`/proc/PID/mountinfo`).
 pub fn mounts_of(pid: i32) -> anyhow::Result<Vec<MountEntry>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
-        .with_context(|| format!("failed to read /proc/{pid}/mountinfo"))?;
-    Ok(mountinfo::parse(&text))
+    let path = format!("/proc/{pid}/mountinfo");
+    mountinfo::read(Path::new(&path)).with_context(|| format!("failed to read {path}"))
 }
 
-/// What is mounted at `/dev/crashcart` among `mounts`: (device, image file, filesystem type).
-pub fn at_mount_point(mounts: &[MountEntry]) -> Option<(String, Option<PathBuf>, String)> {
-    mountinfo::at(mounts, MOUNT_POINT).last().map(|top| {
-        let (device, image) = loopdev::device_of(Path::new("/sys"), top);
-        (device, image, top.fstype.clone())
-    })
+/// An image mount of cartinject's: (device, image file, filesystem type).
+pub type Mounted = (String, Option<PathBuf>, String);
+
+/// What is mounted on top at `/dev/crashcart` among `mounts` (by the path mountinfo prints):
+/// an image mount of cartinject's as (device, image file, filesystem type), or an error that
+/// describes a mount cartinject did not make (its type and source escaped).
+pub fn at_mount_point(mounts: &[MountEntry]) -> Result<Option<Mounted>, String> {
+    let Some(&top) = mountinfo::at(mounts, MOUNT_POINT).last() else {
+        return Ok(None);
+    };
+    let sys = Path::new("/sys");
+    if !place::is_image_mount(top, sys) {
+        return Err(format!(
+            "a {} mount of {}",
+            display::escape(&top.fstype),
+            display::escape(&top.source)
+        ));
+    }
+    let (device, image) = loopdev::device_of(sys, top);
+    Ok(Some((device, image, top.fstype.clone())))
 }
 
 /// What is mounted at `/dev/crashcart` in process `pid`'s namespace (see [`at_mount_point`]).
-pub fn current(pid: i32) -> anyhow::Result<Option<(String, Option<PathBuf>, String)>> {
+pub fn current(pid: i32) -> anyhow::Result<Result<Option<Mounted>, String>> {
     Ok(at_mount_point(&mounts_of(pid)?))
 }
 
@@ -64,7 +80,12 @@ pub fn run(
     let _lock = image
         .lock(&|| signal::pending_of(&signal::STOPPING))
         .map_err(stopped)?;
-    if let Some((device, backing, fstype)) = current(target.pid)? {
+    let mounted = current(target.pid)?.map_err(|what| {
+        anyhow::anyhow!(
+            "{MOUNT_POINT} in {target} is {what} that cartinject did not make: left in place; unmount it in the container, or start a session instead of -m (a session does not use the container's /dev/crashcart)"
+        )
+    })?;
+    if let Some((device, backing, fstype)) = mounted {
         let same = backing
             .as_ref()
             .and_then(|b| std::fs::metadata(b).ok())
@@ -105,7 +126,8 @@ pub fn run(
         ImageMount::Detached(_) => None,
         ImageMount::Legacy { device, .. } => Some(device.path().display().to_string()),
     };
-    let host_root = HostRoot::for_mount(&image_mount).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let host_root =
+        HostRoot::for_mount_ids(Some(&image_mount)).map_err(|e| anyhow::anyhow!("{e}"))?;
     // The container's own mount namespace, to come back to from a private copy (read-only
     // /dev: see place::mount_in_place).
     let own_ns = pin.namespace_file(Namespace::Mnt)?;
@@ -115,8 +137,15 @@ pub fn run(
             process::set_non_dumpable().map_err(|e| format!("prctl: {e}"))?;
             joiner.prepare().map_err(|e| e.to_string())?;
             joiner.join_non_user().map_err(|e| e.to_string())?;
-            place::mount_in_place(&image_mount, host_root.as_ref(), owner, own_ns.as_fd())
-                .map_err(|e| format!("cannot mount the image in the target: {e}"))
+            let mut note = |warning: String| reporter.note(format!("{WARNING}{warning}"));
+            place::mount_in_place(
+                &image_mount,
+                host_root.as_ref(),
+                owner,
+                own_ns.as_fd(),
+                &mut note,
+            )
+            .map_err(|e| format!("cannot mount the image in the target: {e}"))
         })();
         match result {
             Ok(placement) => {
@@ -138,6 +167,13 @@ pub fn run(
     let covered = reports
         .iter()
         .any(|r| matches!(r, child::Report::Note(n) if n == COVERED));
+    for report in &reports {
+        if let child::Report::Note(n) = report
+            && let Some(warning) = n.strip_prefix(WARNING)
+        {
+            eprintln!("cartinject: warning: {warning}");
+        }
+    }
     if let Some((code, message)) = child::failure(&reports) {
         anyhow::bail!(ExitWith {
             code,
@@ -149,7 +185,10 @@ pub fn run(
     }
     let device = match device {
         Some(d) => d,
-        None => current(target.pid)?.map_or_else(|| "?".into(), |(d, _, _)| d),
+        None => current(target.pid)?
+            .ok()
+            .flatten()
+            .map_or_else(|| "?".into(), |(d, _, _)| d),
     };
     let how = if covered {
         " (its /dev is read-only: /dev is covered by a read-only copy of itself that adds crashcart)"

@@ -16,6 +16,7 @@ pub mod path;
 pub mod pidfd;
 pub mod process;
 pub mod pty;
+pub mod resolve;
 pub mod seccomp;
 pub mod signal;
 

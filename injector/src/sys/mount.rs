@@ -1,5 +1,5 @@
-//! Classic `mount(2)` and `umount2(2)`: propagation changes, tmpfs, bind mounts, and the
-//! fallback for kernels without the new mount API.
+//! Classic `mount(2)` and `umount2(2)`: propagation changes, remounts, detaching, and the
+//! fallback for kernels without the new mount API (tmpfs, bind mounts, block devices).
 
 use std::path::Path;
 
@@ -30,8 +30,7 @@ pub fn mount_tmpfs(source: &str, target: &Path, options: &str) -> Result<(), Err
     )
 }
 
-/// `mount --rbind source target`. A relative `source` is resolved against the working
-/// directory, which may lie in another mount tree than `target`.
+/// `mount --rbind source target`.
 pub fn bind_recursive(source: &Path, target: &Path) -> Result<(), Errno> {
     nix::mount::mount(
         Some(source),
@@ -53,19 +52,22 @@ pub fn mount_block_readonly(source: &Path, target: &Path, fstype: &str) -> Resul
     )
 }
 
-/// `umount2(target, MNT_DETACH)`: detaches now; the filesystem is released once the last
-/// process using it lets go (`umount(2)`).
-pub fn detach(target: &Path) -> Result<(), Errno> {
-    nix::mount::umount2(target, MntFlags::MNT_DETACH)
+/// `umount2(name, MNT_DETACH|UMOUNT_NOFOLLOW)`, `name` relative to the working directory
+/// (which the caller has put on the directory fd that holds it): detaches the mount on top
+/// of `name` now, never through a symlink at `name`; the filesystem is released once the
+/// last process using it lets go (`umount(2)`).
+pub fn detach_here(name: &str) -> Result<(), Errno> {
+    nix::mount::umount2(name, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW)
 }
 
-/// Remounts the tmpfs mounted at `target` read-only, keeping nosuid, nodev, noexec
-/// (`MS_REMOUNT|MS_BIND` changes the per-mount flags of that one mount only:
-/// `mount(2)`, "Changing the mount flags of a bind mount").
-pub fn remount_tmpfs_readonly(target: &Path) -> Result<(), Errno> {
+/// Remounts the mount the working directory is the root of read-only, keeping nosuid,
+/// nodev, noexec (`MS_REMOUNT|MS_BIND` changes the per-mount flags of that one mount only:
+/// `mount(2)`, "Changing the mount flags of a bind mount"). `"."` is the working directory
+/// itself: nothing is resolved.
+pub fn remount_readonly_here() -> Result<(), Errno> {
     nix::mount::mount(
         None::<&str>,
-        target,
+        ".",
         None::<&str>,
         MsFlags::MS_REMOUNT
             | MsFlags::MS_BIND
@@ -75,11 +77,4 @@ pub fn remount_tmpfs_readonly(target: &Path) -> Result<(), Errno> {
             | MsFlags::MS_NOEXEC,
         None::<&str>,
     )
-}
-
-/// Whether the filesystem at `path` is mounted read-only (`statvfs(3)`'s `ST_RDONLY`, set
-/// for a read-only mount or a read-only superblock).
-pub fn is_read_only(path: &Path) -> Result<bool, Errno> {
-    let stat = nix::sys::statvfs::statvfs(path)?;
-    Ok(stat.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
 }

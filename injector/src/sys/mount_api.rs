@@ -76,17 +76,66 @@ pub fn mount_readonly(fstype: &str, source: &Path) -> Result<OwnedFd, FsMountErr
     .map_err(|e| fail("fsmount", e))
 }
 
-/// `move_mount(detached, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)`: attaches a
-/// detached mount at `target`, resolved in the caller's current mount namespace and root.
-pub fn attach(detached: BorrowedFd<'_>, target: &Path) -> Result<(), Errno> {
+/// `move_mount(detached, "", target, "", MOVE_MOUNT_F_EMPTY_PATH|MOVE_MOUNT_T_EMPTY_PATH)`:
+/// attaches a detached mount (or moves a mount) onto the directory `target` is an fd of,
+/// with no path resolved at all. `target` must lie in the caller's mount namespace.
+pub fn attach_onto(detached: BorrowedFd<'_>, target: BorrowedFd<'_>) -> Result<(), Errno> {
     move_mount(
         detached,
         "",
-        rustix::fs::CWD,
         target,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )
+    .map_err(errno)
+}
+
+/// `move_mount(detached, "", dir, name, MOVE_MOUNT_F_EMPTY_PATH)`: attaches a detached
+/// mount onto `name` in `dir` (without `MOVE_MOUNT_T_SYMLINKS`, a symlink there is not
+/// followed).
+pub fn attach_at(
+    detached: BorrowedFd<'_>,
+    dir: BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+) -> Result<(), Errno> {
+    move_mount(
+        detached,
+        "",
+        dir,
+        name,
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
     )
     .map_err(errno)
+}
+
+/// A new tmpfs as a detached mount (`fsopen("tmpfs")`, `fsconfig` of `source` and each of
+/// `options`, `fsmount` with `MOUNT_ATTR_NOSUID|NODEV|NOEXEC`): it can be filled through
+/// its fd (`mkdirat` and friends) and attached with [`attach_onto`].
+pub fn tmpfs(source: &str, options: &[(&str, String)]) -> Result<OwnedFd, FsMountError> {
+    let fs = fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| FsMountError {
+        step: "fsopen",
+        errno: errno(e),
+        log: String::new(),
+    })?;
+    let fail = |step: &'static str, e: rustix::io::Errno| FsMountError {
+        step,
+        errno: errno(e),
+        log: drain_log(fs.as_fd()),
+    };
+    fsconfig_set_string(fs.as_fd(), "source", source).map_err(|e| fail("fsconfig(source)", e))?;
+    for (key, value) in options {
+        fsconfig_set_string(fs.as_fd(), *key, value.as_str())
+            .map_err(|e| fail("fsconfig(option)", e))?;
+    }
+    fsconfig_create(fs.as_fd()).map_err(|e| fail("fsconfig(create)", e))?;
+    fsmount(
+        fs.as_fd(),
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_NOSUID
+            | MountAttrFlags::MOUNT_ATTR_NODEV
+            | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+    )
+    .map_err(|e| fail("fsmount", e))
 }
 
 /// `MOUNT_ATTR_IDMAP` (`<linux/mount.h>`).
@@ -131,16 +180,25 @@ pub fn idmap(mount: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> Result<(), Errno>
     if rc < 0 { Err(Errno::last()) } else { Ok(()) }
 }
 
-/// `open_tree(AT_FDCWD, path, OPEN_TREE_CLONE|AT_RECURSIVE)`: a detached copy of the mount at
-/// `path` and every mount below it, which [`attach`] can then put anywhere, also in another
-/// mount namespace (`open_tree(2)`).
-pub fn clone_tree(path: &Path) -> Result<OwnedFd, Errno> {
+/// `open_tree(dir, name, OPEN_TREE_CLONE|AT_RECURSIVE|AT_SYMLINK_NOFOLLOW)` (`name` empty:
+/// `AT_EMPTY_PATH`, `dir` itself): a detached copy of that file or directory and every
+/// mount below it, which [`attach_onto`] or [`attach_at`] can then put anywhere, also in
+/// another mount namespace (`open_tree(2)`). A symlink is never followed: `dir` is best an
+/// `O_PATH|O_NOFOLLOW` fd of the entry itself.
+pub fn clone_tree(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> Result<OwnedFd, Errno> {
+    let empty = if name.is_empty() {
+        OpenTreeFlags::AT_EMPTY_PATH
+    } else {
+        OpenTreeFlags::empty()
+    };
     open_tree(
-        rustix::fs::CWD,
-        path,
+        dir,
+        name,
         OpenTreeFlags::OPEN_TREE_CLONE
             | OpenTreeFlags::OPEN_TREE_CLOEXEC
-            | OpenTreeFlags::AT_RECURSIVE,
+            | OpenTreeFlags::AT_RECURSIVE
+            | OpenTreeFlags::AT_SYMLINK_NOFOLLOW
+            | empty,
     )
     .map_err(errno)
 }
