@@ -1,15 +1,13 @@
-#![allow(dead_code)] // used by the hostile-container work landing next
 //! Text that came from a container, made safe to print on the operator's terminal.
 //!
 //! Everything cartinject reads from a container (names, paths, `/dev` entry names, labels,
 //! `PATH` entries) is hostile data: printed raw, an escape sequence in it can rewrite the
 //! operator's screen, set the window title or, on some terminals, answer back into the
 //! input. [`escape`] turns every C0 and C1 control, DEL, backslash and invalid UTF-8 into a
-//! visible `\xNN`/`\u{NNNN}` form (as `{:?}` does, without the quotes); [`Escaped`] does the
-//! same inside a `format!`. [`prompt_safe`] is stricter, for text that goes into a shell
-//! prompt (where `$`, backquotes and `\` are expanded by the shell).
+//! visible `\xNN`/`\u{NNNN}` form (as `{:?}` does, without the quotes); [`controls`] leaves
+//! backslashes alone, for whole messages. [`prompt_safe`] is stricter, for text that goes
+//! into a shell prompt (where `$`, backquotes and `\` are expanded by the shell).
 
-use std::fmt;
 use std::path::Path;
 
 /// `text` with every control character, DEL, backslash and invalid byte escaped.
@@ -63,15 +61,6 @@ fn push_char(out: &mut String, c: char) {
 pub fn path(p: &Path) -> String {
     use std::os::unix::ffi::OsStrExt;
     escape(p.as_os_str().as_bytes())
-}
-
-/// Wraps a container-controlled string so that `{}` prints it escaped.
-pub struct Escaped<'a>(pub &'a [u8]);
-
-impl fmt::Display for Escaped<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&escape(self.0))
-    }
 }
 
 /// `text` reduced to characters a shell prompt shows as they are: letters, digits and
