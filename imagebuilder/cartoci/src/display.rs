@@ -4,8 +4,8 @@
 //! realm, a tag list, a media type or a file name in a manifest may hold escape sequences
 //! that rewrite the operator's screen or, on some terminals, answer back into its input;
 //! and it may be megabytes long. [`untrusted`] escapes every C0 and C1 control, DEL,
-//! backslash, bidi override and invalid byte (as `cartinject`'s own `display::escape` does:
-//! cartoci cannot depend on it) and cuts what is left to a length fit for one line.
+//! backslash, bidi override and invalid byte and cuts what is left to a length fit for one
+//! line. cartinject escapes what it reads from containers with the same [`escape`].
 
 /// How many characters of registry text an error quotes at most.
 pub const EXCERPT: usize = 200;
@@ -13,9 +13,24 @@ pub const EXCERPT: usize = 200;
 /// `text` with every control character, DEL, backslash, bidi override and invalid byte
 /// escaped (`\xNN`, `\u{NNNN}`, `\\`).
 pub fn escape(text: impl AsRef<[u8]>) -> String {
+    escape_with(text.as_ref(), true)
+}
+
+/// [`escape`] that leaves backslashes as they are: for a whole message whose untrusted
+/// parts were escaped already (doubling their backslashes again would only make them harder
+/// to read).
+pub fn controls(text: impl AsRef<[u8]>) -> String {
+    escape_with(text.as_ref(), false)
+}
+
+fn escape_with(text: &[u8], backslash: bool) -> String {
     let mut out = String::new();
-    for chunk in text.as_ref().utf8_chunks() {
+    for chunk in text.utf8_chunks() {
         for c in chunk.valid().chars() {
+            if c == '\\' && !backslash {
+                out.push(c);
+                continue;
+            }
             push_char(&mut out, c);
         }
         for b in chunk.invalid() {
