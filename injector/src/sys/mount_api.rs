@@ -50,9 +50,16 @@ fn drain_log(fs: BorrowedFd<'_>) -> String {
     messages.join("; ")
 }
 
-/// Mounts `source` (a block device path in the caller's mount namespace) as `fstype`,
-/// read-only, and returns the detached mount with `MOUNT_ATTR_RDONLY|NOSUID|NODEV`.
-pub fn mount_readonly(fstype: &str, source: &Path) -> Result<OwnedFd, FsMountError> {
+/// A new filesystem of `fstype` as a detached mount: `fsopen`, `fsconfig` of `source`, of
+/// each flag in `flags` and each `(key, value)` of `options`, `fsconfig(CMD_CREATE)`, and
+/// `fsmount` with `attrs`. A failure names its step and carries the filesystem's messages.
+fn new_mount(
+    fstype: &str,
+    source: &dyn rustix::path::Arg,
+    flags: &[&str],
+    options: &[(&str, String)],
+    attrs: MountAttrFlags,
+) -> Result<OwnedFd, FsMountError> {
     let fs = fsopen(fstype, FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| FsMountError {
         step: "fsopen",
         errno: errno(e),
@@ -63,17 +70,34 @@ pub fn mount_readonly(fstype: &str, source: &Path) -> Result<OwnedFd, FsMountErr
         errno: errno(e),
         log: drain_log(fs.as_fd()),
     };
-    fsconfig_set_string(fs.as_fd(), "source", source).map_err(|e| fail("fsconfig(source)", e))?;
-    fsconfig_set_flag(fs.as_fd(), "ro").map_err(|e| fail("fsconfig(ro)", e))?;
+    let source = source
+        .as_cow_c_str()
+        .map_err(|e| fail("fsconfig(source)", e))?;
+    fsconfig_set_string(fs.as_fd(), "source", source.as_ref())
+        .map_err(|e| fail("fsconfig(source)", e))?;
+    for flag in flags {
+        fsconfig_set_flag(fs.as_fd(), *flag).map_err(|e| fail("fsconfig(flag)", e))?;
+    }
+    for (key, value) in options {
+        fsconfig_set_string(fs.as_fd(), *key, value.as_str())
+            .map_err(|e| fail("fsconfig(option)", e))?;
+    }
     fsconfig_create(fs.as_fd()).map_err(|e| fail("fsconfig(create)", e))?;
-    fsmount(
-        fs.as_fd(),
-        FsMountFlags::FSMOUNT_CLOEXEC,
+    fsmount(fs.as_fd(), FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(|e| fail("fsmount", e))
+}
+
+/// Mounts `source` (a block device path in the caller's mount namespace) as `fstype`,
+/// read-only, and returns the detached mount with `MOUNT_ATTR_RDONLY|NOSUID|NODEV`.
+pub fn mount_readonly(fstype: &str, source: &Path) -> Result<OwnedFd, FsMountError> {
+    new_mount(
+        fstype,
+        &source,
+        &["ro"],
+        &[],
         MountAttrFlags::MOUNT_ATTR_RDONLY
             | MountAttrFlags::MOUNT_ATTR_NOSUID
             | MountAttrFlags::MOUNT_ATTR_NODEV,
     )
-    .map_err(|e| fail("fsmount", e))
 }
 
 /// `move_mount(detached, "", target, "", MOVE_MOUNT_F_EMPTY_PATH|MOVE_MOUNT_T_EMPTY_PATH)`:
@@ -112,30 +136,15 @@ pub fn attach_at(
 /// `options`, `fsmount` with `MOUNT_ATTR_NOSUID|NODEV|NOEXEC`): it can be filled through
 /// its fd (`mkdirat` and friends) and attached with [`attach_onto`].
 pub fn tmpfs(source: &str, options: &[(&str, String)]) -> Result<OwnedFd, FsMountError> {
-    let fs = fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| FsMountError {
-        step: "fsopen",
-        errno: errno(e),
-        log: String::new(),
-    })?;
-    let fail = |step: &'static str, e: rustix::io::Errno| FsMountError {
-        step,
-        errno: errno(e),
-        log: drain_log(fs.as_fd()),
-    };
-    fsconfig_set_string(fs.as_fd(), "source", source).map_err(|e| fail("fsconfig(source)", e))?;
-    for (key, value) in options {
-        fsconfig_set_string(fs.as_fd(), *key, value.as_str())
-            .map_err(|e| fail("fsconfig(option)", e))?;
-    }
-    fsconfig_create(fs.as_fd()).map_err(|e| fail("fsconfig(create)", e))?;
-    fsmount(
-        fs.as_fd(),
-        FsMountFlags::FSMOUNT_CLOEXEC,
+    new_mount(
+        "tmpfs",
+        &source,
+        &[],
+        options,
         MountAttrFlags::MOUNT_ATTR_NOSUID
             | MountAttrFlags::MOUNT_ATTR_NODEV
             | MountAttrFlags::MOUNT_ATTR_NOEXEC,
     )
-    .map_err(|e| fail("fsmount", e))
 }
 
 /// `MOUNT_ATTR_IDMAP` (`<linux/mount.h>`).
