@@ -224,7 +224,7 @@ impl Builder<'_> {
                 self.reporter
                     .step(&pkg.name, &format!("unpack {}", pkg.version));
                 let src_root = work.path.join("src");
-                crate::unpack::unpack(source()?, &src_root)
+                crate::unpack::unpack_package(pkg, source()?, &src_root)
                     .map_err(|e| step_err("unpack", e.to_string(), None))?;
                 let src = crate::unpack::single_top(&src_root).map_err(io_err("unpack"))?;
                 let deps_dir = work.path.join("deps");
@@ -260,7 +260,7 @@ impl Builder<'_> {
             Kind::Archive => {
                 self.reporter.step(&pkg.name, "unpack");
                 let src_root = work.path.join("src");
-                crate::unpack::unpack(source()?, &src_root)
+                crate::unpack::unpack_package(pkg, source()?, &src_root)
                     .map_err(|e| step_err("unpack", e.to_string(), None))?;
                 let top = crate::unpack::single_top(&src_root).map_err(io_err("unpack"))?;
                 copy_tree(&top, &out).map_err(io_err("unpack"))?;

@@ -132,6 +132,8 @@ pub struct Package {
     pub install: Install,
     /// Whether ELF files going into the image are stripped.
     pub strip: bool,
+    /// How much its source (`build`) or archive (`archive`) may unpack to.
+    pub limits: crate::unpack::Limits,
     /// The build key (hex sha256).
     pub key: String,
     /// The recipe file that defines it.
@@ -443,6 +445,34 @@ fn validate(sp: &SourcedPackage, ctx: &Context) -> Result<Package, PlanError> {
         }
     };
 
+    let mut limits = crate::unpack::Limits::default();
+    if raw.max_unpacked_size.is_some() || raw.max_entries.is_some() {
+        if !matches!(raw.kind, Kind::Build | Kind::Archive) {
+            return Err(invalid(format!(
+                "kind = \"{}\" is not unpacked: max_unpacked_size and max_entries apply to kind = \"build\" and \"archive\" only",
+                raw.kind
+            )));
+        }
+    }
+    if let Some(s) = &raw.max_unpacked_size {
+        limits.max_bytes = crate::image::parse_size(s)
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "max_unpacked_size {s:?} is not a size: use e.g. \"8G\", \"512M\" (K, M, G: powers of 1024)"
+                ))
+            })?;
+    }
+    if let Some(n) = raw.max_entries {
+        if n == 0 {
+            return Err(invalid(
+                "max_entries = 0 would refuse every archive: give at least 1".into(),
+            ));
+        }
+        limits.max_entries = n;
+    }
+
     Ok(Package {
         name: raw.name.clone(),
         version: raw.version.clone(),
@@ -455,6 +485,7 @@ fn validate(sp: &SourcedPackage, ctx: &Context) -> Result<Package, PlanError> {
         script,
         install,
         strip: raw.strip.unwrap_or(true),
+        limits,
         key: String::new(),
         file: sp.file.clone(),
     })
