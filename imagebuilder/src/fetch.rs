@@ -8,6 +8,14 @@
 //! pin is renamed into `sources/sha256/<hex>`, so nothing unverified is ever cached
 //! and nothing cached is fetched again. `http`, `https` (rustls) and `file` URLs are
 //! supported; `mirror://` was resolved by the plan.
+//!
+//! A cached source is hashed again each time it is used: the cache is a
+//! directory anything running as the builder could write to (a build script
+//! once planted its own tarball under another recipe's sha256), and hashing a
+//! tarball costs little next to building it. One that does not match is
+//! removed with a warning and fetched again (with `--offline`, refused). The
+//! builder checks it once more while unpacking it ([`crate::unpack`]) and a
+//! `kind = "file"` download after copying it ([`verify_copy`]).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -45,6 +53,23 @@ pub enum FetchError {
         package: String,
         /// Each URL with why it failed.
         failures: Vec<(String, String)>,
+    },
+    /// A cached source no longer matches its sha256 and cannot be fetched again.
+    #[error(
+        "package {package}: the cached source {path} is not the pinned file (sha256 {actual}, pinned {expected}){}",
+        if *offline { "; it was removed: run once without --offline to fetch it again" } else { "" }
+    )]
+    Changed {
+        /// The package.
+        package: String,
+        /// The file.
+        path: PathBuf,
+        /// The pinned sha256.
+        expected: String,
+        /// What the file hashes to.
+        actual: String,
+        /// Whether `--offline` kept it from being fetched again.
+        offline: bool,
     },
     /// The cache could not be written.
     #[error("package {package}: cannot write to the cache at {path}: {source}")]
@@ -141,10 +166,35 @@ impl Fetcher {
         path.is_file().then_some(path)
     }
 
-    /// Returns the cached, verified file for `source`, fetching it if needed.
+    /// Returns the cached, verified file for `source`, fetching it if needed. A
+    /// cached file is hashed first: one that is not the pinned file is removed
+    /// with a warning and fetched again.
     pub fn fetch(&self, package: &str, source: &Source) -> Result<PathBuf, FetchError> {
         if let Some(path) = self.cached(source) {
-            return Ok(path);
+            let cache_err = |source| FetchError::Cache {
+                package: package.to_string(),
+                path: path.clone(),
+                source,
+            };
+            let actual = sha256_file(&path).map_err(cache_err)?;
+            if actual == source.sha256 {
+                return Ok(path);
+            }
+            std::fs::remove_file(&path).map_err(cache_err)?;
+            if self.opts.offline {
+                return Err(FetchError::Changed {
+                    package: package.to_string(),
+                    path,
+                    expected: source.sha256.clone(),
+                    actual,
+                    offline: true,
+                });
+            }
+            self.reporter.line(&format!(
+                "cartbuild: warning: package {package}: the cached source {} is not the pinned file (sha256 {actual}, pinned {}): removed it; fetching it again",
+                path.display(),
+                source.sha256
+            ));
         }
         if self.opts.offline {
             return Err(FetchError::Offline {
@@ -323,6 +373,36 @@ impl Fetcher {
             format!("connection broke after {got}{of} bytes: {}", root_cause(e))
         }
     }
+}
+
+/// The hex sha256 of a file's bytes.
+pub fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
+    let mut h = Sha256::new();
+    std::io::copy(&mut File::open(path)?, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Checks that `copy`, a package's downloaded file copied out of the cache, is
+/// the pinned file (the copy is what goes on; the cache entry may change after).
+pub fn verify_copy(pkg: &crate::plan::Package, copy: &std::path::Path) -> Result<(), FetchError> {
+    let Some(source) = &pkg.source else {
+        return Ok(());
+    };
+    let actual = sha256_file(copy).map_err(|source| FetchError::Cache {
+        package: pkg.name.clone(),
+        path: copy.to_path_buf(),
+        source,
+    })?;
+    if actual != source.sha256 {
+        return Err(FetchError::Changed {
+            package: pkg.name.clone(),
+            path: copy.to_path_buf(),
+            expected: source.sha256.clone(),
+            actual,
+            offline: false,
+        });
+    }
+    Ok(())
 }
 
 /// The innermost error's message.

@@ -446,13 +446,13 @@ fn validate(sp: &SourcedPackage, ctx: &Context) -> Result<Package, PlanError> {
     };
 
     let mut limits = crate::unpack::Limits::default();
-    if raw.max_unpacked_size.is_some() || raw.max_entries.is_some() {
-        if !matches!(raw.kind, Kind::Build | Kind::Archive) {
-            return Err(invalid(format!(
-                "kind = \"{}\" is not unpacked: max_unpacked_size and max_entries apply to kind = \"build\" and \"archive\" only",
-                raw.kind
-            )));
-        }
+    if (raw.max_unpacked_size.is_some() || raw.max_entries.is_some())
+        && !matches!(raw.kind, Kind::Build | Kind::Archive)
+    {
+        return Err(invalid(format!(
+            "kind = \"{}\" is not unpacked: max_unpacked_size and max_entries apply to kind = \"build\" and \"archive\" only",
+            raw.kind
+        )));
     }
     if let Some(s) = &raw.max_unpacked_size {
         limits.max_bytes = crate::image::parse_size(s)

@@ -696,7 +696,10 @@ mod tests {
         Plan::resolve(&r, &crate::plan::Context::default()).unwrap()
     }
 
-    fn stage_err(pkgs: &[(&str, &str, &dyn Fn(&Path))]) -> (tempfile::TempDir, String) {
+    /// A package for [`stage_err`]: name, install, and what makes its output.
+    type TestPkg<'a> = (&'a str, &'a str, &'a dyn Fn(&Path));
+
+    fn stage_err(pkgs: &[TestPkg]) -> (tempfile::TempDir, String) {
         let d = tempfile::tempdir().unwrap();
         let plan = archive_plan(
             d.path(),

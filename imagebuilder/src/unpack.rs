@@ -64,7 +64,7 @@ impl Default for Limits {
 /// A size in the units recipes use (`4G`, `512M`, `100K`, bytes).
 pub fn size_text(n: u64) -> String {
     for (shift, unit) in [(30, "G"), (20, "M"), (10, "K")] {
-        if n >= 1 << shift && n % (1 << shift) == 0 {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
             return format!("{}{unit}", n >> shift);
         }
     }
