@@ -720,6 +720,23 @@ mod tests {
     }
 
     #[test]
+    fn unpack_limits_default_and_override() {
+        let p = plan(&pkg("a", &[])).unwrap();
+        assert_eq!(p.packages[0].limits, crate::unpack::Limits::default());
+        let p =
+            plan(&(pkg("a", &[]) + "max_unpacked_size = \"8G\"\nmax_entries = 500000\n")).unwrap();
+        assert_eq!(p.packages[0].limits.max_bytes, 8 << 30);
+        assert_eq!(p.packages[0].limits.max_entries, 500_000);
+        // Not part of the build key: a limit changes whether it unpacks, not what.
+        assert_eq!(
+            p.packages[0].key,
+            plan(&pkg("a", &[])).unwrap().packages[0].key
+        );
+        let e = plan(&(pkg("a", &[]) + "max_unpacked_size = \"0\"\n")).unwrap_err();
+        assert!(e.to_string().contains("is not a size"), "{e}");
+    }
+
+    #[test]
     fn unresolved_mirror_is_kept_with_its_reason() {
         let text = pkg("a", &[]).replace("http://127.0.0.1/a.tar.gz", "mirror://nowhere/a.tar.gz");
         let p = plan(&text).unwrap();
