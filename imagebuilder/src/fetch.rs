@@ -56,8 +56,8 @@ pub enum FetchError {
     },
     /// A cached source no longer matches its sha256 and cannot be fetched again.
     #[error(
-        "package {package}: the cached source {path} is not the pinned file (sha256 {actual}, pinned {expected}){}",
-        if *offline { "; it was removed: run once without --offline to fetch it again" } else { "" }
+        "package {package}: {path} is not the pinned file (sha256 {actual}, pinned {expected}){}",
+        if *offline { "; the cached copy was removed: run once without --offline to fetch it again" } else { "; it changed after it was verified: build again" }
     )]
     Changed {
         /// The package.

@@ -352,8 +352,7 @@ fn a_tampered_cached_source_is_fetched_again_never_used() {
         &env,
         &o,
         &[
-            "package tools: the cached source",
-            "is not the pinned file",
+            &format!("package tools: {} is not the pinned file", cached.display()),
             "run once without --offline to fetch it again",
         ],
     );
