@@ -425,3 +425,32 @@ fn chain_mentions(e: &(dyn std::error::Error + 'static), needle: &str) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_copy_of_a_file_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let sha = hex::encode(Sha256::digest(b"pinned"));
+        let recipe = d.path().join("r.toml");
+        std::fs::write(
+            &recipe,
+            format!(
+                "[image]\nname = \"t\"\nversion = \"1\"\n[[package]]\nname = \"f\"\nversion = \"1\"\nkind = \"file\"\nurls = [\"http://127.0.0.1:1/f\"]\nsha256 = \"{sha}\"\n"
+            ),
+        )
+        .unwrap();
+        let r = crate::recipe::Recipe::load(&recipe).unwrap();
+        let plan = crate::plan::Plan::resolve(&r, &crate::plan::Context::default()).unwrap();
+        let pkg = &plan.packages[0];
+        let copy = d.path().join("copy");
+        std::fs::write(&copy, b"pinned").unwrap();
+        verify_copy(pkg, &copy).unwrap();
+        std::fs::write(&copy, b"planted").unwrap();
+        let e = verify_copy(pkg, &copy).unwrap_err().to_string();
+        assert!(e.contains("is not the pinned file"), "{e}");
+        assert!(e.contains(&format!("pinned {sha}")), "{e}");
+    }
+}
