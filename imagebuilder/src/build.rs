@@ -107,7 +107,7 @@ impl Builder<'_> {
 
     /// Whether a package's output is already cached.
     pub fn is_cached(cache: &Cache, pkg: &Package) -> bool {
-        Self::output_dir(cache, &pkg.key).is_dir()
+        cache.verified_build(&pkg.name, &pkg.key)
     }
 
     /// Builds every package (or takes it from the cache); returns each output by
@@ -175,7 +175,7 @@ impl Builder<'_> {
         let final_dir = self.cache.build(&pkg.key);
         let out_dir = final_dir.join("out");
         let short = &pkg.key[..12];
-        if out_dir.is_dir() {
+        if Self::is_cached(self.cache, pkg) {
             self.reporter
                 .step(&pkg.name, &format!("cached (key {short})"));
             return Ok(Output {
@@ -185,7 +185,7 @@ impl Builder<'_> {
             });
         }
         let _lock = self.cache.lock(&format!("{}.lock", pkg.key))?;
-        if out_dir.is_dir() {
+        if Self::is_cached(self.cache, pkg) {
             return Ok(Output {
                 dir: out_dir,
                 key: pkg.key.clone(),
@@ -224,7 +224,7 @@ impl Builder<'_> {
                 self.reporter
                     .step(&pkg.name, &format!("unpack {}", pkg.version));
                 let src_root = work.path.join("src");
-                crate::unpack::unpack(source()?, &src_root)
+                crate::unpack::unpack_package(pkg, source()?, &src_root)
                     .map_err(|e| step_err("unpack", e.to_string(), None))?;
                 let src = crate::unpack::single_top(&src_root).map_err(io_err("unpack"))?;
                 let deps_dir = work.path.join("deps");
@@ -252,6 +252,8 @@ impl Builder<'_> {
                         fs::create_dir_all(parent).map_err(io_err("install"))?;
                     }
                     fs::copy(source()?, &to).map_err(io_err("install"))?;
+                    crate::fetch::verify_copy(pkg, &to)
+                        .map_err(|e| step_err("install", e.to_string(), None))?;
                     use std::os::unix::fs::PermissionsExt;
                     fs::set_permissions(&to, fs::Permissions::from_mode(0o755))
                         .map_err(io_err("install"))?;
@@ -260,7 +262,7 @@ impl Builder<'_> {
             Kind::Archive => {
                 self.reporter.step(&pkg.name, "unpack");
                 let src_root = work.path.join("src");
-                crate::unpack::unpack(source()?, &src_root)
+                crate::unpack::unpack_package(pkg, source()?, &src_root)
                     .map_err(|e| step_err("unpack", e.to_string(), None))?;
                 let top = crate::unpack::single_top(&src_root).map_err(io_err("unpack"))?;
                 copy_tree(&top, &out).map_err(io_err("unpack"))?;
@@ -311,6 +313,7 @@ impl Builder<'_> {
         if log_path.exists() {
             fs::copy(&log_path, result.join("build.log")).map_err(io_err("install"))?;
         }
+        crate::cache::seal(&result).map_err(io_err("install"))?;
         fs::rename(&result, &final_dir).map_err(io_err("install"))?;
         self.reporter
             .step(&pkg.name, &format!("done (key {short})"));

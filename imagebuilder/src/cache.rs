@@ -5,6 +5,7 @@
 //!   sources/sha256/<hex>     verified downloads, named by their content's sha256
 //!   builds/<key>/out/        a package's output tree, named by its build key
 //!   builds/<key>/build.log   the log of the build that made it
+//!   builds/<key>/record.json what out/ held when it was made (a digest of the tree)
 //!   logs/<name>-<key>.log    the log of the latest attempt (kept on failure)
 //!   toolchain/<identity>/    the compiler wrapper and its kernel header directory
 //!   tmp/                     downloads in progress, build work directories
@@ -15,9 +16,24 @@
 //! complete, verified temporary under `tmp/` (same filesystem), so a crash or a
 //! failed check never leaves a partial entry behind; what a killed run left in
 //! `tmp/` is removed by the next run that has the cache to itself.
+//!
+//! **Verified where used.** A cached entry is trusted only as far as it checks
+//! out when it is about to be used: a source against its sha256 (by the
+//! fetcher, and again while it is unpacked), a build output against the record
+//! written beside it when it was made ([`seal`], [`Cache::verified_build`]). One
+//! that does not match is removed with a warning and made again, never used.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+
+/// The record beside a build output (`builds/<key>/record.json`).
+pub const RECORD: &str = "record.json";
 
 /// Why the cache could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +64,8 @@ pub enum CacheError {
 pub struct Cache {
     root: PathBuf,
     _held: std::sync::Arc<File>,
+    /// Build keys whose output this process has verified.
+    verified: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl Cache {
@@ -110,6 +128,7 @@ impl Cache {
         Ok(Cache {
             root,
             _held: std::sync::Arc::new(held),
+            verified: Arc::default(),
         })
     }
 
@@ -147,6 +166,49 @@ impl Cache {
             .join(&identity[..16.min(identity.len())])
     }
 
+    /// Whether the build output of `package` under `key` is cached and matches
+    /// its record. One that does not (changed, or without a record) is removed
+    /// with a warning on stderr, so that it is built again; one that matches is
+    /// not hashed again by this process.
+    pub fn verified_build(&self, package: &str, key: &str) -> bool {
+        let dir = self.build(key);
+        if self.verified.lock().is_ok_and(|v| v.contains(key)) && dir.join("out").is_dir() {
+            return true;
+        }
+        if fs::symlink_metadata(&dir).is_err() {
+            return false;
+        }
+        match check_record(&dir) {
+            Ok(()) => {
+                if let Ok(mut v) = self.verified.lock() {
+                    v.insert(key.to_string());
+                }
+                true
+            }
+            Err(why) => {
+                let removed = match self.discard(&dir) {
+                    Ok(()) => "removed it; building it again".to_string(),
+                    Err(e) => format!("cannot remove it ({e}): remove {} by hand", dir.display()),
+                };
+                eprintln!(
+                    "cartbuild: warning: package {package}: the cached output {} {why}: {removed}",
+                    dir.display()
+                );
+                false
+            }
+        }
+    }
+
+    /// Moves `dir` out of the way (into tmp/, one rename) and removes it.
+    fn discard(&self, dir: &Path) -> io::Result<()> {
+        let name = dir.file_name().unwrap_or_default().to_string_lossy();
+        let aside = self
+            .tmp()
+            .join(format!("discard-{name}-{}", std::process::id()));
+        fs::rename(dir, &aside)?;
+        remove_tree(&aside)
+    }
+
     /// Takes an exclusive lock named `name` (blocking until it is free); the lock
     /// is held until the returned file is dropped.
     pub fn lock(&self, name: &str) -> Result<File, CacheError> {
@@ -158,5 +220,147 @@ impl Cache {
         file.lock()
             .map_err(|source| CacheError::Lock { path, source })?;
         Ok(file)
+    }
+}
+
+/// Removes a tree, making read-only directories writable first.
+pub fn remove_tree(root: &Path) -> io::Result<()> {
+    for e in walkdir::WalkDir::new(root).into_iter().flatten() {
+        if e.file_type().is_dir() {
+            let _ = fs::set_permissions(e.path(), fs::Permissions::from_mode(0o755));
+        }
+    }
+    fs::remove_dir_all(root)
+}
+
+/// What a build output held when it was made.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    /// The record's format.
+    pub format: u32,
+    /// [`tree_digest`] of `out/`.
+    pub sha256: String,
+    /// Entries under `out/`.
+    pub entries: u64,
+    /// Bytes of its files.
+    pub bytes: u64,
+}
+
+/// A digest of everything in a tree that reaches an image or a dependent
+/// build: each entry's relative path, kind, permission bits, a file's content
+/// and a link's target, in sorted order, and which names are one file (hard
+/// links). Times and owners are left out. Returns (sha256, entries, bytes).
+pub fn tree_digest(root: &Path) -> io::Result<(String, u64, u64)> {
+    let mut h = Sha256::new();
+    let mut first: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
+    let (mut entries, mut bytes) = (0u64, 0u64);
+    for e in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
+        let e = e.map_err(io::Error::other)?;
+        let rel = e.path().strip_prefix(root).unwrap_or(e.path());
+        let meta = fs::symlink_metadata(e.path())?;
+        entries += 1;
+        h.update(rel.as_os_str().as_encoded_bytes());
+        h.update(format!("\0{:o}\0", meta.mode() & 0o7777));
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            h.update(b"l");
+            h.update(fs::read_link(e.path())?.as_os_str().as_encoded_bytes());
+        } else if ft.is_dir() {
+            h.update(b"d");
+        } else if ft.is_file() {
+            if meta.nlink() > 1 {
+                if let Some(p) = first.get(&(meta.dev(), meta.ino())) {
+                    h.update(b"h");
+                    h.update(p.as_os_str().as_encoded_bytes());
+                    h.update([0]);
+                    continue;
+                }
+                first.insert((meta.dev(), meta.ino()), rel.to_path_buf());
+            }
+            h.update(b"f");
+            let mut f = File::open(e.path())?;
+            bytes += io::copy(&mut f, &mut h)?;
+        } else {
+            h.update(b"?");
+        }
+        h.update([0]);
+    }
+    Ok((hex::encode(h.finalize()), entries, bytes))
+}
+
+/// Writes the record of `result/out` into `result` (a build about to be
+/// renamed into `builds/<key>/`).
+pub fn seal(result: &Path) -> io::Result<()> {
+    let (sha256, entries, bytes) = tree_digest(&result.join("out"))?;
+    let record = Record {
+        format: 1,
+        sha256,
+        entries,
+        bytes,
+    };
+    let json = serde_json::to_string_pretty(&record).map_err(io::Error::other)?;
+    fs::write(result.join(RECORD), json + "\n")
+}
+
+/// Checks a cached build directory against its record; the error says how it
+/// differs.
+fn check_record(dir: &Path) -> Result<(), String> {
+    let out = dir.join("out");
+    if !fs::symlink_metadata(&out).is_ok_and(|m| m.is_dir()) {
+        return Err("has no out/ directory".into());
+    }
+    let text = match fs::read_to_string(dir.join(RECORD)) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(format!("has no {RECORD} (made by an older cartbuild?)"));
+        }
+        Err(e) => return Err(format!("has an unreadable {RECORD} ({e})")),
+    };
+    let record: Record =
+        serde_json::from_str(&text).map_err(|e| format!("has a malformed {RECORD} ({e})"))?;
+    let (sha256, entries, bytes) =
+        tree_digest(&out).map_err(|e| format!("cannot be read ({e})"))?;
+    if sha256 != record.sha256 {
+        return Err(format!(
+            "does not match its record (out/ holds {entries} entries, {bytes} bytes, digest {sha256}; the record says {} entries, {} bytes, digest {})",
+            record.entries, record.bytes, record.sha256
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_output_fails_its_record_and_is_discarded() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = Cache::open(d.path()).unwrap();
+        let key = "k".repeat(64);
+        let dir = cache.build(&key);
+        fs::create_dir_all(dir.join("out/bin")).unwrap();
+        fs::write(dir.join("out/bin/a"), "a").unwrap();
+        fs::hard_link(dir.join("out/bin/a"), dir.join("out/bin/b")).unwrap();
+        assert!(!cache.verified_build("p", &key), "no record, not used");
+        assert!(!dir.exists(), "and removed");
+
+        fs::create_dir_all(dir.join("out/bin")).unwrap();
+        fs::write(dir.join("out/bin/a"), "a").unwrap();
+        fs::hard_link(dir.join("out/bin/a"), dir.join("out/bin/b")).unwrap();
+        seal(&dir).unwrap();
+        let fresh = Cache::open(d.path()).unwrap();
+        assert!(fresh.verified_build("p", &key));
+
+        // Same bytes, but no longer one file: a change.
+        let before = tree_digest(&dir.join("out")).unwrap();
+        fs::remove_file(dir.join("out/bin/b")).unwrap();
+        fs::write(dir.join("out/bin/b"), "a").unwrap();
+        assert_ne!(tree_digest(&dir.join("out")).unwrap().0, before.0);
+        let fresh = Cache::open(d.path()).unwrap();
+        assert!(!fresh.verified_build("p", &key));
+        assert!(!dir.exists());
+        assert_eq!(fs::read_dir(cache.tmp()).unwrap().count(), 0);
     }
 }

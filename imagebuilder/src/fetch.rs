@@ -8,6 +8,14 @@
 //! pin is renamed into `sources/sha256/<hex>`, so nothing unverified is ever cached
 //! and nothing cached is fetched again. `http`, `https` (rustls) and `file` URLs are
 //! supported; `mirror://` was resolved by the plan.
+//!
+//! A cached source is hashed again each time it is used: the cache is a
+//! directory anything running as the builder could write to (a build script
+//! once planted its own tarball under another recipe's sha256), and hashing a
+//! tarball costs little next to building it. One that does not match is
+//! removed with a warning and fetched again (with `--offline`, refused). The
+//! builder checks it once more while unpacking it ([`crate::unpack`]) and a
+//! `kind = "file"` download after copying it ([`verify_copy`]).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -45,6 +53,23 @@ pub enum FetchError {
         package: String,
         /// Each URL with why it failed.
         failures: Vec<(String, String)>,
+    },
+    /// A cached source no longer matches its sha256 and cannot be fetched again.
+    #[error(
+        "package {package}: {path} is not the pinned file (sha256 {actual}, pinned {expected}){}",
+        if *offline { "; the cached copy was removed: run once without --offline to fetch it again" } else { "; it changed after it was verified: build again" }
+    )]
+    Changed {
+        /// The package.
+        package: String,
+        /// The file.
+        path: PathBuf,
+        /// The pinned sha256.
+        expected: String,
+        /// What the file hashes to.
+        actual: String,
+        /// Whether `--offline` kept it from being fetched again.
+        offline: bool,
     },
     /// The cache could not be written.
     #[error("package {package}: cannot write to the cache at {path}: {source}")]
@@ -141,10 +166,35 @@ impl Fetcher {
         path.is_file().then_some(path)
     }
 
-    /// Returns the cached, verified file for `source`, fetching it if needed.
+    /// Returns the cached, verified file for `source`, fetching it if needed. A
+    /// cached file is hashed first: one that is not the pinned file is removed
+    /// with a warning and fetched again.
     pub fn fetch(&self, package: &str, source: &Source) -> Result<PathBuf, FetchError> {
         if let Some(path) = self.cached(source) {
-            return Ok(path);
+            let cache_err = |source| FetchError::Cache {
+                package: package.to_string(),
+                path: path.clone(),
+                source,
+            };
+            let actual = sha256_file(&path).map_err(cache_err)?;
+            if actual == source.sha256 {
+                return Ok(path);
+            }
+            std::fs::remove_file(&path).map_err(cache_err)?;
+            if self.opts.offline {
+                return Err(FetchError::Changed {
+                    package: package.to_string(),
+                    path,
+                    expected: source.sha256.clone(),
+                    actual,
+                    offline: true,
+                });
+            }
+            self.reporter.line(&format!(
+                "cartbuild: warning: package {package}: the cached source {} is not the pinned file (sha256 {actual}, pinned {}): removed it; fetching it again",
+                path.display(),
+                source.sha256
+            ));
         }
         if self.opts.offline {
             return Err(FetchError::Offline {
@@ -325,6 +375,36 @@ impl Fetcher {
     }
 }
 
+/// The hex sha256 of a file's bytes.
+pub fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
+    let mut h = Sha256::new();
+    std::io::copy(&mut File::open(path)?, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Checks that `copy`, a package's downloaded file copied out of the cache, is
+/// the pinned file (the copy is what goes on; the cache entry may change after).
+pub fn verify_copy(pkg: &crate::plan::Package, copy: &std::path::Path) -> Result<(), FetchError> {
+    let Some(source) = &pkg.source else {
+        return Ok(());
+    };
+    let actual = sha256_file(copy).map_err(|source| FetchError::Cache {
+        package: pkg.name.clone(),
+        path: copy.to_path_buf(),
+        source,
+    })?;
+    if actual != source.sha256 {
+        return Err(FetchError::Changed {
+            package: pkg.name.clone(),
+            path: copy.to_path_buf(),
+            expected: source.sha256.clone(),
+            actual,
+            offline: false,
+        });
+    }
+    Ok(())
+}
+
 /// The innermost error's message.
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur: &dyn std::error::Error = e;
@@ -344,4 +424,33 @@ fn chain_mentions(e: &(dyn std::error::Error + 'static), needle: &str) -> bool {
         cur = c.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_copy_of_a_file_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let sha = hex::encode(Sha256::digest(b"pinned"));
+        let recipe = d.path().join("r.toml");
+        std::fs::write(
+            &recipe,
+            format!(
+                "[image]\nname = \"t\"\nversion = \"1\"\n[[package]]\nname = \"f\"\nversion = \"1\"\nkind = \"file\"\nurls = [\"http://127.0.0.1:1/f\"]\nsha256 = \"{sha}\"\n"
+            ),
+        )
+        .unwrap();
+        let r = crate::recipe::Recipe::load(&recipe).unwrap();
+        let plan = crate::plan::Plan::resolve(&r, &crate::plan::Context::default()).unwrap();
+        let pkg = &plan.packages[0];
+        let copy = d.path().join("copy");
+        std::fs::write(&copy, b"pinned").unwrap();
+        verify_copy(pkg, &copy).unwrap();
+        std::fs::write(&copy, b"planted").unwrap();
+        let e = verify_copy(pkg, &copy).unwrap_err().to_string();
+        assert!(e.contains("is not the pinned file"), "{e}");
+        assert!(e.contains(&format!("pinned {sha}")), "{e}");
+    }
 }

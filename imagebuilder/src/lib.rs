@@ -10,7 +10,8 @@
 //! - [`plan`]: validated, `mirror://` resolved ([`mirror`]), dependency order,
 //!   build keys;
 //! - [`fetch`]: verified downloads into the content-addressed [`cache`];
-//! - [`unpack`]: tarballs, refusing anything that escapes;
+//! - [`unpack`]: tarballs, refusing anything that escapes, bounded in size;
+//! - [`beneath`]: writing under a directory without following a link in it;
 //! - [`toolchain`] and [`build`]: static musl builds, cached by key, with
 //!   [`elf`] checking that every binary is static;
 //! - [`stage`]: the tree for the mount point `/dev/crashcart`;
@@ -30,6 +31,7 @@
 //! [`progress`] reports every long step. Each module has one error enum naming
 //! the file, URL or package that failed.
 
+pub mod beneath;
 pub mod build;
 pub mod cache;
 pub mod describe;

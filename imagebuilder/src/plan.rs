@@ -132,6 +132,8 @@ pub struct Package {
     pub install: Install,
     /// Whether ELF files going into the image are stripped.
     pub strip: bool,
+    /// How much its source (`build`) or archive (`archive`) may unpack to.
+    pub limits: crate::unpack::Limits,
     /// The build key (hex sha256).
     pub key: String,
     /// The recipe file that defines it.
@@ -443,6 +445,34 @@ fn validate(sp: &SourcedPackage, ctx: &Context) -> Result<Package, PlanError> {
         }
     };
 
+    let mut limits = crate::unpack::Limits::default();
+    if (raw.max_unpacked_size.is_some() || raw.max_entries.is_some())
+        && !matches!(raw.kind, Kind::Build | Kind::Archive)
+    {
+        return Err(invalid(format!(
+            "kind = \"{}\" is not unpacked: max_unpacked_size and max_entries apply to kind = \"build\" and \"archive\" only",
+            raw.kind
+        )));
+    }
+    if let Some(s) = &raw.max_unpacked_size {
+        limits.max_bytes = crate::image::parse_size(s)
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "max_unpacked_size {s:?} is not a size: use e.g. \"8G\", \"512M\" (K, M, G: powers of 1024)"
+                ))
+            })?;
+    }
+    if let Some(n) = raw.max_entries {
+        if n == 0 {
+            return Err(invalid(
+                "max_entries = 0 would refuse every archive: give at least 1".into(),
+            ));
+        }
+        limits.max_entries = n;
+    }
+
     Ok(Package {
         name: raw.name.clone(),
         version: raw.version.clone(),
@@ -455,6 +485,7 @@ fn validate(sp: &SourcedPackage, ctx: &Context) -> Result<Package, PlanError> {
         script,
         install,
         strip: raw.strip.unwrap_or(true),
+        limits,
         key: String::new(),
         file: sp.file.clone(),
     })
@@ -686,6 +717,23 @@ mod tests {
             let e = plan(text).unwrap_err().to_string();
             assert!(e.contains(want), "{want:?} not in {e:?}");
         }
+    }
+
+    #[test]
+    fn unpack_limits_default_and_override() {
+        let p = plan(&pkg("a", &[])).unwrap();
+        assert_eq!(p.packages[0].limits, crate::unpack::Limits::default());
+        let p =
+            plan(&(pkg("a", &[]) + "max_unpacked_size = \"8G\"\nmax_entries = 500000\n")).unwrap();
+        assert_eq!(p.packages[0].limits.max_bytes, 8 << 30);
+        assert_eq!(p.packages[0].limits.max_entries, 500_000);
+        // Not part of the build key: a limit changes whether it unpacks, not what.
+        assert_eq!(
+            p.packages[0].key,
+            plan(&pkg("a", &[])).unwrap().packages[0].key
+        );
+        let e = plan(&(pkg("a", &[]) + "max_unpacked_size = \"0\"\n")).unwrap_err();
+        assert!(e.to_string().contains("is not a size"), "{e}");
     }
 
     #[test]

@@ -137,6 +137,10 @@ pub struct RawPackage {
     pub license: Option<String>,
     /// Strip ELF files that go into the image (default true).
     pub strip: Option<bool>,
+    /// Bound on the bytes an unpacked source or archive may hold (`"8G"`).
+    pub max_unpacked_size: Option<String>,
+    /// Bound on the entries an unpacked source or archive may hold.
+    pub max_entries: Option<u64>,
     /// Free text.
     pub description: Option<String>,
 }

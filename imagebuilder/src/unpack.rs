@@ -1,15 +1,110 @@
-//! Unpacking source and prebuilt tarballs, refusing anything that could escape.
+//! Unpacking source and prebuilt tarballs, refusing anything that could escape,
+//! within a budget.
 //!
 //! The compression (gzip, xz, bzip2, zstd, or none) is told by the file's magic
 //! bytes, not its name. Every entry is checked before it is written: paths with
-//! `..` or a root, writes through a symlink (an entry whose parent, inside the
-//! destination, is a symlink), hard links to outside, device nodes and FIFOs, and
-//! setuid/setgid bits are all refused with the entry's name. `tar::Entry::unpack_in`
-//! then does the write and re-checks containment itself.
-
+//! `..` or a root, hard links to outside or to anything but a file, device nodes
+//! and FIFOs, and setuid/setgid bits are all refused with the entry's name. Every
+//! write goes through [`crate::beneath`]: no entry is ever written through a
+//! symlink, whether the tarball made it or not (the tar crate's own `unpack_in`
+//! checks paths by text and canonicalises parents, which a later entry's link can
+//! still subvert for a directory's mode; it is not used).
+//!
+//! **Bounds.** A few hundred KiB of zstd can hold gigabytes of zeros. The bytes
+//! of files written and the number of entries are counted while streaming and
+//! the unpacking stops at the first byte or entry past the package's
+//! [`Limits`] (`max_unpacked_size`, default 4 GiB; `max_entries`, default
+//! 200,000): a decompression bomb never reaches the disk beyond its limit, and
+//! the caller's work directory (removed on error) is all it touched. Metadata
+//! between two entries (pax headers, GNU long names, data of entries that carry
+//! none, which the tar crate reads into memory or skips) is bounded too.
+//!
+//! **Verified where used.** [`unpack_package`] hashes the archive's bytes as they
+//! are read and refuses the result if they are not the pinned sha256: a cached
+//! source changed after it was fetched is never built from.
+use std::cell::{Cell, RefCell};
 use std::fs::{self, File};
-use std::io::{BufReader, Read};
+use std::io::{self, BufReader, Read, Write};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
+
+use sha2::{Digest, Sha256};
+
+use crate::beneath::{Beneath, BeneathError, file_type};
+use crate::plan::Package;
+
+/// The default bound on the bytes of files an archive unpacks to (4 GiB).
+pub const DEFAULT_MAX_UNPACKED_SIZE: u64 = 4 << 30;
+
+/// The default bound on the number of entries of an archive.
+pub const DEFAULT_MAX_ENTRIES: u64 = 200_000;
+
+/// The most metadata read between two entries (pax headers, long names, the
+/// unread data of an entry that should have none).
+pub const MAX_METADATA: u64 = 1 << 20;
+
+/// How much an archive may unpack to (`max_unpacked_size`, `max_entries`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of file content written, in total.
+    pub max_bytes: u64,
+    /// Entries (files, directories, links), in total.
+    pub max_entries: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_bytes: DEFAULT_MAX_UNPACKED_SIZE,
+            max_entries: DEFAULT_MAX_ENTRIES,
+        }
+    }
+}
+
+/// A size in the units recipes use (`4G`, `512M`, `100K`, bytes).
+pub fn size_text(n: u64) -> String {
+    for (shift, unit) in [(30, "G"), (20, "M"), (10, "K")] {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    n.to_string()
+}
+
+/// Which bound an archive went past.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// `max_unpacked_size`.
+    Size(u64),
+    /// `max_entries`.
+    Entries(u64),
+    /// [`MAX_METADATA`] between two entries.
+    Metadata,
+}
+
+impl std::fmt::Display for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Bound::Size(n) => write!(
+                f,
+                "it unpacks to more than {} (max_unpacked_size = \"{}\"; a decompression bomb?); if the archive is genuine, raise max_unpacked_size in its [[package]] table, e.g. max_unpacked_size = \"{}\"",
+                crate::progress::human_bytes(n),
+                size_text(n),
+                size_text(n.saturating_mul(2))
+            ),
+            Bound::Entries(n) => write!(
+                f,
+                "it holds more than {n} entries (max_entries = {n}); if the archive is genuine, raise max_entries in its [[package]] table, e.g. max_entries = {}",
+                n.saturating_mul(2)
+            ),
+            Bound::Metadata => write!(
+                f,
+                "more than {} of headers between two entries (a malformed or hostile archive)",
+                crate::progress::human_bytes(MAX_METADATA)
+            ),
+        }
+    }
+}
 
 /// Why a tarball could not be unpacked.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +126,26 @@ pub enum UnpackError {
         entry: String,
         /// Why.
         reason: String,
+    },
+    /// The archive went past one of its limits; unpacking stopped there.
+    #[error("refusing to unpack {archive}: {bound}")]
+    Limit {
+        /// The archive.
+        archive: PathBuf,
+        /// The bound it went past.
+        bound: Bound,
+    },
+    /// The archive's bytes are not the pinned ones.
+    #[error(
+        "refusing to unpack {archive}: its sha256 is {actual}, not the pinned {expected}: the cached source changed after it was verified; build again to fetch it anew"
+    )]
+    Changed {
+        /// The archive.
+        archive: PathBuf,
+        /// The pinned sha256.
+        expected: String,
+        /// What its bytes hash to.
+        actual: String,
     },
 }
 
@@ -64,38 +179,172 @@ pub fn sniff(head: &[u8]) -> Compression {
     }
 }
 
-/// Unpacks `archive` into `dest` (which must exist).
-pub fn unpack(archive: &Path, dest: &Path) -> Result<(), UnpackError> {
+/// Hashes the archive's bytes as the decompressor reads them.
+struct Hashing {
+    file: File,
+    hasher: Rc<RefCell<Sha256>>,
+}
+
+impl Read for Hashing {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.hasher.borrow_mut().update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Counts the decompressed stream between two entries (the metadata budget).
+#[derive(Default)]
+struct Meter {
+    /// Whether the tar reader is between entries (reading headers).
+    between: Cell<bool>,
+    /// Bytes read since it started reading headers.
+    read: Cell<u64>,
+    /// Set when the metadata budget ran out.
+    tripped: Cell<bool>,
+}
+
+struct Metered<R> {
+    inner: R,
+    meter: Rc<Meter>,
+}
+
+impl<R: Read> Read for Metered<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let m = &self.meter;
+        let want = if m.between.get() {
+            let left = MAX_METADATA.saturating_sub(m.read.get());
+            if left == 0 {
+                m.tripped.set(true);
+                return Err(io::Error::other("metadata budget exhausted"));
+            }
+            buf.len().min(usize::try_from(left).unwrap_or(usize::MAX))
+        } else {
+            buf.len()
+        };
+        let n = self.inner.read(&mut buf[..want])?;
+        if m.between.get() {
+            m.read.set(m.read.get() + n as u64);
+        }
+        Ok(n)
+    }
+}
+
+/// Unpacks a package's verified source `archive` into `dest` (which must exist)
+/// within the package's limits, checking the bytes read against its sha256.
+pub fn unpack_package(pkg: &Package, archive: &Path, dest: &Path) -> Result<(), UnpackError> {
+    let sha256 = pkg.source.as_ref().map(|s| s.sha256.as_str());
+    unpack_checked(archive, dest, &pkg.limits, sha256)
+}
+
+/// Unpacks `archive` into `dest` (which must exist) within `limits`.
+pub fn unpack(archive: &Path, dest: &Path, limits: &Limits) -> Result<(), UnpackError> {
+    unpack_checked(archive, dest, limits, None)
+}
+
+/// Unpacks `archive` into `dest` within `limits`; when `sha256` is given, the
+/// archive's bytes must hash to it, else [`UnpackError::Changed`] whatever else
+/// went wrong (a changed file explains any other failure).
+pub fn unpack_checked(
+    archive: &Path,
+    dest: &Path,
+    limits: &Limits,
+    sha256: Option<&str>,
+) -> Result<(), UnpackError> {
     let io = |source| UnpackError::Io {
         archive: archive.to_path_buf(),
         source,
     };
     let mut head = [0u8; 6];
-    let mut f = File::open(archive).map_err(io)?;
-    let n = f.read(&mut head).map_err(io)?;
-    let f = BufReader::new(File::open(archive).map_err(io)?);
-    let reader: Box<dyn Read> = match sniff(&head[..n]) {
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(f)),
-        Compression::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(f)),
-        Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(f)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(f).map_err(io)?),
-        Compression::None => Box::new(f),
+    let n = File::open(archive)
+        .and_then(|mut f| f.read(&mut head))
+        .map_err(io)?;
+    let file = File::open(archive).map_err(io)?;
+    // Shares the file offset: what the decompressor leaves unread after the
+    // tar's end is read from here, so the hash covers every byte.
+    let mut rest = file.try_clone().map_err(io)?;
+    let hasher = Rc::new(RefCell::new(Sha256::new()));
+    let f = BufReader::new(Hashing {
+        file,
+        hasher: hasher.clone(),
+    });
+    let result = (|| {
+        let reader: Box<dyn Read> = match sniff(&head[..n]) {
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(f)),
+            Compression::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(f)),
+            Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(f)),
+            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(f).map_err(io)?),
+            Compression::None => Box::new(f),
+        };
+        unpack_stream(reader, archive, dest, limits)
+    })();
+    let Some(expected) = sha256 else {
+        return result;
     };
-    let mut tar = tar::Archive::new(reader);
-    tar.set_preserve_permissions(false);
-    tar.set_preserve_ownerships(false);
-    tar.set_unpack_xattrs(false);
-    tar.set_preserve_mtime(true);
-    tar.set_overwrite(true);
-    let dest = fs::canonicalize(dest).map_err(io)?;
-    for entry in tar.entries().map_err(io)? {
-        let mut entry = entry.map_err(io)?;
+    // The rest of the file (after the tar's end), through the same descriptor.
+    let mut h = hasher.borrow_mut();
+    io::copy(&mut rest, &mut *h).map_err(io)?;
+    let actual = hex::encode(h.clone().finalize());
+    if actual != expected {
+        return Err(UnpackError::Changed {
+            archive: archive.to_path_buf(),
+            expected: expected.to_string(),
+            actual,
+        });
+    }
+    result
+}
+
+fn unpack_stream(
+    reader: Box<dyn Read>,
+    archive: &Path,
+    dest: &Path,
+    limits: &Limits,
+) -> Result<(), UnpackError> {
+    let io = |source| UnpackError::Io {
+        archive: archive.to_path_buf(),
+        source,
+    };
+    let meter = Rc::new(Meter::default());
+    let tripped = |e: io::Error| {
+        if meter.tripped.get() {
+            UnpackError::Limit {
+                archive: archive.to_path_buf(),
+                bound: Bound::Metadata,
+            }
+        } else {
+            io(e)
+        }
+    };
+    let mut tar = tar::Archive::new(Metered {
+        inner: reader,
+        meter: meter.clone(),
+    });
+    let tree = Beneath::open(dest).map_err(|e| io(e.into()))?;
+    let mut entries = tar.entries().map_err(tripped)?;
+    let mut count: u64 = 0;
+    let mut bytes: u64 = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        meter.read.set(0);
+        meter.between.set(true);
+        let next = entries.next();
+        meter.between.set(false);
+        let Some(entry) = next else { break };
+        let mut entry = entry.map_err(tripped)?;
         let raw_path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let refuse = |reason: &str| UnpackError::Refused {
             archive: archive.to_path_buf(),
             entry: raw_path.clone(),
             reason: reason.to_string(),
         };
+        count += 1;
+        if count > limits.max_entries {
+            return Err(UnpackError::Limit {
+                archive: archive.to_path_buf(),
+                bound: Bound::Entries(limits.max_entries),
+            });
+        }
         let rel = contained(&entry.path().map_err(io)?)
             .ok_or_else(|| refuse("leaves the destination (absolute path or '..')"))?;
         let kind = entry.header().entry_type();
@@ -117,26 +366,90 @@ pub fn unpack(archive: &Path, dest: &Path) -> Result<(), UnpackError> {
         if rel.as_os_str().is_empty() {
             continue;
         }
-        if through_symlink(&dest, &rel) {
-            return Err(refuse("would be written through a symlink"));
-        }
-        if kind == T::Link {
-            let target = entry
-                .link_name()
-                .map_err(io)?
-                .ok_or_else(|| refuse("is a hard link without a target"))?;
-            let target = contained(&target)
-                .ok_or_else(|| refuse("is a hard link to outside the destination"))?;
-            if through_symlink(&dest, &target)
-                || fs::symlink_metadata(dest.join(&target))
-                    .is_ok_and(|m| m.file_type().is_symlink())
-            {
-                return Err(refuse("is a hard link through a symlink"));
+        let blocked = |e: BeneathError| match e {
+            BeneathError::Link { path } => refuse(&format!(
+                "would be written through the symlink {}",
+                path.display()
+            )),
+            BeneathError::NotDir { path } => refuse(&format!(
+                "would be written under {}, which is not a directory",
+                path.display()
+            )),
+            BeneathError::Exists { path, kind } => {
+                refuse(&format!("would replace {}, a {kind}", path.display()))
             }
-        }
-        let written = entry.unpack_in(&dest).map_err(io)?;
-        if !written {
-            return Err(refuse("leaves the destination"));
+            BeneathError::BadPath { .. } => refuse("leaves the destination"),
+            BeneathError::Io { source, .. } => io(source),
+        };
+        match kind {
+            T::Directory => tree.mkdir(&rel).map_err(blocked)?,
+            T::Symlink => {
+                let target = entry
+                    .link_name()
+                    .map_err(io)?
+                    .ok_or_else(|| refuse("is a symlink without a target"))?;
+                tree.symlink(&rel, &target, true).map_err(blocked)?;
+            }
+            T::Link => {
+                let target = entry
+                    .link_name()
+                    .map_err(io)?
+                    .ok_or_else(|| refuse("is a hard link without a target"))?;
+                let target = contained(&target)
+                    .ok_or_else(|| refuse("is a hard link to outside the destination"))?;
+                match tree.lstat(&target) {
+                    Ok(Some(st)) if file_type(&st).is_file() => {}
+                    Ok(Some(st)) => {
+                        return Err(refuse(&format!(
+                            "is a hard link to {}, a {} (only files can be hard-linked)",
+                            target.display(),
+                            crate::beneath::kind_name(&st)
+                        )));
+                    }
+                    Ok(None) => {
+                        return Err(refuse(&format!(
+                            "is a hard link to {}, which is not in the archive before it",
+                            target.display()
+                        )));
+                    }
+                    Err(BeneathError::Link { .. }) => {
+                        return Err(refuse("is a hard link through a symlink"));
+                    }
+                    Err(e) => return Err(blocked(e)),
+                }
+                tree.hard_link(&target, &rel, true).map_err(blocked)?;
+            }
+            _ => {
+                let size = entry.size();
+                if bytes.saturating_add(size) > limits.max_bytes {
+                    return Err(UnpackError::Limit {
+                        archive: archive.to_path_buf(),
+                        bound: Bound::Size(limits.max_bytes),
+                    });
+                }
+                let mut out = tree
+                    .create_file(&rel, mode & 0o777, true)
+                    .map_err(blocked)?;
+                loop {
+                    let n = match entry.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(tripped(e)),
+                    };
+                    bytes += n as u64;
+                    if bytes > limits.max_bytes {
+                        return Err(UnpackError::Limit {
+                            archive: archive.to_path_buf(),
+                            bound: Bound::Size(limits.max_bytes),
+                        });
+                    }
+                    out.write_all(&buf[..n]).map_err(io)?;
+                }
+                // Builds compare time stamps (make, autotools): keep the archive's.
+                let mtime = entry.header().mtime().unwrap_or(0);
+                Beneath::set_mtime(&out, i64::try_from(mtime).unwrap_or(0)).map_err(io)?;
+            }
         }
     }
     Ok(())
@@ -153,21 +466,6 @@ fn contained(path: &Path) -> Option<PathBuf> {
         }
     }
     Some(out)
-}
-
-/// Whether any existing ancestor of `rel` under `dest` is a symlink.
-fn through_symlink(dest: &Path, rel: &Path) -> bool {
-    let mut cur = dest.to_path_buf();
-    let parts: Vec<_> = rel.components().collect();
-    for c in &parts[..parts.len().saturating_sub(1)] {
-        cur.push(c);
-        match fs::symlink_metadata(&cur) {
-            Ok(m) if m.file_type().is_symlink() => return true,
-            Ok(_) => {}
-            Err(_) => return false,
-        }
-    }
-    false
 }
 
 /// The directory a source tree lives in after unpacking into `dir`: the single
@@ -229,7 +527,7 @@ mod tests {
 
     fn unpack_err(entries: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> String {
         let (dir, path) = archive(entries);
-        let e = unpack(&path, &dir.path().join("out"))
+        let e = unpack(&path, &dir.path().join("out"), &Limits::default())
             .unwrap_err()
             .to_string();
         // Nothing outside `out` was written.
@@ -276,7 +574,7 @@ mod tests {
             fs::write(&a, bytes).unwrap();
             let out = dir.path().join(format!("out-{name}"));
             fs::create_dir(&out).unwrap();
-            unpack(&a, &out).unwrap();
+            unpack(&a, &out, &Limits::default()).unwrap();
             assert_eq!(
                 fs::read(out.join("pkg-1/hello.c")).unwrap(),
                 b"int main(){}",
@@ -308,7 +606,7 @@ mod tests {
             raw_entry(b, "link/evil", T::Regular, 0o644, None, b"x");
         });
         assert!(
-            e.contains("\"link/evil\" would be written through a symlink"),
+            e.contains("\"link/evil\" would be written through the symlink link"),
             "{e}"
         );
     }
@@ -321,6 +619,183 @@ mod tests {
         assert!(e.contains("setuid/setgid"), "{e}");
         let e = unpack_err(|b| raw_entry(b, "sh", T::Regular, 0o2755, None, b"x"));
         assert!(e.contains("setuid/setgid"), "{e}");
+    }
+
+    #[test]
+    fn a_directory_entry_over_a_link_is_refused() {
+        // tar's own unpack_in would chmod the link's target for the directory entry.
+        let e = unpack_err(|b| {
+            raw_entry(b, "d", T::Symlink, 0o777, Some(".."), b"");
+            raw_entry(b, "d/", T::Directory, 0o700, None, b"");
+        });
+        assert!(
+            e.contains("\"d/\" would be written through the symlink d"),
+            "{e}"
+        );
+        // A file entry replaces a link of the same name, never writes through it.
+        let (dir, path) = archive(|b| {
+            raw_entry(b, "f", T::Symlink, 0o777, Some("../evil"), b"");
+            raw_entry(b, "f", T::Regular, 0o644, None, b"x");
+        });
+        unpack(&path, &dir.path().join("out"), &Limits::default()).unwrap();
+        assert!(!dir.path().join("evil").exists());
+        assert_eq!(fs::read(dir.path().join("out/f")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn refuses_hard_links_to_links_and_missing_files() {
+        let e = unpack_err(|b| {
+            raw_entry(b, "l", T::Symlink, 0o777, Some("../evil"), b"");
+            raw_entry(b, "h", T::Link, 0o644, Some("l"), b"");
+        });
+        assert!(e.contains("is a hard link to l, a symlink"), "{e}");
+        let e = unpack_err(|b| raw_entry(b, "h", T::Link, 0o644, Some("nope"), b""));
+        assert!(e.contains("not in the archive before it"), "{e}");
+    }
+
+    #[test]
+    fn keeps_hard_links() {
+        let (dir, path) = archive(|b| {
+            raw_entry(b, "bin/busybox", T::Regular, 0o755, None, b"elf");
+            raw_entry(b, "bin/ls", T::Link, 0o755, Some("bin/busybox"), b"");
+        });
+        let out = dir.path().join("out");
+        unpack(&path, &out, &Limits::default()).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(out.join("bin/ls")).unwrap();
+        assert_eq!(
+            m.ino(),
+            fs::metadata(out.join("bin/busybox")).unwrap().ino()
+        );
+        assert_eq!(m.nlink(), 2);
+    }
+
+    /// A zstd tarball of one `size`-byte file of zeros, streamed (never held).
+    fn zstd_bomb(dir: &Path, size: u64) -> PathBuf {
+        let path = dir.join("bomb.tar.zst");
+        let mut enc = zstd::stream::write::Encoder::new(File::create(&path).unwrap(), 19).unwrap();
+        {
+            let mut b = tar::Builder::new(&mut enc);
+            let mut h = tar::Header::new_gnu();
+            h.set_size(size);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, "bomb/zeros", std::io::repeat(0).take(size))
+                .unwrap();
+            b.finish().unwrap();
+        }
+        enc.finish().unwrap();
+        path
+    }
+
+    #[test]
+    fn a_decompression_bomb_stops_at_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let bomb = zstd_bomb(dir.path(), 64 << 20);
+        assert!(fs::metadata(&bomb).unwrap().len() < 64 << 10);
+        let out = dir.path().join("out");
+        fs::create_dir(&out).unwrap();
+        let limits = Limits {
+            max_bytes: 8 << 20,
+            max_entries: 10,
+        };
+        let e = unpack(&bomb, &out, &limits).unwrap_err();
+        assert!(matches!(e, UnpackError::Limit { bound: Bound::Size(n), .. } if n == 8 << 20));
+        let e = e.to_string();
+        assert!(
+            e.contains("it unpacks to more than 8.0 MiB (max_unpacked_size = \"8M\""),
+            "{e}"
+        );
+        assert!(
+            e.contains(
+                "raise max_unpacked_size in its [[package]] table, e.g. max_unpacked_size = \"16M\""
+            ),
+            "{e}"
+        );
+        // Refused from the header's size: nothing was written at all.
+        let written: u64 = walkdir::WalkDir::new(&out)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_type().is_file())
+            .map(|e| e.metadata().unwrap().len())
+            .sum();
+        assert_eq!(written, 0);
+        // Within the limit it unpacks.
+        let limits = Limits {
+            max_bytes: 64 << 20,
+            max_entries: 10,
+        };
+        unpack(&bomb, &out, &limits).unwrap();
+    }
+
+    #[test]
+    fn defaults_are_documented() {
+        let l = Limits::default();
+        assert_eq!(l.max_bytes, 4 << 30);
+        assert_eq!(l.max_entries, 200_000);
+        assert_eq!(size_text(l.max_bytes), "4G");
+        assert_eq!(
+            crate::image::parse_size(&size_text(l.max_bytes)).unwrap(),
+            l.max_bytes
+        );
+    }
+
+    #[test]
+    fn an_entry_count_bomb_stops_at_the_limit() {
+        let (dir, path) = archive(|b| {
+            for i in 0..50 {
+                raw_entry(b, &format!("f{i}"), T::Regular, 0o644, None, b"");
+            }
+        });
+        let out = dir.path().join("out");
+        let limits = Limits {
+            max_bytes: 1 << 20,
+            max_entries: 20,
+        };
+        let e = unpack(&path, &out, &limits).unwrap_err().to_string();
+        assert!(
+            e.contains("it holds more than 20 entries (max_entries = 20)"),
+            "{e}"
+        );
+        assert!(e.contains("e.g. max_entries = 40"), "{e}");
+        assert_eq!(fs::read_dir(&out).unwrap().count(), 20);
+    }
+
+    #[test]
+    fn a_huge_header_is_bounded() {
+        // A GNU long name the tar crate would read into memory whole.
+        let (dir, path) = archive(|b| {
+            raw_entry(
+                b,
+                "././@LongLink",
+                T::GNULongName,
+                0o644,
+                None,
+                &vec![b'a'; 2 << 20],
+            );
+            raw_entry(b, "x", T::Regular, 0o644, None, b"x");
+        });
+        let e = unpack(&path, &dir.path().join("out"), &Limits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("of headers between two entries"), "{e}");
+    }
+
+    #[test]
+    fn a_changed_archive_is_refused() {
+        let (dir, path) = archive(|b| raw_entry(b, "f", T::Regular, 0o644, None, b"x"));
+        let bytes = fs::read(&path).unwrap();
+        let sha = hex::encode(Sha256::digest(&bytes));
+        let out = dir.path().join("out");
+        unpack_checked(&path, &out, &Limits::default(), Some(&sha)).unwrap();
+        let other = "0".repeat(64);
+        let e = unpack_checked(&path, &out, &Limits::default(), Some(&other))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("its sha256 is {sha}, not the pinned {other}")),
+            "{e}"
+        );
     }
 
     #[test]
