@@ -667,6 +667,68 @@ fn matching_fails_closed_when_the_filter_cannot_be_read() {
     problems.finish("matching a target whose filter cannot be read");
 }
 
+/// A container that keeps CAP_SYS_PTRACE only in a nested PID namespace (its PID 1 dropped
+/// it): the nested init can still reach a session's process through the container's `/proc`,
+/// so the session gets the match power, as against any container that can ptrace it.
+#[test]
+fn a_ptracer_in_a_nested_pid_namespace_is_seen() {
+    let c = attack_container(
+        "attack-nested",
+        "nested",
+        &[],
+        &["--cap-add", "SYS_PTRACE", "--cap-add", "SYS_ADMIN"],
+    );
+    let ready = wait_for_file(
+        std::path::Path::new(&format!("/proc/{}/root/ready", c.pid)),
+        "the nested namespace",
+    );
+    assert!(
+        ready.starts_with("NESTED"),
+        "no nested PID namespace: {ready}"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", c.pid)).expect("status");
+    let bounding = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).expect("mask"))
+        .expect("CapBnd");
+    assert_eq!(
+        bounding & (1 << 19),
+        0,
+        "PID 1 still holds CAP_SYS_PTRACE: {status}"
+    );
+    let img = TestImage::fixture();
+    let mounts = MountSnapshot::take(c.pid);
+    let (cmd, out) = run(session(
+        &img,
+        &c.name,
+        &[],
+        &["grep", "CapEff", "/proc/self/status"],
+    ));
+    assert!(out.status.success(), "{}", shown(&cmd, &out));
+    assert!(
+        stderr(&out).contains("CAP_SYS_PTRACE") && stderr(&out).contains("--profile match"),
+        "a ptracer in a nested PID namespace went unseen: {}",
+        shown(&cmd, &out)
+    );
+    let eff = stdout(&out)
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).expect("mask"))
+        .expect("CapEff");
+    assert_eq!(
+        eff & !bounding,
+        0,
+        "the session holds more than the container's PID 1: {}",
+        shown(&cmd, &out)
+    );
+    let mut problems = Problems::new();
+    mounts.check_unchanged(&mut problems, "the session");
+    problems.finish("a ptracer in a nested PID namespace");
+    img.assert_no_loop_device();
+    c.assert_clean();
+}
+
 /// A target that cannot stop to have its filter read (frozen by `docker pause`): `match`
 /// refuses within a bounded time instead of waiting for it forever.
 #[test]

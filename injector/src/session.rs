@@ -796,3 +796,24 @@ fn proxy(
         target_exited,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pinned_pid_is_recognised_by_its_container_id() {
+        let id = "21bc7fa514958aaf1f7c57fdd0b34253eb0075eef878b247f7523f47f4da7db8";
+        let docker_v1 = format!("12:pids:/docker/{id}\n0::/docker/{id}\n");
+        assert!(in_cgroup_of(docker_v1.as_bytes(), id));
+        let systemd = format!("0::/system.slice/docker-{id}.scope\n");
+        assert!(in_cgroup_of(systemd.as_bytes(), id));
+        let other = "0::/system.slice/docker-0000.scope\n12:pids:/\n";
+        assert!(!in_cgroup_of(other.as_bytes(), id));
+        // A reused PID in the host: no container path at all.
+        assert!(!in_cgroup_of(b"0::/user.slice/session-1.scope\n", id));
+        // containerd task IDs are free-form: a whole path component, not a substring.
+        assert!(in_cgroup_of(b"0::/default/web\n", "web"));
+        assert!(!in_cgroup_of(b"0::/default/webserver\n", "web"));
+    }
+}
