@@ -11,8 +11,9 @@
 //!   build keys;
 //! - [`fetch`]: verified downloads into the content-addressed [`cache`];
 //! - [`unpack`]: tarballs, refusing anything that escapes;
-//! - [`toolchain`] and [`build`]: static musl builds, cached by key, with
-//!   [`elf`] checking that every binary is static;
+//! - [`toolchain`] and [`build`]: static musl builds, cached by key, each
+//!   script in a [`sandbox`] of fresh namespaces, with [`elf`] checking that
+//!   every binary is static;
 //! - [`stage`]: the tree for the mount point `/dev/crashcart`;
 //! - [`image`]: the [`image::ImageWriter`] seam and its implementation with
 //!   cartbuild's own [`ext4`] writer;
@@ -46,6 +47,7 @@ pub mod plan;
 pub mod progress;
 pub mod recipe;
 pub mod release;
+pub mod sandbox;
 pub mod sign;
 pub mod spdx;
 pub mod stage;

@@ -5,7 +5,7 @@
 //! `mirror://` URLs resolved, packages put in dependency order (unknown and cyclic
 //! dependencies rejected), and each package's build key computed: a sha256 over its
 //! definition, its source's hash (or its local files' content), its dependencies'
-//! keys, the toolchain's identity and the epoch. An unchanged key means an
+//! keys, the toolchain's identity, the sandbox its script runs in and the epoch. An unchanged key means an
 //! unchanged output, so the builder never rebuilds it.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -164,6 +164,9 @@ pub struct Context {
     pub source_date_epoch: Option<u64>,
     /// The toolchain's identity (part of every `build` package's key).
     pub toolchain: Option<String>,
+    /// The sandbox build scripts run in (`sandbox::Mode::key`; part of every
+    /// `build` package's key).
+    pub sandbox: Option<String>,
 }
 
 /// The validated plan: packages in dependency order.
@@ -541,6 +544,13 @@ fn assign_keys(packages: &mut [Package], ctx: &Context, epoch: u64) -> Result<()
             "toolchain": if p.kind == Kind::Build { ctx.toolchain.as_deref() } else { None },
             "epoch": epoch,
         });
+        let mut definition = definition;
+        // Only scripts run in the sandbox: other kinds keep their keys.
+        if p.kind == Kind::Build
+            && let Some(sandbox) = &ctx.sandbox
+        {
+            definition["sandbox"] = serde_json::Value::from(sandbox.as_str());
+        }
         let key = hex::encode(Sha256::digest(definition.to_string().as_bytes()));
         keys.insert(p.name.clone(), key.clone());
         p.key = key;
