@@ -54,7 +54,7 @@
 use std::ffi::{CString, OsString};
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -370,7 +370,7 @@ fn chown_tree(dir: &Path, id: u32) -> Result<(), SandboxError> {
 
 /// A failed step of the helper, naming what it acted on.
 #[derive(Debug, thiserror::Error)]
-#[error("{step} {}: {errno}", path.display())]
+#[error("{step}{}{}: {errno}", if path.as_os_str().is_empty() { "" } else { " " }, path.display())]
 struct StepError {
     step: &'static str,
     path: PathBuf,
@@ -389,12 +389,8 @@ fn io_step<T>(s: &'static str, path: &Path, r: std::io::Result<T>) -> Result<T, 
     step(
         s,
         path,
-        r.map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc_eio()))),
+        r.map_err(|e| e.raw_os_error().map_or(Errno::EIO, Errno::from_raw)),
     )
-}
-
-fn libc_eio() -> i32 {
-    Errno::EIO as i32
 }
 
 /// The entry point of `cartbuild __sandbox SPEC`; returns the exit status (the
@@ -517,8 +513,8 @@ fn namespace_child(spec: &Spec, unshared: OwnedFd, mapped: OwnedFd) -> Result<i3
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWCGROUP;
     step(
-        "create namespaces (user, mount, network, PID, IPC, UTS, cgroup) for",
-        here,
+        "cannot create user, mount, network, PID, IPC, UTS and cgroup namespaces",
+        Path::new(""),
         nix::sched::unshare(flags),
     )?;
     let _ = File::from(unshared).write_all(&[1]);
@@ -923,7 +919,6 @@ fn drop_privileges(last_cap: u32) -> Result<(), StepError> {
         here,
         nix::sys::prctl::set_no_new_privs(),
     )?;
-    let _ = AsRawFd::as_raw_fd(&std::io::stdin());
     Ok(())
 }
 
