@@ -730,4 +730,31 @@ mod tests {
             .clone();
         assert_ne!(k1, k2);
     }
+
+    #[test]
+    fn the_sandbox_changes_the_keys_of_built_packages_only() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("rc"), "a").unwrap();
+        let text = format!(
+            "{}[[package]]\nname = \"rc\"\nversion = \"1\"\nkind = \"local\"\npath = \"rc\"\ninstall = \"etc\"\n",
+            pkg("a", &[])
+        );
+        let r = recipe(dir.path(), &text);
+        let keys = |sandbox: Option<&str>| -> BTreeMap<String, String> {
+            let ctx = Context {
+                sandbox: sandbox.map(str::to_string),
+                ..Context::default()
+            };
+            Plan::resolve(&r, &ctx)
+                .unwrap()
+                .packages
+                .into_iter()
+                .map(|p| (p.name, p.key))
+                .collect()
+        };
+        let (none, ns, unset) = (keys(Some("none")), keys(Some("namespaces-1")), keys(None));
+        assert_ne!(none["a"], ns["a"]);
+        assert_eq!(none["rc"], ns["rc"]);
+        assert_eq!(unset["rc"], ns["rc"]);
+    }
 }
