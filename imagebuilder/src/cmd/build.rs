@@ -188,7 +188,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<PathBuf> {
     });
     let sandbox = match sandbox_mode {
         Some(SandboxMode::Namespaces) => {
-            let sb = Sandbox::current()?;
+            let sb = Sandbox::current();
             let scratch = tempfile::Builder::new()
                 .prefix("sandbox-check-")
                 .tempdir_in(cache.tmp())
