@@ -9,7 +9,8 @@
 //! 2. `deps`: the outputs of every package it depends on (directly or not) are
 //!    merged into `$DEPS`;
 //! 3. `script`: the recipe's script runs under `/bin/sh -e -x` with the
-//!    environment of [`script_env`] and nothing else of the caller's; it
+//!    environment of [`script_env`] and nothing else of the caller's, in the
+//!    [`crate::sandbox`] (unless the builder has none: `--no-sandbox`); it
 //!    installs into `$OUT`;
 //! 4. `install`: the paths `install` selects must exist, every ELF file among
 //!    them must be static, and they are stripped unless the recipe says
@@ -31,6 +32,7 @@ use crate::cache::{Cache, CacheError};
 use crate::plan::{Install, Package, Plan};
 use crate::progress::Reporter;
 use crate::recipe::Kind;
+use crate::sandbox::{self, Bind, Sandbox, Spec};
 use crate::stage::{StageError, check_static, copy_tree, select};
 use crate::toolchain::Toolchain;
 
@@ -70,6 +72,14 @@ pub enum BuildError {
     /// A source was not fetched before building.
     #[error("package {0}: its source was not fetched")]
     NoSource(String),
+    /// The sandbox could not be prepared.
+    #[error("package {package}: {source}")]
+    Sandbox {
+        /// The package.
+        package: String,
+        /// What failed.
+        source: sandbox::SandboxError,
+    },
 }
 
 /// A package's output tree.
@@ -97,6 +107,8 @@ pub struct Builder<'a> {
     pub jobs: usize,
     /// Progress.
     pub reporter: Reporter,
+    /// The sandbox scripts run in; `None` runs them directly (`--no-sandbox`).
+    pub sandbox: Option<&'a Sandbox>,
 }
 
 impl Builder<'_> {
@@ -232,18 +244,44 @@ impl Builder<'_> {
                     copy_tree(&d.dir, &deps_dir).map_err(io_err("deps"))?;
                 }
                 self.reporter.step(&pkg.name, "build");
-                let env = script_env(
-                    toolchain,
-                    &work.path,
-                    &out,
-                    &deps_dir,
-                    self.jobs,
-                    self.plan.image.epoch,
-                    pkg,
-                );
                 // OK to unwrap: build packages always have a script (plan::validate).
                 let script = pkg.script.as_deref().unwrap_or("");
-                self.run_script(pkg, script, &src, &env, &work.path, &log_path)?;
+                let script_file = work.path.join("script.sh");
+                fs::write(&script_file, format!("umask 022\nset -x\n{script}\n"))
+                    .map_err(io_err("script"))?;
+                let cmd = match self.sandbox {
+                    None => {
+                        let env = script_env(
+                            toolchain,
+                            &work.path,
+                            &out,
+                            &deps_dir,
+                            self.jobs,
+                            self.plan.image.epoch,
+                            pkg,
+                        );
+                        let mut cmd = Command::new("/bin/sh");
+                        cmd.arg("-e")
+                            .arg(&script_file)
+                            .current_dir(&src)
+                            .env_clear()
+                            .envs(&env);
+                        cmd
+                    }
+                    Some(sb) => self
+                        .sandboxed(sb, toolchain, &work.path, &src, pkg)
+                        .map_err(|source| BuildError::Sandbox {
+                            package: pkg.name.clone(),
+                            source,
+                        })?,
+                };
+                self.run_script(pkg, cmd, &log_path)?;
+                if self.sandbox.is_some() {
+                    sandbox::take_back(&out).map_err(|source| BuildError::Sandbox {
+                        package: pkg.name.clone(),
+                        source,
+                    })?;
+                }
             }
             Kind::File => {
                 if let Install::File(rel) = &pkg.install {
@@ -363,13 +401,92 @@ impl Builder<'_> {
         Ok(())
     }
 
+    /// The command running a package's script in the sandbox: the work directory's
+    /// parts at [`sandbox::BUILD_DIR`], the toolchain at [`sandbox::TOOLCHAIN_DIR`].
+    fn sandboxed(
+        &self,
+        sb: &Sandbox,
+        toolchain: &Toolchain,
+        work: &Path,
+        src: &Path,
+        pkg: &Package,
+    ) -> Result<Command, sandbox::SandboxError> {
+        let inside = Path::new(sandbox::BUILD_DIR);
+        fn prepare(path: &Path) -> impl FnOnce(std::io::Error) -> sandbox::SandboxError {
+            let path = path.to_path_buf();
+            move |source| sandbox::SandboxError::Prepare { path, source }
+        }
+        let root = work.join("root");
+        fs::create_dir_all(&root).map_err(prepare(&root))?;
+        let mut binds = Vec::new();
+        let mut symlinks = Vec::new();
+        sandbox::system(&mut binds, &mut symlinks);
+        sandbox::toolchain(&mut binds, toolchain);
+        let mut writable = Vec::new();
+        for rel in &toolchain.scratch {
+            let dir = work.join("scratch").join(rel);
+            fs::create_dir_all(&dir).map_err(prepare(&dir))?;
+            binds.push(Bind {
+                source: dir.clone(),
+                target: Path::new(sandbox::TOOLCHAIN_DIR).join(rel),
+                writable: true,
+            });
+            writable.push(dir);
+        }
+        for (name, rw) in [
+            ("src", true),
+            ("out", true),
+            ("home", true),
+            ("deps", false),
+        ] {
+            binds.push(Bind {
+                source: work.join(name),
+                target: inside.join(name),
+                writable: rw,
+            });
+            if rw {
+                writable.push(work.join(name));
+            }
+        }
+        binds.push(Bind {
+            source: work.join("script.sh"),
+            target: inside.join("script.sh"),
+            writable: false,
+        });
+        let refs: Vec<&Path> = writable.iter().map(PathBuf::as_path).collect();
+        sandbox::hand_over(&refs)?;
+        let cwd = inside.join(src.strip_prefix(work).unwrap_or(Path::new("src")));
+        let mut env = script_env(
+            &sandbox::relocate(toolchain),
+            inside,
+            &inside.join("out"),
+            &inside.join("deps"),
+            self.jobs,
+            self.plan.image.epoch,
+            pkg,
+        );
+        // The private tmpfs, not a directory of the work tree.
+        env.insert("TMPDIR".into(), "/tmp".into());
+        let spec = Spec {
+            root,
+            binds,
+            symlinks,
+            cwd,
+            argv: vec![
+                "/bin/sh".into(),
+                "-e".into(),
+                inside.join("script.sh").display().to_string(),
+            ],
+        };
+        let mut cmd = sb.command(&spec);
+        cmd.env_clear().envs(&env);
+        Ok(cmd)
+    }
+
     fn run_script(
         &self,
         pkg: &Package,
-        script: &str,
-        cwd: &Path,
-        env: &BTreeMap<String, String>,
-        work: &Path,
+        mut cmd: Command,
         log_path: &Path,
     ) -> Result<(), BuildError> {
         let fail = |message: String| BuildError::Step {
@@ -378,25 +495,17 @@ impl Builder<'_> {
             message,
             log: Some(log_path.to_path_buf()),
         };
-        let script_file = work.join("script.sh");
-        fs::write(&script_file, format!("umask 022\nset -x\n{script}\n"))
-            .map_err(|e| fail(e.to_string()))?;
         let mut log =
             File::create(log_path).map_err(|e| fail(format!("cannot create the log: {e}")))?;
         let (reader, writer) = std::io::pipe().map_err(|e| fail(e.to_string()))?;
         let writer2 = writer.try_clone().map_err(|e| fail(e.to_string()))?;
-        let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-e")
-            .arg(&script_file)
-            .current_dir(cwd)
-            .env_clear()
-            .envs(env)
-            .stdin(Stdio::null())
-            .stdout(writer)
-            .stderr(writer2);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| fail(format!("cannot run /bin/sh: {e}")))?;
+        cmd.stdin(Stdio::null()).stdout(writer).stderr(writer2);
+        let mut child = cmd.spawn().map_err(|e| {
+            fail(format!(
+                "cannot run {}: {e}",
+                cmd.get_program().to_string_lossy()
+            ))
+        })?;
         // Our copies of the pipe's write end must go, or the reader never sees EOF.
         drop(cmd);
         let mut tail: std::collections::VecDeque<String> = Default::default();

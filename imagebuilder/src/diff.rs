@@ -352,6 +352,7 @@ mod tests {
             recipe_sha256: "r".into(),
             epoch: 0,
             toolchain: None,
+            sandbox: None,
             image_sha256: None,
             image_size: None,
             packages,

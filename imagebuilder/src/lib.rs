@@ -12,8 +12,9 @@
 //! - [`fetch`]: verified downloads into the content-addressed [`cache`];
 //! - [`unpack`]: tarballs, refusing anything that escapes, bounded in size;
 //! - [`beneath`]: writing under a directory without following a link in it;
-//! - [`toolchain`] and [`build`]: static musl builds, cached by key, with
-//!   [`elf`] checking that every binary is static;
+//! - [`toolchain`] and [`build`]: static musl builds, cached by key, each
+//!   script in a [`sandbox`] of fresh namespaces, with [`elf`] checking that
+//!   every binary is static;
 //! - [`stage`]: the tree for the mount point `/dev/crashcart`;
 //! - [`image`]: the [`image::ImageWriter`] seam and its implementation with
 //!   cartbuild's own [`ext4`] writer;
@@ -48,6 +49,7 @@ pub mod plan;
 pub mod progress;
 pub mod recipe;
 pub mod release;
+pub mod sandbox;
 pub mod sign;
 pub mod spdx;
 pub mod stage;

@@ -7,7 +7,18 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = cmd::Cli::parse_from(cmd::with_default_command(std::env::args_os()));
+    // `cartbuild __sandbox SPEC`: the builder running a script in the sandbox. It
+    // must stay single-threaded to unshare a user namespace, so it is dispatched
+    // before anything else runs.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .get(1)
+        .is_some_and(|a| a == cartbuild::sandbox::HELPER_COMMAND)
+    {
+        let code = cartbuild::sandbox::helper_main(&args);
+        return ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX));
+    }
+    let cli = cmd::Cli::parse_from(cmd::with_default_command(args));
     match cmd::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

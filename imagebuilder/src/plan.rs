@@ -5,7 +5,7 @@
 //! `mirror://` URLs resolved, packages put in dependency order (unknown and cyclic
 //! dependencies rejected), and each package's build key computed: a sha256 over its
 //! definition, its source's hash (or its local files' content), its dependencies'
-//! keys, the toolchain's identity and the epoch. An unchanged key means an
+//! keys, the toolchain's identity, the sandbox its script runs in and the epoch. An unchanged key means an
 //! unchanged output, so the builder never rebuilds it.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -166,6 +166,9 @@ pub struct Context {
     pub source_date_epoch: Option<u64>,
     /// The toolchain's identity (part of every `build` package's key).
     pub toolchain: Option<String>,
+    /// The sandbox build scripts run in (`sandbox::Mode::key`; part of every
+    /// `build` package's key).
+    pub sandbox: Option<String>,
 }
 
 /// The validated plan: packages in dependency order.
@@ -572,6 +575,13 @@ fn assign_keys(packages: &mut [Package], ctx: &Context, epoch: u64) -> Result<()
             "toolchain": if p.kind == Kind::Build { ctx.toolchain.as_deref() } else { None },
             "epoch": epoch,
         });
+        let mut definition = definition;
+        // Only scripts run in the sandbox: other kinds keep their keys.
+        if p.kind == Kind::Build
+            && let Some(sandbox) = &ctx.sandbox
+        {
+            definition["sandbox"] = serde_json::Value::from(sandbox.as_str());
+        }
         let key = hex::encode(Sha256::digest(definition.to_string().as_bytes()));
         keys.insert(p.name.clone(), key.clone());
         p.key = key;
@@ -767,5 +777,32 @@ mod tests {
             .key
             .clone();
         assert_ne!(k1, k2);
+    }
+
+    #[test]
+    fn the_sandbox_changes_the_keys_of_built_packages_only() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("rc"), "a").unwrap();
+        let text = format!(
+            "{}[[package]]\nname = \"rc\"\nversion = \"1\"\nkind = \"local\"\npath = \"rc\"\ninstall = \"etc\"\n",
+            pkg("a", &[])
+        );
+        let r = recipe(dir.path(), &text);
+        let keys = |sandbox: Option<&str>| -> BTreeMap<String, String> {
+            let ctx = Context {
+                sandbox: sandbox.map(str::to_string),
+                ..Context::default()
+            };
+            Plan::resolve(&r, &ctx)
+                .unwrap()
+                .packages
+                .into_iter()
+                .map(|p| (p.name, p.key))
+                .collect()
+        };
+        let (none, ns, unset) = (keys(Some("none")), keys(Some("namespaces-1")), keys(None));
+        assert_ne!(none["a"], ns["a"]);
+        assert_eq!(none["rc"], ns["rc"]);
+        assert_eq!(unset["rc"], ns["rc"]);
     }
 }

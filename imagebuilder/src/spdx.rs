@@ -484,6 +484,7 @@ mod tests {
             recipe_sha256: "r".into(),
             epoch: 1_767_225_600,
             toolchain: None,
+            sandbox: None,
             image_sha256: None,
             image_size: None,
             packages: vec![

@@ -100,8 +100,15 @@ pub struct Toolchain {
     pub target: String,
     /// A one-line description (`musl-gcc: gcc 12.2.0, musl 1.2.3`).
     pub description: String,
-    /// Hex sha256 identifying compiler, libc and headers.
+    /// Hex sha256 identifying compiler, libc and headers (and, after
+    /// [`Toolchain::for_sandbox`], the sandbox scripts run in).
     pub identity: String,
+    /// Host paths the toolchain reads besides `dir` (compiler, specs, libc and its
+    /// headers, zig's installation): the sandbox shows them read-only.
+    pub inputs: Vec<PathBuf>,
+    /// Directories under `dir` that compilers write to (zig's cache): each build
+    /// gets an empty private one in the sandbox.
+    pub scratch: Vec<PathBuf>,
 }
 
 /// The UAPI directories handed to musl-gcc.
@@ -117,7 +124,7 @@ const UAPI_DIRS: &[&str] = &[
 ];
 
 /// Bumped when the wrapper's shape changes, to change every identity.
-const WRAPPER_FORMAT: &str = "cartbuild-toolchain-2";
+const WRAPPER_FORMAT: &str = "cartbuild-toolchain-3";
 
 /// Finds an executable on the caller's PATH.
 pub fn which(name: &str) -> Option<PathBuf> {
@@ -131,6 +138,18 @@ pub fn which(name: &str) -> Option<PathBuf> {
 }
 
 impl Toolchain {
+    /// The same toolchain with the sandbox its scripts run in (`sandbox::Mode::key`)
+    /// mixed into its identity: an output built outside the sandbox is never taken
+    /// for one built inside, nor the other way round.
+    pub fn for_sandbox(mut self, sandbox: &str) -> Toolchain {
+        let mut h = Sha256::new();
+        h.update(&self.identity);
+        h.update("\0sandbox=");
+        h.update(sandbox);
+        self.identity = hex::encode(h.finalize());
+        self
+    }
+
     /// Finds a toolchain and writes its wrapper into the cache.
     pub fn detect(cache: &Cache, flavor: Flavor) -> Result<Toolchain, ToolchainError> {
         let arch = std::env::consts::ARCH;
@@ -393,6 +412,16 @@ fn musl_gcc(cache: &Cache, gcc: &Path, arch: &str) -> Result<Toolchain, Toolchai
         ),
         dir,
         identity,
+        inputs: vec![
+            gcc.to_path_buf(),
+            specs.clone(),
+            libdir.to_path_buf(),
+            libc_include,
+        ]
+        .into_iter()
+        .chain(uapi_paths)
+        .collect(),
+        scratch: Vec::new(),
     })
 }
 
@@ -453,6 +482,8 @@ fn zig_cc(cache: &Cache, zig: &Path, arch: &str) -> Result<Toolchain, ToolchainE
     let includes_fill = includes.clone();
     create_dir_atomically(&dir, move |tmp| {
         fs::create_dir(tmp.join("bin"))?;
+        // The mount point of each sandboxed build's private zig cache.
+        fs::create_dir(tmp.join("zig-cache"))?;
         // zig caches the musl it compiles in its global cache, by default under
         // $HOME, which is a fresh scratch directory in every build: keep it
         // beside the wrapper so musl is compiled once.
@@ -484,6 +515,9 @@ fn zig_cc(cache: &Cache, zig: &Path, arch: &str) -> Result<Toolchain, ToolchainE
         description: format!("zig cc {} -target {arch}-linux-musl", version.trim()),
         dir,
         identity,
+        // zig's own directory holds its lib/ (musl and headers).
+        inputs: vec![zig.parent().unwrap_or(zig).to_path_buf()],
+        scratch: vec![PathBuf::from("zig-cache")],
     })
 }
 

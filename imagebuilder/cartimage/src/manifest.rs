@@ -74,6 +74,11 @@ pub struct Manifest {
     /// (compiler and C library versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub toolchain: Option<String>,
+    /// Where the build scripts ran, when any were run: `namespaces` (cartbuild's
+    /// sandbox) or `none` (`--no-sandbox`). Absent in manifests written before the
+    /// sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
     /// sha256 of the image file itself; only in the manifest beside the image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_sha256: Option<String>,
@@ -329,6 +334,7 @@ mod tests {
             recipe_sha256: "0".repeat(64),
             epoch: 0,
             toolchain: None,
+            sandbox: Some("namespaces".into()),
             image_sha256: None,
             image_size: None,
             packages: vec![Package {
@@ -380,6 +386,7 @@ mod tests {
             "files": [{"path": "bin", "kind": "dir", "mode": 493, "size": 0}]}"#;
         let m = Manifest::from_slice(json.as_bytes(), Path::new("old.json")).unwrap();
         assert_eq!(m.toolchain, None);
+        assert_eq!(m.sandbox, None);
         assert!(m.packages[0].depends.is_empty());
         assert_eq!(m.files[0].package, None);
         assert_eq!(m.files[0].link, None);

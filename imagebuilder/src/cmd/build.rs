@@ -18,6 +18,7 @@ use cartbuild::output::{Outputs, Pending};
 use cartbuild::plan::{Context as PlanContext, Plan};
 use cartbuild::progress::{Reporter, human_bytes};
 use cartbuild::recipe::Recipe;
+use cartbuild::sandbox::{Mode as SandboxMode, Sandbox};
 use cartbuild::spdx;
 use cartbuild::toolchain::{Flavor, Toolchain};
 use cartimage::manifest::PATH_IN_IMAGE;
@@ -103,6 +104,12 @@ pub struct BuildArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub toolchain: ToolchainArg,
 
+    /// Run build scripts directly, with the builder's rights, instead of in a
+    /// sandbox of fresh namespaces (where the kernel allows no user namespaces);
+    /// outputs are cached apart and the manifest says "sandbox": "none".
+    #[arg(long)]
+    pub no_sandbox: bool,
+
     /// Seconds allowed to connect to a server.
     #[arg(
         long,
@@ -171,6 +178,34 @@ pub fn build(args: BuildArgs) -> anyhow::Result<PathBuf> {
     } else {
         None
     };
+    // Scripts run only when something is built from source.
+    let sandbox_mode = toolchain.as_ref().map(|_| {
+        if args.no_sandbox {
+            SandboxMode::None
+        } else {
+            SandboxMode::Namespaces
+        }
+    });
+    let sandbox = match sandbox_mode {
+        Some(SandboxMode::Namespaces) => {
+            let sb = Sandbox::current();
+            let scratch = tempfile::Builder::new()
+                .prefix("sandbox-check-")
+                .tempdir_in(cache.tmp())
+                .context("failed to check the sandbox")?;
+            sb.check(scratch.path())?;
+            Some(sb)
+        }
+        _ => None,
+    };
+    if sandbox_mode == Some(SandboxMode::None) {
+        reporter
+            .line("warning: --no-sandbox: build scripts run with your rights, network and files");
+    }
+    let toolchain = match (toolchain, sandbox_mode) {
+        (Some(t), Some(mode)) => Some(t.for_sandbox(mode.key())),
+        (t, _) => t,
+    };
 
     let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) if !v.is_empty() => Some(
@@ -185,6 +220,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<PathBuf> {
             mirrors,
             source_date_epoch,
             toolchain: toolchain.as_ref().map(|t| t.identity.clone()),
+            sandbox: sandbox_mode.map(|m| m.key().to_string()),
         },
     )
     .context("invalid recipe")?;
@@ -239,6 +275,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<PathBuf> {
         sources: &sources,
         jobs,
         reporter: reporter.clone(),
+        sandbox: sandbox.as_ref(),
     }
     .build_all()
     .context("build failed")?;
@@ -271,7 +308,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<PathBuf> {
     // The manifest, made from the tree as the writer will see it, goes into
     // the tree itself.
     let mut bar = reporter.bytes("hashing the staged files".into(), None);
-    let (manifest, hashes) = describe::manifest(
+    let (mut manifest, hashes) = describe::manifest(
         &plan,
         toolchain.as_ref().map(|t| t.description.clone()),
         &staged_dir,
@@ -280,6 +317,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<PathBuf> {
     )
     .context("failed to describe the image")?;
     bar.finish();
+    manifest.sandbox = sandbox_mode.map(|m| m.name().to_string());
     let placed = describe::place_in_tree(&staged_dir, &manifest)
         .context("failed to put the manifest into the image")?;
 

@@ -70,6 +70,10 @@ pub struct ReleaseArgs {
     /// Which C toolchain to use.
     #[arg(long, value_enum, default_value = "auto")]
     pub toolchain: ToolchainArg,
+
+    /// Run build scripts without the sandbox (see `cartbuild build --no-sandbox`).
+    #[arg(long)]
+    pub no_sandbox: bool,
 }
 
 /// An empty build cache for one build, sharing `shared`'s verified sources unless told not
@@ -107,6 +111,7 @@ fn build_once(
         size: None,
         staged: None,
         toolchain: args.toolchain,
+        no_sandbox: args.no_sandbox,
         connect_timeout: env_or("CARTBUILD_CONNECT_TIMEOUT", 15.0),
         read_timeout: env_or("CARTBUILD_READ_TIMEOUT", 30.0),
         retries: env_or("CARTBUILD_RETRIES", 2),

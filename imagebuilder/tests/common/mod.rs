@@ -205,6 +205,9 @@ pub fn hello_server(message: &str) -> (Server, Vec<u8>, String) {
 pub struct Env {
     /// Holds everything; removed on drop.
     pub dir: tempfile::TempDir,
+    /// The packages whose scripts ran, in order, over every [`Env::run`] (build
+    /// scripts run sandboxed and cannot count themselves in a file of the test).
+    built: Mutex<Vec<String>>,
 }
 
 impl Env {
@@ -215,7 +218,10 @@ impl Env {
             .tempdir()
             .unwrap();
         fs::create_dir_all(dir.path().join("config")).unwrap();
-        Env { dir }
+        Env {
+            dir,
+            built: Mutex::default(),
+        }
     }
 
     /// The cache directory.
@@ -228,16 +234,20 @@ impl Env {
         self.dir.path().join("out/test.img")
     }
 
-    /// A file counting build-script runs (scripts append a line to it).
+    /// A file of the test's own (no build script can write outside its sandbox).
     pub fn counter(&self) -> PathBuf {
         self.dir.path().join("builds.count")
     }
 
-    /// How many build scripts ran.
+    /// How many build scripts ran in [`Env::run`]s.
     pub fn builds(&self) -> usize {
-        fs::read_to_string(self.counter())
-            .map(|s| s.lines().count())
-            .unwrap_or(0)
+        self.built().len()
+    }
+
+    /// The packages whose scripts ran in [`Env::run`]s, in order (cartbuild's
+    /// `[NAME] build` lines).
+    pub fn built(&self) -> Vec<String> {
+        self.built.lock().unwrap().clone()
     }
 
     /// Writes `text` as `name` in the environment and returns its path.
@@ -270,15 +280,26 @@ impl Env {
 
     /// Runs `cartbuild RECIPE ARGS...`.
     pub fn run(&self, recipe: &Path, args: &[&str]) -> Output {
-        self.command(recipe)
+        let o = self
+            .command(recipe)
             .args(args)
             .output()
-            .expect("run cartbuild")
+            .expect("run cartbuild");
+        let mut built = self.built.lock().unwrap();
+        for line in String::from_utf8_lossy(&o.stderr).lines() {
+            if let Some(name) = line
+                .strip_prefix('[')
+                .and_then(|l| l.strip_suffix("] build"))
+            {
+                built.push(name.to_string());
+            }
+        }
+        o
     }
 }
 
 /// A recipe with one `build` package `hello` fetched from `urls`.
-pub fn hello_recipe(env: &Env, urls: &[String], sha: &str) -> String {
+pub fn hello_recipe(_env: &Env, urls: &[String], sha: &str) -> String {
     format!(
         r#"[image]
 name = "test"
@@ -292,12 +313,10 @@ license = "MIT"
 urls = {urls:?}
 sha256 = "{sha}"
 script = """
-echo hello >> {counter}
 mkdir -p "$OUT/bin"
 $CC $CFLAGS $LDFLAGS -o "$OUT/bin/hello" hello.c
 """
-"#,
-        counter = env.counter().display()
+"#
     )
 }
 
