@@ -320,16 +320,27 @@ fn net_image_builds_and_its_tools_run() {
         .unwrap();
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("[crashcart]"), "{text}");
-    let o = Command::new(bin.join("busybox"))
-        .arg("sh")
-        .arg("-c")
-        .arg(format!(". {}; echo \"PROMPT=$PS1\"", rc.display()))
-        .env_clear()
-        .env("CRASHCART_TARGET", "4242")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&o.stdout);
+    // The prompt names the label through a variable, expanded when the prompt is shown
+    // (never the label's text itself, which a shell would expand): expand it as ash does.
+    let prompt = |label: &str| {
+        let o = Command::new(bin.join("busybox"))
+            .arg("sh")
+            .arg("-c")
+            .arg(format!(
+                ". {}; eval \"echo \\\"PROMPT=$PS1\\\"\"",
+                rc.display()
+            ))
+            .env_clear()
+            .env("CRASHCART_TARGET", label)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let text = prompt("4242");
     assert!(text.contains("PROMPT=[crashcart 4242] $"), "{text}");
+    // A label a shell would expand is not shown (nor run).
+    let text = prompt("$(echo pwned)");
+    assert!(text.contains("PROMPT=[crashcart ?] $"), "{text}");
 
     // crashcart-info prints the packages from the manifest in the image.
     let o = Command::new(bin.join("busybox"))
