@@ -147,27 +147,40 @@ pub fn tracers(target: i32) -> Tracers {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return unknown;
     };
-    let in_container = |pid: i32| -> bool {
+    // Whether a PID namespace (by inode) is the target's or nested in it, worked out once per
+    // namespace (from the first of its processes met), so that a host with many containers
+    // costs one status read and ancestry walk per namespace, not per process.
+    let mut nested: std::collections::HashMap<u64, bool> = std::collections::HashMap::new();
+    nested.insert(their_pid_ns, true);
+    nested.insert(our_pid_ns, false);
+    let mut in_container = |pid: i32| -> bool {
         let Some(ns) = ino(format!("/proc/{pid}/ns/pid")) else {
             return false;
         };
-        if ns == their_pid_ns {
-            return true;
-        }
-        if ns == our_pid_ns {
-            return false;
+        if let Some(&known) = nested.get(&ns) {
+            return known;
         }
         let Some(depth) = std::fs::read_to_string(format!("/proc/{pid}/status"))
             .ok()
             .and_then(|t| pid_ns_depth(&t))
         else {
+            // Gone meanwhile: say nothing of its namespace yet.
             return false;
         };
-        depth > their_depth
-            && ns::pid_ns_ancestor(
-                Path::new(&format!("/proc/{pid}/ns/pid")),
-                depth - their_depth,
-            ) == Some(their_pid_ns)
+        if depth <= their_depth {
+            nested.insert(ns, false);
+            return false;
+        }
+        // The ancestor at the target's depth; a process gone meanwhile decides nothing.
+        let Some(ancestor) = ns::pid_ns_ancestor(
+            Path::new(&format!("/proc/{pid}/ns/pid")),
+            depth - their_depth,
+        ) else {
+            return false;
+        };
+        let inside = ancestor == their_pid_ns;
+        nested.insert(ns, inside);
+        inside
     };
     let capable = dir
         .flatten()
