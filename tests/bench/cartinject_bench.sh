@@ -26,6 +26,18 @@ busybox_image() {
     mke2fs -q -F -t ext4 -O ^has_journal -d "$root" "$image" 8M
 }
 
+# thin_container DIR TAG NAME: starts NAME (--network none) from TAG, an image imported from
+# DIR holding only the static HTTP server of tests/fixtures/httpd.c, and prints its PID.
+thin_container() {
+    local dir=$1 tag=$2 name=$3 cc
+    mkdir -p "$dir"
+    cc=$(command -v musl-gcc || command -v gcc)
+    "$cc" -static -O2 -o "$dir/httpd" tests/fixtures/httpd.c
+    tar -C "$dir" -c . | docker import -c 'CMD ["/httpd"]' - "$tag" >/dev/null
+    docker run -d --network none --name "$name" "$tag" >/dev/null
+    docker inspect -f '{{.State.Pid}}' "$name"
+}
+
 # elapsed_us COMMAND...: runs COMMAND (its output discarded, its status ignored) and prints
 # its wall time in microseconds (bash's EPOCHREALTIME: no fork for the clock).
 elapsed_us() {

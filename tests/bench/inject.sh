@@ -34,12 +34,7 @@ img=$work/bench.img
 busybox_image "$work/img" "$img" true sh ls cat
 
 # The thin container: a static HTTP server and nothing else.
-mkdir -p "$work/thin"
-cc=$(command -v musl-gcc || command -v gcc)
-"$cc" -static -O2 -o "$work/thin/httpd" tests/fixtures/httpd.c
-tar -C "$work/thin" -c . | docker import -c 'CMD ["/httpd"]' - cc-bench-thin:latest >/dev/null
-docker run -d --network none --name "$name" cc-bench-thin:latest >/dev/null
-pid=$(docker inspect -f '{{.State.Pid}}' "$name")
+pid=$(thin_container "$work/thin" cc-bench-thin:latest "$name")
 
 # Median wall time of RUNS runs of "$@", in microseconds, after 3 warm-up runs.
 median_us() {

@@ -29,12 +29,7 @@ busybox_image "$work/img" "$img" true sh ls cat >/dev/null
 if [ "${VERIFIED:-0}" = 1 ]; then
     (cd "$work" && sha256sum bench.img >bench.img.sha256)
 fi
-mkdir -p "$work/thin"
-cc=$(command -v musl-gcc || command -v gcc)
-"$cc" -static -O2 -o "$work/thin/httpd" tests/fixtures/httpd.c
-tar -C "$work/thin" -c . | docker import -c 'CMD ["/httpd"]' - cc-bench-ab:latest >/dev/null
-docker run -d --network none --name "$name" cc-bench-ab:latest >/dev/null
-pid=$(docker inspect -f '{{.State.Pid}}' "$name")
+pid=$(thin_container "$work/thin" cc-bench-ab:latest "$name")
 
 for i in 1 2 3; do
     "$a" "$img" "$pid" -- /dev/crashcart/bin/true >/dev/null 2>&1 || true
