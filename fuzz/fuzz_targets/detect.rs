@@ -23,7 +23,10 @@ impl FileExt for Bytes<'_> {
         let n = usize::try_from((self.len - offset).min(buf.len() as u64)).unwrap();
         let buf = &mut buf[..n];
         buf.fill(0);
-        if let Some(rest) = usize::try_from(offset).ok().and_then(|o| self.data.get(o..)) {
+        if let Some(rest) = usize::try_from(offset)
+            .ok()
+            .and_then(|o| self.data.get(o..))
+        {
             let m = rest.len().min(n);
             buf[..m].copy_from_slice(&rest[..m]);
         }

@@ -34,7 +34,11 @@ fuzz_target!(|data: &[u8]| {
         .map(|e| e.expect("entry").file_name())
         .collect();
     beside.sort();
-    assert_eq!(beside, ["archive", "dest"], "unpacking wrote beside its destination");
+    assert_eq!(
+        beside,
+        ["archive", "dest"],
+        "unpacking wrote beside its destination"
+    );
     // Unpacked entries may lack owner write permission: make the tree removable.
     for entry in walkdir(&dest) {
         use std::os::unix::fs::PermissionsExt;
