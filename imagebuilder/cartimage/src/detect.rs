@@ -419,6 +419,45 @@ fn gpt_block_size<F: FileExt>(
     Ok(None)
 }
 
+/// The only partition entry size the `gpt` crate reads (it panics on any other).
+const GPT_ENTRY_SIZE: u32 = 128;
+/// The most partition entries a GPT header may claim. The `gpt` crate reads the whole array
+/// and holds it in memory, so a header claiming 2^32 entries would have it read and allocate
+/// up to 512 GiB of a large (or sparse) image. Disks have 128; 16384 is 2 MiB of entries.
+const MAX_GPT_ENTRIES: u32 = 16_384;
+
+/// Refuses, before the `gpt` crate reads them, what it cannot read safely in the headers it
+/// may use: the primary one at LBA 1 and the backup one in the last sector (which it uses
+/// when the primary one's checksum is wrong). Found by fuzzing (fuzz/fuzz_targets/detect.rs).
+fn check_gpt_headers<F: FileExt>(window: &Window<'_, F>, sector: u64) -> Result<(), DetectError> {
+    let backup = (window.len >= 3 * sector).then(|| (window.len / sector - 1) * sector);
+    for at in std::iter::once(sector).chain(backup) {
+        let mut header = [0u8; 92];
+        if !window.read_at(at, &mut header)? || &header[..8] != b"EFI PART" {
+            continue;
+        }
+        let field =
+            |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+        let (entries, entry_size) = (field(80), field(84));
+        let reason = if entry_size != GPT_ENTRY_SIZE {
+            format!(
+                "the header at byte {at} gives {entry_size}-byte partition entries; only {GPT_ENTRY_SIZE}-byte entries are supported"
+            )
+        } else if entries > MAX_GPT_ENTRIES {
+            format!(
+                "the header at byte {at} claims {entries} partition entries, more than the {MAX_GPT_ENTRIES} read"
+            )
+        } else {
+            continue;
+        };
+        return Err(DetectError::BadPartitionTable {
+            path: window.path.to_owned(),
+            reason,
+        });
+    }
+    Ok(())
+}
+
 /// The filesystem in the `crashcart` partition of a GPT disk.
 fn detect_partition(
     file: &impl FileExt,
@@ -430,6 +469,15 @@ fn detect_partition(
         path: path.to_owned(),
         reason,
     };
+    check_gpt_headers(
+        &Window {
+            file,
+            base: 0,
+            len,
+            path,
+        },
+        u64::from(block_size),
+    )?;
     let disk = gpt::GptConfig::new()
         .writable(false)
         .logical_block_size(block_size)
@@ -862,5 +910,66 @@ mod tests {
             open(&broken),
             Err(DetectError::BadPartitionTable { .. })
         ));
+    }
+
+    /// IEEE CRC-32, as GPT headers use it.
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+            }
+        }
+        !crc
+    }
+
+    /// Sets the entry count and size of the GPT header at byte `at`, with a right checksum.
+    fn patch_gpt_header(bytes: &mut [u8], at: usize, entries: u32, entry_size: u32) {
+        bytes[at + 80..at + 84].copy_from_slice(&entries.to_le_bytes());
+        bytes[at + 84..at + 88].copy_from_slice(&entry_size.to_le_bytes());
+        bytes[at + 16..at + 20].fill(0);
+        let crc = crc32(&bytes[at..at + 92]);
+        bytes[at + 16..at + 20].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Found by fuzzing (fuzz/fuzz_targets/detect.rs): a GPT header with a right checksum and
+    /// 32768-byte entries made the `gpt` crate panic (it asserts 128-byte entries); one
+    /// claiming billions of entries has it read and allocate the whole array. Both headers it
+    /// may use are checked: the backup one counts when the primary one's checksum is wrong.
+    #[test]
+    fn fuzz_regression_gpt_headers_the_gpt_crate_cannot_read_are_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = gpt_disk(dir.path(), &[(PARTITION_NAME, 1 << 20, None)]);
+        let good = std::fs::read(&path).expect("read");
+        let last = good.len() - 512;
+        let broken = dir.path().join("broken.img");
+        let mut primary_broken = good.clone();
+        primary_broken[512 + 16] ^= 1;
+        for (mut bytes, at, entries, entry_size, says) in [
+            (good.clone(), 512, 4, 32768, "32768-byte partition entries"),
+            (
+                good.clone(),
+                512,
+                1 << 31,
+                128,
+                "claims 2147483648 partition entries",
+            ),
+            (primary_broken, last, 64, 256, "256-byte partition entries"),
+        ] {
+            patch_gpt_header(&mut bytes, at, entries, entry_size);
+            std::fs::write(&broken, &bytes).expect("write");
+            let err = open(&broken).expect_err("refused");
+            assert!(
+                matches!(err, DetectError::BadPartitionTable { .. }),
+                "{err}"
+            );
+            let message = err.to_string();
+            assert!(
+                message.contains(&format!("header at byte {at}")),
+                "{message}"
+            );
+            assert!(message.contains(says), "{message}");
+        }
     }
 }
