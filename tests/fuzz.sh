@@ -5,7 +5,7 @@
 # default), one after the other, from its seeds in fuzz/corpus/TARGET/seed-* and what
 # earlier runs added there. Exits non-zero if any target crashes, panics, leaks, runs out of
 # memory or hangs; the input that did it is in fuzz/artifacts/TARGET/ and the target's log
-# is printed. Needs the nightly toolchain and cargo-fuzz (.ci/setup packages installs it).
+# is printed. Needs the nightly toolchain and cargo-fuzz (.ci/setup fuzz installs it).
 # Run it under `nice -n 19` on a shared machine.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
@@ -17,7 +17,7 @@ if ! [[ "$secs" =~ ^[1-9][0-9]*$ ]]; then
     exit 2
 fi
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
-    echo "fuzz.sh: cargo-fuzz or the nightly toolchain is missing: run .ci/setup packages (rustup toolchain install nightly; cargo +nightly install cargo-fuzz --locked)" >&2
+    echo "fuzz.sh: cargo-fuzz or the nightly toolchain is missing: run .ci/setup fuzz (rustup toolchain install nightly; cargo +nightly install cargo-fuzz --locked)" >&2
     exit 2
 fi
 
