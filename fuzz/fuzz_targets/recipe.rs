@@ -13,12 +13,13 @@ use cartbuild::plan::{Context, Plan};
 use cartbuild::recipe::{self, Recipe, SourcedPackage};
 use libfuzzer_sys::fuzz_target;
 
-/// `mirror://debian/` resolves, as on a host with Debian's apt sources.
+/// `mirror://debian/` resolves, as on a host with Debian's apt sources; the target never
+/// fetches, so the mirror is a placeholder on the loopback (no registry's name in the repo).
 fn context() -> &'static Context {
     static CONTEXT: OnceLock<Context> = OnceLock::new();
     CONTEXT.get_or_init(|| Context {
         mirrors: Mirrors::new(
-            &["debian=http://deb.debian.org/debian".to_string()],
+            &["debian=http://127.0.0.1:9/debian".to_string()],
             BTreeMap::new(),
             None,
             Path::new("/nonexistent/apt"),
