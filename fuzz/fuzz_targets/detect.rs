@@ -38,18 +38,6 @@ impl FileExt for Bytes<'_> {
     }
 }
 
-/// IEEE CRC-32 (GPT's), bit by bit: the inputs are small.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
-        }
-    }
-    !crc
-}
-
 /// Makes the checksums of a GPT header at `at` (and of its partition array, when the bytes
 /// hold it) right (the primary header at LBA 1; the backup one in the last sector is left
 /// as the fuzzer made it), so that the fuzzer's changes reach the table's parser rather than stop
@@ -66,12 +54,12 @@ fn fix_gpt(data: &mut [u8], at: usize, sector: u64) {
         .and_then(|start| Some(start..start.checked_add(count)?))
         .and_then(|r| data.get(usize::try_from(r.start).ok()?..usize::try_from(r.end).ok()?))
     {
-        let crc = crc32(array);
+        let crc = crc32fast::hash(array);
         data[at + 88..at + 92].copy_from_slice(&crc.to_le_bytes());
     }
     // Over the 92 bytes the gpt crate checks, whatever the header's own size field says.
     data[at + 16..at + 20].fill(0);
-    let crc = crc32(&data[at..at + 92]);
+    let crc = crc32fast::hash(&data[at..at + 92]);
     data[at + 16..at + 20].copy_from_slice(&crc.to_le_bytes());
 }
 
