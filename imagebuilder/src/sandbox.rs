@@ -638,6 +638,18 @@ fn mount(
 /// Remounts a bind mount read-only, keeping the flags the kernel locks on mounts
 /// copied into a less privileged namespace (mount_namespaces(7)): without them the
 /// remount is refused with `EPERM`.
+/// A new tmpfs at the directory `target` (created when missing), with `flags` and `mode`.
+fn mount_tmpfs(target: &Path, flags: MsFlags, mode: &str) -> Result<(), StepError> {
+    io_step("mkdir", target, fs::create_dir_all(target))?;
+    mount(
+        Some(Path::new("tmpfs")),
+        target,
+        Some("tmpfs"),
+        flags,
+        Some(&format!("mode={mode}")),
+    )
+}
+
 fn remount_read_only(target: &Path) -> Result<(), StepError> {
     use nix::sys::statvfs::FsFlags;
     let st = step("statvfs", target, nix::sys::statvfs::statvfs(target))?;
@@ -698,13 +710,7 @@ fn build_root(spec: &Spec) -> Result<(), StepError> {
         None,
     )?;
     let root = &spec.root;
-    mount(
-        Some(Path::new("tmpfs")),
-        root,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=0755"),
-    )?;
+    mount_tmpfs(root, MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "0755")?;
     for b in &spec.binds {
         let target = under(root, &b.target);
         mount_point(&b.source, &target)?;
@@ -729,14 +735,7 @@ fn build_root(spec: &Spec) -> Result<(), StepError> {
 
     // /dev: a tmpfs with the harmless devices bound from the host.
     let dev = root.join("dev");
-    io_step("mkdir", &dev, fs::create_dir_all(&dev))?;
-    mount(
-        Some(Path::new("tmpfs")),
-        &dev,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("mode=0755"),
-    )?;
+    mount_tmpfs(&dev, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, "0755")?;
     for name in ["null", "zero", "full", "random", "urandom", "tty"] {
         let host = Path::new("/dev").join(name);
         if !host.exists() {
@@ -762,14 +761,7 @@ fn build_root(spec: &Spec) -> Result<(), StepError> {
         io_step("symlink", &at, std::os::unix::fs::symlink(to, &at))?;
     }
     for scratch in [dev.join("shm"), root.join("tmp")] {
-        io_step("mkdir", &scratch, fs::create_dir_all(&scratch))?;
-        mount(
-            Some(Path::new("tmpfs")),
-            &scratch,
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("mode=1777"),
-        )?;
+        mount_tmpfs(&scratch, MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "1777")?;
     }
     remount_read_only(&dev)?;
 
