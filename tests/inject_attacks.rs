@@ -12,7 +12,7 @@
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use crashcart_tests::attacks::{
@@ -296,50 +296,19 @@ fn each_profile_has_exactly_its_capabilities() {
 /// `tcpdump -i lo -c 1` in a session with `flags` captures the SYN of a request to the thin
 /// server; returns a problem, if any.
 fn tcpdump_captures(img: &TestImage, c: &Container, flags: &[&str]) -> Option<String> {
-    let mut cmd = session(
-        img,
-        &c.name,
-        flags,
-        &[
-            "tcpdump",
-            "-i",
-            "lo",
-            "-n",
-            "-l",
-            "-c",
-            "1",
-            "tcp dst port 80 and tcp[tcpflags] & tcp-syn != 0",
-        ],
-    );
+    let cmd = session(img, &c.name, flags, &TCPDUMP_ONE_SYN);
     let line = cmdline(&cmd);
-    let mut dump = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run tcpdump");
-    let mut err = dump.stderr.take().expect("stderr");
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 512];
-    while !String::from_utf8_lossy(&seen).contains("listening on lo") {
-        match std::io::Read::read(&mut err, &mut buf) {
-            Ok(0) | Err(_) => {
-                let _ = dump.wait();
-                return Some(format!(
-                    "`{line}`: tcpdump ended before listening: {}",
-                    String::from_utf8_lossy(&seen)
-                ));
-            }
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-        }
+    match tcpdump_one_request(cmd, c.pid, LONG) {
+        Err(e) => Some(format!("`{line}`: {e}")),
+        Ok(Capture {
+            status,
+            text,
+            reply,
+        }) => (!(status.success()
+            && text.contains("127.0.0.1.80: Flags [S]")
+            && reply.contains("hello")))
+        .then(|| format!("`{line}`: tcpdump did not capture the request: {status:?} {text:?}")),
     }
-    let body = http_get(c.pid);
-    let status = wait_with_timeout(&mut dump, LONG);
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut dump.stdout.take().expect("stdout"), &mut text)
-        .expect("read");
-    (!(status.success() && text.contains("127.0.0.1.80: Flags [S]") && body.contains("hello")))
-        .then(|| format!("`{line}`: tcpdump did not capture the request: {status:?} {text:?}"))
 }
 
 #[test]

@@ -378,20 +378,81 @@ pub fn http_get(pid: i32) -> String {
 /// Reads `child`'s stderr until it holds `needle`; returns what was read, and leaves the rest
 /// of stderr to the caller.
 pub fn stderr_until(child: &mut Child, needle: &str) -> String {
+    try_stderr_until(child, needle).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`stderr_until`], with an error (what was read) when stderr ends before `needle`.
+pub fn try_stderr_until(child: &mut Child, needle: &str) -> Result<String, String> {
     let mut err = child.stderr.take().expect("stderr piped");
     let mut seen = Vec::new();
     let mut buf = [0u8; 512];
     while !String::from_utf8_lossy(&seen).contains(needle) {
-        let n = err.read(&mut buf).expect("read stderr");
-        assert!(
-            n > 0,
-            "ended before {needle:?}: {}",
-            String::from_utf8_lossy(&seen)
-        );
+        let n = err.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            return Err(format!(
+                "ended before {needle:?}: {}",
+                String::from_utf8_lossy(&seen)
+            ));
+        }
         seen.extend_from_slice(&buf[..n]);
     }
     child.stderr = Some(err);
-    String::from_utf8_lossy(&seen).into_owned()
+    Ok(String::from_utf8_lossy(&seen).into_owned())
+}
+
+/// The command that captures one SYN to the thin image's server: `tcpdump -i lo`.
+pub const TCPDUMP_ONE_SYN: [&str; 8] = [
+    "tcpdump",
+    "-i",
+    "lo",
+    "-n",
+    "-l",
+    "-c",
+    "1",
+    "tcp dst port 80 and tcp[tcpflags] & tcp-syn != 0",
+];
+
+/// What [`tcpdump_one_request`] saw: tcpdump's exit, what it printed, the server's reply.
+pub struct Capture {
+    /// How tcpdump ended.
+    pub status: std::process::ExitStatus,
+    /// Its stdout.
+    pub text: String,
+    /// The server's answer to the request.
+    pub reply: String,
+}
+
+/// Runs `cmd` (a session that runs [`TCPDUMP_ONE_SYN`]), sends one request to the thin
+/// server of the container whose first process in the host is `pid` once tcpdump listens,
+/// and waits (up to `timeout`) for tcpdump. An error when tcpdump ended before listening.
+pub fn tcpdump_one_request(
+    mut cmd: Command,
+    pid: i32,
+    timeout: Duration,
+) -> Result<Capture, String> {
+    let mut dump = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tcpdump");
+    if let Err(e) = try_stderr_until(&mut dump, "listening on lo") {
+        let _ = dump.wait();
+        return Err(format!("tcpdump {e}"));
+    }
+    let reply = http_get(pid);
+    let status = wait_with_timeout(&mut dump, timeout);
+    let mut text = String::new();
+    dump.stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut text)
+        .expect("read");
+    Ok(Capture {
+        status,
+        text,
+        reply,
+    })
 }
 
 /// `tcpdump -i lo` from `image`, in a session in `target` (whose first process in the host is
@@ -403,35 +464,15 @@ pub fn assert_tcpdump_captures_a_request(
     pid: i32,
     timeout: Duration,
 ) {
-    let mut dump = inject(
-        image,
-        target,
-        &[
-            "tcpdump",
-            "-i",
-            "lo",
-            "-n",
-            "-l",
-            "-c",
-            "1",
-            "tcp dst port 80 and tcp[tcpflags] & tcp-syn != 0",
-        ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("tcpdump");
-    stderr_until(&mut dump, "listening on lo");
-    assert_eq!(http_get(pid), "hello from thin\n");
-    let status = wait_with_timeout(&mut dump, timeout);
-    let mut text = String::new();
-    dump.stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut text)
-        .expect("read");
-    assert!(status.success(), "tcpdump: {status:?}");
-    assert!(text.contains("127.0.0.1.80: Flags [S]"), "{text}");
+    let capture = tcpdump_one_request(inject(image, target, &TCPDUMP_ONE_SYN), pid, timeout)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(capture.reply, "hello from thin\n");
+    assert!(capture.status.success(), "tcpdump: {:?}", capture.status);
+    assert!(
+        capture.text.contains("127.0.0.1.80: Flags [S]"),
+        "{}",
+        capture.text
+    );
 }
 
 /// The PID in the host of the first process of the container `id` of `engine` (`docker` or
