@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -207,49 +207,6 @@ fn read_only_root_filesystem_sessions_and_mount() {
     );
     c.assert_clean();
     img.assert_no_loop_device();
-}
-
-/// A `/dev` for a container, read-only: a host directory with the usual device nodes, bound
-/// read-only over `/dev` (runc then makes no device nodes of its own). Removed on drop.
-struct ReadOnlyDev {
-    dir: tempfile::TempDir,
-}
-
-impl ReadOnlyDev {
-    fn new() -> ReadOnlyDev {
-        let dir = tempfile::Builder::new()
-            .prefix("cc-rodev-")
-            .tempdir()
-            .expect("temp dir");
-        for (name, minor) in [("null", "3"), ("zero", "5"), ("urandom", "9")] {
-            ok(Command::new("mknod")
-                .args(["-m", "666"])
-                .arg(dir.path().join(name))
-                .args(["c", "1", minor]));
-        }
-        for sub in ["pts", "shm", "mqueue"] {
-            std::fs::create_dir(dir.path().join(sub)).expect("mkdir");
-        }
-        std::os::unix::fs::symlink("/proc/self/fd", dir.path().join("fd")).expect("symlink");
-        ReadOnlyDev { dir }
-    }
-
-    fn mount_arg(&self) -> String {
-        format!(
-            "type=bind,src={},dst=/dev,readonly",
-            self.dir.path().display()
-        )
-    }
-
-    fn listing(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
-            .expect("list")
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
 }
 
 #[test]

@@ -329,50 +329,21 @@ fn five_thousand_escaped_entries_in_dev() {
     c.assert_clean();
 }
 
-/// A read-only `/dev` for a container: a host directory with `null`, `zero`, `urandom`,
-/// `pts`, `shm`, `mqueue`, `fd` and `count` files with escaped names, bound read-only over
-/// `/dev`. Removed on drop.
-struct HostileDev {
-    dir: tempfile::TempDir,
-}
-
-impl HostileDev {
-    fn new(count: usize) -> HostileDev {
-        let dir = tempfile::Builder::new()
-            .prefix("cc-plantdev-")
-            .tempdir()
-            .expect("temp dir");
-        for (name, minor) in [("null", "3"), ("zero", "5"), ("urandom", "9")] {
-            ok(Command::new("mknod")
-                .args(["-m", "666"])
-                .arg(dir.path().join(name))
-                .args(["c", "1", minor]));
-        }
-        for sub in ["pts", "shm", "mqueue"] {
-            std::fs::create_dir(dir.path().join(sub)).expect("mkdir");
-        }
-        std::os::unix::fs::symlink("/proc/self/fd", dir.path().join("fd")).expect("symlink");
-        for i in 0..count {
-            let name = escape_name(i);
-            std::fs::write(dir.path().join(std::ffi::OsStr::from_bytes(&name)), b"")
-                .expect("create an entry");
-        }
-        HostileDev { dir }
+/// A read-only `/dev` for a container (see [`ReadOnlyDev`]) with `count` more files whose
+/// names hold escape sequences.
+fn hostile_dev(count: usize) -> ReadOnlyDev {
+    let dev = ReadOnlyDev::new();
+    for i in 0..count {
+        dev.add_file(std::ffi::OsStr::from_bytes(&escape_name(i)));
     }
-
-    fn mount_arg(&self) -> String {
-        format!(
-            "type=bind,src={},dst=/dev,readonly",
-            self.dir.path().display()
-        )
-    }
+    dev
 }
 
 /// `-m` on a read-only `/dev` covers it with a copy of itself: with 5,000 entries the cover
 /// must hold them all.
 #[test]
 fn five_thousand_escaped_entries_in_a_read_only_dev() {
-    let dev = HostileDev::new(5000);
+    let dev = hostile_dev(5000);
     let c = planted("plant-rodev", &["--mount", &dev.mount_arg()], &["idle"]);
     let img = TestImage::fixture();
     let before = table(&c);
@@ -412,7 +383,7 @@ fn five_thousand_escaped_entries_in_a_read_only_dev() {
 /// with one warning line saying so.
 #[test]
 fn too_many_dev_entries_leave_the_standard_ones() {
-    let dev = HostileDev::new(12_000);
+    let dev = hostile_dev(12_000);
     let c = planted("plant-huge", &["--mount", &dev.mount_arg()], &["idle"]);
     let img = TestImage::fixture();
     let before = table(&c);

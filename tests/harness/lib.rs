@@ -475,6 +475,65 @@ pub fn assert_tcpdump_captures_a_request(
     );
 }
 
+/// A `/dev` for a container, read-only: a host directory with the usual device nodes (`null`,
+/// `zero`, `urandom`), `pts`, `shm`, `mqueue` and the `fd` link, and whatever a test adds,
+/// bound read-only over `/dev` with [`ReadOnlyDev::mount_arg`] (runc then makes no device
+/// nodes of its own). Removed on drop.
+pub struct ReadOnlyDev {
+    dir: tempfile::TempDir,
+}
+
+impl ReadOnlyDev {
+    /// The standard entries.
+    pub fn new() -> ReadOnlyDev {
+        let dir = tempfile::Builder::new()
+            .prefix("cc-rodev-")
+            .tempdir()
+            .expect("temp dir");
+        for (name, minor) in [("null", "3"), ("zero", "5"), ("urandom", "9")] {
+            ok(Command::new("mknod")
+                .args(["-m", "666"])
+                .arg(dir.path().join(name))
+                .args(["c", "1", minor]));
+        }
+        for sub in ["pts", "shm", "mqueue"] {
+            std::fs::create_dir(dir.path().join(sub)).expect("mkdir");
+        }
+        std::os::unix::fs::symlink("/proc/self/fd", dir.path().join("fd")).expect("symlink");
+        ReadOnlyDev { dir }
+    }
+
+    /// Adds an empty file `name`.
+    pub fn add_file(&self, name: &std::ffi::OsStr) {
+        std::fs::write(self.dir.path().join(name), b"").expect("create an entry");
+    }
+
+    /// `docker run --mount` option binding it read-only at `/dev`.
+    pub fn mount_arg(&self) -> String {
+        format!(
+            "type=bind,src={},dst=/dev,readonly",
+            self.dir.path().display()
+        )
+    }
+
+    /// Its entries' names, sorted.
+    pub fn listing(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
+            .expect("list")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+impl Default for ReadOnlyDev {
+    fn default() -> ReadOnlyDev {
+        ReadOnlyDev::new()
+    }
+}
+
 /// The PID in the host of the first process of the container `id` of `engine` (`docker` or
 /// `podman`); fails unless it has one (`name` in the message).
 fn first_pid(engine: &str, id: &str, name: &str) -> i32 {
