@@ -377,17 +377,6 @@ fn a_registry_host_name_from_etc_hosts() {
     c.assert_clean();
 }
 
-/// `cartbuild keygen` without a password in `dir`: (public, secret).
-fn keys(dir: &Path) -> (PathBuf, PathBuf) {
-    let (public, secret) = (dir.join("k.pub"), dir.join("k.key"));
-    ok(Command::new(bin("cartbuild"))
-        .args(["keygen", "--no-password", "--public"])
-        .arg(&public)
-        .arg("--secret")
-        .arg(&secret));
-    (public, secret)
-}
-
 /// How often the tag-trust warning is in `text`.
 fn trust_warnings(text: &str) -> usize {
     text.matches("is pulled by tag without --verify-key: trusting the registry for its content")
@@ -400,7 +389,7 @@ fn a_pull_by_tag_says_it_trusts_the_registry_unless_pinned_or_keyed() {
     let repo = repository("inject-oci-trust");
     // A signed image: built, signed with a fresh key, pushed with its .minisig.
     let dir = tempfile::tempdir().expect("temp dir");
-    let (public, secret) = keys(dir.path());
+    let (public, secret) = cartbuild_keys(dir.path(), "k");
     let image = tiny_image(&bin("cartbuild"), dir.path(), "1.0.0");
     ok(Command::new(bin("cartbuild"))
         .arg("sign")

@@ -139,20 +139,6 @@ fn checksums_and_manifests_beside_the_image_are_checked_before_attaching() {
     assert_refused(&out, "does not match", &real.path, &c);
 }
 
-/// A key pair from `cartbuild keygen -W` in `dir`: (public, secret).
-fn cartbuild_keys(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let (public, secret) = (
-        dir.join(format!("{name}.pub")),
-        dir.join(format!("{name}.key")),
-    );
-    ok(Command::new(bin("cartbuild"))
-        .args(["keygen", "--no-password", "--public"])
-        .arg(&public)
-        .arg("--secret")
-        .arg(&secret));
-    (public, secret)
-}
-
 #[test]
 fn signatures_are_verified_with_the_key_given() {
     require_tool("minisign", "minisign");

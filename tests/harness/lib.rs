@@ -534,6 +534,21 @@ impl Default for ReadOnlyDev {
     }
 }
 
+/// A key pair from `cartbuild keygen --no-password` in `dir`, as `NAME.pub` and `NAME.key`:
+/// (public, secret).
+pub fn cartbuild_keys(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (public, secret) = (
+        dir.join(format!("{name}.pub")),
+        dir.join(format!("{name}.key")),
+    );
+    ok(Command::new(bin("cartbuild"))
+        .args(["keygen", "--no-password", "--public"])
+        .arg(&public)
+        .arg("--secret")
+        .arg(&secret));
+    (public, secret)
+}
+
 /// The PID in the host of the first process of the container `id` of `engine` (`docker` or
 /// `podman`); fails unless it has one (`name` in the message).
 fn first_pid(engine: &str, id: &str, name: &str) -> i32 {
