@@ -412,15 +412,20 @@ pub fn helper_main(args: &[OsString]) -> i32 {
     }
 }
 
+/// SIGKILL for the calling process when its parent goes.
+fn die_with_parent() -> Result<(), StepError> {
+    step(
+        "set the parent-death signal",
+        Path::new("/proc/self"),
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL),
+    )
+}
+
 /// Forks the namespace child and maps its IDs from outside.
 fn helper(spec: &Spec) -> Result<i32, StepError> {
     let here = Path::new("/proc/self");
     // The helper dies with the builder thread that waits for it.
-    step(
-        "set the parent-death signal",
-        here,
-        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL),
-    )?;
+    die_with_parent()?;
     let (unshared_r, unshared_w) = step("pipe", here, nix::unistd::pipe())?;
     let (mapped_r, mapped_w) = step("pipe", here, nix::unistd::pipe())?;
     let (uid, gid) = (Uid::effective(), Gid::effective());
@@ -499,11 +504,7 @@ fn exit_code(status: WaitStatus) -> i32 {
 /// returns its status.
 fn namespace_child(spec: &Spec, unshared: OwnedFd, mapped: OwnedFd) -> Result<i32, StepError> {
     let here = Path::new("/proc/self");
-    step(
-        "set the parent-death signal",
-        here,
-        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL),
-    )?;
+    die_with_parent()?;
     let flags = CloneFlags::CLONE_NEWUSER
         | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWNET
