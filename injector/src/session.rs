@@ -552,11 +552,15 @@ fn enter_and_place(
 /// following any symlink and must be the very directory the kernel holds as the target's
 /// root; anything else (a rename or a mount over it since) refuses the session.
 fn enter_target_root(path: &std::path::Path, expected: (u64, u64)) -> Result<(), String> {
-    use crate::sys::path;
+    use crate::sys::resolve;
     let shown = crate::display::path(path);
-    let dir = path::open_dir_nofollow(path)
-        .map_err(|e| format!("cannot open the target's root {shown} without following symlinks ({e}): the container changed it; run cartinject again"))?;
-    let found = path::identity(dir.as_fd()).map_err(|e| format!("fstat {shown}: {e}"))?;
+    let opened = resolve::open_root().and_then(|root| match path.strip_prefix("/") {
+        Ok(below) if below.as_os_str().is_empty() => Ok(root),
+        Ok(below) => resolve::open_dir(root.as_fd(), below),
+        Err(_) => Err(crate::sys::Errno::EINVAL),
+    });
+    let dir = opened.map_err(|e| format!("cannot open the target's root {shown} without following symlinks ({e}): the container changed it; run cartinject again"))?;
+    let found = resolve::identity(dir.as_fd()).map_err(|e| format!("fstat {shown}: {e}"))?;
     if found != expected {
         return Err(format!(
             "the target's root {shown} is no longer the directory the target runs in (the container renamed or covered it): refusing to place the image there"

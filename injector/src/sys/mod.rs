@@ -12,7 +12,6 @@ pub mod memfd;
 pub mod mount;
 pub mod mount_api;
 pub mod ns;
-pub mod path;
 pub mod pidfd;
 pub mod process;
 pub mod pty;

@@ -85,7 +85,14 @@ pub fn open_entry(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> Result<OwnedFd
 
 /// The device number of the filesystem `fd` lies on (`fstat`'s `st_dev`).
 pub fn device(fd: BorrowedFd<'_>) -> Result<u64, Errno> {
-    rustix::fs::fstat(fd).map(|st| st.st_dev).map_err(errno)
+    identity(fd).map(|(dev, _)| dev)
+}
+
+/// The (device, inode) of an open file: which file it is, whatever path led to it.
+pub fn identity(fd: BorrowedFd<'_>) -> Result<(u64, u64), Errno> {
+    rustix::fs::fstat(fd)
+        .map(|st| (st.st_dev, st.st_ino))
+        .map_err(errno)
 }
 
 /// `/` of the calling process as an `O_PATH` directory fd.
@@ -102,29 +109,18 @@ pub fn open_root() -> Result<OwnedFd, Errno> {
 /// fd of a mount point's directory, opened by walking to it, the mount on top there.
 /// ENOSYS when the kernel does not report mount IDs (before Linux 5.8).
 pub fn mount_id(fd: BorrowedFd<'_>) -> Result<u64, Errno> {
-    let stx = rustix::fs::statx(
-        fd,
-        "",
-        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
-        StatxFlags::MNT_ID,
-    )
-    .map_err(errno)?;
-    if stx.stx_mask & StatxFlags::MNT_ID.bits() == 0 {
-        return Err(Errno::ENOSYS);
-    }
-    Ok(stx.stx_mnt_id)
+    statx_mount_id(fd, "", AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW)
 }
 
 /// The ID of the mount `name` in `dir` is on, without following it if it is a symlink and
 /// without triggering an automount (see [`mount_id`]).
 pub fn mount_id_at(dir: BorrowedFd<'_>, name: &str) -> Result<u64, Errno> {
-    let stx = rustix::fs::statx(
-        dir,
-        name,
-        AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT,
-        StatxFlags::MNT_ID,
-    )
-    .map_err(errno)?;
+    statx_mount_id(dir, name, AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT)
+}
+
+/// `statx(dir, name, flags, STATX_MNT_ID)`'s mount ID; ENOSYS when the kernel leaves it out.
+fn statx_mount_id(dir: BorrowedFd<'_>, name: &str, flags: AtFlags) -> Result<u64, Errno> {
+    let stx = rustix::fs::statx(dir, name, flags, StatxFlags::MNT_ID).map_err(errno)?;
     if stx.stx_mask & StatxFlags::MNT_ID.bits() == 0 {
         return Err(Errno::ENOSYS);
     }
