@@ -415,7 +415,7 @@ impl Profile {
 
     /// Applies the profile to the calling process (the namespace child, right before it
     /// forks the command). `procfs` is the host's procfs, opened and checked before joining
-    /// (see [`crate::sys::fd::open_procfs`]): the LSM label is written only through it. Any
+    /// (see [`crate::sys::resolve::open_procfs`]): the LSM label is written only through it. Any
     /// failure fails the session: running with more power than asked is not an option.
     pub fn apply(&self, procfs: Option<std::os::fd::BorrowedFd<'_>>) -> Result<(), String> {
         let parent = process::parent_pid();

@@ -148,15 +148,14 @@ impl HostRoot {
     /// Opens `/` and `/proc` of the calling process, and checks that the latter is procfs.
     pub fn open() -> Result<HostRoot, PlaceError> {
         let root = resolve::open_root().map_err(file_err("open host root", "/"))?;
-        let proc = resolve::open_dir(root.as_fd(), Path::new("proc"))
-            .map_err(file_err("open the host's", "/proc"))?;
-        if !resolve::is_procfs(proc.as_fd()) {
-            return Err(PlaceError::File {
+        let proc = resolve::open_procfs(root.as_fd()).map_err(|errno| match errno {
+            Errno::EXDEV => PlaceError::File {
                 step: "the host's /proc is not a procfs:",
                 path: "/proc".into(),
                 errno: Errno::EINVAL,
-            });
-        }
+            },
+            errno => file_err("open the host's", "/proc")(errno),
+        })?;
         Ok(HostRoot { root, proc })
     }
 

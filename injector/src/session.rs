@@ -192,7 +192,8 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
     // The target's root as the kernel holds it, opened through the host's procfs: the
     // namespace child chroots only into the directory that is this one.
     let root_id = procfs::root_identity(target.pid)?;
-    let host_procfs = fd::open_procfs()
+    let host_procfs = crate::sys::resolve::open_root()
+        .and_then(|root| crate::sys::resolve::open_procfs(std::os::fd::AsFd::as_fd(&root)))
         .map_err(|e| anyhow::anyhow!("cannot open the host's /proc as procfs: {e}"))?;
     let joiner = Joiner::plan(&pin, &ALL_NAMESPACES)?;
     note(&format!("joining namespaces: {}", joiner.describe()));

@@ -155,25 +155,6 @@ pub fn ensure_std_fds_open() -> Result<(), Errno> {
     Ok(())
 }
 
-/// `PROC_SUPER_MAGIC` from `include/uapi/linux/magic.h`.
-const PROC_SUPER_MAGIC: libc::__fsword_t = 0x9fa0;
-
-/// Opens the host's procfs (`/proc`) as a directory fd and checks that it is procfs, not
-/// something mounted or planted over it (the runc CVE-2019-16884 class): call it before
-/// joining any namespace, and write LSM attributes only through it.
-pub fn open_procfs() -> Result<OwnedFd, Errno> {
-    let fd = nix::fcntl::open(
-        "/proc",
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )?;
-    let fs = nix::sys::statfs::fstatfs(&fd)?;
-    if fs.filesystem_type().0 != PROC_SUPER_MAGIC {
-        return Err(Errno::EXDEV);
-    }
-    Ok(fd)
-}
-
 /// Writes `text` to `name` under the directory `dir` (opened with `O_NOFOLLOW`: a symlink
 /// there is refused), for procfs attributes.
 pub fn write_at(dir: BorrowedFd<'_>, name: &str, text: &[u8]) -> Result<(), Errno> {

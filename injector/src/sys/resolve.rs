@@ -286,6 +286,17 @@ pub fn read_procfs_value(dir: BorrowedFd<'_>, path: &Path) -> Result<String, Err
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
+/// `proc` below `root` (the host's `/`), as an `O_PATH` directory fd, checked to be a
+/// procfs (see [`is_procfs`]; EXDEV when it is not): open it before joining any namespace.
+pub fn open_procfs(root: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
+    let proc = open_dir(root, Path::new("proc"))?;
+    if is_procfs(proc.as_fd()) {
+        Ok(proc)
+    } else {
+        Err(Errno::EXDEV)
+    }
+}
+
 /// `PROC_SUPER_MAGIC` (`include/uapi/linux/magic.h`).
 const PROC_SUPER_MAGIC: i64 = 0x9fa0;
 
