@@ -284,9 +284,9 @@ pub struct Reading {
     pub unmatched: Vec<String>,
 }
 
-/// Reads what `--profile match` applies from target `pid`.
-pub fn read(pid: i32) -> Result<Reading, ConfineError> {
-    let status = read_status(pid)?;
+/// Reads what `--profile match` applies from target `pid`, whose `/proc/PID/status` is
+/// `status` (see [`read_status`]).
+pub fn read(pid: i32, status: Status) -> Reading {
     let mut notes = Vec::new();
     let mut unmatched = Vec::new();
     let map_text = |name: &str| std::fs::read_to_string(format!("/proc/{pid}/{name}")).ok();
@@ -370,7 +370,7 @@ pub fn read(pid: i32) -> Result<Reading, ConfineError> {
         Label::Unreadable(why) => unmatched.push(format!("its LSM label cannot be read ({why})")),
         Label::AppArmor(_) | Label::SeLinux(_) => {}
     }
-    Ok(Reading {
+    Reading {
         profile: Profile {
             uid,
             gid,
@@ -387,7 +387,7 @@ pub fn read(pid: i32) -> Result<Reading, ConfineError> {
         },
         notes,
         unmatched,
-    })
+    }
 }
 
 impl Profile {

@@ -474,7 +474,7 @@ fn choose_power(
         ProfileName::Debug => Power::Debug,
         ProfileName::Sysadmin => Power::Sysadmin,
         ProfileName::Match => {
-            let reading = crate::confine::read(pid)?;
+            let reading = crate::confine::read(pid, status);
             if !reading.unmatched.is_empty() && !request.allow_unmatched {
                 anyhow::bail!(ExitWith {
                     code: EXIT_FAILURE,
