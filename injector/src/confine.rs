@@ -445,7 +445,11 @@ impl Profile {
             .map_err(|e| format!("capset: {e}"))?;
         caps::raise_ambient(self.ambient)
             .map_err(|e| format!("cannot raise the ambient capabilities: {e}"))?;
-        let exists = |name: &str| procfs.is_some_and(|p| crate::sys::fd::exists_at(p, name));
+        let exists = |name: &str| {
+            procfs.is_some_and(|p| {
+                crate::sys::resolve::stat_at(p, std::ffi::OsStr::new(name)).is_ok()
+            })
+        };
         if let Some((file, text)) = self.label.exec_attr(exists) {
             let procfs = procfs.ok_or_else(|| {
                 format!(

@@ -167,11 +167,6 @@ pub fn write_at(dir: BorrowedFd<'_>, name: &str, text: &[u8]) -> Result<(), Errn
     write_all(fd.as_fd(), text)
 }
 
-/// Whether `name` exists under the directory `dir` (without following a final symlink).
-pub fn exists_at(dir: BorrowedFd<'_>, name: &str) -> bool {
-    nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
-}
-
 /// Opens `path` read-only, close-on-exec and with `O_NONBLOCK`, so that the open itself
 /// cannot wait: not on a FIFO (which blocks until a writer comes, `fifo(7)`), nor on a file
 /// under a lease (`fcntl(2)`, "Leases": a non-blocking open fails with EWOULDBLOCK
