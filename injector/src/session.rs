@@ -436,10 +436,9 @@ fn contain_for_fork(reporter: &Reporter, spec: &mut ExecSpec) -> Result<(), Stri
 /// `CAP_SYS_ADMIN` (it could unmount it in a namespace of its own). A process that cannot
 /// rename a mount point of its own namespace (EBUSY) leaves the session's paths alone.
 fn dev_redirectable(pid: i32, status: &crate::confine::Status) -> bool {
-    let sys_admin = status.bounding & crate::sys::caps::bit(21) != 0;
-    let mounted = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
-        .map(|text| !crate::mountinfo::at(&crate::mountinfo::parse(&text), "/dev").is_empty())
-        .unwrap_or(false);
+    let sys_admin = status.bounding & crate::sys::caps::bit(crate::sys::caps::SYS_ADMIN) != 0;
+    let mounted = crate::mountinfo::read(std::path::Path::new(&format!("/proc/{pid}/mountinfo")))
+        .is_ok_and(|mounts| !crate::mountinfo::at(&mounts, "/dev").is_empty());
     sys_admin || !mounted
 }
 

@@ -64,6 +64,8 @@ const NAMES: [&str; 41] = [
 
 /// `CAP_SYS_PTRACE`.
 pub const SYS_PTRACE: u32 = 19;
+/// `CAP_SYS_ADMIN`.
+pub const SYS_ADMIN: u32 = 21;
 
 /// The bit of capability `cap`.
 pub fn bit(cap: u32) -> u64 {
