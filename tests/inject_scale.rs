@@ -34,7 +34,15 @@ fn processes_of(image: &Path) -> Vec<i32> {
         .unwrap_or_default()
 }
 
-/// Processes in the PID namespace of `container`'s first process, other than it.
+/// Processes in the PID namespace of `container`'s first process, other than it, that have
+/// not ended.
+///
+/// A zombie is not counted: it runs nothing and holds nothing (no mount, no fd, no loop
+/// device). When cartinject is killed, its namespace child dies with it and the command
+/// with that; both are orphans of a process in the host's PID namespace, so the kernel hands
+/// them to the host's init (the reaper of the dying parent's namespace, not of the
+/// container's), and they stay visible in the container's namespace as zombies until that
+/// init reaps them, at its own pace (over a second on a loaded CI machine).
 fn others_in_container(container: &Container) -> Vec<i32> {
     let ns = |pid: i32| {
         std::fs::read_link(format!("/proc/{pid}/ns/pid"))
@@ -49,9 +57,35 @@ fn others_in_container(container: &Container) -> Vec<i32> {
             d.flatten()
                 .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
                 .filter(|&pid| pid != container.pid && ns(pid).as_deref() == Some(theirs.as_str()))
+                .filter(|&pid| {
+                    !matches!(status_field(pid, "State:").chars().next(), Some('Z' | 'X'))
+                })
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A field of `/proc/PID/status` ("State:" gives "S (sleeping)"), empty if it cannot be read.
+fn status_field(pid: i32, name: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// `pids` as "PID name (state)", for a failure message.
+fn describe(pids: &[i32]) -> Vec<String> {
+    pids.iter()
+        .map(|&pid| {
+            format!(
+                "{pid} {} ({})",
+                status_field(pid, "Name:"),
+                status_field(pid, "State:")
+            )
+        })
+        .collect()
 }
 
 /// Waits (up to `timeout`) until `check` holds; returns whether it did.
@@ -249,7 +283,7 @@ fn kill_9_at_random_moments_leaves_nothing_behind() {
             eventually(Duration::from_secs(3), || others_in_container(&c)
                 .is_empty()),
             "trial {trial}: processes left in the container: {:?}",
-            others_in_container(&c)
+            describe(&others_in_container(&c))
         );
         // The container has no mount it did not ask for: a session leaves none; a -m leaves
         // its own, if it got that far.
