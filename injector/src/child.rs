@@ -10,7 +10,10 @@
 //! A child dies with cartinject (`PR_SET_PDEATHSIG`), checked against the race in which
 //! cartinject is killed before the child has asked for that (`getppid` afterwards, as runc's
 //! nsexec does), and stays non-dumpable; [`tie_to_parent`] asserts both again after each
-//! change of credentials, which clears them.
+//! change of credentials, which clears them. A grandchild inside the target's PID namespace
+//! cannot use `getppid` for that (it says 0 for its parent and for the host's init alike):
+//! it checks that its parent still holds the read end of their pipe
+//! ([`Reporter::tie_to_reader`]).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
@@ -82,6 +85,22 @@ impl Reporter {
     /// The fd number, to keep it open when closing all others.
     pub fn raw_fd(&self) -> std::os::fd::RawFd {
         std::os::fd::AsRawFd::as_raw_fd(&self.fd)
+    }
+
+    /// [`tie_to_parent`] for a grandchild whose parent is in an ancestor PID namespace,
+    /// where `getppid` says 0 both for that parent and for the host's init it would be
+    /// handed to if it died (orphans go to the reaper of the dying parent's namespace). The
+    /// parent's life is then the read end of this pipe, which only the parent holds (the
+    /// caller has closed its own copy): the parent-death signal is set first, so a parent
+    /// that dies afterwards kills us, and one that died before has closed its read end.
+    pub fn tie_to_reader(&self) -> Result<(), Errno> {
+        process::set_non_dumpable()?;
+        process::die_with_parent()?;
+        if fd::has_reader(self.fd.as_fd())? {
+            Ok(())
+        } else {
+            Err(Errno::ESRCH)
+        }
     }
 
     /// Sends one report. A parent that has gone away is not an error worth dying for.
@@ -244,6 +263,39 @@ pub fn failure(reports: &[Report]) -> Option<(i32, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_grandchild_goes_on_only_while_its_parent_holds_the_read_end() {
+        // The grandchild's check, in a forked process (it sets process-wide flags): a
+        // parent that died before the parent-death signal was set has closed its read end,
+        // and the grandchild must not go on (getppid cannot tell: it says 0 either way).
+        for parent_alive in [true, false] {
+            let (read_end, reporter) = Reporter::pipe().unwrap();
+            let read_end = parent_alive.then_some(read_end);
+            let pid = match process::fork().unwrap() {
+                Forked::Child => {
+                    // As the session's grandchild does: its own copy of the read end goes.
+                    drop(read_end);
+                    let code = match reporter.tie_to_reader() {
+                        Ok(()) => 0,
+                        Err(Errno::ESRCH) => 3,
+                        Err(_) => 4,
+                    };
+                    process::exit_now(code)
+                }
+                Forked::Parent(pid) => pid,
+            };
+            let ended = process::wait(pid).unwrap();
+            drop(read_end);
+            drop(reporter);
+            let expected = if parent_alive { 0 } else { 3 };
+            assert_eq!(
+                ended,
+                Ended::Exited(expected),
+                "parent alive: {parent_alive}"
+            );
+        }
+    }
 
     #[test]
     fn reports_round_trip() {

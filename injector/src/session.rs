@@ -374,13 +374,13 @@ fn namespace_child(
             return EXIT_FAILURE;
         }
     };
-    let me = process::pid();
     match process::fork() {
         Ok(Forked::Child) => {
             // Visible inside the container from here on. Its parent is outside our PID
-            // namespace (getppid says 0) unless the target shares the host's.
-            if crate::child::tie_to_parent(&[0, me]).is_err()
-                || fd::close_all_except(&[exec_reporter.raw_fd()]).is_err()
+            // namespace unless the target shares the host's; either way its parent's life
+            // is the read end of the exec pipe, once our own copy of it is closed.
+            if fd::close_all_except(&[exec_reporter.raw_fd()]).is_err()
+                || exec_reporter.tie_to_reader().is_err()
             {
                 process::exit_now(EXIT_FAILURE);
             }

@@ -39,6 +39,22 @@ pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout_ms: Option<u16>) -> Result<
         .collect())
 }
 
+/// Whether the pipe whose write end is `fd` still has a reader: `poll` reports `POLLERR`
+/// on a write end once every read end is closed (`pipe_poll` in `fs/pipe.c`). Does not wait.
+pub fn has_reader(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
+    let mut polls = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
+    loop {
+        match nix::poll::poll(&mut polls, PollTimeout::ZERO) {
+            Ok(_) => break,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(!polls[0]
+        .revents()
+        .is_some_and(|r| r.contains(PollFlags::POLLERR)))
+}
+
 /// `read(fd, buf)`, retried on EINTR.
 pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, Errno> {
     loop {
