@@ -12,6 +12,8 @@
 //!    environment of [`script_env`] and nothing else of the caller's, in the
 //!    [`crate::sandbox`] (unless the builder has none: `--no-sandbox`); it
 //!    installs into `$OUT`;
+//!    (An `archive` has no script: its output is what `install` selects of its
+//!    tarball, nothing else.)
 //! 4. `install`: the paths `install` selects must exist, every ELF file among
 //!    them must be static, and they are stripped unless the recipe says
 //!    `strip = false`.
@@ -33,7 +35,7 @@ use crate::plan::{Install, Package, Plan};
 use crate::progress::Reporter;
 use crate::recipe::Kind;
 use crate::sandbox::{self, Bind, Sandbox, Spec};
-use crate::stage::{StageError, check_static, copy_tree, select};
+use crate::stage::{StageError, check_static, copy_paths, copy_tree, select};
 use crate::toolchain::Toolchain;
 
 /// How many log lines a failure shows.
@@ -303,7 +305,11 @@ impl Builder<'_> {
                 crate::unpack::unpack_package(pkg, source()?, &src_root)
                     .map_err(|e| step_err("unpack", e.to_string(), None))?;
                 let top = crate::unpack::single_top(&src_root).map_err(io_err("unpack"))?;
-                copy_tree(&top, &out).map_err(io_err("unpack"))?;
+                // Only what it installs is kept (and seen by its dependents): the rest of
+                // a tarball would sit in the cache for nothing.
+                let selected = select(&top, &pkg.install)
+                    .map_err(|message| step_err("install", message, None))?;
+                copy_paths(&top, &selected, &out).map_err(io_err("unpack"))?;
             }
             Kind::Local => {
                 if let (Some(path), Install::Dir(rel)) = (&pkg.local, &pkg.install) {
@@ -331,6 +337,7 @@ impl Builder<'_> {
         // file, and strip rewrites a multiply-linked file in place (binutils keeps its
         // links), so checking and stripping every name would only repeat the work.
         let mut seen = std::collections::HashSet::new();
+        let mut to_strip = Vec::new();
         for rel in &selected {
             let meta = fs::symlink_metadata(out.join(rel)).map_err(io_err("install"))?;
             if !meta.is_file() || !seen.insert((meta.dev(), meta.ino())) {
@@ -338,10 +345,17 @@ impl Builder<'_> {
             }
             check_static(&pkg.name, &out, rel)?;
             if pkg.strip
-                && let Some(t) = self.toolchain_for_strip()
+                && crate::elf::inspect(&out.join(rel))
+                    .map_err(StageError::from)?
+                    .is_some_and(|info| info.is_loadable())
             {
-                self.strip(pkg, t, &out.join(rel))?;
+                to_strip.push(rel.clone());
             }
+        }
+        if !to_strip.is_empty()
+            && let Some(strip) = self.toolchain_for_strip()
+        {
+            self.strip(pkg, &strip, &work.path, &to_strip)?;
         }
 
         // Publish: out/ and the log, renamed into place in one step.
@@ -362,41 +376,103 @@ impl Builder<'_> {
         })
     }
 
+    /// The strip to use: the toolchain's, else the host's.
     fn toolchain_for_strip(&self) -> Option<PathBuf> {
         self.toolchain
             .map(|t| t.strip.clone())
             .or_else(|| crate::toolchain::which("strip"))
     }
 
-    fn strip(&self, pkg: &Package, strip: PathBuf, file: &Path) -> Result<(), BuildError> {
-        let Some(info) = crate::elf::inspect(file).map_err(StageError::from)? else {
-            return Ok(());
+    /// Strips `files` (relative to the work directory's `out/`) with `strip`: in the
+    /// sandbox when there is one, since binutils then parses bytes a build script or a
+    /// download made, and whatever it could be made to do stays in there.
+    fn strip(
+        &self,
+        pkg: &Package,
+        strip: &Path,
+        work: &Path,
+        files: &[PathBuf],
+    ) -> Result<(), BuildError> {
+        let out = work.join("out");
+        let fail = |message: String| BuildError::Step {
+            package: pkg.name.clone(),
+            step: "install",
+            message,
+            log: None,
         };
-        if !info.is_loadable() {
-            return Ok(());
+        let sandbox_err = |source| BuildError::Sandbox {
+            package: pkg.name.clone(),
+            source,
+        };
+        let mut cmd = match self.sandbox {
+            None => {
+                let mut cmd = Command::new(strip);
+                cmd.arg("--strip-all")
+                    .arg("--")
+                    .args(files.iter().map(|f| out.join(f)));
+                cmd
+            }
+            Some(sb) => {
+                let inside = Path::new(sandbox::BUILD_DIR).join("out");
+                let root = work.join("root");
+                fs::create_dir_all(&root)
+                    .map_err(|e| fail(format!("cannot create {}: {e}", root.display())))?;
+                let mut binds = Vec::new();
+                let mut symlinks = Vec::new();
+                sandbox::system(&mut binds, &mut symlinks);
+                let strip = match self.toolchain {
+                    Some(t) => {
+                        sandbox::toolchain(&mut binds, t);
+                        sandbox::relocate(t).strip
+                    }
+                    // The host's strip, wherever it is, read-only at a fixed path.
+                    None => {
+                        let at = Path::new(sandbox::TOOLCHAIN_DIR).join("strip");
+                        binds.push(Bind {
+                            source: fs::canonicalize(strip).map_err(|e| {
+                                fail(format!("cannot find {}: {e}", strip.display()))
+                            })?,
+                            target: at.clone(),
+                            writable: false,
+                        });
+                        at
+                    }
+                };
+                binds.push(Bind {
+                    source: out.clone(),
+                    target: inside.clone(),
+                    writable: true,
+                });
+                sandbox::hand_over(&[&out]).map_err(sandbox_err)?;
+                let mut argv = vec![
+                    strip.display().to_string(),
+                    "--strip-all".into(),
+                    "--".into(),
+                ];
+                argv.extend(files.iter().map(|f| inside.join(f).display().to_string()));
+                let mut cmd = sb.command(&Spec {
+                    root,
+                    binds,
+                    symlinks,
+                    cwd: inside,
+                    argv,
+                });
+                cmd.env_clear().env("PATH", SCRIPT_PATH);
+                cmd
+            }
+        };
+        let ran = cmd.stdin(Stdio::null()).output();
+        if self.sandbox.is_some() {
+            sandbox::take_back(&out).map_err(sandbox_err)?;
         }
-        let out = Command::new(&strip)
-            .arg("--strip-all")
-            .arg(file)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| BuildError::Step {
-                package: pkg.name.clone(),
-                step: "install",
-                message: format!("cannot run {}: {e}", strip.display()),
-                log: None,
-            })?;
-        if !out.status.success() {
-            return Err(BuildError::Step {
-                package: pkg.name.clone(),
-                step: "install",
-                message: format!(
-                    "strip {} failed: {} (set strip = false to keep it as is)",
-                    file.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-                log: None,
-            });
+        let ran = ran.map_err(|e| fail(format!("cannot run {}: {e}", strip.display())))?;
+        if !ran.status.success() {
+            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            return Err(fail(format!(
+                "strip {} failed: {} (set strip = false to keep them as they are)",
+                names.join(" "),
+                String::from_utf8_lossy(&ran.stderr).trim()
+            )));
         }
         Ok(())
     }

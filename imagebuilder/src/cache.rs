@@ -10,6 +10,7 @@
 //!   toolchain/<identity>/    the compiler wrapper and its kernel header directory
 //!   tmp/                     downloads in progress, build work directories
 //!   locks/                   one lock file per build key
+//!   roots/<hash>.json        what the last two builds of one recipe used
 //! ```
 //!
 //! Entries under `sources/` and `builds/` appear only by `rename(2)` of a
@@ -22,6 +23,15 @@
 //! fetcher, and again while it is unpacked), a build output against the record
 //! written beside it when it was made ([`seal`], [`Cache::verified_build`]). One
 //! that does not match is removed with a warning and made again, never used.
+//!
+//! **Nothing piles up.** Each build records, before it builds anything, what its
+//! recipe uses ([`Cache::record_root`]: build keys and source hashes; the last
+//! [`GENERATIONS`] builds of each recipe file are kept). When it ends, and no
+//! other cartbuild has the cache open, [`Cache::collect`] removes every output,
+//! source, log and lock that no recorded build uses, and the records of recipe
+//! files that no longer exist: an output superseded by an edit of its recipe
+//! goes two builds later, and nothing of an abandoned recipe survives its next
+//! collection. The toolchain directories (a few kilobytes each) are kept.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
@@ -34,6 +44,37 @@ use sha2::{Digest, Sha256};
 
 /// The record beside a build output (`builds/<key>/record.json`).
 pub const RECORD: &str = "record.json";
+
+/// How many builds of one recipe file keep what they used (the latest and the one
+/// before: going back to the previous version of a recipe rebuilds nothing).
+pub const GENERATIONS: usize = 2;
+
+/// What one build of a recipe uses from the cache (see [`Cache::record_root`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Uses {
+    /// Build keys of its packages (whether built yet or not).
+    pub keys: BTreeSet<String>,
+    /// sha256 of its sources.
+    pub sources: BTreeSet<String>,
+}
+
+/// `roots/<hash>.json`: the recipe file and what its latest builds used, newest first.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Root {
+    recipe: PathBuf,
+    generations: Vec<Uses>,
+}
+
+/// What [`Cache::collect`] removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Collected {
+    /// Build outputs.
+    pub outputs: usize,
+    /// Sources.
+    pub sources: usize,
+    /// Bytes of files in them.
+    pub bytes: u64,
+}
 
 /// Why the cache could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +139,7 @@ impl Cache {
             "toolchain",
             "tmp",
             "locks",
+            "roots",
         ] {
             let path = root.join(dir);
             fs::create_dir_all(&path).map_err(|source| CacheError::Create { path, source })?;
@@ -209,6 +251,97 @@ impl Cache {
         remove_tree(&aside)
     }
 
+    /// Records that the latest build of `recipe` (any path to it) uses `uses`, as the
+    /// newest of its [`GENERATIONS`]; written whole, by rename, before anything is built,
+    /// so that what a failed build finished stays for the next attempt.
+    pub fn record_root(&self, recipe: &Path, uses: &Uses) -> io::Result<()> {
+        let recipe = fs::canonicalize(recipe)?;
+        let name = hex::encode(&Sha256::digest(recipe.as_os_str().as_encoded_bytes())[..16]);
+        let path = self.root.join("roots").join(format!("{name}.json"));
+        let mut generations = read_root(&path).map(|r| r.generations).unwrap_or_default();
+        generations.retain(|g| g != uses);
+        generations.insert(0, uses.clone());
+        generations.truncate(GENERATIONS);
+        let json = serde_json::to_string_pretty(&Root {
+            recipe,
+            generations,
+        })
+        .map_err(io::Error::other)?;
+        let tmp = self
+            .tmp()
+            .join(format!("root-{name}-{}", std::process::id()));
+        fs::write(&tmp, json + "\n")?;
+        fs::rename(&tmp, &path)
+    }
+
+    /// Removes every build output, source, log and lock that no recorded build uses,
+    /// and the records of recipe files that are gone; `None` (nothing done) when another
+    /// cartbuild has the cache open, since what it uses may not be recorded yet.
+    pub fn collect(&self) -> io::Result<Option<Collected>> {
+        // flock converts our shared lock; a failed attempt drops it, so take it again.
+        if self._held.try_lock().is_err() {
+            self._held.lock_shared()?;
+            return Ok(None);
+        }
+        let collected = self.collect_alone();
+        self._held.lock_shared()?;
+        collected.map(Some)
+    }
+
+    fn collect_alone(&self) -> io::Result<Collected> {
+        let mut used = Uses::default();
+        for e in fs::read_dir(self.root.join("roots"))?.flatten() {
+            match read_root(&e.path()) {
+                Some(root) if fs::metadata(&root.recipe).is_ok_and(|m| m.is_file()) => {
+                    for g in root.generations {
+                        used.keys.extend(g.keys);
+                        used.sources.extend(g.sources);
+                    }
+                }
+                // Its recipe is gone, or it is not a record: nothing keeps its entries.
+                _ => fs::remove_file(e.path())?,
+            }
+        }
+        let mut done = Collected::default();
+        for e in fs::read_dir(self.root.join("builds"))?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !used.keys.contains(&name) {
+                done.bytes += bytes_of(&e.path());
+                self.discard(&e.path())?;
+                done.outputs += 1;
+            }
+        }
+        for e in fs::read_dir(self.root.join("sources/sha256"))?.flatten() {
+            if !used.sources.contains(&*e.file_name().to_string_lossy()) {
+                done.bytes += bytes_of(&e.path());
+                fs::remove_file(e.path())?;
+                done.sources += 1;
+            }
+        }
+        // logs/<name>-<first 16 of the key>.log and locks/<key>.lock.
+        let short: BTreeSet<&str> = used.keys.iter().map(|k| &k[..16.min(k.len())]).collect();
+        for e in fs::read_dir(self.root.join("logs"))?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let key = name
+                .strip_suffix(".log")
+                .and_then(|n| n.rsplit_once('-'))
+                .map(|(_, k)| k);
+            if !key.is_some_and(|k| short.contains(k)) {
+                fs::remove_file(e.path())?;
+            }
+        }
+        for e in fs::read_dir(self.root.join("locks"))?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(key) = name.strip_suffix(".lock")
+                && key != "cache"
+                && !used.keys.contains(key)
+            {
+                fs::remove_file(e.path())?;
+            }
+        }
+        Ok(done)
+    }
+
     /// Takes an exclusive lock named `name` (blocking until it is free); the lock
     /// is held until the returned file is dropped.
     pub fn lock(&self, name: &str) -> Result<File, CacheError> {
@@ -221,6 +354,22 @@ impl Cache {
             .map_err(|source| CacheError::Lock { path, source })?;
         Ok(file)
     }
+}
+
+/// A root record, if `path` holds one.
+fn read_root(path: &Path) -> Option<Root> {
+    serde_json::from_slice(&fs::read(path).ok()?).ok()
+}
+
+/// Bytes of the files under `path` (a file or a tree).
+fn bytes_of(path: &Path) -> u64 {
+    walkdir::WalkDir::new(path)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
 }
 
 /// Removes a tree, making read-only directories writable first.

@@ -576,6 +576,10 @@ fn assign_keys(packages: &mut [Package], ctx: &Context, epoch: u64) -> Result<()
             "epoch": epoch,
         });
         let mut definition = definition;
+        // An archive's output is what it installs, not its whole tarball.
+        if p.kind == Kind::Archive {
+            definition["output"] = serde_json::Value::from("installed");
+        }
         // Only scripts run in the sandbox: other kinds keep their keys.
         if p.kind == Kind::Build
             && let Some(sandbox) = &ctx.sandbox

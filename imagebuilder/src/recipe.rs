@@ -201,6 +201,16 @@ impl Recipe {
         self.packages.iter().any(|p| p.package.kind == Kind::Build)
     }
 
+    /// Whether building it runs a tool on bytes someone else made: a build script, or
+    /// `strip` on a downloaded executable (`file` and `archive` packages that strip).
+    pub fn runs_tools(&self) -> bool {
+        self.needs_toolchain()
+            || self.packages.iter().any(|p| {
+                matches!(p.package.kind, Kind::File | Kind::Archive)
+                    && p.package.strip != Some(false)
+            })
+    }
+
     /// sha256 over every recipe file read, in include order.
     pub fn hash(&self) -> String {
         use sha2::{Digest, Sha256};

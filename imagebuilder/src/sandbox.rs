@@ -249,6 +249,7 @@ pub fn relocate(toolchain: &Toolchain) -> Toolchain {
     t.ranlib = mv_str(&toolchain.ranlib);
     t.sysinclude = mv(&toolchain.sysinclude);
     t.kernel_headers = mv(&toolchain.kernel_headers);
+    t.strip = mv(&toolchain.strip);
     t.dir = inside.to_path_buf();
     t
 }

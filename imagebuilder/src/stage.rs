@@ -223,26 +223,33 @@ fn all_paths(root: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// through a link in `dst`: a path of `src` under a name that is a link in `dst`
 /// is an error.
 pub fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
+    copy_paths(src, &all_paths(src)?, dst)
+}
+
+/// Copies the entries `rels` of `src` (relative paths, parents before their
+/// children, as [`select`] gives them) to the same paths under `dst`, creating
+/// missing parent directories, as [`copy_tree`] does.
+pub fn copy_paths(src: &Path, rels: &[PathBuf], dst: &Path) -> std::io::Result<()> {
     fs::create_dir_all(dst)?;
     let tree = Beneath::open(dst)?;
     let mut linked: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
-    for rel in all_paths(src)? {
-        let from = src.join(&rel);
+    for rel in rels {
+        let from = src.join(rel);
         let meta = fs::symlink_metadata(&from)?;
         if meta.is_dir() {
-            tree.mkdir(&rel)?;
+            tree.mkdir(rel)?;
         } else if meta.file_type().is_symlink() {
-            tree.symlink(&rel, &fs::read_link(&from)?, true)?;
+            tree.symlink(rel, &fs::read_link(&from)?, true)?;
         } else {
             let key = (meta.dev(), meta.ino());
             if meta.nlink() > 1 {
                 if let Some(first) = linked.get(&key) {
-                    tree.hard_link(first, &rel, true)?;
+                    tree.hard_link(first, rel, true)?;
                     continue;
                 }
                 linked.insert(key, rel.clone());
             }
-            copy_file(&from, &tree, &rel, meta.permissions().mode(), true)?;
+            copy_file(&from, &tree, rel, meta.permissions().mode(), true)?;
         }
     }
     Ok(())

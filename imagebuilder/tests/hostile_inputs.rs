@@ -1,14 +1,14 @@
 //! cartbuild against inputs made to hurt it: archives whose links lead out of
 //! the staging directory, decompression and entry-count bombs, a cache whose
-//! sources and outputs were changed behind its back, and the hard links every
-//! kind of package must keep. Archives are made here and served over real HTTP
+//! sources and outputs were changed behind its back, outputs that would pile up
+//! in it, and the hard links every kind of package must keep. Archives are made here and served over real HTTP
 //! on 127.0.0.1; every run is the real binary. Needs e2fsprogs (debugfs).
 
 mod common;
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
@@ -475,4 +475,167 @@ fn hard_links_are_kept_for_local_and_archive_packages() {
         assert_eq!((ia, la), (ib, 2), "{a} and {b} in the image");
     }
     assert_fsck_clean(&env.image());
+}
+
+/// Names under `builds/` of the cache.
+fn outputs(env: &Env) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(env.cache().join("builds"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn an_archive_keeps_in_the_cache_only_what_it_installs() {
+    let env = Env::new();
+    let server = Server::start();
+    let big = vec![0u8; 4 << 20];
+    let archive = tar(&[
+        E::File("arc-1/bin/tool", b"#!/bin/sh\necho tool\n"),
+        E::File("arc-1/share/big", &big),
+        E::Symlink("arc-1/bin/alias", "tool"),
+    ]);
+    let text = format!(
+        "{HEAD}{}",
+        archive_pkg(&server, "arc", gz(&archive), "install = [\"bin\"]")
+    );
+    let o = env.run(&env.write("r.toml", &text), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let [key] = &outputs(&env)[..] else {
+        panic!("one output expected: {:?}", outputs(&env));
+    };
+    let out = env.cache().join("builds").join(key).join("out");
+    assert!(out.join("bin/tool").is_file());
+    assert!(out.join("bin/alias").is_symlink());
+    assert!(
+        !out.join("share").exists(),
+        "the 4 MiB file nothing installs is in the cache"
+    );
+    assert!(read_from_image(&env.image(), "/bin/tool").starts_with(b"#!/bin/sh"));
+}
+
+/// A recipe with one local package whose file holds `content`.
+fn local_recipe(env: &Env, name: &str, content: &str) -> std::path::PathBuf {
+    env.write(&format!("{name}/files/etc/{name}"), content);
+    env.write(
+        &format!("{name}/r.toml"),
+        &format!(
+            "{HEAD}[[package]]\nname = \"{name}\"\nversion = \"1\"\nkind = \"local\"\npath = \"files\"\ninstall = \".\"\n"
+        ),
+    )
+}
+
+#[test]
+fn superseded_outputs_leave_the_cache_when_it_is_not_in_use() {
+    let env = Env::new();
+    let build = |recipe: &Path| {
+        let o = env.run(recipe, &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stderr(&o)
+    };
+    let a = local_recipe(&env, "a", "1");
+    build(&a);
+    let first = outputs(&env);
+    assert_eq!(first.len(), 1);
+
+    // An edit keeps the previous generation: going back rebuilds nothing.
+    local_recipe(&env, "a", "2");
+    build(&a);
+    let second = outputs(&env);
+    assert_eq!(second.len(), 2, "{second:?}");
+    // A third edit supersedes the first: it goes.
+    local_recipe(&env, "a", "3");
+    let err = build(&a);
+    let third = outputs(&env);
+    assert_eq!(third.len(), 2, "{third:?}");
+    assert!(!third.contains(&first[0]), "{third:?}");
+    assert!(err.contains("cache: removed 1 outputs"), "{err}");
+
+    // While another cartbuild has the cache open (as every one does, shared), nothing is
+    // removed: what it uses may not be recorded yet.
+    let held = fs::File::open(env.cache().join("locks/cache.lock")).unwrap();
+    held.lock_shared().unwrap();
+    local_recipe(&env, "a", "4");
+    build(&a);
+    assert_eq!(
+        outputs(&env).len(),
+        3,
+        "collected while the cache was in use"
+    );
+    drop(held);
+
+    // A second recipe's outputs stay as long as its file exists, and go once it is gone.
+    let before = outputs(&env);
+    let b = local_recipe(&env, "b", "1");
+    build(&b);
+    // a's two latest and b's.
+    assert_eq!(outputs(&env).len(), 3, "{:?}", outputs(&env));
+    let b_out: Vec<String> = outputs(&env)
+        .into_iter()
+        .filter(|k| !before.contains(k))
+        .collect();
+    fs::remove_dir_all(env.dir.path().join("b")).unwrap();
+    local_recipe(&env, "a", "5");
+    build(&a);
+    let last = outputs(&env);
+    assert_eq!(last.len(), 2, "{last:?}");
+    assert_eq!(b_out.len(), 1);
+    assert!(
+        !last.contains(&b_out[0]),
+        "b's output outlived its recipe: {last:?}"
+    );
+    let roots = fs::read_dir(env.cache().join("roots")).unwrap().count();
+    assert_eq!(roots, 1, "the record of the deleted recipe is left");
+}
+
+#[test]
+fn strip_runs_in_the_sandbox() {
+    // binutils parses what a build script or a download made: an ELF crafted against it
+    // must get no further than the script could. A strip that reports where it runs.
+    let env = Env::new();
+    let server = Server::start();
+    let secret = env.write("secret", "key");
+    let probe = env.write(
+        "fake/strip",
+        &format!(
+            "#!/bin/sh\necho \"probe uid=$(id -u) secret=$(cat {} 2>/dev/null || echo unreadable)\" >&2\nexit 1\n",
+            secret.display()
+        ),
+    );
+    fs::set_permissions(&probe, fs::Permissions::from_mode(0o755)).unwrap();
+    let elf = fs::read("/bin/busybox").expect("/bin/busybox (busybox-static)");
+    let archive = tar(&[E::File("arc-1/bin/box", &elf)]);
+    let recipe = env.write(
+        "r.toml",
+        &format!(
+            "{HEAD}{}",
+            archive_pkg(&server, "arc", gz(&archive), "install = [\"bin\"]")
+        ),
+    );
+    let path = format!(
+        "{}:{}",
+        probe.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |args: &[&str]| {
+        let o = env
+            .command(&recipe)
+            .args(args)
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "the probe strip fails the build");
+        stderr(&o)
+    };
+    let err = run(&[]);
+    assert!(
+        err.contains("probe uid=1000 secret=unreadable"),
+        "strip did not run in the sandbox: {err}"
+    );
+    // The same probe outside the sandbox (what the test would see without it).
+    let err = run(&["--no-sandbox"]);
+    assert!(err.contains("secret=key"), "{err}");
+    assert_no_builds(&env);
 }

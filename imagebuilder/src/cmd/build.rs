@@ -153,6 +153,30 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Collects the cache when the build ends, however it ends (see `Cache::collect`).
+struct Collect<'a> {
+    cache: &'a Cache,
+    reporter: &'a Reporter,
+}
+
+impl Drop for Collect<'_> {
+    fn drop(&mut self) {
+        match self.cache.collect() {
+            Ok(Some(done)) if done.outputs + done.sources > 0 => self.reporter.line(&format!(
+                "cache: removed {} outputs and {} sources no recent build uses ({})",
+                done.outputs,
+                done.sources,
+                human_bytes(done.bytes)
+            )),
+            Ok(_) => {}
+            Err(e) => self.reporter.line(&format!(
+                "warning: cannot collect the cache {}: {e}",
+                self.cache.root().display()
+            )),
+        }
+    }
+}
+
 /// Runs the pipeline; returns where the image went.
 pub fn build(args: BuildArgs) -> anyhow::Result<PathBuf> {
     let started = Instant::now();
@@ -178,13 +202,11 @@ pub fn build(args: BuildArgs) -> anyhow::Result<PathBuf> {
     } else {
         None
     };
-    // Scripts run only when something is built from source.
-    let sandbox_mode = toolchain.as_ref().map(|_| {
-        if args.no_sandbox {
-            SandboxMode::None
-        } else {
-            SandboxMode::Namespaces
-        }
+    // Build scripts, and strip on what packages ship, run in the sandbox.
+    let sandbox_mode = recipe.runs_tools().then_some(if args.no_sandbox {
+        SandboxMode::None
+    } else {
+        SandboxMode::Namespaces
     });
     let sandbox = match sandbox_mode {
         Some(SandboxMode::Namespaces) => {
@@ -226,6 +248,22 @@ pub fn build(args: BuildArgs) -> anyhow::Result<PathBuf> {
     .context("invalid recipe")?;
     // Every time stamp in the image must fit; say so before building.
     image::ext4_epoch(plan.image.epoch).context("invalid epoch")?;
+    // What this build uses stays in the cache; what no recent build uses goes when it ends.
+    let uses = cartbuild::cache::Uses {
+        keys: plan.packages.iter().map(|p| p.key.clone()).collect(),
+        sources: plan
+            .packages
+            .iter()
+            .filter_map(|p| Some(p.source.as_ref()?.sha256.clone()))
+            .collect(),
+    };
+    cache
+        .record_root(&args.recipe, &uses)
+        .with_context(|| format!("failed to record the build in {}", cache.root().display()))?;
+    let _collect = Collect {
+        cache: &cache,
+        reporter: &reporter,
+    };
     let output = args.output.clone().unwrap_or_else(|| {
         PathBuf::from("images").join(match args.format {
             FormatArg::Ext4 => bare_name(&plan),
