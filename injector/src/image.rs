@@ -239,8 +239,15 @@ impl Image {
             })?
             .len();
         let detected = detect::detect(&file, len, path)?;
-        let mut verified = crate::verify::check(path, &file, crate::verify::policy())?;
-        verified.steps.insert(0, trusted);
+        // A record vouches for the file only while only root can change it and nobody has it
+        // open for writing: both are known only now.
+        let records = if trusted.no_writers {
+            crate::verify::Records::At(Path::new(crate::verify::record::BASE))
+        } else {
+            crate::verify::Records::Off("whether a process has it open for writing is unknown")
+        };
+        let mut verified = crate::verify::check(path, &file, crate::verify::policy(), records)?;
+        verified.steps.insert(0, trusted.note);
         Ok(Image {
             path: path.to_owned(),
             file,
@@ -354,6 +361,9 @@ impl Image {
         // image refused later says only why.
         notes.steps.extend(self.verified.steps.iter().cloned());
         notes.warnings.extend(self.verified.notice.iter().cloned());
+        notes
+            .warnings
+            .extend(self.verified.warnings.iter().cloned());
         let device = LoopDevice::attach_or_reuse(
             &self.file,
             &self.path,

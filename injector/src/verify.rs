@@ -23,6 +23,7 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -30,6 +31,11 @@ use std::sync::OnceLock;
 use cartimage::manifest::{self, Manifest};
 use cartimage::signature::{self, ImageSignature, SignatureError, VerifyKey};
 use sha2::{Digest, Sha256};
+
+use crate::sys::inode;
+use record::{Lookup, SignatureSeen, Store};
+
+pub mod record;
 
 /// Why an image is refused.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +118,8 @@ pub struct Verified {
     pub steps: Vec<String>,
     /// Said on stderr when nothing could be checked.
     pub notice: Option<String>,
+    /// Said on stderr always (verification records that cannot be used, say).
+    pub warnings: Vec<String>,
 }
 
 /// The sidecars found for an image.
@@ -146,9 +154,24 @@ fn find_sidecars(path: &Path) -> Sidecars {
     }
 }
 
+/// Whether verification records (see [`record`]) may be used for an image.
+#[derive(Debug, Clone, Copy)]
+pub enum Records<'a> {
+    /// Kept in `cartinject/verified` below this directory (`/run` in use).
+    At(&'a Path),
+    /// Not for this image: why, for `-v`.
+    Off(&'a str),
+}
+
 /// Checks the image at `path`, open as `file`, against what lies beside it, and its signature
-/// when `policy` names a key.
-pub fn check(path: &Path, file: &File, policy: &Policy) -> Result<Verified, VerifyError> {
+/// when `policy` names a key; with `records`, not again while a record says it was and the
+/// file has not changed since.
+pub fn check(
+    path: &Path,
+    file: &File,
+    policy: &Policy,
+    records: Records<'_>,
+) -> Result<Verified, VerifyError> {
     let found = find_sidecars(path);
     let mut verified = Verified::default();
     let size = file
@@ -203,10 +226,12 @@ pub fn check(path: &Path, file: &File, policy: &Policy) -> Result<Verified, Veri
         expected.push((m.clone(), digest.to_ascii_lowercase()));
     }
 
+    let mut sig_bytes = Vec::new();
     let signature = match (&policy.key, &found.signature) {
         (Some(_), Some(sig_path)) => {
             let text = read_sidecar(sig_path)
                 .and_then(|bytes| {
+                    sig_bytes.clone_from(&bytes);
                     String::from_utf8(bytes).map_err(|_| "it is not UTF-8 text".to_string())
                 })
                 .map_err(|reason| VerifyError::Signature {
@@ -250,8 +275,80 @@ pub fn check(path: &Path, file: &File, policy: &Policy) -> Result<Verified, Veri
         return Ok(verified);
     }
 
-    // One pass over the image: sha256 always, the signature's BLAKE2b when there is one.
     let sig_key = policy.key.as_ref();
+    let seen = match (&signature, sig_key) {
+        (Some(_), Some(key)) => Some(SignatureSeen::new(key.base64(), &sig_bytes)),
+        _ => None,
+    };
+    let read_err = |source: io::Error| VerifyError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+
+    // A record of this very state of the file, when records may be used for it.
+    let store = match records {
+        Records::At(base) => {
+            let stamp = inode::stamp(file.as_fd()).map_err(|e| read_err(e.into()))?;
+            match record::recordable(file.as_fd(), &stamp) {
+                Err(why) => {
+                    verified
+                        .steps
+                        .push(format!("no verification record: {why}"));
+                    None
+                }
+                Ok(()) => match Store::open_in(base) {
+                    Err(why) => {
+                        verified.warnings.push(format!(
+                            "verification records are not used: {why} (every session hashes the image)"
+                        ));
+                        None
+                    }
+                    Ok(store) => Some((store, stamp)),
+                },
+            }
+        }
+        Records::Off(why) => {
+            verified
+                .steps
+                .push(format!("no verification record: {why}"));
+            None
+        }
+    };
+    let mut why_hashed = String::from("no record may be used");
+    if let Some((store, stamp)) = &store {
+        match store.find(stamp) {
+            Lookup::Hit(rec, at) => {
+                let sums = expected.iter().all(|(_, want)| *want == rec.sha256);
+                if sums && (seen.is_none() || rec.signature == seen) {
+                    for (sidecar, _) in &expected {
+                        verified.steps.push(format!(
+                            "image sha256 {} matches {} (verified earlier, record {}: same mount, device, inode, size, mtime and ctime since)",
+                            rec.sha256,
+                            sidecar.display(),
+                            at.display()
+                        ));
+                    }
+                    if let Some(sig) = &signature {
+                        check_comment(path, sig, &rec.sha256)?;
+                        verified.steps.push(format!(
+                            "signature {} verified earlier with {} (record {})",
+                            sig.path().display(),
+                            sig_key.map_or_else(String::new, ToString::to_string),
+                            at.display()
+                        ));
+                    }
+                    return Ok(verified);
+                }
+                why_hashed = format!(
+                    "the record {} does not vouch for what is asked now: a sidecar, the signature or the key changed",
+                    at.display()
+                );
+            }
+            Lookup::Miss(why) => why_hashed = why,
+        }
+    }
+
+    // One pass over the image: sha256 always, the signature's BLAKE2b when there is one.
     let mut verifier = match (&signature, sig_key) {
         (Some(sig), Some(key)) => {
             Some(sig.verifier(key).map_err(|source| VerifyError::Signature {
@@ -261,16 +358,14 @@ pub fn check(path: &Path, file: &File, policy: &Policy) -> Result<Verified, Veri
         }
         _ => None,
     };
+    // Read before the first byte is hashed: a change after it stamps the file no earlier.
+    let clock = inode::coarse_realtime().ok();
+    let before = inode::stamp(file.as_fd()).ok();
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut offset = 0u64;
     loop {
-        let n = file
-            .read_at(&mut buf, offset)
-            .map_err(|source| VerifyError::Read {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let n = file.read_at(&mut buf, offset).map_err(read_err)?;
         if n == 0 {
             break;
         }
@@ -280,6 +375,11 @@ pub fn check(path: &Path, file: &File, policy: &Policy) -> Result<Verified, Veri
         }
         offset += u64::try_from(n).unwrap_or(u64::MAX);
     }
+    let after = inode::stamp(file.as_fd()).ok();
+    verified.steps.push(format!(
+        "hashed {offset} bytes of {} ({why_hashed})",
+        path.display()
+    ));
     let actual = hex::encode(hasher.finalize());
     for (sidecar, want) in &expected {
         if *want != actual {
@@ -299,16 +399,7 @@ pub fn check(path: &Path, file: &File, policy: &Policy) -> Result<Verified, Veri
             image: path.to_path_buf(),
             source,
         })?;
-        // The comment is signed too: when it names a digest (cartbuild's do), it must be this one.
-        if let Some(named) = signature::comment_field(sig.trusted_comment(), "sha256")
-            && named != actual
-        {
-            return Err(VerifyError::Mismatch {
-                image: path.to_path_buf(),
-                sidecar: sig.path().to_path_buf(),
-                what: format!("its trusted comment names sha256 {named}, the image's is {actual}"),
-            });
-        }
+        check_comment(path, sig, &actual)?;
         verified.steps.push(format!(
             "signature {} verifies with {} ({})",
             sig.path().display(),
@@ -316,7 +407,44 @@ pub fn check(path: &Path, file: &File, policy: &Policy) -> Result<Verified, Veri
             sig.trusted_comment()
         ));
     }
+
+    if let Some((store, _)) = &store {
+        let kept = match (clock, before, after) {
+            (Some(clock), Some(before), Some(after)) if before == after && before.ctime < clock => {
+                store.keep(&before, &actual, seen)
+            }
+            (_, Some(before), Some(after)) if before != after => {
+                Err("the file changed while it was hashed".into())
+            }
+            (Some(_), Some(_), Some(_)) => Err(
+                "it changed within the clock tick the hash began in, so a change after the hash could keep its ctime; the next session records it".into(),
+            ),
+            _ => Err("cannot stat it or read the clock".into()),
+        };
+        verified.steps.push(match kept {
+            Ok(at) => format!(
+                "recorded in {}: the next session skips the hash while the file is unchanged",
+                at.display()
+            ),
+            Err(why) => format!("not recorded: {why}"),
+        });
+    }
     Ok(verified)
+}
+
+/// The trusted comment is signed too: when it names a digest (cartbuild's do), it must be
+/// `actual`, the image's.
+fn check_comment(path: &Path, sig: &ImageSignature, actual: &str) -> Result<(), VerifyError> {
+    if let Some(named) = signature::comment_field(sig.trusted_comment(), "sha256")
+        && named != actual
+    {
+        return Err(VerifyError::Mismatch {
+            image: path.to_path_buf(),
+            sidecar: sig.path().to_path_buf(),
+            what: format!("its trusted comment names sha256 {named}, the image's is {actual}"),
+        });
+    }
+    Ok(())
 }
 
 /// The most a sidecar may hold: cartbuild's manifests list every file of the image, and
@@ -370,13 +498,15 @@ mod tests {
         (p, f)
     }
 
+    const OFF: Records<'static> = Records::Off("a unit test");
+
     const ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
 
     #[test]
     fn no_sidecar_is_a_notice() {
         let d = tempfile::tempdir().unwrap();
         let (p, f) = image(d.path(), b"abc");
-        let v = check(&p, &f, &Policy::default()).unwrap();
+        let v = check(&p, &f, &Policy::default(), OFF).unwrap();
         let notice = v.notice.unwrap();
         assert!(
             notice.contains("is not verified") && notice.contains("img.img.sha256"),
@@ -389,14 +519,14 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (p, f) = image(d.path(), b"abc");
         std::fs::write(d.path().join("img.img.sha256"), format!("{ABC}  img.img\n")).unwrap();
-        let v = check(&p, &f, &Policy::default()).unwrap();
+        let v = check(&p, &f, &Policy::default(), OFF).unwrap();
         assert_eq!(v.notice, None);
-        assert!(v.steps[0].contains("matches"), "{:?}", v.steps);
+        assert!(v.steps.iter().any(|s| s.contains("matches")), "{:?}", v.steps);
         std::fs::write(&p, b"abd").unwrap();
-        let e = check(&p, &f, &Policy::default()).unwrap_err();
+        let e = check(&p, &f, &Policy::default(), OFF).unwrap_err();
         assert!(e.to_string().contains("does not match"), "{e}");
         std::fs::write(d.path().join("img.img.sha256"), "junk\n").unwrap();
-        let e = check(&p, &f, &Policy::default()).unwrap_err();
+        let e = check(&p, &f, &Policy::default(), OFF).unwrap_err();
         assert!(
             e.to_string().contains("is not a sha256 checksum file"),
             "{e}"
@@ -411,8 +541,46 @@ mod tests {
         let link = d.path().join("crashcart.img");
         std::os::unix::fs::symlink("img.img", &link).unwrap();
         let f = File::open(&link).unwrap();
-        let v = check(&link, &f, &Policy::default()).unwrap();
+        let v = check(&link, &f, &Policy::default(), OFF).unwrap();
         assert_eq!(v.notice, None);
         drop(p);
+    }
+
+    /// A record spares the second hash; a change in place (same size, mtime set back) is
+    /// hashed again and refused; a sidecar that names another digest is not believed from it.
+    #[test]
+    fn a_record_spares_the_hash_until_the_file_changes() {
+        if !crate::sys::process::is_root() {
+            return;
+        }
+        let base = tempfile::tempdir().unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let (p, f) = image(d.path(), b"abc");
+        let sum = d.path().join("img.img.sha256");
+        std::fs::write(&sum, format!("{ABC}  img.img\n")).unwrap();
+        let at = Records::At(base.path());
+        let policy = Policy::default();
+        // Let the coarse clock pass the file's ctime, so that the first check may record it.
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let first = check(&p, &f, &policy, at).unwrap();
+        assert!(first.steps.iter().any(|s| s.starts_with("hashed 3 bytes")), "{first:?}");
+        assert!(first.steps.iter().any(|s| s.starts_with("recorded in")), "{first:?}");
+        let second = check(&p, &f, &policy, at).unwrap();
+        assert!(second.steps.iter().any(|s| s.contains("verified earlier")), "{second:?}");
+        assert!(!second.steps.iter().any(|s| s.starts_with("hashed")), "{second:?}");
+
+        // The sidecar now names another digest: hashed again, refused.
+        let other = "ab".repeat(32);
+        std::fs::write(&sum, format!("{other}  img.img\n")).unwrap();
+        let e = check(&p, &f, &policy, at).unwrap_err();
+        assert!(e.to_string().contains("does not match"), "{e}");
+        std::fs::write(&sum, format!("{ABC}  img.img\n")).unwrap();
+
+        // Same size, mtime set back: the ctime moved on.
+        let mtime = f.metadata().unwrap().modified().unwrap();
+        std::fs::write(&p, b"abd").unwrap();
+        f.set_modified(mtime).unwrap();
+        let e = check(&p, &f, &policy, at).unwrap_err();
+        assert!(e.to_string().contains("does not match"), "{e}");
     }
 }

@@ -108,6 +108,8 @@ pub enum SignatureError {
 #[derive(Clone)]
 pub struct VerifyKey {
     key: PublicKey,
+    /// The base64 the key was decoded from.
+    base64: String,
     /// How the user named it (a path, or the base64 string), for messages.
     shown: String,
 }
@@ -155,6 +157,7 @@ impl VerifyKey {
         })?;
         Ok(VerifyKey {
             key,
+            base64: given.to_string(),
             shown: given.to_string(),
         })
     }
@@ -170,18 +173,23 @@ impl VerifyKey {
             .map(str::trim)
             .filter(|l| !l.is_empty())
             .collect();
-        let key = match lines.as_slice() {
-            [comment, b64] if comment.starts_with("untrusted comment:") => {
-                PublicKey::from_base64(b64)
-            }
-            [b64] => PublicKey::from_base64(b64),
+        let b64 = match lines.as_slice() {
+            [comment, b64] if comment.starts_with("untrusted comment:") => *b64,
+            [b64] => *b64,
             _ => return Err(bad()),
-        }
-        .map_err(|_| bad())?;
+        };
+        let key = PublicKey::from_base64(b64).map_err(|_| bad())?;
         Ok(VerifyKey {
             key,
+            base64: b64.to_string(),
             shown: shown.to_string(),
         })
+    }
+
+    /// The key itself, as the base64 it was decoded from (algorithm, key ID and ed25519 key):
+    /// what tells two keys apart. The key ID alone does not: whoever makes a key chooses it.
+    pub fn base64(&self) -> &str {
+        &self.base64
     }
 }
 

@@ -227,9 +227,19 @@ impl Finding {
     }
 }
 
+/// What [`check`] found: a line for `-v`, and whether the kernel said that no process has the
+/// file open for writing (verification records are used only then: `crate::verify::record`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trusted {
+    /// For `-v`.
+    pub note: String,
+    /// Whether a read lease showed that no process has it open for writing.
+    pub no_writers: bool,
+}
+
 /// Checks that only root can change the image open as `file` (named `image` in messages):
-/// see the module documentation. Returns a line for `-v`.
-pub fn check(image: &Path, file: &File) -> Result<String, TrustError> {
+/// see the module documentation.
+pub fn check(image: &Path, file: &File) -> Result<Trusted, TrustError> {
     let failed = |step: &str| {
         let step = step.to_string();
         let image = image.to_path_buf();
@@ -281,7 +291,8 @@ pub fn check(image: &Path, file: &File) -> Result<String, TrustError> {
         _ => return Err(moved()),
     }
 
-    let writers = match fd::no_writers(file.as_fd()) {
+    let no_writers = fd::no_writers(file.as_fd());
+    let writers = match no_writers {
         Ok(true) => "no process has it open for writing",
         Ok(false) => {
             return Err(TrustError::OpenForWriting {
@@ -291,10 +302,13 @@ pub fn check(image: &Path, file: &File) -> Result<String, TrustError> {
         // No leases on this filesystem (or fs.leases-enable=0): the ownership checks stand.
         Err(_) => "whether a process has it open for writing is unknown (no leases here)",
     };
-    Ok(format!(
-        "only root can change {} (owner, mode and every directory above it checked; {writers})",
-        real.display()
-    ))
+    Ok(Trusted {
+        note: format!(
+            "only root can change {} (owner, mode and every directory above it checked; {writers})",
+            real.display()
+        ),
+        no_writers: no_writers == Ok(true),
+    })
 }
 
 #[cfg(test)]
@@ -380,7 +394,7 @@ mod tests {
         std::fs::write(&path, b"x").unwrap();
         let file = File::open(&path).unwrap();
         if crate::sys::process::is_root() {
-            let line = check(&path, &file).unwrap();
+            let line = check(&path, &file).unwrap().note;
             assert!(line.contains("only root can change"), "{line}");
         }
     }

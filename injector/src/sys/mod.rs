@@ -7,6 +7,7 @@
 
 pub mod caps;
 pub mod fd;
+pub mod inode;
 pub mod loopdev;
 pub mod memfd;
 pub mod mount;
