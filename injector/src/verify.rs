@@ -18,8 +18,18 @@
 //!    [`Verified::notice`] says so, once, on stderr.
 //!
 //! Cost: one sequential read of the image, hashed with SHA-256 (and BLAKE2b-512 when a key is
-//! given). The net image is a few MB: a few milliseconds in a release build, next to the
-//! hundreds of the whole session, so nothing is cached.
+//! given), about 210 ms for a 256 MiB image. So it is read once: a session that hashed it
+//! leaves a root-owned record ([`record`], in `/run/cartinject/verified`) of what the file was
+//! (boot, unique mount ID, device, inode, size, nanosecond mtime and ctime, from `statx` of the
+//! descriptor that was hashed) and what its bytes are (sha256, and the key and `.minisig` a
+//! signature verified with). A later session takes the digest from the record instead of
+//! reading the image only when all of that is unchanged, and only for a file that
+//! [`crate::image`]'s trust check found only root can change and nobody has open for writing
+//! (a read lease), on a local filesystem. Every write and every `utimensat` sets the ctime to
+//! the kernel's clock, and nothing sets it back, so an image changed in place with its size and
+//! mtime kept is hashed again (and refused). The sidecars are read every time and compared with
+//! the recorded digest; one that no longer agrees makes the session hash again, then refuse.
+//! `-v` says which: "hashed N bytes" or "verified earlier, record ...".
 
 use std::fs::File;
 use std::io;
@@ -331,7 +341,7 @@ pub fn check(
                     if let Some(sig) = &signature {
                         check_comment(path, sig, &rec.sha256)?;
                         verified.steps.push(format!(
-                            "signature {} verified earlier with {} (record {})",
+                            "signature {} verifies with {} (verified earlier, record {})",
                             sig.path().display(),
                             sig_key.map_or_else(String::new, ToString::to_string),
                             at.display()
@@ -521,7 +531,11 @@ mod tests {
         std::fs::write(d.path().join("img.img.sha256"), format!("{ABC}  img.img\n")).unwrap();
         let v = check(&p, &f, &Policy::default(), OFF).unwrap();
         assert_eq!(v.notice, None);
-        assert!(v.steps.iter().any(|s| s.contains("matches")), "{:?}", v.steps);
+        assert!(
+            v.steps.iter().any(|s| s.contains("matches")),
+            "{:?}",
+            v.steps
+        );
         std::fs::write(&p, b"abd").unwrap();
         let e = check(&p, &f, &Policy::default(), OFF).unwrap_err();
         assert!(e.to_string().contains("does not match"), "{e}");
@@ -563,11 +577,23 @@ mod tests {
         // Let the coarse clock pass the file's ctime, so that the first check may record it.
         std::thread::sleep(std::time::Duration::from_millis(30));
         let first = check(&p, &f, &policy, at).unwrap();
-        assert!(first.steps.iter().any(|s| s.starts_with("hashed 3 bytes")), "{first:?}");
-        assert!(first.steps.iter().any(|s| s.starts_with("recorded in")), "{first:?}");
+        assert!(
+            first.steps.iter().any(|s| s.starts_with("hashed 3 bytes")),
+            "{first:?}"
+        );
+        assert!(
+            first.steps.iter().any(|s| s.starts_with("recorded in")),
+            "{first:?}"
+        );
         let second = check(&p, &f, &policy, at).unwrap();
-        assert!(second.steps.iter().any(|s| s.contains("verified earlier")), "{second:?}");
-        assert!(!second.steps.iter().any(|s| s.starts_with("hashed")), "{second:?}");
+        assert!(
+            second.steps.iter().any(|s| s.contains("verified earlier")),
+            "{second:?}"
+        );
+        assert!(
+            !second.steps.iter().any(|s| s.starts_with("hashed")),
+            "{second:?}"
+        );
 
         // The sidecar now names another digest: hashed again, refused.
         let other = "ab".repeat(32);
