@@ -698,6 +698,65 @@ fn a_ptracer_in_a_nested_pid_namespace_is_seen() {
     c.assert_clean();
 }
 
+/// A container whose only ptracer (the init of a nested PID namespace, as in the test
+/// above) moved itself out of the container's cgroups, into the root cgroup of every
+/// hierarchy (a container with CAP_SYS_ADMIN in the host's cgroup namespace can mount them):
+/// listing the container's cgroups would miss it, listing its PID namespace does not.
+#[test]
+fn a_ptracer_that_left_the_containers_cgroups_is_seen() {
+    let c = attack_container(
+        "attack-escaper",
+        "escaper",
+        &[],
+        &["--cap-add", "SYS_PTRACE", "--cap-add", "SYS_ADMIN"],
+    );
+    let ready = wait_for_file(
+        std::path::Path::new(&format!("/proc/{}/root/ready", c.pid)),
+        "the escaped namespace",
+    );
+    assert!(ready.starts_with("ESCAPED"), "no escape: {ready}");
+    let cgroups = |pid: i32| -> Vec<String> {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .expect("cgroup")
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let escaped = children(c.pid);
+    assert_eq!(escaped.len(), 1, "not one nested init: {escaped:?}");
+    let outside = cgroups(escaped[0]);
+    assert!(
+        outside.iter().all(|line| !line.contains(&c.id)),
+        "the nested init is still in the container's cgroups: {outside:?}"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", c.pid)).expect("status");
+    let bounding = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).expect("mask"))
+        .expect("CapBnd");
+    assert_eq!(
+        bounding & (1 << 19),
+        0,
+        "PID 1 still holds CAP_SYS_PTRACE: {status}"
+    );
+    let img = TestImage::fixture();
+    let mounts = MountSnapshot::take(c.pid);
+    let (cmd, out) = run(session(&img, &c.name, &[], &["true"]));
+    assert!(out.status.success(), "{}", shown(&cmd, &out));
+    let mut problems = Problems::new();
+    if !(stderr(&out).contains("CAP_SYS_PTRACE") && stderr(&out).contains("--profile match")) {
+        problems.push(format!(
+            "a ptracer outside the container's cgroups went unseen: {}",
+            shown(&cmd, &out)
+        ));
+    }
+    mounts.check_unchanged(&mut problems, "the session");
+    problems.finish("a ptracer that left the container's cgroups");
+    img.assert_no_loop_device();
+    c.assert_clean();
+}
+
 /// A target that cannot stop to have its filter read (frozen by `docker pause`): `match`
 /// refuses within a bounded time instead of waiting for it forever.
 #[test]

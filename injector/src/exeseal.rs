@@ -32,14 +32,30 @@
 //! target that shares our PID namespace. A process may only gain capabilities of its
 //! bounding set, and its children inherit that, so what is not there when the session
 //! starts can only come from outside the container (`docker exec --privileged`).
+//!
+//! Which processes are the container's is asked of the kernel by PID namespace, not by
+//! cgroup: a procfs made for the target's PID namespace (`pidns=`, Linux 6.17) lists exactly
+//! its processes and those of namespaces nested in it, and no process can leave its PID
+//! namespace, so a session costs what the container's size costs, whatever runs on the
+//! host. The container's cgroups (`cgroup.procs` of its cgroup and those below) would be as
+//! cheap but are not a boundary here: a process may move itself to any cgroup whose
+//! `cgroup.procs` it can open for writing, and a container with `CAP_SYS_ADMIN` in the
+//! host's cgroup namespace (Docker's default on cgroup v1 and hybrid hosts such as this
+//! one) mounts each hierarchy afresh and sees the host's root cgroup in it. Nor does the
+//! target's own `CAP_SYS_PTRACE` vouch for the rest: it may have dropped it after a child
+//! that kept it left (`tests/fixtures/attacks/escaper.c`; cgroup v2 with a private cgroup
+//! namespace and `nsdelegate` would forbid the move, Docker's read-only cgroupfs only holds
+//! containers without `CAP_SYS_ADMIN`). On kernels that cannot make that procfs, every
+//! process of the host's `/proc` is looked at instead: slower, never less.
 
 use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStringExt;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
-use crate::sys::{Errno, memfd, ns};
+use crate::sys::{Errno, memfd, mount_api, ns, resolve};
 
 /// Where the running binary is.
 const SELF_EXE: &str = "/proc/self/exe";
@@ -108,9 +124,12 @@ fn pid_ns_depth(status: &str) -> Option<usize> {
 /// those of that namespace and of every PID namespace nested in it (a nested process can
 /// still reach the session through the container's `/proc`), or, when the target shares
 /// our PID namespace, the target itself. A process counts when it is in our user namespace
-/// with `CAP_SYS_PTRACE` in its bounding, permitted or effective set. Processes of our own
-/// namespace and shallower ones are skipped by their `ns/pid` link alone; only those of
-/// other namespaces have their depth and ancestry read.
+/// with `CAP_SYS_PTRACE` in its bounding, permitted or effective set.
+///
+/// The target is looked at first. The others are listed by a procfs of the target's PID
+/// namespace ([`pid_ns_capable`]), so the cost follows the container's size; only where
+/// the kernel cannot make one does every process of the host get looked at
+/// ([`host_capable`]).
 pub fn tracers(target: i32) -> Tracers {
     let ino = |path: String| ns::link_inode(Path::new(&path));
     let unknown = Tracers {
@@ -144,9 +163,70 @@ pub fn tracers(target: i32) -> Tracers {
     else {
         return unknown;
     };
-    let Ok(dir) = std::fs::read_dir("/proc") else {
+    let capable = if capable(target) {
+        true
+    } else if let Some(found) = pid_ns_capable(target, their_pid_ns, our_user_ns) {
+        found
+    } else if let Some(found) = host_capable(their_pid_ns, their_depth, our_pid_ns, our_user_ns) {
+        found
+    } else {
         return unknown;
     };
+    Tracers {
+        shares_our_pid_ns: false,
+        capable,
+        unknown: false,
+    }
+}
+
+/// Whether a process of `target`'s PID namespace (its inode `pid_ns`) or of one nested in
+/// it, in the user namespace `user_ns`, may ptrace, as a procfs of that PID namespace
+/// lists them (`mount_api::procfs_of_pid_ns`). `None` when no such procfs can be made (a
+/// kernel before 6.17, no `CAP_SYS_ADMIN`), or the namespace is not `pid_ns` any more (the
+/// PID was reused).
+fn pid_ns_capable(target: i32, pid_ns: u64, user_ns: u64) -> Option<bool> {
+    let ns = File::open(format!("/proc/{target}/ns/pid")).ok()?;
+    if ns.metadata().ok()?.ino() != pid_ns {
+        return None;
+    }
+    let proc = mount_api::procfs_of_pid_ns(ns.as_fd()).ok()?;
+    let names = resolve::list(proc.as_fd()).ok()?;
+    Some(
+        names
+            .iter()
+            .filter_map(|name| name.to_str()?.parse::<u32>().ok())
+            .any(|pid| {
+                let at = |name: &str| PathBuf::from(format!("{pid}/{name}"));
+                // Gone meanwhile: nothing to fear from it.
+                ns::link_inode_at(proc.as_fd(), &at("ns/user")) == Some(user_ns)
+                    && resolve::read_text_at(proc.as_fd(), &at("status"), STATUS_LIMIT)
+                        .is_ok_and(|t| may_ptrace(&t))
+            }),
+    )
+}
+
+/// More than a `/proc/PID/status` ever holds.
+const STATUS_LIMIT: usize = 64 * 1024;
+
+/// [`pid_ns_capable`] by looking at every process of the host's `/proc`: those of our own
+/// namespace and shallower ones are skipped by their `ns/pid` link alone; only those of
+/// other namespaces have their depth and ancestry read. `their_depth` is the depth of the
+/// target's namespace (`their_pid_ns`) below ours. `None` when `/proc` cannot be listed.
+fn host_capable(
+    their_pid_ns: u64,
+    their_depth: usize,
+    our_pid_ns: u64,
+    our_user_ns: u64,
+) -> Option<bool> {
+    let ino = |path: String| ns::link_inode(Path::new(&path));
+    let capable = |pid: i32| -> bool {
+        if ino(format!("/proc/{pid}/ns/user")) != Some(our_user_ns) {
+            return false;
+        }
+        // Gone meanwhile: nothing to fear from it.
+        std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|t| may_ptrace(&t))
+    };
+    let dir = std::fs::read_dir("/proc").ok()?;
     // Whether a PID namespace (by inode) is the target's or nested in it, worked out once per
     // namespace (from the first of its processes met), so that a host with many containers
     // costs one status read and ancestry walk per namespace, not per process.
@@ -182,15 +262,11 @@ pub fn tracers(target: i32) -> Tracers {
         nested.insert(ns, inside);
         inside
     };
-    let capable = dir
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .any(|pid| in_container(pid) && capable(pid));
-    Tracers {
-        shares_our_pid_ns: false,
-        capable,
-        unknown: false,
-    }
+    Some(
+        dir.flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .any(|pid| in_container(pid) && capable(pid)),
+    )
 }
 
 /// Whether a `/proc/PID/status` text shows `CAP_SYS_PTRACE` (19) in the bounding,
@@ -264,6 +340,57 @@ mod tests {
     fn our_own_namespace_needs_it() {
         let tracers = tracers(std::process::id().try_into().expect("pid"));
         assert!(tracers.shares_our_pid_ns && tracers.needs_sealed_copy());
+    }
+
+    /// The PIDs a procfs of `pid`'s PID namespace lists.
+    fn listed(pid: u32) -> Vec<u32> {
+        let ns = File::open(format!("/proc/{pid}/ns/pid")).expect("ns");
+        let proc = mount_api::procfs_of_pid_ns(ns.as_fd()).expect("procfs of the namespace");
+        let mut pids: Vec<u32> = resolve::list(proc.as_fd())
+            .expect("list")
+            .iter()
+            .filter_map(|n| n.to_str()?.parse().ok())
+            .collect();
+        pids.sort_unstable();
+        pids
+    }
+
+    #[test]
+    fn a_procfs_of_a_pid_namespace_lists_that_namespace_and_those_nested_in_it() {
+        // unshare's child is PID 1 of a new namespace; it starts a second namespace nested
+        // in it, whose init is PID 3 there (and 1 in its own).
+        let mut outer = std::process::Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child", "sh", "-c"])
+            .arg("unshare --pid --fork --kill-child sleep 60 & exec sleep 60")
+            .spawn()
+            .expect("unshare (util-linux)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let children = |pid: u32| -> Vec<u32> {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        };
+        let (init, nested) = loop {
+            let init = children(outer.id()).first().copied();
+            let nested = init.and_then(|i| children(i).first().copied());
+            if let (Some(init), Some(n)) = (init, nested.and_then(|n| children(n).first().copied()))
+            {
+                break (init, n);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no nested namespace came up"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let outer_list = listed(init);
+        let nested_list = listed(nested);
+        outer.kill().expect("kill");
+        outer.wait().expect("wait");
+        assert_eq!(outer_list, [1, 2, 3], "outer namespace");
+        assert_eq!(nested_list, [1], "nested namespace");
     }
 
     #[test]

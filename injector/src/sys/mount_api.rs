@@ -11,7 +11,8 @@ use std::path::Path;
 
 use rustix::mount::{
     FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, OpenTreeFlags, fsconfig_create,
-    fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount, open_tree,
+    fsconfig_set_fd, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
+    open_tree,
 };
 
 use super::Errno;
@@ -145,6 +146,39 @@ pub fn tmpfs(source: &str, options: &[(&str, String)]) -> Result<OwnedFd, FsMoun
             | MountAttrFlags::MOUNT_ATTR_NODEV
             | MountAttrFlags::MOUNT_ATTR_NOEXEC,
     )
+}
+
+/// A new procfs of the PID namespace `pid_ns` (an fd of `/proc/PID/ns/pid`) as a detached
+/// mount: `fsopen("proc")`, `fsconfig` of `pidns` (Linux 6.17, "procfs: make reference pidns
+/// more user-visible") and `subset=pid`, `fsmount` with `MOUNT_ATTR_RDONLY|NOSUID|NODEV|
+/// NOEXEC`. Its root lists exactly the processes of that namespace and of the namespaces
+/// nested in it, by their PIDs there, as the kernel sees them: nothing a process of the
+/// namespace does changes which ones are listed. The mount is in no mount namespace and goes
+/// when its fd is closed. Older kernels refuse `pidns` (EINVAL); a caller without
+/// `CAP_SYS_ADMIN` over the namespace's user namespace gets EPERM.
+pub fn procfs_of_pid_ns(pid_ns: BorrowedFd<'_>) -> Result<OwnedFd, FsMountError> {
+    let fs = fsopen("proc", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| FsMountError {
+        step: "fsopen",
+        errno: errno(e),
+        log: String::new(),
+    })?;
+    let fail = |step: &'static str, e: rustix::io::Errno| FsMountError {
+        step,
+        errno: errno(e),
+        log: drain_log(fs.as_fd()),
+    };
+    fsconfig_set_fd(fs.as_fd(), "pidns", pid_ns).map_err(|e| fail("fsconfig(pidns)", e))?;
+    fsconfig_set_string(fs.as_fd(), "subset", "pid").map_err(|e| fail("fsconfig(subset)", e))?;
+    fsconfig_create(fs.as_fd()).map_err(|e| fail("fsconfig(create)", e))?;
+    fsmount(
+        fs.as_fd(),
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_RDONLY
+            | MountAttrFlags::MOUNT_ATTR_NOSUID
+            | MountAttrFlags::MOUNT_ATTR_NODEV
+            | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+    )
+    .map_err(|e| fail("fsmount", e))
 }
 
 /// `MOUNT_ATTR_IDMAP` (`<linux/mount.h>`).

@@ -86,9 +86,22 @@ pub fn identity(ns: Namespace, pid: Option<i32>) -> std::io::Result<(u64, u64)> 
 /// process on the host is looked at (`exeseal::tracers`, `list::scan`). `None` when the
 /// link cannot be read (the process is gone, or is not ours to look at).
 pub fn link_inode(path: &Path) -> Option<u64> {
-    let text = std::fs::read_link(path).ok()?;
-    let text = text.to_str()?;
-    let (_, rest) = text.split_once(":[")?;
+    inode_of_link_text(std::fs::read_link(path).ok()?.as_os_str())
+}
+
+/// [`link_inode`] of the link `path` below the directory `dir` (`readlinkat(2)`), for a
+/// procfs opened by fd (see `mount_api::procfs_of_pid_ns`).
+pub fn link_inode_at(dir: BorrowedFd<'_>, path: &Path) -> Option<u64> {
+    inode_of_link_text(
+        super::resolve::read_link_at(dir, path.as_os_str())
+            .ok()?
+            .as_os_str(),
+    )
+}
+
+/// The inode of a namespace link's text, `pid:[4026531836]`.
+fn inode_of_link_text(text: &std::ffi::OsStr) -> Option<u64> {
+    let (_, rest) = text.to_str()?.split_once(":[")?;
     rest.strip_suffix(']')?.parse().ok()
 }
 

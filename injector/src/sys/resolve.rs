@@ -209,6 +209,22 @@ pub fn list(dir: BorrowedFd<'_>) -> Result<Vec<OsString>, Errno> {
     Ok(names)
 }
 
+/// The text of the file `path` below `dir` (opened as [`open_beneath`] does, and without
+/// blocking), at most `limit` bytes of it; bytes that are not UTF-8 are replaced.
+pub fn read_text_at(dir: BorrowedFd<'_>, path: &Path, limit: usize) -> Result<String, Errno> {
+    let file = open_beneath(dir, path, OFlags::RDONLY | OFlags::NONBLOCK)?;
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    while text.len() < limit {
+        let n = rustix::io::read(&file, &mut buf).map_err(errno)?;
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&buf[..n.min(limit - text.len())]);
+    }
+    Ok(String::from_utf8_lossy(&text).into_owned())
+}
+
 /// `mkdirat(dir, name, mode)`.
 pub fn mkdir_at(dir: BorrowedFd<'_>, name: &std::ffi::OsStr, mode: u32) -> Result<(), Errno> {
     rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(mode)).map_err(errno)
