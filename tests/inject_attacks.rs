@@ -757,6 +757,62 @@ fn a_ptracer_that_left_the_containers_cgroups_is_seen() {
     c.assert_clean();
 }
 
+/// A container whose PID 1 dropped CAP_SYS_PTRACE in its main thread only, while a second
+/// thread keeps it: capabilities belong to each thread, and that thread can seize a
+/// session's process as well as any, so every thread is looked at, not `/proc/PID/status`.
+#[test]
+fn a_ptracer_thread_behind_a_main_thread_without_it_is_seen() {
+    let c = attack_container(
+        "attack-threaded",
+        "threaded",
+        &[],
+        &["--cap-add", "SYS_PTRACE"],
+    );
+    let ready = wait_for_file(
+        std::path::Path::new(&format!("/proc/{}/root/ready", c.pid)),
+        "the threads",
+    );
+    assert!(ready.starts_with("THREADED"), "no drop: {ready}");
+    let mask = |path: String, key: &str| -> u64 {
+        std::fs::read_to_string(&path)
+            .expect("status")
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| u64::from_str_radix(v.trim(), 16).expect("mask"))
+            .expect("mask line")
+    };
+    assert_eq!(
+        mask(format!("/proc/{}/status", c.pid), "CapBnd:") & (1 << 19),
+        0,
+        "the main thread still holds CAP_SYS_PTRACE"
+    );
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", c.pid))
+        .expect("task")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        threads
+            .iter()
+            .any(|t| mask(format!("/proc/{}/task/{t}/status", c.pid), "CapEff:") & (1 << 19) != 0),
+        "no thread kept CAP_SYS_PTRACE: {threads:?}"
+    );
+    let img = TestImage::fixture();
+    let mounts = MountSnapshot::take(c.pid);
+    let (cmd, out) = run(session(&img, &c.name, &[], &["true"]));
+    assert!(out.status.success(), "{}", shown(&cmd, &out));
+    let mut problems = Problems::new();
+    if !(stderr(&out).contains("CAP_SYS_PTRACE") && stderr(&out).contains("--profile match")) {
+        problems.push(format!(
+            "a thread holding CAP_SYS_PTRACE went unseen: {}",
+            shown(&cmd, &out)
+        ));
+    }
+    mounts.check_unchanged(&mut problems, "the session");
+    problems.finish("a ptracer thread");
+    img.assert_no_loop_device();
+    c.assert_clean();
+}
+
 /// A target that cannot stop to have its filter read (frozen by `docker pause`): `match`
 /// refuses within a bounded time instead of waiting for it forever.
 #[test]

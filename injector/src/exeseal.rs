@@ -50,7 +50,7 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -147,8 +147,7 @@ pub fn tracers(target: i32) -> Tracers {
         if ino(format!("/proc/{pid}/ns/user")) != Some(our_user_ns) {
             return false;
         }
-        // Gone meanwhile: nothing to fear from it.
-        std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|t| may_ptrace(&t))
+        host_thread_may_ptrace(pid)
     };
     if their_pid_ns == our_pid_ns {
         return Tracers {
@@ -199,14 +198,42 @@ fn pid_ns_capable(target: i32, pid_ns: u64, user_ns: u64) -> Option<bool> {
                 let at = |name: &str| PathBuf::from(format!("{pid}/{name}"));
                 // Gone meanwhile: nothing to fear from it.
                 ns::link_inode_at(proc.as_fd(), &at("ns/user")) == Some(user_ns)
-                    && resolve::read_text_at(proc.as_fd(), &at("status"), STATUS_LIMIT)
-                        .is_ok_and(|t| may_ptrace(&t))
+                    && any_thread_may_ptrace(proc.as_fd(), pid)
             }),
     )
 }
 
 /// More than a `/proc/PID/status` ever holds.
 const STATUS_LIMIT: usize = 64 * 1024;
+
+/// Whether any thread of process `pid` of the procfs `proc` shows `CAP_SYS_PTRACE`
+/// ([`may_ptrace`]): capabilities belong to each thread, and a process whose main thread
+/// dropped it may keep it in another (`/proc/PID/status` shows the main thread's alone).
+/// A process gone meanwhile is nothing to fear.
+fn any_thread_may_ptrace(proc: BorrowedFd<'_>, pid: u32) -> bool {
+    let Ok(task) = resolve::open_dir(proc, Path::new(&format!("{pid}/task"))) else {
+        return false;
+    };
+    resolve::list(task.as_fd()).is_ok_and(|tids| {
+        tids.iter()
+            .filter_map(|tid| tid.to_str()?.parse::<u32>().ok())
+            .any(|tid| {
+                resolve::read_text_at(
+                    task.as_fd(),
+                    Path::new(&format!("{tid}/status")),
+                    STATUS_LIMIT,
+                )
+                .is_ok_and(|t| may_ptrace(&t))
+            })
+    })
+}
+
+/// [`any_thread_may_ptrace`] of a process of our own `/proc`.
+fn host_thread_may_ptrace(pid: i32) -> bool {
+    File::open("/proc").is_ok_and(|proc| {
+        u32::try_from(pid).is_ok_and(|pid| any_thread_may_ptrace(proc.as_fd(), pid))
+    })
+}
 
 /// [`pid_ns_capable`] by looking at every process of the host's `/proc`: those of our own
 /// namespace and shallower ones are skipped by their `ns/pid` link alone; only those of
@@ -223,8 +250,7 @@ fn host_capable(
         if ino(format!("/proc/{pid}/ns/user")) != Some(our_user_ns) {
             return false;
         }
-        // Gone meanwhile: nothing to fear from it.
-        std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|t| may_ptrace(&t))
+        host_thread_may_ptrace(pid)
     };
     let dir = std::fs::read_dir("/proc").ok()?;
     // Whether a PID namespace (by inode) is the target's or nested in it, worked out once per
