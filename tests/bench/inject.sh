@@ -15,7 +15,9 @@
 #     random bytes, laid out by mke2fs -d into a file fallocate made);
 #   - 0, 1,000 and 4,000 extra idle processes on the host (`sleep`s in a process group of
 #     their own, killed when the script exits, however it exits);
-# and, as the peer, `docker exec NAME /dev/crashcart/bin/true`.
+# and, as the peer, `docker exec NAME /dev/crashcart/bin/true`; and what starting the binary
+# costs: `cartinject --version`, and cartinject refusing an image that does not exist, next
+# to a static C `true`.
 #
 # A "first" column gives the first session of a case (an image not seen before: hashed in
 # full); the medians come after 3 warm-up sessions, so they are the cost of an image that
@@ -48,10 +50,17 @@ mkdir -p "$base"
 work=$(mktemp -d "$base/bench-inject.XXXXXX")
 name=cc-bench-inject-$$
 idle_groups=()
-# Kills every group of idle processes started so far.
+# Kills every group of idle processes started so far, and waits (up to 10 s) until they are
+# gone, so that what follows does not see them dying.
 stop_idle() {
-    local pgid
+    local pgid i
     for pgid in "${idle_groups[@]}"; do kill -KILL -- "-$pgid" 2>/dev/null || true; done
+    for pgid in "${idle_groups[@]}"; do
+        for ((i = 0; i < 200; i++)); do
+            kill -0 -- "-$pgid" 2>/dev/null || break
+            sleep 0.05
+        done
+    done
     idle_groups=()
 }
 cleanup() {
@@ -154,6 +163,8 @@ rm -f "$work/random"
 
 # The thin container: a static HTTP server and nothing else.
 pid=$(thin_container "$work/thin" cc-bench-thin:latest "$name")
+# A static `true`, for what starting cartinject costs before it does anything.
+"$(command -v musl-gcc || command -v gcc)" -static -O2 -o "$work/true" -x c - <<<'int main(void) { return 0; }'
 
 # run_case COMMAND...: sets first (the first run's wall time, in microseconds) and med (the
 # median of RUNS runs after 3 warm-up runs, the first among them). The first run must
@@ -186,6 +197,13 @@ run_case docker exec "$name" /dev/crashcart/bin/true; dexec=$med
 run_case cycle "$net"; warm=$med
 "$CARTINJECT" -u "$pid" >/dev/null
 
+# Startup: exec, relocation, clap, and nothing else (an image that does not exist is
+# refused before anything is opened but it).
+run_case "$work/true"; strue=$med
+run_case "$CARTINJECT" --version; sversion=$med
+refused() { ! "$CARTINJECT" "$work/none.img" "$pid"; }
+run_case refused; srefused=$med
+
 run_case cycle "$img6"; s6=$med s6_first=$first
 run_case cycle "$img256"; s256=$med s256_first=$first
 run_case cycle "$img1g"; s1g=$med s1g_first=$first
@@ -216,6 +234,9 @@ row "net image, by container name" "$(ms "$byname")" "$(ratio "$byname" "$floor"
 row "net image, loop device held by -m" "$(ms "$warm")" "$(ratio "$warm" "$floor")" "$(delta "$warm" "$full")" "" ""
 row "net image, --verify-key" "$(ms "$keyed")" "$(ratio "$keyed" "$floor")" "$(delta "$keyed" "$full")" "$(ms "$keyed_first")" \
     "<= +1 ms: $(verdict "$(within "$(( keyed - full ))" 1000)")"
+row "startup: a static true (C, base)" "$(ms "$strue")" "" "" "" ""
+row "startup: cartinject --version" "$(ms "$sversion")" "" "$(delta "$sversion" "$strue")" "" ""
+row "startup: cartinject, no such image" "$(ms "$srefused")" "" "$(delta "$srefused" "$strue")" "" ""
 row "6 MiB image (base for sizes)" "$(ms "$s6")" "$(ratio "$s6" "$floor")" "" "$(ms "$s6_first")" ""
 row "256 MiB image" "$(ms "$s256")" "$(ratio "$s256" "$floor")" "$(delta "$s256" "$s6")" "$(ms "$s256_first")" \
     "<= +1 ms: $(verdict "$(within "$(( s256 - s6 ))" 1000)")"
