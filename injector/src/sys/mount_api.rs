@@ -61,16 +61,8 @@ fn new_mount(
     options: &[(&str, String)],
     attrs: MountAttrFlags,
 ) -> Result<OwnedFd, FsMountError> {
-    let fs = fsopen(fstype, FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| FsMountError {
-        step: "fsopen",
-        errno: errno(e),
-        log: String::new(),
-    })?;
-    let fail = |step: &'static str, e: rustix::io::Errno| FsMountError {
-        step,
-        errno: errno(e),
-        log: drain_log(fs.as_fd()),
-    };
+    let fs = open_fs(fstype)?;
+    let fail = failed(fs.as_fd());
     let source = source
         .as_cow_c_str()
         .map_err(|e| fail("fsconfig(source)", e))?;
@@ -83,8 +75,34 @@ fn new_mount(
         fsconfig_set_string(fs.as_fd(), *key, value.as_str())
             .map_err(|e| fail("fsconfig(option)", e))?;
     }
-    fsconfig_create(fs.as_fd()).map_err(|e| fail("fsconfig(create)", e))?;
-    fsmount(fs.as_fd(), FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(|e| fail("fsmount", e))
+    create_and_mount(fs.as_fd(), attrs)
+}
+
+/// `fsopen(fstype)`, close-on-exec: the first step of every new mount here.
+fn open_fs(fstype: &str) -> Result<OwnedFd, FsMountError> {
+    fsopen(fstype, FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| FsMountError {
+        step: "fsopen",
+        errno: errno(e),
+        log: String::new(),
+    })
+}
+
+/// How a step on the filesystem context `fs` failed: its name, its errno and the
+/// messages the filesystem logged on `fs`.
+fn failed(fs: BorrowedFd<'_>) -> impl Fn(&'static str, rustix::io::Errno) -> FsMountError {
+    move |step, e| FsMountError {
+        step,
+        errno: errno(e),
+        log: drain_log(fs),
+    }
+}
+
+/// The last steps of every new mount here: `fsconfig(CMD_CREATE)` and `fsmount` of the
+/// configured context `fs` with `attrs`, as a detached mount.
+fn create_and_mount(fs: BorrowedFd<'_>, attrs: MountAttrFlags) -> Result<OwnedFd, FsMountError> {
+    let fail = failed(fs);
+    fsconfig_create(fs).map_err(|e| fail("fsconfig(create)", e))?;
+    fsmount(fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(|e| fail("fsmount", e))
 }
 
 /// Mounts `source` (a block device path in the caller's mount namespace) as `fstype`,
@@ -157,28 +175,17 @@ pub fn tmpfs(source: &str, options: &[(&str, String)]) -> Result<OwnedFd, FsMoun
 /// when its fd is closed. Older kernels refuse `pidns` (EINVAL); a caller without
 /// `CAP_SYS_ADMIN` over the namespace's user namespace gets EPERM.
 pub fn procfs_of_pid_ns(pid_ns: BorrowedFd<'_>) -> Result<OwnedFd, FsMountError> {
-    let fs = fsopen("proc", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| FsMountError {
-        step: "fsopen",
-        errno: errno(e),
-        log: String::new(),
-    })?;
-    let fail = |step: &'static str, e: rustix::io::Errno| FsMountError {
-        step,
-        errno: errno(e),
-        log: drain_log(fs.as_fd()),
-    };
+    let fs = open_fs("proc")?;
+    let fail = failed(fs.as_fd());
     fsconfig_set_fd(fs.as_fd(), "pidns", pid_ns).map_err(|e| fail("fsconfig(pidns)", e))?;
     fsconfig_set_string(fs.as_fd(), "subset", "pid").map_err(|e| fail("fsconfig(subset)", e))?;
-    fsconfig_create(fs.as_fd()).map_err(|e| fail("fsconfig(create)", e))?;
-    fsmount(
+    create_and_mount(
         fs.as_fd(),
-        FsMountFlags::FSMOUNT_CLOEXEC,
         MountAttrFlags::MOUNT_ATTR_RDONLY
             | MountAttrFlags::MOUNT_ATTR_NOSUID
             | MountAttrFlags::MOUNT_ATTR_NODEV
             | MountAttrFlags::MOUNT_ATTR_NOEXEC,
     )
-    .map_err(|e| fail("fsmount", e))
 }
 
 /// `MOUNT_ATTR_IDMAP` (`<linux/mount.h>`).
