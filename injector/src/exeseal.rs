@@ -143,12 +143,7 @@ pub fn tracers(target: i32) -> Tracers {
     ) else {
         return unknown;
     };
-    let capable = |pid: i32| -> bool {
-        if ino(format!("/proc/{pid}/ns/user")) != Some(our_user_ns) {
-            return false;
-        }
-        host_thread_may_ptrace(pid)
-    };
+    let capable = |pid: i32| host_may_ptrace(pid, our_user_ns);
     if their_pid_ns == our_pid_ns {
         return Tracers {
             shares_our_pid_ns: true,
@@ -228,11 +223,13 @@ fn any_thread_may_ptrace(proc: BorrowedFd<'_>, pid: u32) -> bool {
     })
 }
 
-/// [`any_thread_may_ptrace`] of a process of our own `/proc`.
-fn host_thread_may_ptrace(pid: i32) -> bool {
-    File::open("/proc").is_ok_and(|proc| {
-        u32::try_from(pid).is_ok_and(|pid| any_thread_may_ptrace(proc.as_fd(), pid))
-    })
+/// Whether process `pid` of our own `/proc` is in the user namespace `user_ns` and one of
+/// its threads may ptrace ([`any_thread_may_ptrace`]).
+fn host_may_ptrace(pid: i32, user_ns: u64) -> bool {
+    ns::link_inode(Path::new(&format!("/proc/{pid}/ns/user"))) == Some(user_ns)
+        && File::open("/proc").is_ok_and(|proc| {
+            u32::try_from(pid).is_ok_and(|pid| any_thread_may_ptrace(proc.as_fd(), pid))
+        })
 }
 
 /// [`pid_ns_capable`] by looking at every process of the host's `/proc`: those of our own
@@ -246,12 +243,7 @@ fn host_capable(
     our_user_ns: u64,
 ) -> Option<bool> {
     let ino = |path: String| ns::link_inode(Path::new(&path));
-    let capable = |pid: i32| -> bool {
-        if ino(format!("/proc/{pid}/ns/user")) != Some(our_user_ns) {
-            return false;
-        }
-        host_thread_may_ptrace(pid)
-    };
+    let capable = |pid: i32| host_may_ptrace(pid, our_user_ns);
     let dir = std::fs::read_dir("/proc").ok()?;
     // Whether a PID namespace (by inode) is the target's or nested in it, worked out once per
     // namespace (from the first of its processes met), so that a host with many containers
