@@ -656,11 +656,7 @@ fn a_ptracer_in_a_nested_pid_namespace_is_seen() {
         "no nested PID namespace: {ready}"
     );
     let status = std::fs::read_to_string(format!("/proc/{}/status", c.pid)).expect("status");
-    let bounding = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapBnd:"))
-        .map(|v| u64::from_str_radix(v.trim(), 16).expect("mask"))
-        .expect("CapBnd");
+    let bounding = Caps::parse(&status).expect("Cap* lines").bnd;
     assert_eq!(
         bounding & (1 << 19),
         0,
@@ -730,11 +726,7 @@ fn a_ptracer_that_left_the_containers_cgroups_is_seen() {
         "the nested init is still in the container's cgroups: {outside:?}"
     );
     let status = std::fs::read_to_string(format!("/proc/{}/status", c.pid)).expect("status");
-    let bounding = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapBnd:"))
-        .map(|v| u64::from_str_radix(v.trim(), 16).expect("mask"))
-        .expect("CapBnd");
+    let bounding = Caps::parse(&status).expect("Cap* lines").bnd;
     assert_eq!(
         bounding & (1 << 19),
         0,
@@ -773,16 +765,11 @@ fn a_ptracer_thread_behind_a_main_thread_without_it_is_seen() {
         "the threads",
     );
     assert!(ready.starts_with("THREADED"), "no drop: {ready}");
-    let mask = |path: String, key: &str| -> u64 {
-        std::fs::read_to_string(&path)
-            .expect("status")
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .map(|v| u64::from_str_radix(v.trim(), 16).expect("mask"))
-            .expect("mask line")
+    let caps = |path: String| -> Caps {
+        Caps::parse(&std::fs::read_to_string(&path).expect("status")).expect("Cap* lines")
     };
     assert_eq!(
-        mask(format!("/proc/{}/status", c.pid), "CapBnd:") & (1 << 19),
+        caps(format!("/proc/{}/status", c.pid)).bnd & (1 << 19),
         0,
         "the main thread still holds CAP_SYS_PTRACE"
     );
@@ -793,7 +780,7 @@ fn a_ptracer_thread_behind_a_main_thread_without_it_is_seen() {
     assert!(
         threads
             .iter()
-            .any(|t| mask(format!("/proc/{}/task/{t}/status", c.pid), "CapEff:") & (1 << 19) != 0),
+            .any(|t| caps(format!("/proc/{}/task/{t}/status", c.pid)).eff & (1 << 19) != 0),
         "no thread kept CAP_SYS_PTRACE: {threads:?}"
     );
     let img = TestImage::fixture();
