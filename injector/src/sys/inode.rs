@@ -1,17 +1,12 @@
 //! What tells one state of a file from another, for the verification records
 //! (`crate::verify::record`): `statx(2)` of an open file, its filesystem's type, the clock
-//! the kernel stamps changes with, and the few `*at` calls that keep the records' directory.
+//! the kernel stamps changes with, and an open file's owner and mode.
 
-use std::ffi::OsStr;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 
-use rustix::fs::{AtFlags, Mode, OFlags, StatxFlags};
+use rustix::fs::{AtFlags, StatxFlags};
 
-use super::Errno;
-
-fn errno(e: rustix::io::Errno) -> Errno {
-    Errno::from_raw(e.raw_os_error())
-}
+use super::{Errno, errno};
 
 /// `STATX_MNT_ID_UNIQUE` (Linux 6.8, `include/uapi/linux/stat.h`): a 64-bit mount ID that is
 /// never reused while the system runs (the old `STATX_MNT_ID` is, like a PID).
@@ -83,40 +78,6 @@ pub fn coarse_realtime() -> Result<Instant, Errno> {
         ts.tv_sec,
         u32::try_from(ts.tv_nsec).map_err(|_| Errno::EINVAL)?,
     ))
-}
-
-/// The directory `name` in `dir`, never through a symlink (`O_PATH|O_DIRECTORY|O_NOFOLLOW`).
-pub fn open_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd, Errno> {
-    rustix::fs::openat(
-        dir,
-        name,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(errno)
-}
-
-/// The file `name` in `dir`, read-only, never through a symlink and without waiting
-/// (`O_NONBLOCK`: a FIFO there cannot hang the reader).
-pub fn open_file_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd, Errno> {
-    rustix::fs::openat(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(errno)
-}
-
-/// `renameat(dir, from, dir, to)`: replaces `to` at once (`rename(2)`: anyone opening `to`
-/// sees the old file or the new one, never a part of one).
-pub fn rename_at(dir: BorrowedFd<'_>, from: &OsStr, to: &OsStr) -> Result<(), Errno> {
-    rustix::fs::renameat(dir, from, dir, to).map_err(errno)
-}
-
-/// `unlinkat(dir, name, 0)`: removes the file (a symlink itself, never what it names).
-pub fn unlink_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
-    rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(errno)
 }
 
 /// The uid, mode and size of the open file `fd` (`fstat(2)`), and whether it is a regular file.

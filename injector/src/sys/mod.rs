@@ -21,3 +21,8 @@ pub mod seccomp;
 pub mod signal;
 
 pub use nix::errno::Errno;
+
+/// A rustix error as the [`Errno`] every function of this layer returns.
+fn errno(e: rustix::io::Errno) -> Errno {
+    Errno::from_raw(e.raw_os_error())
+}

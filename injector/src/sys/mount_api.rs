@@ -15,7 +15,7 @@ use rustix::mount::{
     open_tree,
 };
 
-use super::Errno;
+use super::{Errno, errno};
 
 /// A failed step of [`mount_readonly`], with what the filesystem said about it.
 #[derive(Debug)]
@@ -27,10 +27,6 @@ pub struct FsMountError {
     /// The messages the filesystem logged on the context fd (`fsopen(2)`: "read(2) ... to
     /// retrieve error messages"), joined with "; ".
     pub log: String,
-}
-
-fn errno(e: rustix::io::Errno) -> Errno {
-    Errno::from_raw(e.raw_os_error())
 }
 
 /// Reads the filesystem context's message log (lines such as `e ext4: bad geometry`).

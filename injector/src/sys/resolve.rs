@@ -17,11 +17,7 @@ use std::path::{Component, Path};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, StatxFlags};
 
-use super::Errno;
-
-fn errno(e: rustix::io::Errno) -> Errno {
-    Errno::from_raw(e.raw_os_error())
-}
+use super::{Errno, errno};
 
 /// `openat2(dir, path, O_PATH|O_CLOEXEC|O_NOFOLLOW|extra, RESOLVE_NO_SYMLINKS|
 /// RESOLVE_NO_MAGICLINKS|RESOLVE_BENEATH)`: `path` (relative, no `..`) below `dir`, never
@@ -212,7 +208,7 @@ pub fn list(dir: BorrowedFd<'_>) -> Result<Vec<OsString>, Errno> {
 /// The text of the file `path` below `dir` (opened as [`open_beneath`] does, and without
 /// blocking), at most `limit` bytes of it; bytes that are not UTF-8 are replaced.
 pub fn read_text_at(dir: BorrowedFd<'_>, path: &Path, limit: usize) -> Result<String, Errno> {
-    let file = open_beneath(dir, path, OFlags::RDONLY | OFlags::NONBLOCK)?;
+    let file = open_file(dir, path)?;
     let mut text = Vec::new();
     let mut buf = [0u8; 4096];
     while text.len() < limit {
@@ -223,6 +219,27 @@ pub fn read_text_at(dir: BorrowedFd<'_>, path: &Path, limit: usize) -> Result<St
         text.extend_from_slice(&buf[..n.min(limit - text.len())]);
     }
     Ok(String::from_utf8_lossy(&text).into_owned())
+}
+
+/// The file `path` below `dir` (as [`open_dir`] resolves it), read-only and without waiting
+/// (`O_NONBLOCK`: a FIFO there cannot hang the reader).
+pub fn open_file(dir: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd, Errno> {
+    open_beneath(dir, path, OFlags::RDONLY | OFlags::NONBLOCK)
+}
+
+/// `renameat(dir, from, dir, to)`: replaces `to` at once (`rename(2)`: anyone opening `to`
+/// sees the old file or the new one, never a part of one).
+pub fn rename_at(
+    dir: BorrowedFd<'_>,
+    from: &std::ffi::OsStr,
+    to: &std::ffi::OsStr,
+) -> Result<(), Errno> {
+    rustix::fs::renameat(dir, from, dir, to).map_err(errno)
+}
+
+/// `unlinkat(dir, name, 0)`: removes the file (a symlink itself, never what it names).
+pub fn unlink_at(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> Result<(), Errno> {
+    rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(errno)
 }
 
 /// `mkdirat(dir, name, mode)`.

@@ -137,7 +137,7 @@ fn own_dir(parent: &OwnedFd, name: &str, shown: &Path) -> Result<OwnedFd, String
         Ok(()) | Err(Errno::EEXIST) => {}
         Err(e) => return Err(format!("cannot create {}: {e}", shown.display())),
     }
-    let dir = inode::open_dir_at(parent.as_fd(), OsStr::new(name)).map_err(|e| {
+    let dir = resolve::open_dir(parent.as_fd(), Path::new(name)).map_err(|e| {
         format!(
             "cannot open {} (a symlink there is refused): {e}",
             shown.display()
@@ -200,7 +200,7 @@ impl Store {
     pub fn find(&self, stamp: &Stamp) -> Lookup {
         let name = name_of(stamp);
         let path = self.shown.join(&name);
-        let file = match inode::open_file_at(self.dir.as_fd(), OsStr::new(&name)) {
+        let file = match resolve::open_file(self.dir.as_fd(), Path::new(&name)) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => {
                 return Lookup::Miss(format!("no record in {}", self.shown.display()));
@@ -280,11 +280,11 @@ impl Store {
         self.prune(&name);
         let temp = OsString::from(format!(".{name}.{}", std::process::id()));
         // A temporary file of ours left by a killed cartinject of the same PID.
-        let _ = inode::unlink_at(self.dir.as_fd(), &temp);
+        let _ = resolve::unlink_at(self.dir.as_fd(), &temp);
         resolve::write_file_at(self.dir.as_fd(), &temp, 0o600, &bytes)
             .map_err(|e| format!("cannot write {}: {e}", self.shown.join(&temp).display()))?;
-        inode::rename_at(self.dir.as_fd(), &temp, OsStr::new(&name)).map_err(|e| {
-            let _ = inode::unlink_at(self.dir.as_fd(), &temp);
+        resolve::rename_at(self.dir.as_fd(), &temp, OsStr::new(&name)).map_err(|e| {
+            let _ = resolve::unlink_at(self.dir.as_fd(), &temp);
             format!("cannot rename a new record to {}: {e}", path.display())
         })?;
         Ok(path)
@@ -299,7 +299,7 @@ impl Store {
             return;
         }
         for name in names.iter().filter(|n| n.as_os_str() != OsStr::new(keep)) {
-            let _ = inode::unlink_at(self.dir.as_fd(), name);
+            let _ = resolve::unlink_at(self.dir.as_fd(), name);
         }
     }
 }
