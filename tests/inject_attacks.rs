@@ -732,21 +732,11 @@ fn a_ptracer_that_left_the_containers_cgroups_is_seen() {
         0,
         "PID 1 still holds CAP_SYS_PTRACE: {status}"
     );
-    let img = TestImage::fixture();
-    let mounts = MountSnapshot::take(c.pid);
-    let (cmd, out) = run(session(&img, &c.name, &[], &["true"]));
-    assert!(out.status.success(), "{}", shown(&cmd, &out));
-    let mut problems = Problems::new();
-    if !(stderr(&out).contains("CAP_SYS_PTRACE") && stderr(&out).contains("--profile match")) {
-        problems.push(format!(
-            "a ptracer outside the container's cgroups went unseen: {}",
-            shown(&cmd, &out)
-        ));
-    }
-    mounts.check_unchanged(&mut problems, "the session");
-    problems.finish("a ptracer that left the container's cgroups");
-    img.assert_no_loop_device();
-    c.assert_clean();
+    session_sees_a_ptracer(
+        &c,
+        "a ptracer outside the container's cgroups",
+        "a ptracer that left the container's cgroups",
+    );
 }
 
 /// A container whose PID 1 dropped CAP_SYS_PTRACE in its main thread only, while a second
@@ -783,19 +773,23 @@ fn a_ptracer_thread_behind_a_main_thread_without_it_is_seen() {
             .any(|t| caps(format!("/proc/{}/task/{t}/status", c.pid)).eff & (1 << 19) != 0),
         "no thread kept CAP_SYS_PTRACE: {threads:?}"
     );
+    session_sees_a_ptracer(&c, "a thread holding CAP_SYS_PTRACE", "a ptracer thread");
+}
+
+/// Runs a session in `c`, whose only ptracer is `hidden`, and checks that it was seen (the
+/// session names CAP_SYS_PTRACE and takes `--profile match`), that the container's mounts
+/// are unchanged, and that nothing is left; `what` names the case in the failure.
+fn session_sees_a_ptracer(c: &Container, hidden: &str, what: &str) {
     let img = TestImage::fixture();
     let mounts = MountSnapshot::take(c.pid);
     let (cmd, out) = run(session(&img, &c.name, &[], &["true"]));
     assert!(out.status.success(), "{}", shown(&cmd, &out));
     let mut problems = Problems::new();
     if !(stderr(&out).contains("CAP_SYS_PTRACE") && stderr(&out).contains("--profile match")) {
-        problems.push(format!(
-            "a thread holding CAP_SYS_PTRACE went unseen: {}",
-            shown(&cmd, &out)
-        ));
+        problems.push(format!("{hidden} went unseen: {}", shown(&cmd, &out)));
     }
     mounts.check_unchanged(&mut problems, "the session");
-    problems.finish("a ptracer thread");
+    problems.finish(what);
     img.assert_no_loop_device();
     c.assert_clean();
 }
