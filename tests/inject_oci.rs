@@ -366,6 +366,7 @@ fn a_registry_host_name_from_etc_hosts() {
         .arg("--")
         .args(RUN)
         .env("CARTINJECT_CACHE", cache.path().join("cache"))
+        .env("CARTINJECT_LINGER", "0")
         .env_remove("CARTINJECT_IMAGE")
         .stdin(Stdio::null());
     let out = output(&mut cmd);

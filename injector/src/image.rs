@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use cartimage::detect::{self, DetectError, Detected};
 
 use crate::child::EXIT_FAILURE;
-use crate::loopdev::{LoopDevice, LoopError};
+use crate::keep::{Keep, Kept};
+use crate::loopdev::{Binding, LoopDevice, LoopError};
 use crate::mount::{DetachedMount, ImageMount, MountError};
 use crate::sys::{Errno, fd, mount_api, signal};
 use crate::userns::UserNs;
@@ -188,6 +189,9 @@ pub struct Image {
     file: File,
     detected: Detected,
     verified: crate::verify::Verified,
+    /// The note of a device kept for this state of the file (see [`crate::keep`]), or why
+    /// there is none.
+    keep: Result<Keep, String>,
 }
 
 /// What [`Image::mount`] did: steps for `-v`, and warnings the user must always see.
@@ -246,6 +250,21 @@ impl Image {
         } else {
             crate::verify::Records::Off("whether a process has it open for writing is unknown")
         };
+        // The state of the file whose bytes are checked next, as a kept device's note names it:
+        // taken before the check, so that a change during or after it (which stamps the file
+        // later) never finds this state's device.
+        let keep = if trusted.no_writers {
+            let meta = file.metadata().map_err(|source| DetectError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+            let binding = Binding::of(&meta, detected.offset, detected.size);
+            crate::sys::inode::stamp(std::os::fd::AsFd::as_fd(&file))
+                .map_err(|e| format!("statx: {e}"))
+                .and_then(|stamp| Keep::open(&stamp, binding))
+        } else {
+            Err("whether a process has the image open for writing is unknown".into())
+        };
         let mut verified = crate::verify::check(path, &file, crate::verify::policy(), records)?;
         verified.steps.insert(0, trusted.note);
         Ok(Image {
@@ -253,6 +272,7 @@ impl Image {
             file,
             detected,
             verified,
+            keep,
         })
     }
 
@@ -356,6 +376,19 @@ impl Image {
         legacy: bool,
         userns: Option<&UserNs>,
     ) -> Result<(ImageMount, MountNotes), ImageError> {
+        self.mount_keeping(legacy, userns, false)
+            .map(|(mount, notes, _)| (mount, notes))
+    }
+
+    /// [`Image::mount`], and with `keep`, what a keeper needs to hold the device once the
+    /// session ends (see [`crate::keep`]): only with the new mount API, for a file whose state
+    /// can be noted.
+    pub fn mount_keeping(
+        &self,
+        legacy: bool,
+        userns: Option<&UserNs>,
+        keep: bool,
+    ) -> Result<(ImageMount, MountNotes, Option<Kept>), ImageError> {
         let mut notes = MountNotes::default();
         // What Image::open verified (or could not), said with the mount's own notes so that an
         // image refused later says only why.
@@ -364,12 +397,79 @@ impl Image {
         notes
             .warnings
             .extend(self.verified.warnings.iter().cloned());
-        let device = LoopDevice::attach_or_reuse(
-            &self.file,
-            &self.path,
-            self.detected.offset,
-            self.detected.size,
-        )?;
+        let device = self.device(&mut notes)?;
+        let fstype = self.detected.format.kernel_fstype();
+        if !legacy {
+            match DetachedMount::new(&device, fstype, &self.path) {
+                Ok(detached) => {
+                    notes
+                        .steps
+                        .push(format!("mounted {fstype} detached (fsopen/fsmount)"));
+                    let kept = if keep {
+                        self.kept(&device, &detached, &mut notes)
+                    } else {
+                        None
+                    };
+                    // The mount holds the device now; our fd can go.
+                    drop(device);
+                    if let Some(userns) = userns {
+                        let (uid, gid) = userns.root_ids();
+                        match mount_api::idmap(detached.fd(), userns.fd()) {
+                            Ok(()) => notes.steps.push(format!(
+                                "idmapped to the target's user namespace (its root is host uid {uid}, gid {gid})"
+                            )),
+                            Err(errno) => notes.warnings.push(format!(
+                                "the kernel cannot idmap a {fstype} mount to the container's user namespace ({errno}): the image's files show as owned by nobody there, but can be read and run"
+                            )),
+                        }
+                    }
+                    return Ok((ImageMount::Detached(detached), notes, kept));
+                }
+                Err(MountError::NoMountApi(_)) => {
+                    notes
+                        .steps
+                        .push("no new mount API: falling back to mount(2)".into());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            notes
+                .steps
+                .push("legacy mode: mount(2) from inside the namespace".into());
+        }
+        if userns.is_some() {
+            notes.warnings.push(
+                "mount(2) cannot idmap the image to the container's user namespace: its files show as owned by nobody there, but can be read and run".into(),
+            );
+        }
+        Ok((ImageMount::Legacy { device, fstype }, notes, None))
+    }
+
+    /// The device cartinject kept for this very state of the file (see [`crate::keep`]), or a
+    /// new one, noted for the sessions after this one.
+    fn device(&self, notes: &mut MountNotes) -> Result<LoopDevice, ImageError> {
+        let found = match &self.keep {
+            Ok(keep) => keep.find(),
+            Err(why) => Err(format!("no device can be kept for this image: {why}")),
+        };
+        let device = match found {
+            Ok(device) => device,
+            Err(why) => {
+                notes.steps.push(why);
+                let device = LoopDevice::attach(
+                    &self.file,
+                    &self.path,
+                    self.detected.offset,
+                    self.detected.size,
+                )?;
+                if let Ok(keep) = &self.keep
+                    && let Err(why) = keep.write(&device)
+                {
+                    notes.steps.push(format!("cannot note the device: {why}"));
+                }
+                device
+            }
+        };
         let part = self
             .detected
             .partition
@@ -393,46 +493,22 @@ impl Image {
             device.path().display(),
             self.path.display()
         ));
-        let fstype = self.detected.format.kernel_fstype();
-        if !legacy {
-            match DetachedMount::new(&device, fstype, &self.path) {
-                Ok(detached) => {
-                    notes
-                        .steps
-                        .push(format!("mounted {fstype} detached (fsopen/fsmount)"));
-                    // The mount holds the device now; our fd can go.
-                    drop(device);
-                    if let Some(userns) = userns {
-                        let (uid, gid) = userns.root_ids();
-                        match mount_api::idmap(detached.fd(), userns.fd()) {
-                            Ok(()) => notes.steps.push(format!(
-                                "idmapped to the target's user namespace (its root is host uid {uid}, gid {gid})"
-                            )),
-                            Err(errno) => notes.warnings.push(format!(
-                                "the kernel cannot idmap a {fstype} mount to the container's user namespace ({errno}): the image's files show as owned by nobody there, but can be read and run"
-                            )),
-                        }
-                    }
-                    return Ok((ImageMount::Detached(detached), notes));
-                }
-                Err(MountError::NoMountApi(_)) => {
-                    notes
-                        .steps
-                        .push("no new mount API: falling back to mount(2)".into());
-                }
-                Err(e) => return Err(e.into()),
-            }
-        } else {
-            notes
-                .steps
-                .push("legacy mode: mount(2) from inside the namespace".into());
-        }
-        if userns.is_some() {
-            notes.warnings.push(
-                "mount(2) cannot idmap the image to the container's user namespace: its files show as owned by nobody there, but can be read and run".into(),
-            );
-        }
-        Ok((ImageMount::Legacy { device, fstype }, notes))
+        Ok(device)
+    }
+
+    /// A second mount of `detached`'s filesystem, not idmapped and attached nowhere, for a
+    /// keeper to hold: `None` (and why, for `-v`) when there can be none.
+    fn kept(
+        &self,
+        device: &LoopDevice,
+        detached: &DetachedMount,
+        notes: &mut MountNotes,
+    ) -> Option<Kept> {
+        let keep = self.keep.as_ref().ok()?;
+        let kept = mount_api::clone_tree(detached.fd(), std::ffi::OsStr::new(""))
+            .map_err(|errno| format!("cannot clone the mount for a keeper: {errno}"))
+            .and_then(|mount| keep.kept(device, mount));
+        kept.map_err(|why| notes.steps.push(why)).ok()
     }
 }
 
@@ -490,6 +566,7 @@ mod tests {
                 partition: None,
             },
             verified: crate::verify::Verified::default(),
+            keep: Err("not in this test".into()),
         };
         let holder = File::open(&path).unwrap();
         holder.lock().unwrap();

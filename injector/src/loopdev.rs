@@ -1,5 +1,6 @@
-//! Loop devices for images: attach read-only with autoclear, or reuse the device that already
-//! serves the same image file, and map devices back to their images through sysfs.
+//! Loop devices for images: attach read-only with autoclear, or reuse a device cartinject
+//! attached itself to the same state of the same file (see [`crate::keep`]), and map devices
+//! back to their images through sysfs.
 //!
 //! Autoclear (`LO_FLAGS_AUTOCLEAR`) makes the kernel detach the device when its last opener
 //! and its last mount are gone, so cartinject never has to remember to detach, and a killed
@@ -65,7 +66,37 @@ pub struct LoopDevice {
     /// Held only to keep the device bound (and ours) until a mount holds it.
     _device: File,
     path: PathBuf,
+    number: u32,
+    diskseq: u64,
     reused: bool,
+}
+
+/// What a device must be bound to for [`LoopDevice::reuse`]: a file's device and inode, at
+/// an offset, with a size limit (0: to the end of the file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Binding {
+    /// `st_dev` of the image file.
+    pub dev: u64,
+    /// `st_ino` of the image file.
+    pub ino: u64,
+    /// Where the filesystem starts in the file.
+    pub offset: u64,
+    /// How many bytes of it the device serves (0: all, to the end).
+    pub size_limit: u64,
+}
+
+impl Binding {
+    /// The binding of `image`'s filesystem at `offset` for `size` bytes: a size limit only
+    /// matters with an offset (a partition of a disk image), where it keeps the filesystem
+    /// inside its partition; 0 means "to the end of the file".
+    pub fn of(meta: &std::fs::Metadata, offset: u64, size: u64) -> Binding {
+        Binding {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            offset,
+            size_limit: if offset == 0 { 0 } else { size },
+        }
+    }
 }
 
 impl LoopDevice {
@@ -79,11 +110,57 @@ impl LoopDevice {
         self.reused
     }
 
-    /// Attaches `image` (open, at byte `offset` for `size` bytes) read-only with autoclear,
-    /// or reuses a device already attached to the same file (same device and inode, offset
-    /// and flags). The caller serialises concurrent callers on the same image (cartinject
-    /// holds an `flock` on it) so that they share one device.
-    pub fn attach_or_reuse(
+    /// The device number N of `/dev/loopN`.
+    pub fn number(&self) -> u32 {
+        self.number
+    }
+
+    /// The device's disk sequence number (see [`loopdev::disk_seq`]): which binding it is.
+    pub fn diskseq(&self) -> u64 {
+        self.diskseq
+    }
+
+    /// `/dev/loop{number}`, opened (so it cannot go away under us), if it is still the binding
+    /// `diskseq` of `want` with read-only and autoclear set; `Err` says why not, for `-v`.
+    ///
+    /// The disk sequence number tells the very binding apart: a device detached and bound
+    /// again, even to the same file, has another. The status is read after opening, so what
+    /// was checked is what is held.
+    pub fn reuse(number: u32, diskseq: u64, want: Binding) -> Result<LoopDevice, String> {
+        let path = PathBuf::from(format!("/dev/loop{number}"));
+        let device =
+            open_device(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR;
+        let status = loopdev::get_status(device.as_fd())
+            .map_err(|e| format!("{} is not bound ({e})", path.display()))?;
+        let seq = loopdev::disk_seq(device.as_fd())
+            .map_err(|e| format!("cannot read the disk sequence of {}: {e}", path.display()))?;
+        if seq != diskseq {
+            return Err(format!(
+                "{} was bound again since (disk sequence {seq}, not {diskseq})",
+                path.display()
+            ));
+        }
+        let have = Binding {
+            dev: status.backing_dev,
+            ino: status.backing_inode,
+            offset: status.offset,
+            size_limit: status.size_limit,
+        };
+        if have != want || status.flags & flags != flags {
+            return Err(format!("{} serves something else", path.display()));
+        }
+        Ok(LoopDevice {
+            _device: device,
+            path,
+            number,
+            diskseq,
+            reused: true,
+        })
+    }
+
+    /// Attaches `image` (open, at byte `offset` for `size` bytes) read-only with autoclear.
+    pub fn attach(
         image: &File,
         image_path: &Path,
         offset: u64,
@@ -93,12 +170,7 @@ impl LoopDevice {
             image: image_path.to_owned(),
             source,
         })?;
-        // 0 means "to the end of the file"; a size limit only matters with an offset (a
-        // partition of a disk image), where it keeps the filesystem inside its partition.
-        let size_limit = if offset == 0 { 0 } else { size };
-        if let Some(found) = find_attached(meta.dev(), meta.ino(), offset, size_limit) {
-            return Ok(found);
-        }
+        let size_limit = Binding::of(&meta, offset, size).size_limit;
         // A second open file description for the device to hold: the loop driver keeps a
         // reference to it for as long as the device is bound (so not the one that holds our
         // flock, which would stay locked as long as the device exists). /proc/self/fd/N is
@@ -143,9 +215,18 @@ impl LoopDevice {
                 size_limit,
             ) {
                 Ok(()) => {
+                    let diskseq =
+                        loopdev::disk_seq(device.as_fd()).map_err(|errno| LoopError::Ioctl {
+                            call: "BLKGETDISKSEQ",
+                            device: path.clone(),
+                            image: image_path.to_owned(),
+                            errno,
+                        })?;
                     return Ok(LoopDevice {
                         _device: device,
                         path,
+                        number,
+                        diskseq,
                         reused: false,
                     });
                 }
@@ -175,64 +256,6 @@ fn open_device(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// A device bound read-only with autoclear to the file `(dev, ino)` at `offset` with
-/// `size_limit`, opened (so it cannot go away under us) and checked with
-/// `LOOP_GET_STATUS64` after opening.
-///
-/// The backing paths sysfs prints are not looked up: whoever attached a device named that
-/// path (in their own mount namespace, perhaps), and a `stat` of it could wait on whatever
-/// filesystem it leads to here. The device's own status names the backing inode.
-fn find_attached(dev: u64, ino: u64, offset: u64, size_limit: u64) -> Option<LoopDevice> {
-    for (number, _) in attached_devices(Path::new("/sys")) {
-        let path = PathBuf::from(format!("/dev/loop{number}"));
-        let Ok(device) = open_device(&path) else {
-            continue;
-        };
-        let wanted = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR;
-        match loopdev::get_status(device.as_fd()) {
-            Ok(status)
-                if status.backing_dev == dev
-                    && status.backing_inode == ino
-                    && status.offset == offset
-                    && status.size_limit == size_limit
-                    && status.flags & wanted == wanted =>
-            {
-                return Some(LoopDevice {
-                    _device: device,
-                    path,
-                    reused: true,
-                });
-            }
-            _ => continue,
-        }
-    }
-    None
-}
-
-/// Every bound loop device and its backing file as sysfs names it
-/// (`/sys/block/loopN/loop/backing_file`), under `sys_root` (normally `/sys`).
-pub fn attached_devices(sys_root: &Path) -> Vec<(u32, PathBuf)> {
-    let mut found = Vec::new();
-    let Ok(dir) = std::fs::read_dir(sys_root.join("block")) else {
-        return found;
-    };
-    for entry in dir.flatten() {
-        let name = entry.file_name();
-        let Some(number) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("loop"))
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Some(backing) = backing_file(sys_root, LOOP_MAJOR, number) {
-            found.push((number, backing));
-        }
-    }
-    found.sort();
-    found
-}
-
 /// The backing file of block device `major:minor` if it is a bound loop device, from
 /// `/sys/dev/block/MAJOR:MINOR/loop/backing_file`.
 pub fn backing_file(sys_root: &Path, major: u32, minor: u32) -> Option<PathBuf> {
@@ -260,7 +283,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sysfs_fixture_maps_devices_to_files() {
+    fn sysfs_names_the_backing_files_of_bound_devices() {
         let sys = tempfile::tempdir().expect("temp dir");
         let root = sys.path();
         for (n, backing) in [
@@ -275,14 +298,12 @@ mod tests {
                 std::fs::write(dev.join("backing_file"), b).expect("write");
             }
         }
-        std::fs::create_dir_all(root.join("block/sda")).expect("mkdir");
         assert_eq!(
-            attached_devices(root),
-            vec![
-                (0, PathBuf::from("/images/a.img")),
-                (7, PathBuf::from("/b c.img"))
-            ]
+            backing_file(root, 7, 0),
+            Some(PathBuf::from("/images/a.img"))
         );
+        assert_eq!(backing_file(root, 7, 7), Some(PathBuf::from("/b c.img")));
         assert_eq!(backing_file(root, 7, 1), None);
+        assert_eq!(backing_file(root, 7, 9), None);
     }
 }

@@ -17,6 +17,7 @@ mod exec;
 mod exeseal;
 mod image;
 mod join;
+mod keep;
 mod list;
 mod loopdev;
 mod mount;

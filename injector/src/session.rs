@@ -138,6 +138,8 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
             eprintln!("cartinject: {}", crate::display::escape(text));
         }
     };
+    let linger = crate::keep::linger(std::env::var_os(crate::keep::LINGER_ENV).as_deref())
+        .map_err(|e| anyhow::anyhow!(e))?;
     let image = Image::open(&args.image)?;
     let (target, pin) = pin_target(&args.target, args.legacy)?;
     // A process of ours is about to enter the target's PID namespace: when something there
@@ -274,7 +276,7 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
         procfs: Some(host_procfs),
     };
 
-    let (image_mount, notes) = {
+    let (image_mount, notes, kept) = {
         // A bounded wait, ended by a stop signal (blocked above, so still pending).
         let _lock = image
             .lock(&|| signal::pending_of(&signal::STOPPING))
@@ -282,7 +284,7 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
                 code: e.exit_code(),
                 message: e.to_string(),
             })?;
-        image.mount(args.legacy, userns.as_ref())?
+        image.mount_keeping(args.legacy, userns.as_ref(), !linger.is_zero())?
     };
     notes.show(verbose);
     let host_root = HostRoot::for_mount(&image_mount).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -319,6 +321,15 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
     drop(raw);
     drop(stdin_feeder);
     let outcome = outcome?;
+    // The device stays for the next session (see crate::keep), unless this one failed.
+    if let Some(kept) = kept
+        && outcome.failure.is_none()
+    {
+        match kept.linger(linger) {
+            Ok(step) => note(&step),
+            Err(why) => note(&format!("the image's device is not kept: {why}")),
+        }
+    }
     if outcome.target_exited {
         eprintln!("cartinject: {}", watch.message());
     }

@@ -15,6 +15,9 @@
 #     random bytes, laid out by mke2fs -d into a file fallocate made);
 #   - 0, 1,000 and 4,000 extra idle processes on the host (`sleep`s in a process group of
 #     their own, killed when the script exits, however it exits);
+#   - the default keeping of the image between sessions (injector/src/keep.rs: the loop device
+#     and filesystem stay for $CARTINJECT_LINGER seconds after a session, so that the next
+#     one reuses them), and without it (CARTINJECT_LINGER=0: bound and mounted every session);
 # and, as the peer, `docker exec NAME /dev/crashcart/bin/true`; and what starting the binary
 # costs: `cartinject --version`, and cartinject refusing an image that does not exist, next
 # to a static C `true`.
@@ -66,6 +69,12 @@ stop_idle() {
 cleanup() {
     stop_idle
     "$CARTINJECT" -u "$name" >/dev/null 2>&1 || true
+    # The keepers of the images here end LINGER seconds after their last session.
+    local i
+    for ((i = 0; i < 200; i++)); do
+        losetup -l -n -O BACK-FILE | grep -q "^$work/" || break
+        sleep 0.05
+    done
     docker rm -f "$name" >/dev/null 2>&1 || true
     docker rmi cc-bench-thin:latest >/dev/null 2>&1 || true
     rm -rf "$work"
@@ -187,6 +196,12 @@ cycle() { "$CARTINJECT" "$@" "$pid" -- /dev/crashcart/bin/true; }
 
 # The net image first, while it is new to cartinject (the "first" column).
 run_case cycle "$net"; full=$med full_first=$first
+# A copy (another inode: no device kept for it) that is never kept.
+mkdir -p "$work/nokeep"
+cp -p "$net"* "$work/nokeep/"
+nokeep_img=$work/nokeep/$(basename "$net")
+nokeep() { CARTINJECT_LINGER=0 "$CARTINJECT" "$nokeep_img" "$pid" -- /dev/crashcart/bin/true; }
+run_case nokeep; nokept=$med
 run_case "$CARTINJECT" "$net" "$name" -- /dev/crashcart/bin/true; byname=$med
 run_case cycle --verify-key "$work/key.pub" "$net"; keyed=$med keyed_first=$first
 
@@ -230,6 +245,8 @@ row "nsenter -a into an -m mount (floor)" "$(ms "$floor")" "1.00x" "" "" ""
 row "docker exec (the peer)" "$(ms "$dexec")" "$(ratio "$dexec" "$floor")" "" "" ""
 row "net image, sidecars (base)" "$(ms "$full")" "$(ratio "$full" "$floor")" "" "$(ms "$full_first")" \
     "<= 2x floor, aim 1.5x: $(verdict "$(within "$(awk -v a="$full" -v b="$floor" 'BEGIN { print a / b }')" 2)")"
+row "net image, CARTINJECT_LINGER=0" "$(ms "$nokept")" "$(ratio "$nokept" "$floor")" "$(delta "$nokept" "$full")" "" \
+    "(no kept device: bound and mounted each time)"
 row "net image, by container name" "$(ms "$byname")" "$(ratio "$byname" "$floor")" "$(delta "$byname" "$full")" "" ""
 row "net image, loop device held by -m" "$(ms "$warm")" "$(ratio "$warm" "$floor")" "$(delta "$warm" "$full")" "" ""
 row "net image, --verify-key" "$(ms "$keyed")" "$(ratio "$keyed" "$floor")" "$(delta "$keyed" "$full")" "$(ms "$keyed_first")" \

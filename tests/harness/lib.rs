@@ -74,7 +74,10 @@ pub fn bin(name: &str) -> PathBuf {
 /// A `cartinject` command with a clean environment for the variables it reads.
 pub fn cartinject() -> Command {
     let mut cmd = Command::new(bin("cartinject"));
-    cmd.env_remove("CARTINJECT_IMAGE")
+    // No image kept between sessions (injector/src/keep.rs): every test checks that its
+    // session leaves no loop device behind; tests/inject_keep.rs tests the keeping.
+    cmd.env("CARTINJECT_LINGER", "0")
+        .env_remove("CARTINJECT_IMAGE")
         .env_remove("CARTINJECT_LEGACY_MOUNT")
         .env_remove("CARTINJECT_VERIFY_KEY")
         .env_remove("CARTINJECT_OCI_MAX_SIZE")

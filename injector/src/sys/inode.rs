@@ -93,6 +93,37 @@ pub fn owner(fd: BorrowedFd<'_>) -> Result<(u32, u32, u64, bool), Errno> {
     ))
 }
 
+/// Sets the mtime of the open file `fd` to `mtime` and its atime to now (`futimens(2)`; the
+/// owner or a holder of `CAP_FOWNER` may set any time).
+pub fn set_mtime(fd: BorrowedFd<'_>, mtime: Instant) -> Result<(), Errno> {
+    let now = rustix::fs::Timespec {
+        tv_sec: 0,
+        tv_nsec: rustix::fs::UTIME_NOW,
+    };
+    let mtime = rustix::fs::Timespec {
+        tv_sec: mtime.0,
+        tv_nsec: mtime.1.into(),
+    };
+    rustix::fs::futimens(
+        fd,
+        &rustix::fs::Timestamps {
+            last_access: now,
+            last_modification: mtime,
+        },
+    )
+    .map_err(errno)
+}
+
+/// `flock(fd, LOCK_EX | LOCK_NB)`: `Ok(false)` when another open file description holds a
+/// lock on the file.
+pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
+    match rustix::fs::flock(fd, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),
+        Err(e) => Err(errno(e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

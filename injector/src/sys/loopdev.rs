@@ -3,7 +3,7 @@
 //! Written by hand rather than with the `loopdev-3` crate: that crate attaches with
 //! `LOOP_SET_FD` followed by `LOOP_SET_STATUS64`, which is not atomic (a crash between the
 //! two leaks a device without autoclear), has neither `LOOP_CONFIGURE` nor a status
-//! read-back, and needs bindgen and libclang at build time. We need three ioctls.
+//! read-back, and needs bindgen and libclang at build time. We need four ioctls.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
@@ -17,6 +17,8 @@ pub const LO_FLAGS_AUTOCLEAR: u32 = 4;
 const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+/// `BLKGETDISKSEQ`: `_IOR(0x12, 128, __u64)` (`include/uapi/linux/fs.h`, Linux 5.15).
+const BLKGETDISKSEQ: libc::c_ulong = 0x8008_1280;
 const LO_NAME_SIZE: usize = 64;
 const LO_KEY_SIZE: usize = 32;
 
@@ -134,4 +136,15 @@ pub fn get_status(device: BorrowedFd<'_>) -> Result<LoopStatus, Errno> {
         size_limit: info.lo_sizelimit,
         flags: info.lo_flags,
     })
+}
+
+/// `BLKGETDISKSEQ`: the device's disk sequence number, which the kernel raises every time a
+/// loop device is bound to a file, and never gives twice while the system runs: the same
+/// number means the same binding (`ENOTTY` before Linux 5.15).
+pub fn disk_seq(device: BorrowedFd<'_>) -> Result<u64, Errno> {
+    let mut seq: u64 = 0;
+    // SAFETY: BLKGETDISKSEQ writes one `__u64` to the pointer, which is valid and outlives the
+    // call.
+    let rc = unsafe { libc::ioctl(device.as_raw_fd(), BLKGETDISKSEQ, &raw mut seq) };
+    if rc < 0 { Err(Errno::last()) } else { Ok(seq) }
 }

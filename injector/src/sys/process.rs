@@ -32,6 +32,11 @@ pub fn fork() -> Result<Forked, Errno> {
     }
 }
 
+/// `prctl(PR_SET_NAME)`: the name `ps` and `/proc/PID/comm` show (at most 15 bytes kept).
+pub fn set_name(name: &CStr) -> Result<(), Errno> {
+    nix::sys::prctl::set_name(name)
+}
+
 /// `_exit(2)`: ends a forked child without running the parent's exit handlers or flushing
 /// buffers it inherited.
 pub fn exit_now(code: i32) -> ! {

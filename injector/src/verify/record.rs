@@ -159,6 +159,12 @@ impl Store {
     /// not writable by group or others, and is reached without following a symlink; the two
     /// directories below it must be root's `0700`. `Err` says what is wrong.
     pub fn open_in(base: &Path) -> Result<Store, String> {
+        Store::open_named(base, "verified")
+    }
+
+    /// [`Store::open_in`] for the directory `base`/cartinject/`sub` (`keep`, say: the same
+    /// rules hold for every small root-only file cartinject keeps between runs).
+    pub(crate) fn open_named(base: &Path, sub: &str) -> Result<Store, String> {
         let root = resolve::open_root().map_err(|e| format!("cannot open /: {e}"))?;
         let relative = base.strip_prefix("/").unwrap_or(base);
         let base_fd = resolve::open_dir(root.as_fd(), relative).map_err(|e| {
@@ -176,8 +182,8 @@ impl Store {
             ));
         }
         let ours = own_dir(&base_fd, "cartinject", &base.join("cartinject"))?;
-        let shown = base.join("cartinject/verified");
-        let dir = own_dir(&ours, "verified", &shown)?;
+        let shown = base.join("cartinject").join(sub);
+        let dir = own_dir(&ours, sub, &shown)?;
         let proc =
             resolve::open_procfs(root.as_fd()).map_err(|e| format!("cannot open /proc: {e}"))?;
         let boot_id =
@@ -195,27 +201,51 @@ impl Store {
         })
     }
 
-    /// The record of the file stamped `stamp`, if there is one and it is for the file as it is
-    /// now (same boot, mount, device, inode, size, mtime and ctime).
-    pub fn find(&self, stamp: &Stamp) -> Lookup {
-        let name = name_of(stamp);
-        let path = self.shown.join(&name);
-        let file = match resolve::open_file(self.dir.as_fd(), Path::new(&name)) {
+    /// A second handle on the same directory.
+    pub(crate) fn try_clone(&self) -> Result<Store, String> {
+        Ok(Store {
+            dir: self
+                .dir
+                .try_clone()
+                .map_err(|e| format!("cannot hold {}: {e}", self.shown.display()))?,
+            shown: self.shown.clone(),
+            boot_id: self.boot_id.clone(),
+        })
+    }
+
+    /// This boot's ID (`/proc/sys/kernel/random/boot_id`).
+    pub(crate) fn boot_id(&self) -> &str {
+        &self.boot_id
+    }
+
+    /// The directory, open.
+    pub(crate) fn dir(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.dir.as_fd()
+    }
+
+    /// Where the file `name` is, for messages.
+    pub(crate) fn shown(&self, name: &str) -> PathBuf {
+        self.shown.join(name)
+    }
+
+    /// The file `name`, open, and its bytes: `Ok(None)` when there is none; `Err` (why, for
+    /// `-v`) unless it is a small regular file of root's with mode `0600`.
+    pub(crate) fn read_small(&self, name: &str) -> Result<Option<(OwnedFd, Vec<u8>)>, String> {
+        let path = self.shown.join(name);
+        let file = match resolve::open_file(self.dir.as_fd(), Path::new(name)) {
             Ok(fd) => fd,
-            Err(Errno::ENOENT) => {
-                return Lookup::Miss(format!("no record in {}", self.shown.display()));
-            }
-            Err(e) => return Lookup::Miss(format!("cannot open {}: {e}", path.display())),
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(format!("cannot open {}: {e}", path.display())),
         };
         match inode::owner(file.as_fd()) {
             Ok((0, mode, size, true)) if mode & 0o077 == 0 && size <= RECORD_MAX => {}
             Ok(_) => {
-                return Lookup::Miss(format!(
+                return Err(format!(
                     "{} is not a small regular file of root's with mode 0600: ignored",
                     path.display()
                 ));
             }
-            Err(e) => return Lookup::Miss(format!("cannot stat {}: {e}", path.display())),
+            Err(e) => return Err(format!("cannot stat {}: {e}", path.display())),
         }
         let mut buf = vec![0u8; usize::try_from(RECORD_MAX).unwrap_or(4096)];
         let mut len = 0;
@@ -228,10 +258,42 @@ impl Store {
                         break;
                     }
                 }
-                Err(e) => return Lookup::Miss(format!("cannot read {}: {e}", path.display())),
+                Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
             }
         }
-        let Ok(record) = serde_json::from_slice::<Record>(&buf[..len]) else {
+        buf.truncate(len);
+        Ok(Some((file, buf)))
+    }
+
+    /// Writes `bytes` to the file `name` (mode `0600`) atomically: a new file renamed over
+    /// the old, after removing the others once there are more than [`RECORDS_MAX`]. Returns
+    /// its path.
+    pub(crate) fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<PathBuf, String> {
+        let path = self.shown.join(name);
+        self.prune(name);
+        let temp = OsString::from(format!(".{name}.{}", std::process::id()));
+        // A temporary file of ours left by a killed cartinject of the same PID.
+        let _ = resolve::unlink_at(self.dir.as_fd(), &temp);
+        resolve::write_file_at(self.dir.as_fd(), &temp, 0o600, bytes)
+            .map_err(|e| format!("cannot write {}: {e}", self.shown.join(&temp).display()))?;
+        resolve::rename_at(self.dir.as_fd(), &temp, OsStr::new(name)).map_err(|e| {
+            let _ = resolve::unlink_at(self.dir.as_fd(), &temp);
+            format!("cannot rename a new file to {}: {e}", path.display())
+        })?;
+        Ok(path)
+    }
+
+    /// The record of the file stamped `stamp`, if there is one and it is for the file as it is
+    /// now (same boot, mount, device, inode, size, mtime and ctime).
+    pub fn find(&self, stamp: &Stamp) -> Lookup {
+        let name = name_of(stamp);
+        let path = self.shown.join(&name);
+        let buf = match self.read_small(&name) {
+            Ok(Some((_, buf))) => buf,
+            Ok(None) => return Lookup::Miss(format!("no record in {}", self.shown.display())),
+            Err(why) => return Lookup::Miss(why),
+        };
+        let Ok(record) = serde_json::from_slice::<Record>(&buf) else {
             return Lookup::Miss(format!(
                 "{} cannot be read as a record: ignored",
                 path.display()
@@ -275,19 +337,7 @@ impl Store {
             signature,
         };
         let bytes = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
-        let name = name_of(stamp);
-        let path = self.shown.join(&name);
-        self.prune(&name);
-        let temp = OsString::from(format!(".{name}.{}", std::process::id()));
-        // A temporary file of ours left by a killed cartinject of the same PID.
-        let _ = resolve::unlink_at(self.dir.as_fd(), &temp);
-        resolve::write_file_at(self.dir.as_fd(), &temp, 0o600, &bytes)
-            .map_err(|e| format!("cannot write {}: {e}", self.shown.join(&temp).display()))?;
-        resolve::rename_at(self.dir.as_fd(), &temp, OsStr::new(&name)).map_err(|e| {
-            let _ = resolve::unlink_at(self.dir.as_fd(), &temp);
-            format!("cannot rename a new record to {}: {e}", path.display())
-        })?;
-        Ok(path)
+        self.write_atomic(&name_of(stamp), &bytes)
     }
 
     /// Removes every record but `keep` once there are more than [`RECORDS_MAX`].
