@@ -374,6 +374,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: tests/run runs it as root (cargo test -p cartinject --lib -- --ignored)"]
     fn a_procfs_of_a_pid_namespace_lists_that_namespace_and_those_nested_in_it() {
         // unshare's child is PID 1 of a new namespace; it starts a second namespace nested
         // in it, whose init is PID 3 there (and 1 in its own).

@@ -1,38 +1,6 @@
-//! `cartinject`: sideload a debug image into a running container and get a shell there.
-//!
-//! See `injector/README.md` for usage. The modules, in the order a session uses them:
-//! [`image`] (which file, is it usable), [`target`] (which process), [`join`] (pin it, join
-//! its namespaces), [`loopdev`] and [`mount`] (the image on a loop device, mounted detached),
-//! [`child`] (the forked namespace child), [`place`] (the image at `/dev/crashcart`), [`exec`]
-//! (the user's command), [`session`] (the parent: pty, signals, exit status). [`sys`] is the
-//! only place that talks to the kernel directly.
+//! `cartinject`'s command line: parses it and hands it to the library ([`cartinject`]).
 
-mod cgroups;
-mod child;
-mod command;
-mod confine;
-mod display;
-mod environ;
-mod exec;
-mod exeseal;
-mod image;
-mod join;
-mod keep;
-mod list;
-mod loopdev;
-mod mount;
-mod mountinfo;
-mod oci;
-mod place;
-mod procfs;
-mod profile;
-mod session;
-mod stdio;
-mod sys;
-mod target;
-mod userns;
-mod verify;
-mod watch;
+#![forbid(unsafe_code)]
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -41,8 +9,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use crate::child::EXIT_FAILURE;
-use crate::session::{ExitWith, SessionArgs};
+use cartinject::child::EXIT_FAILURE;
+use cartinject::session::{ExitWith, SessionArgs};
+use cartinject::{command, display, image, oci, profile, session, sys, verify};
 
 /// Give a container that has no shell a working shell and tools from a debug image.
 ///

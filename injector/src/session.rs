@@ -115,20 +115,7 @@ pub fn in_cgroup_of(cgroup: &[u8], id: &str) -> bool {
         })
 }
 
-fn stdin() -> BorrowedFd<'static> {
-    // SAFETY: fd 0 stays open for the life of the process (cartinject never closes it).
-    unsafe { BorrowedFd::borrow_raw(0) }
-}
-
-fn stdout() -> BorrowedFd<'static> {
-    // SAFETY: as for stdin: fd 1 is never closed by cartinject.
-    unsafe { BorrowedFd::borrow_raw(1) }
-}
-
-fn stderr_fd() -> BorrowedFd<'static> {
-    // SAFETY: as for stdin: fd 2 is never closed by cartinject.
-    unsafe { BorrowedFd::borrow_raw(2) }
-}
+use crate::sys::fd::{stderr as stderr_fd, stdin, stdout};
 
 /// Runs a session and returns the exit status cartinject should exit with.
 pub fn run(args: SessionArgs) -> anyhow::Result<i32> {

@@ -563,10 +563,8 @@ mod tests {
     /// A record spares the second hash; a change in place (same size, mtime set back) is
     /// hashed again and refused; a sidecar that names another digest is not believed from it.
     #[test]
+    #[ignore = "needs root: tests/run runs it as root (cargo test -p cartinject --lib -- --ignored)"]
     fn a_record_spares_the_hash_until_the_file_changes() {
-        if !crate::sys::process::is_root() {
-            return;
-        }
         let base = tempfile::tempdir().unwrap();
         let d = tempfile::tempdir().unwrap();
         let (p, f) = image(d.path(), b"abc");

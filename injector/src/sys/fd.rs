@@ -82,6 +82,24 @@ pub fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> Result<(), Errno> {
     Ok(())
 }
 
+/// fd 0, which stays open for the life of the process.
+pub fn stdin() -> BorrowedFd<'static> {
+    // SAFETY: cartinject never closes fd 0 (and `ensure_std_fds_open` opened it at start).
+    unsafe { BorrowedFd::borrow_raw(0) }
+}
+
+/// fd 1, which stays open for the life of the process.
+pub fn stdout() -> BorrowedFd<'static> {
+    // SAFETY: as for stdin: cartinject never closes fd 1.
+    unsafe { BorrowedFd::borrow_raw(1) }
+}
+
+/// fd 2, which stays open for the life of the process.
+pub fn stderr() -> BorrowedFd<'static> {
+    // SAFETY: as for stdin: cartinject never closes fd 2.
+    unsafe { BorrowedFd::borrow_raw(2) }
+}
+
 /// Closes every fd above stderr except those in `keep` (`close_range(2)`, Linux 5.9, over
 /// the gaps between them; on older kernels one `close` per number up to the fd limit).
 ///

@@ -10,9 +10,23 @@ use super::Errno;
 /// A terminal's size (`struct winsize`).
 pub type WinSize = libc::winsize;
 
-nix::ioctl_read_bad!(tiocgwinsz, libc::TIOCGWINSZ, libc::winsize);
-nix::ioctl_write_ptr_bad!(tiocswinsz, libc::TIOCSWINSZ, libc::winsize);
-nix::ioctl_write_int_bad!(tiocsctty, libc::TIOCSCTTY);
+nix::ioctl_read_bad!(
+    /// `TIOCGWINSZ`: a terminal's size.
+    tiocgwinsz,
+    libc::TIOCGWINSZ,
+    libc::winsize
+);
+nix::ioctl_write_ptr_bad!(
+    /// `TIOCSWINSZ`: sets a terminal's size.
+    tiocswinsz,
+    libc::TIOCSWINSZ,
+    libc::winsize
+);
+nix::ioctl_write_int_bad!(
+    /// `TIOCSCTTY`: makes a terminal the session's controlling terminal.
+    tiocsctty,
+    libc::TIOCSCTTY
+);
 
 /// A new pty pair from the caller's `/dev/ptmx`: (master, slave), both close-on-exec.
 pub fn open_pair(size: Option<&WinSize>) -> Result<(OwnedFd, OwnedFd), Errno> {
