@@ -24,7 +24,6 @@
 //!    image's mount with it; the loop device, set to autoclear, then detaches itself.
 
 use std::ffi::OsString;
-use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
@@ -39,9 +38,9 @@ use crate::mount::ImageMount;
 use crate::place::{self, HostRoot, MOUNT_POINT};
 use crate::procfs;
 use crate::sys::ns::Namespace;
-use crate::sys::process::{self, Ended, Forked};
+use crate::sys::process::{self, Forked};
 use crate::sys::signal::{self, SignalSet};
-use crate::sys::{Errno, fd, pidfd, pty};
+use crate::sys::{fd, pty};
 use crate::target::{self, Target};
 use crate::userns::UserNs;
 
@@ -61,8 +60,9 @@ pub struct SessionArgs {
     pub power: crate::profile::Request,
 }
 
-/// The start of a note from the namespace child that is shown without `-v`.
-const WARNING: &str = "warning: ";
+mod proxy;
+
+use proxy::{Proxy, WARNING};
 
 /// Every namespace, for a session.
 const ALL_NAMESPACES: [Namespace; 8] = [
@@ -296,15 +296,7 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
     } else {
         None
     };
-    let outcome = proxy(
-        &mut child,
-        &sigfd,
-        &mut watch,
-        master,
-        out_pipes,
-        interactive,
-        verbose,
-    );
+    let outcome = Proxy::new(&mut child, &sigfd, &mut watch, master, out_pipes, verbose).run();
     drop(raw);
     drop(stdin_feeder);
     let outcome = outcome?;
@@ -571,232 +563,6 @@ fn enter_target_root(path: &std::path::Path, expected: (u64, u64)) -> Result<(),
         process::chdir(std::path::Path::new("/")).map_err(|e| format!("chdir /: {e}"))?;
     }
     Ok(())
-}
-
-/// How the proxy loop ended.
-struct Outcome {
-    ended: Ended,
-    failure: Option<(i32, String)>,
-    aborted_by: Option<i32>,
-    /// The target exited while the session ran.
-    target_exited: bool,
-}
-
-/// The command process, once known, and how to signal it.
-struct CommandProcess {
-    pid: i32,
-    pidfd: Option<OwnedFd>,
-}
-
-impl CommandProcess {
-    fn signal(&self, sig: i32) {
-        let _ = match &self.pidfd {
-            Some(fd) => pidfd::send_signal(fd.as_fd(), sig),
-            None => pidfd::kill(self.pid, sig),
-        };
-    }
-}
-
-/// What one [`pump`] did.
-#[derive(PartialEq, Eq)]
-enum Pumped {
-    /// Copied some bytes.
-    Data,
-    /// Nothing to read now (only for non-blocking sources).
-    Empty,
-    /// End of file, or EIO, which a pty master returns once every slave fd is closed.
-    Closed,
-}
-
-/// One `read` from `from`, written to `to` (one read only: stdin is blocking, and setting
-/// O_NONBLOCK on it would change the user's terminal for the shell that started us too).
-fn pump(from: BorrowedFd<'_>, to: BorrowedFd<'_>, sink_ok: &mut bool) -> Pumped {
-    let mut buf = [0u8; 16 * 1024];
-    match fd::read(from, &mut buf) {
-        Ok(0) => Pumped::Closed,
-        Ok(n) => {
-            if *sink_ok && fd::write_all(to, &buf[..n]).is_err() {
-                // The reader went away (a closed pipe): keep draining, stop writing.
-                *sink_ok = false;
-            }
-            Pumped::Data
-        }
-        Err(Errno::EAGAIN) => Pumped::Empty,
-        Err(_) => Pumped::Closed,
-    }
-}
-
-/// Pumps a non-blocking source until it has nothing more.
-fn drain(from: BorrowedFd<'_>, to: BorrowedFd<'_>, sink_ok: &mut bool) {
-    while pump(from, to, sink_ok) == Pumped::Data {}
-}
-
-/// Step 4 of the module doc.
-fn proxy(
-    child: &mut Child,
-    sigfd: &OwnedFd,
-    watch: &mut crate::watch::TargetWatch,
-    mut master: Option<OwnedFd>,
-    mut pipes: Vec<(OwnedFd, BorrowedFd<'static>)>,
-    interactive: bool,
-    verbose: bool,
-) -> io::Result<Outcome> {
-    let mut stdin_open = interactive;
-    let mut stdout_ok = true;
-    let mut stdin_ok = true;
-    let mut pipe_ok = vec![true; pipes.len()];
-    let mut command: Option<CommandProcess> = None;
-    let mut queued: Vec<i32> = Vec::new();
-    let mut failure = None;
-    let mut aborted_by = None;
-    let mut target_exited = false;
-    let eol = if interactive { "\r\n" } else { "\n" };
-
-    let ended = loop {
-        let mut fds: Vec<BorrowedFd<'_>> = vec![sigfd.as_fd()];
-        let reports_at = child.reports_fd().map(|r| {
-            fds.push(r);
-            fds.len() - 1
-        });
-        let master_at = master.as_ref().map(|m| {
-            fds.push(m.as_fd());
-            fds.len() - 1
-        });
-        let stdin_at = stdin_open.then(|| {
-            fds.push(stdin());
-            fds.len() - 1
-        });
-        let pipes_from = fds.len();
-        fds.extend(pipes.iter().map(|(r, _)| r.as_fd()));
-        let watch_at = (!target_exited).then(|| watch.fd()).flatten().map(|w| {
-            fds.push(w);
-            fds.len() - 1
-        });
-        // Without a pidfd to watch, look at the target twice a second.
-        let timeout = (watch_at.is_none() && !target_exited).then_some(500);
-        let ready = fd::poll_readable(&fds, timeout).map_err(io::Error::from)?;
-        let ended_now = match watch_at {
-            Some(i) => ready[i],
-            None => !target_exited && timeout.is_some() && watch.gone(),
-        };
-        if ended_now {
-            watch.noticed();
-            target_exited = true;
-            // The session belongs to the target: end it (when the target was the first
-            // process of its PID namespace, the kernel has already killed the command).
-            match &command {
-                Some(cmd) => cmd.signal(libc::SIGKILL),
-                None => {
-                    let _ = pidfd::kill(child.pid(), libc::SIGKILL);
-                }
-            }
-        }
-
-        // Reports before signals, and looked for when a signal comes before the command's
-        // PID: a signal sent right after the command started must find its PID known (the
-        // namespace child reports it as soon as it has forked; the pipe is non-blocking).
-        if reports_at.is_some_and(|i| ready[i]) || (ready[0] && command.is_none()) {
-            for report in child.read_reports() {
-                match report {
-                    Report::Note(text) => {
-                        if verbose || text.starts_with(WARNING) {
-                            let text = crate::display::escape(&text);
-                            eprint!("cartinject: {text}{eol}");
-                        }
-                    }
-                    Report::CommandPid(pid) if command.is_none() => {
-                        let cmd = CommandProcess {
-                            pid,
-                            pidfd: pidfd::open(pid).ok(),
-                        };
-                        for sig in queued.drain(..) {
-                            cmd.signal(sig);
-                        }
-                        command = Some(cmd);
-                    }
-                    Report::CommandPid(_) => {}
-                    Report::Failed { code, message } => {
-                        failure.get_or_insert((code, message));
-                    }
-                }
-            }
-        }
-        if ready[0] {
-            while let Some(sig) = signal::read_signal(sigfd.as_fd()).map_err(io::Error::from)? {
-                if sig == libc::SIGCHLD {
-                    continue;
-                }
-                if sig == libc::SIGWINCH && interactive {
-                    if let (Some(m), Ok(size)) = (&master, pty::window_size(stdin())) {
-                        let _ = pty::set_window_size(m.as_fd(), &size);
-                    }
-                    continue;
-                }
-                match &command {
-                    Some(cmd) => cmd.signal(sig),
-                    None if matches!(
-                        sig,
-                        libc::SIGINT | libc::SIGTERM | libc::SIGHUP | libc::SIGQUIT
-                    ) =>
-                    {
-                        // Interrupted while setting up: stop the child; the kernel undoes the rest.
-                        let _ = pidfd::kill(child.pid(), libc::SIGKILL);
-                        aborted_by = Some(sig);
-                    }
-                    None => queued.push(sig),
-                }
-            }
-        }
-        if let (Some(i), Some(m)) = (master_at, &master)
-            && ready[i]
-            && pump(m.as_fd(), stdout(), &mut stdout_ok) == Pumped::Closed
-        {
-            master = None;
-        }
-        if let (Some(i), Some(m)) = (stdin_at, &master)
-            && ready[i]
-            && pump(stdin(), m.as_fd(), &mut stdin_ok) == Pumped::Closed
-        {
-            stdin_open = false;
-        }
-        let mut closed = Vec::new();
-        for (k, (read_end, host)) in pipes.iter().enumerate() {
-            if ready[pipes_from + k]
-                && pump(read_end.as_fd(), *host, &mut pipe_ok[k]) == Pumped::Closed
-            {
-                closed.push(k);
-            }
-        }
-        for k in closed.into_iter().rev() {
-            pipes.remove(k);
-            pipe_ok.remove(k);
-        }
-        if master.is_none() && interactive {
-            stdin_open = false;
-        }
-        if let Some(ended) = process::try_wait(child.pid()).map_err(io::Error::from)? {
-            break ended;
-        }
-    };
-
-    // Whatever the command wrote last.
-    if let Some(m) = &master {
-        drain(m.as_fd(), stdout(), &mut stdout_ok);
-    }
-    for (k, (read_end, host)) in pipes.iter().enumerate() {
-        drain(read_end.as_fd(), *host, &mut pipe_ok[k]);
-    }
-    for report in child.read_reports() {
-        if let Report::Failed { code, message } = report {
-            failure.get_or_insert((code, message));
-        }
-    }
-    Ok(Outcome {
-        ended,
-        failure,
-        aborted_by,
-        target_exited,
-    })
 }
 
 #[cfg(test)]
