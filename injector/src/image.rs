@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use cartimage::detect::{self, DetectError, Detected};
 
 use crate::child::EXIT_FAILURE;
+use crate::features::KernelApi;
 use crate::keep::{Keep, Kept};
 use crate::loopdev::{Binding, LoopDevice, LoopError};
 use crate::mount::{DetachedMount, ImageMount, MountError};
@@ -365,7 +366,7 @@ impl Image {
         }
     }
 
-    /// Attaches (or reuses) a loop device and mounts it detached; with `legacy`, or on a
+    /// Attaches (or reuses) a loop device and mounts it detached; with [`KernelApi::Legacy`], or on a
     /// kernel without the new mount API, returns the held loop device for `mount(2)`
     /// instead. For a target in a user namespace of its own (`userns`), the detached mount
     /// is idmapped to it, so the image's files belong to the container's root there; where
@@ -373,10 +374,10 @@ impl Image {
     /// hold [`Image::lock`].
     pub fn mount(
         &self,
-        legacy: bool,
+        api: KernelApi,
         userns: Option<&UserNs>,
     ) -> Result<(ImageMount, MountNotes), ImageError> {
-        self.mount_keeping(legacy, userns, false)
+        self.mount_keeping(api, userns, false)
             .map(|(mount, notes, _)| (mount, notes))
     }
 
@@ -385,7 +386,7 @@ impl Image {
     /// can be noted.
     pub fn mount_keeping(
         &self,
-        legacy: bool,
+        api: KernelApi,
         userns: Option<&UserNs>,
         keep: bool,
     ) -> Result<(ImageMount, MountNotes, Option<Kept>), ImageError> {
@@ -399,7 +400,7 @@ impl Image {
             .extend(self.verified.warnings.iter().cloned());
         let device = self.device(&mut notes)?;
         let fstype = self.detected.format.kernel_fstype();
-        if !legacy {
+        if api.mount_api() {
             match DetachedMount::new(&device, fstype, &self.path) {
                 Ok(detached) => {
                     notes

@@ -11,6 +11,7 @@
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
+#![deny(clippy::too_many_lines)]
 
 pub mod cgroups;
 pub mod child;
@@ -20,6 +21,7 @@ pub mod display;
 pub mod environ;
 pub mod exec;
 pub mod exeseal;
+pub mod features;
 pub mod image;
 pub mod join;
 pub mod keep;

@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use cartinject::child::EXIT_FAILURE;
+use cartinject::features::KernelApi;
 use cartinject::session::{ExitWith, SessionArgs};
 use cartinject::{command, display, image, oci, profile, session, sys, verify};
 
@@ -128,7 +129,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         anyhow::bail!("-m and -u take no command: run `cartinject IMAGE TARGET -- CMD` for one");
     }
     if cli.unmount {
-        return command::unmount::run(&target, cli.legacy_mount);
+        return command::unmount::run(&target, KernelApi::from_legacy_flag(cli.legacy_mount));
     }
     // Only what attaches an image needs its key (-u and --list never read one).
     verify::configure(cli.verify_key.as_deref())?;
@@ -154,13 +155,18 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         image
     };
     if cli.mount {
-        return command::mount::run(&image, &target, cli.legacy_mount, cli.verbose);
+        return command::mount::run(
+            &image,
+            &target,
+            KernelApi::from_legacy_flag(cli.legacy_mount),
+            cli.verbose,
+        );
     }
     session::run(SessionArgs {
         image,
         target,
         command: (!cli.command.is_empty()).then_some(cli.command),
-        legacy: cli.legacy_mount,
+        api: KernelApi::from_legacy_flag(cli.legacy_mount),
         verbose: cli.verbose,
         power: profile::Request {
             profile: if cli.match_container {

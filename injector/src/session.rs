@@ -32,6 +32,7 @@ use anyhow::Context;
 use crate::cgroups::CgroupJoin;
 use crate::child::{Child, EXIT_FAILURE, Report, Reporter};
 use crate::exec::{self, ExecSpec, Stdio};
+use crate::features::KernelApi;
 use crate::image::Image;
 use crate::join::{Joiner, Pin};
 use crate::mount::ImageMount;
@@ -52,8 +53,8 @@ pub struct SessionArgs {
     pub target: String,
     /// The command, or `None` for the image's shell.
     pub command: Option<Vec<OsString>>,
-    /// Use `mount(2)` and no pidfds, as on a kernel before 5.2.
-    pub legacy: bool,
+    /// The kernel interfaces to use (`--legacy-mount`: `mount(2)` and no pidfds).
+    pub api: KernelApi,
     /// Print each step.
     pub verbose: bool,
     /// `--profile` and its flags: the command's power (see [`crate::profile`]).
@@ -80,10 +81,10 @@ const ALL_NAMESPACES: [Namespace; 8] = [
 /// the process is checked again against the container it was resolved as (its ID in the
 /// process's cgroup paths): a PID reused by another process between the runtime's answer
 /// and the pin is refused.
-pub fn pin_target(arg: &str, legacy: bool) -> anyhow::Result<(Target, Pin)> {
+pub fn pin_target(arg: &str, api: KernelApi) -> anyhow::Result<(Target, Pin)> {
     let target = target::resolve(arg, &target::resolvers())?;
     let stat = procfs::read_stat(target.pid)?;
-    let pin = Pin::new(target.pid, stat.start_time, !legacy)?;
+    let pin = Pin::new(target.pid, stat.start_time, api.pidfds())?;
     if let Some(id) = &target.id {
         let cgroup = std::fs::read(format!("/proc/{}/cgroup", target.pid)).unwrap_or_default();
         if !pin.is_alive() || !in_cgroup_of(&cgroup, id) {
@@ -117,113 +118,97 @@ pub fn in_cgroup_of(cgroup: &[u8], id: &str) -> bool {
 
 use crate::sys::fd::{stderr as stderr_fd, stdin, stdout};
 
-/// Runs a session and returns the exit status cartinject should exit with.
-pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
-    let verbose = args.verbose;
-    let note = |text: &str| {
+/// `-v`'s notes: printed (escaped) when `verbose`.
+fn noter(verbose: bool) -> impl Fn(&str) {
+    move |text: &str| {
         if verbose {
             eprintln!("cartinject: {}", crate::display::escape(text));
         }
-    };
-    let linger = crate::keep::linger(std::env::var_os(crate::keep::LINGER_ENV).as_deref())
-        .map_err(|e| anyhow::anyhow!(e))?;
-    let image = Image::open(&args.image)?;
-    let (target, pin) = pin_target(&args.target, args.legacy)?;
-    // A process of ours is about to enter the target's PID namespace: when something there
-    // could get past non-dumpable, run from a sealed copy of ourselves first (this
-    // re-executes cartinject, which then comes back here; see exeseal).
-    let tracers = crate::exeseal::tracers(target.pid);
-    if !crate::exeseal::running_sealed() && tracers.needs_sealed_copy() {
-        crate::exeseal::ensure()
-            .context("failed to protect cartinject's binary before entering a container")?;
     }
-    if crate::exeseal::running_sealed() {
-        note("running from a sealed in-memory copy of cartinject");
-    }
-    let mut watch = crate::watch::TargetWatch::new(&target, &pin);
-    let userns = UserNs::of(&pin)?;
-    let power = choose_power(&args.power, &tracers, target.pid, verbose)?;
-    note(&format!(
-        "target {target}, pinned {}",
-        if pin.has_pidfd() {
-            "by pidfd"
-        } else {
-            "by PID and start time"
-        }
-    ));
-    // Some processes' environment is unreadable even to root (another user namespace's
-    // init, for one); the session then starts from an empty one.
-    let target_env_raw = match procfs::read_environ_raw(target.pid) {
-        Ok(raw) => raw,
-        Err(procfs::ProcError::Read { path, source }) => {
-            note(&format!(
-                "cannot read {} ({source}): using an empty environment",
-                path.display()
-            ));
-            Vec::new()
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let target_env = procfs::parse_environ(&target_env_raw);
-    let dir = |name: &str| match procfs::read_link(target.pid, name) {
-        Ok(link) => Ok(procfs::usable_dir(&link)),
-        Err(procfs::ProcError::Read { path, source }) => {
-            note(&format!(
-                "cannot read {} ({source}): using /",
-                path.display()
-            ));
-            Ok(std::path::PathBuf::from("/"))
-        }
-        Err(e) => Err(e),
-    };
-    let root = dir("root")?;
-    let cwd = procfs::inside_root(&dir("cwd")?, &root);
-    // The target's root as the kernel holds it, opened through the host's procfs: the
-    // namespace child chroots only into the directory that is this one.
-    let root_id = procfs::root_identity(target.pid)?;
-    let host_procfs = crate::sys::resolve::open_root()
-        .and_then(|root| crate::sys::resolve::open_procfs(std::os::fd::AsFd::as_fd(&root)))
-        .map_err(|e| anyhow::anyhow!("cannot open the host's /proc as procfs: {e}"))?;
-    let joiner = Joiner::plan(&pin, &ALL_NAMESPACES)?;
-    note(&format!("joining namespaces: {}", joiner.describe()));
-    // The target's cgroups, opened here in the host; the namespace child enters them.
-    let (cgroups, cgroup_warnings) = CgroupJoin::open(target.pid);
-    for warning in &cgroup_warnings {
-        // Cgroup paths: a container with its own cgroup namespace names its sub-cgroups.
-        eprintln!("cartinject: warning: {}", crate::display::escape(warning));
-    }
-    for path in cgroups.paths() {
-        note(&format!("joining cgroup {}", path.display()));
-    }
+}
 
-    // Signals first, so none is lost between here and the command's start.
-    let catchable = SignalSet::of(&signal::catchable());
-    let saved_mask = signal::block(&catchable).context("failed to block signals")?;
-    let sigfd = signal::signalfd(&catchable).context("failed to create a signalfd")?;
+/// What a session learns of its target before it forks: where the command runs.
+struct TargetView {
+    /// The target's environment, as read (the namespace child saves it in the session).
+    env_raw: Vec<u8>,
+    /// Its root directory (as the host sees its path) and working directory inside it.
+    root: PathBuf,
+    cwd: PathBuf,
+    /// The root's device and inode, as the kernel holds it.
+    root_id: (u64, u64),
+}
 
-    let interactive = pty::is_terminal(stdin());
-    let term = interactive.then(|| std::env::var_os("TERM").unwrap_or_else(|| "xterm".into()));
-    let env = exec::session_env(&target_env, &target.label(), term.as_deref());
-    let path = env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| exec::split_path(v))
-        .unwrap_or_default();
+impl TargetView {
+    /// Reads it from `/proc/PID`. Some processes' environment is unreadable even to root
+    /// (another user namespace's init, for one): the session then starts from an empty one,
+    /// and from `/` where a root or working directory cannot be read.
+    fn read(pid: i32, note: &dyn Fn(&str)) -> anyhow::Result<TargetView> {
+        let env_raw = match procfs::read_environ_raw(pid) {
+            Ok(raw) => raw,
+            Err(procfs::ProcError::Read { path, source }) => {
+                note(&format!(
+                    "cannot read {} ({source}): using an empty environment",
+                    path.display()
+                ));
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let dir = |name: &str| match procfs::read_link(pid, name) {
+            Ok(link) => Ok(procfs::usable_dir(&link)),
+            Err(procfs::ProcError::Read { path, source }) => {
+                note(&format!(
+                    "cannot read {} ({source}): using /",
+                    path.display()
+                ));
+                Ok(PathBuf::from("/"))
+            }
+            Err(e) => Err(e),
+        };
+        let root = dir("root")?;
+        let cwd = procfs::inside_root(&dir("cwd")?, &root);
+        let root_id = procfs::root_identity(pid)?;
+        Ok(TargetView {
+            env_raw,
+            root,
+            cwd,
+            root_id,
+        })
+    }
+}
 
-    let mut master = None;
-    // Copies a stdin that must not enter the container into a pipe; lives (and is killed
-    // and reaped) with the session.
-    let mut stdin_feeder = None;
-    let mut out_pipes: Vec<(OwnedFd, BorrowedFd<'static>)> = Vec::new();
-    let stdio = if interactive {
-        let size = pty::window_size(stdin()).ok();
-        let (m, slave) = pty::open_pair(size.as_ref()).context("failed to open a new pty")?;
-        fd::set_nonblocking(m.as_fd()).context("failed to set up the pty")?;
-        master = Some(m);
-        Stdio::Pty(slave)
-    } else {
+/// The session's stdio on cartinject's side: a pty (stdin is a terminal) or pipes for what
+/// must not enter the container.
+struct HostStdio {
+    /// What the command gets.
+    stdio: Stdio,
+    /// The pty's master, when interactive.
+    master: Option<OwnedFd>,
+    /// Copies a stdin that must not enter the container into a pipe; lives (and is killed
+    /// and reaped) with the session.
+    stdin_feeder: Option<crate::stdio::Feeder>,
+    /// Output pipes' read ends and the host fd each stands for.
+    out_pipes: Vec<(OwnedFd, BorrowedFd<'static>)>,
+}
+
+impl HostStdio {
+    /// Sets it up: a new pty with the terminal's size when `interactive`, else pipes for
+    /// every stdio that is not an anonymous pipe (see [`crate::stdio`]).
+    fn open(interactive: bool) -> anyhow::Result<HostStdio> {
+        if interactive {
+            let size = pty::window_size(stdin()).ok();
+            let (m, slave) = pty::open_pair(size.as_ref()).context("failed to open a new pty")?;
+            fd::set_nonblocking(m.as_fd()).context("failed to set up the pty")?;
+            return Ok(HostStdio {
+                stdio: Stdio::Pty(slave),
+                master: Some(m),
+                stdin_feeder: None,
+                out_pipes: Vec::new(),
+            });
+        }
         // Never hand a file, terminal or socket of the host to the container: an output that
-        // is not an anonymous pipe gets one that cartinject copies from (see crate::stdio).
+        // is not an anonymous pipe gets one that cartinject copies from.
+        let mut out_pipes = Vec::new();
         let mut replace = |host: BorrowedFd<'static>| -> anyhow::Result<Option<OwnedFd>> {
             if crate::stdio::passes_through(host) {
                 return Ok(None);
@@ -235,29 +220,105 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
         };
         let stdout_pipe = replace(stdout())?;
         let stderr_pipe = replace(stderr_fd())?;
-        let stdin_pipe = match crate::stdio::replace_stdin(stdin())
+        let (stdin_pipe, stdin_feeder) = match crate::stdio::replace_stdin(stdin())
             .context("failed to set up a pipe for stdin")?
         {
-            Some((read_end, feeder)) => {
-                stdin_feeder = feeder;
-                Some(read_end)
-            }
-            None => None,
+            Some((read_end, feeder)) => (Some(read_end), feeder),
+            None => (None, None),
         };
-        Stdio::Inherit {
-            stdin: stdin_pipe,
-            stdout: stdout_pipe,
-            stderr: stderr_pipe,
-        }
+        Ok(HostStdio {
+            stdio: Stdio::Inherit {
+                stdin: stdin_pipe,
+                stdout: stdout_pipe,
+                stderr: stderr_pipe,
+            },
+            master: None,
+            stdin_feeder,
+            out_pipes,
+        })
+    }
+}
+
+/// Who in the target's PID namespace could trace a process of ours there; when something
+/// could get past non-dumpable, cartinject first re-executes itself from a sealed copy (which
+/// then comes back here; see [`crate::exeseal`]).
+fn sealed_against(pid: i32, note: &dyn Fn(&str)) -> anyhow::Result<crate::exeseal::Tracers> {
+    let tracers = crate::exeseal::tracers(pid);
+    if !crate::exeseal::running_sealed() && tracers.needs_sealed_copy() {
+        crate::exeseal::ensure()
+            .context("failed to protect cartinject's binary before entering a container")?;
+    }
+    if crate::exeseal::running_sealed() {
+        note("running from a sealed in-memory copy of cartinject");
+    }
+    Ok(tracers)
+}
+
+/// The target's cgroups, opened here in the host (the namespace child enters them), with a
+/// warning for each that cannot be (a container with its own cgroup namespace names its
+/// sub-cgroups: the paths are escaped).
+fn open_cgroups(pid: i32, note: &dyn Fn(&str)) -> CgroupJoin {
+    let (cgroups, warnings) = CgroupJoin::open(pid);
+    for warning in &warnings {
+        eprintln!("cartinject: warning: {}", crate::display::escape(warning));
+    }
+    for path in cgroups.paths() {
+        note(&format!("joining cgroup {}", path.display()));
+    }
+    cgroups
+}
+
+/// Runs a session and returns the exit status cartinject should exit with.
+pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
+    let verbose = args.verbose;
+    let note = noter(verbose);
+    let linger = crate::keep::linger(std::env::var_os(crate::keep::LINGER_ENV).as_deref())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let image = Image::open(&args.image)?;
+    let (target, pin) = pin_target(&args.target, args.api)?;
+    let tracers = sealed_against(target.pid, &note)?;
+    let mut watch = crate::watch::TargetWatch::new(&target, &pin);
+    let userns = UserNs::of(&pin)?;
+    let power = choose_power(&args.power, &tracers, target.pid, verbose)?;
+    let pinned = if pin.has_pidfd() {
+        "by pidfd"
+    } else {
+        "by PID and start time"
     };
+    note(&format!("target {target}, pinned {pinned}"));
+    let view = TargetView::read(target.pid, &note)?;
+    // The target's root as the kernel holds it, opened through the host's procfs: the
+    // namespace child chroots only into the directory that is this one.
+    let host_procfs = crate::sys::resolve::open_root()
+        .and_then(|root| crate::sys::resolve::open_procfs(std::os::fd::AsFd::as_fd(&root)))
+        .map_err(|e| anyhow::anyhow!("cannot open the host's /proc as procfs: {e}"))?;
+    let joiner = Joiner::plan(&pin, &ALL_NAMESPACES)?;
+    note(&format!("joining namespaces: {}", joiner.describe()));
+    let cgroups = open_cgroups(target.pid, &note);
+
+    // Signals first, so none is lost between here and the command's start.
+    let catchable = SignalSet::of(&signal::catchable());
+    let saved_mask = signal::block(&catchable).context("failed to block signals")?;
+    let sigfd = signal::signalfd(&catchable).context("failed to create a signalfd")?;
+
+    let interactive = pty::is_terminal(stdin());
+    let term = interactive.then(|| std::env::var_os("TERM").unwrap_or_else(|| "xterm".into()));
+    let target_env = procfs::parse_environ(&view.env_raw);
+    let env = exec::session_env(&target_env, &target.label(), term.as_deref());
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| exec::split_path(v))
+        .unwrap_or_default();
+    let host = HostStdio::open(interactive)?;
     let spec = ExecSpec {
         command: args.command.clone(),
         env: exec::to_cstrings(&env),
         path,
-        root,
-        root_id,
-        cwd,
-        stdio,
+        root: view.root,
+        root_id: view.root_id,
+        cwd: view.cwd,
+        stdio: host.stdio,
         signal_mask: saved_mask,
         power,
         procfs: Some(host_procfs),
@@ -271,13 +332,14 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
                 code: e.exit_code(),
                 message: e.to_string(),
             })?;
-        image.mount_keeping(args.legacy, userns.as_ref(), !linger.is_zero())?
+        image.mount_keeping(args.api, userns.as_ref(), !linger.is_zero())?
     };
     notes.show(verbose);
     let host_root = HostRoot::for_mount(&image_mount).map_err(|e| anyhow::anyhow!("{e}"))?;
 
     // The closure owns the pty slave, the pipes' write ends, the detached mount or loop
     // device: in the parent they are dropped (closed) as soon as the child is forked.
+    let env_raw = view.env_raw;
     let mut child = Child::spawn(move |reporter| {
         namespace_child(
             reporter,
@@ -286,7 +348,7 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
             host_root,
             cgroups,
             spec,
-            &target_env_raw,
+            &env_raw,
         )
     })
     .context("failed to fork")?;
@@ -296,9 +358,17 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
     } else {
         None
     };
-    let outcome = Proxy::new(&mut child, &sigfd, &mut watch, master, out_pipes, verbose).run();
+    let outcome = Proxy::new(
+        &mut child,
+        &sigfd,
+        &mut watch,
+        host.master,
+        host.out_pipes,
+        verbose,
+    )
+    .run();
     drop(raw);
-    drop(stdin_feeder);
+    drop(host.stdin_feeder);
     let outcome = outcome?;
     // The device stays for the next session (see crate::keep), unless this one failed.
     if let Some(kept) = kept
@@ -309,6 +379,11 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
             Err(why) => note(&format!("the image's device is not kept: {why}")),
         }
     }
+    conclude(outcome, &watch)
+}
+
+/// The exit status of a session that ended with `outcome` (`watch`: its target's watch).
+fn conclude(outcome: proxy::Outcome, watch: &crate::watch::TargetWatch) -> anyhow::Result<i32> {
     if outcome.target_exited {
         eprintln!("cartinject: {}", watch.message());
     }

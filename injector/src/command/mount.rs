@@ -9,6 +9,7 @@ use anyhow::Context;
 
 use crate::child::{self, Child, EXIT_FAILURE};
 use crate::display;
+use crate::features::KernelApi;
 use crate::image::Image;
 use crate::join::Joiner;
 use crate::loopdev;
@@ -59,27 +60,13 @@ pub fn current(pid: i32) -> anyhow::Result<Result<Option<Mounted>, String>> {
     Ok(at_mount_point(&mounts_of(pid)?))
 }
 
-/// Runs `-m`.
-pub fn run(
-    image_path: &Path,
+/// What is at [`MOUNT_POINT`] in `target` already: `Some(0)` when it is this image (nothing
+/// to do), `None` when nothing is; an error names anything else.
+fn already_mounted(
+    image: &Image,
+    target: &crate::target::Target,
     target_arg: &str,
-    legacy: bool,
-    verbose: bool,
-) -> anyhow::Result<i32> {
-    let image = Image::open(image_path)?;
-    let (target, pin) = pin_target(target_arg, legacy)?;
-    // While cartinject waits for the lock, a stop signal ends the wait (blocked, it stays
-    // pending for `lock` to see) with 128+N and nothing attached; the mask is restored before
-    // anything is attached, so the mount's own steps stay interruptible as before.
-    let saved_mask =
-        signal::block(&SignalSet::of(&signal::STOPPING)).context("failed to block signals")?;
-    let stopped = |e: crate::image::ImageError| ExitWith {
-        code: e.exit_code(),
-        message: e.to_string(),
-    };
-    let _lock = image
-        .lock(&|| signal::pending_of(&signal::STOPPING))
-        .map_err(stopped)?;
+) -> anyhow::Result<Option<i32>> {
     let mounted = current(target.pid)?.map_err(|what| {
         anyhow::anyhow!(
             "{MOUNT_POINT} in {target} is {what} that cartinject did not make: left in place; unmount it in the container, or start a session instead of -m (a session does not use the container's /dev/crashcart)"
@@ -100,7 +87,7 @@ pub fn run(
                 "{} is already mounted at {MOUNT_POINT} in {target} ({device}): nothing to do",
                 image.path().display()
             );
-            return Ok(0);
+            return Ok(Some(0));
         }
         let what = backing.map_or_else(
             || format!("a {fstype} filesystem from {device}"),
@@ -109,6 +96,58 @@ pub fn run(
         anyhow::bail!(
             "{what} is already mounted at {MOUNT_POINT} in {target}: remove it first with `cartinject -u {target_arg}`"
         );
+    }
+    Ok(None)
+}
+
+/// What the mount child's reports and end say: whether it covered a read-only /dev; its
+/// warnings are shown, its failure is the error.
+fn judge(reports: &[child::Report], ended: crate::sys::process::Ended) -> anyhow::Result<bool> {
+    let covered = reports
+        .iter()
+        .any(|r| matches!(r, child::Report::Note(n) if n == COVERED));
+    for report in reports {
+        if let child::Report::Note(n) = report
+            && let Some(warning) = n.strip_prefix(WARNING)
+        {
+            eprintln!("cartinject: warning: {warning}");
+        }
+    }
+    if let Some((code, message)) = child::failure(reports) {
+        anyhow::bail!(ExitWith {
+            code,
+            message: message.to_string(),
+        });
+    }
+    if ended.code() != 0 {
+        anyhow::bail!("the mount child ended with status {}", ended.code());
+    }
+    Ok(covered)
+}
+
+/// Runs `-m`.
+pub fn run(
+    image_path: &Path,
+    target_arg: &str,
+    api: KernelApi,
+    verbose: bool,
+) -> anyhow::Result<i32> {
+    let image = Image::open(image_path)?;
+    let (target, pin) = pin_target(target_arg, api)?;
+    // While cartinject waits for the lock, a stop signal ends the wait (blocked, it stays
+    // pending for `lock` to see) with 128+N and nothing attached; the mask is restored before
+    // anything is attached, so the mount's own steps stay interruptible as before.
+    let saved_mask =
+        signal::block(&SignalSet::of(&signal::STOPPING)).context("failed to block signals")?;
+    let stopped = |e: crate::image::ImageError| ExitWith {
+        code: e.exit_code(),
+        message: e.to_string(),
+    };
+    let _lock = image
+        .lock(&|| signal::pending_of(&signal::STOPPING))
+        .map_err(stopped)?;
+    if let Some(code) = already_mounted(&image, &target, target_arg)? {
+        return Ok(code);
     }
     let userns = UserNs::of(&pin)?;
     let owner = userns.as_ref().map_or((0, 0), UserNs::root_ids);
@@ -120,7 +159,7 @@ pub fn run(
         .into());
     }
     signal::set_mask(&saved_mask).context("failed to restore the signal mask")?;
-    let (image_mount, notes) = image.mount(legacy, userns.as_ref())?;
+    let (image_mount, notes) = image.mount(api, userns.as_ref())?;
     notes.show(verbose);
     let device = match &image_mount {
         ImageMount::Detached(_) => None,
@@ -164,25 +203,7 @@ pub fn run(
     let (reports, ended) = child
         .finish()
         .context("failed to wait for the mount child")?;
-    let covered = reports
-        .iter()
-        .any(|r| matches!(r, child::Report::Note(n) if n == COVERED));
-    for report in &reports {
-        if let child::Report::Note(n) = report
-            && let Some(warning) = n.strip_prefix(WARNING)
-        {
-            eprintln!("cartinject: warning: {warning}");
-        }
-    }
-    if let Some((code, message)) = child::failure(&reports) {
-        anyhow::bail!(ExitWith {
-            code,
-            message: message.to_string(),
-        });
-    }
-    if ended.code() != 0 {
-        anyhow::bail!("the mount child ended with status {}", ended.code());
-    }
+    let covered = judge(&reports, ended)?;
     let device = match device {
         Some(d) => d,
         None => current(target.pid)?

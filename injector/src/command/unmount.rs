@@ -15,6 +15,7 @@ use anyhow::Context;
 
 use crate::child::{self, Child, EXIT_FAILURE};
 use crate::command::mount::mounts_of;
+use crate::features::KernelApi;
 use crate::join::Joiner;
 use crate::loopdev;
 use crate::place::{self, HostRoot, MOUNT_POINT, OwnMounts, Removed};
@@ -23,8 +24,8 @@ use crate::sys::ns::Namespace;
 use crate::sys::process;
 
 /// Runs `-u`.
-pub fn run(target_arg: &str, legacy: bool) -> anyhow::Result<i32> {
-    let (target, pin) = pin_target(target_arg, legacy)?;
+pub fn run(target_arg: &str, api: KernelApi) -> anyhow::Result<i32> {
+    let (target, pin) = pin_target(target_arg, api)?;
     let sys = Path::new("/sys");
     let ours = OwnMounts::find(mounts_of(target.pid)?, sys);
     // The device and image file of each of our image mounts, read before the loop device

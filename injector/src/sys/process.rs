@@ -4,6 +4,7 @@
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
@@ -19,16 +20,53 @@ pub enum Forked {
     Child,
 }
 
-/// `fork(2)`.
+/// Set in every child [`fork`] made: a forked process has exactly one thread (the one that
+/// called fork), and cartinject never starts another.
+static FORKED_CHILD: AtomicBool = AtomicBool::new(false);
+
+/// `fork(2)`, only from a single-threaded process: `EDEADLK` otherwise (a thread of the
+/// parent could hold a lock, the allocator's say, that the child would then wait for
+/// forever).
 ///
-/// Callers must be single-threaded (cartinject never starts a thread), so the child may go on
-/// running ordinary Rust code: no other thread can hold a lock the child would need.
+/// cartinject never starts a thread; the one library that would (the HTTP client for
+/// `oci://` images) is gone before anything forks. This checks it: in the first process, by
+/// the thread count `/proc/self/stat` gives; a forked child is single-threaded by
+/// construction. (In unit tests the check is off: the test harness runs tests on threads;
+/// [`single_threaded`] is tested on its own.)
 pub fn fork() -> Result<Forked, Errno> {
-    // SAFETY: cartinject is single-threaded (it never spawns threads), so the child inherits
-    // no lock held by another thread and may allocate and run normal code.
+    if !cfg!(test) && !FORKED_CHILD.load(Ordering::Relaxed) {
+        let stat = std::fs::read_to_string("/proc/self/stat")
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        single_threaded(&stat)?;
+    }
+    // SAFETY: the process is single-threaded (checked above, or a forked child), so the child
+    // inherits no lock held by another thread and may allocate and run normal code.
     match unsafe { nix::unistd::fork() }? {
         ForkResult::Parent { child } => Ok(Forked::Parent(child.as_raw())),
-        ForkResult::Child => Ok(Forked::Child),
+        ForkResult::Child => {
+            FORKED_CHILD.store(true, Ordering::Relaxed);
+            Ok(Forked::Child)
+        }
+    }
+}
+
+/// `Ok` when the text of `/proc/self/stat` says one thread (`num_threads`, its 20th field,
+/// counted after the parenthesised command name, which may hold spaces and parentheses);
+/// `EDEADLK` for more, `EINVAL` for a text that does not parse.
+pub fn single_threaded(stat: &str) -> Result<(), Errno> {
+    let after_comm = stat
+        .rfind(')')
+        .map(|i| &stat[i + 1..])
+        .ok_or(Errno::EINVAL)?;
+    // Fields 3.. follow the command name: num_threads (field 20) is the 18th of them.
+    let threads: u64 = after_comm
+        .split_whitespace()
+        .nth(17)
+        .and_then(|n| n.parse().ok())
+        .ok_or(Errno::EINVAL)?;
+    match threads {
+        1 => Ok(()),
+        _ => Err(Errno::EDEADLK),
     }
 }
 
@@ -210,5 +248,27 @@ pub fn exec(path: &CStr, argv: &[CString], envp: &[CString]) -> Errno {
     match nix::unistd::execve(path, argv, envp) {
         Err(e) => e,
         Ok(never) => match never {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fork_needs_exactly_one_thread() {
+        let one = "4242 (cart inject) x) S 1 4242 4242 0 -1 4194560 97 0 0 0 0 0 0 0 20 0 1 0 123 4096 12";
+        assert_eq!(single_threaded(one), Ok(()));
+        let two = one.replace(" 20 0 1 0 ", " 20 0 2 0 ");
+        assert_eq!(single_threaded(&two), Err(Errno::EDEADLK));
+        assert_eq!(single_threaded("4242 (no end"), Err(Errno::EINVAL));
+        assert_eq!(single_threaded("1 (x) S 1"), Err(Errno::EINVAL));
+        // This process, with a thread of ours running: refused.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || rx.recv());
+        let me = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert_eq!(single_threaded(&me), Err(Errno::EDEADLK));
+        drop(tx);
+        let _ = t.join();
     }
 }
