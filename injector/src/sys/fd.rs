@@ -242,24 +242,11 @@ pub fn no_writers(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
 /// or the filesystem keeps no extended attributes.
 pub fn xattr(fd: BorrowedFd<'_>, name: &std::ffi::CStr) -> Result<Option<Vec<u8>>, Errno> {
     let mut buf = vec![0u8; 64 * 1024];
-    // SAFETY: `name` is NUL-terminated; `buf` is writable for its whole length, which is
-    // what we pass.
-    let n = unsafe {
-        libc::fgetxattr(
-            fd.as_raw_fd(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
+    let n = match rustix::fs::fgetxattr(fd, name, &mut buf) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::NODATA | rustix::io::Errno::OPNOTSUPP) => return Ok(None),
+        Err(e) => return Err(super::errno(e)),
     };
-    if n < 0 {
-        let e = Errno::last();
-        return if e == Errno::ENODATA || e == Errno::EOPNOTSUPP {
-            Ok(None)
-        } else {
-            Err(e)
-        };
-    }
-    buf.truncate(usize::try_from(n).map_err(|_| Errno::EINVAL)?);
+    buf.truncate(n);
     Ok(Some(buf))
 }

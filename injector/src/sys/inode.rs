@@ -65,15 +65,7 @@ pub fn fs_magic(fd: BorrowedFd<'_>) -> Result<i64, Errno> {
 /// than it). Whatever changes a file after this instant stamps it with this instant or a later
 /// one, as long as nobody sets the system clock back.
 pub fn coarse_realtime() -> Result<Instant, Errno> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &raw mut ts) };
-    if rc != 0 {
-        return Err(Errno::last());
-    }
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
     Ok((
         ts.tv_sec,
         u32::try_from(ts.tv_nsec).map_err(|_| Errno::EINVAL)?,

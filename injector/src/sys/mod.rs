@@ -4,6 +4,13 @@
 //! syscall lives under this module, one file per kernel concept, each `unsafe` with its
 //! `// SAFETY:` reason. The layers above call these functions and turn the returned [`Errno`]
 //! into their own errors, which name the path, fd or PID involved.
+//!
+//! nix and rustix come first; a call is written by hand (`libc`) only where neither covers
+//! it, and the file says why: the loop device ioctls (`LOOP_CONFIGURE`, `BLKGETDISKSEQ`),
+//! `mount_setattr` for idmapped mounts, `PTRACE_SECCOMP_GET_FILTER`, capability sets and
+//! the bounding and ambient `prctl`s, `F_SETLEASE`, `close_range`, and the signal calls
+//! (signal sets, masks, `signalfd`, `pidfd_send_signal`, `kill`), because nix's and rustix's
+//! signal types cannot name the realtime signals a session forwards.
 
 pub mod caps;
 pub mod fd;

@@ -1,23 +1,17 @@
 //! Process file descriptors: a handle on a process that cannot be confused with a later
 //! process of the same PID (`pidfd_open(2)`, Linux 5.3; `pidfd_send_signal(2)`, Linux 5.1).
 //!
-//! Raw `syscall(2)` wrappers: nix 0.30 has neither call, and these two are one line each.
+//! `pidfd_open` is rustix's; `pidfd_send_signal` is a raw `syscall(2)`: rustix's `Signal`
+//! cannot name the realtime signals a session forwards too, and nix 0.30 has neither call.
 
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use super::Errno;
 
 /// `pidfd_open(pid, 0)`: a close-on-exec fd referring to process `pid`.
 pub fn open(pid: i32) -> Result<OwnedFd, Errno> {
-    // SAFETY: pidfd_open takes a pid and flags by value and returns a new fd or -1; no memory
-    // is passed.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(Errno::last());
-    }
-    let fd = i32::try_from(fd).map_err(|_| Errno::EBADF)?;
-    // SAFETY: the kernel just returned this fd to us and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let pid = rustix::process::Pid::from_raw(pid).ok_or(Errno::ESRCH)?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).map_err(super::errno)
 }
 
 /// `pidfd_send_signal(fd, sig, NULL, 0)`. Signal 0 checks that the process still exists.

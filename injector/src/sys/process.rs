@@ -78,7 +78,7 @@ pub fn set_name(name: &CStr) -> Result<(), Errno> {
 /// `_exit(2)`: ends a forked child without running the parent's exit handlers or flushing
 /// buffers it inherited.
 pub fn exit_now(code: i32) -> ! {
-    // SAFETY: _exit never returns and touches no Rust state.
+    // SAFETY: _exit never returns and touches no Rust state. (nix 0.30 offers no _exit.)
     unsafe { libc::_exit(code) }
 }
 
