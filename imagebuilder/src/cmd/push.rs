@@ -19,7 +19,7 @@ use clap::Args;
 use cartbuild::progress::{Download, Reporter, human_bytes};
 use cartbuild::spdx::utc_timestamp;
 use cartimage::detect::{self, Format};
-use cartimage::manifest::{self, Manifest};
+use cartimage::sidecar::{SidecarError, Sidecars};
 use cartoci::artifact::{self, FileBlob, ImageFormat, ImageInfo, Part};
 use cartoci::client::Source;
 use cartoci::{Access, Client, Digest, Reference, Target};
@@ -149,10 +149,12 @@ pub fn run(args: PushArgs) -> anyhow::Result<()> {
         })?
         .to_string();
 
-    // The sidecars: manifest and SBOM required, checksum and signature when present.
+    // The sidecars (beside the image, or beside what a symlink to it resolves to): manifest
+    // and SBOM required, checksum and signature when present.
+    let sidecars = Sidecars::find(image);
     let mut uploads = Vec::new();
     for part in Part::SIDECARS {
-        let path = manifest::sidecar(image, part.suffix());
+        let path = sidecars.path(part.suffix());
         if !path.is_file() {
             if matches!(part, Part::Manifest | Part::Sbom) {
                 bail!(
@@ -176,41 +178,33 @@ pub fn run(args: PushArgs) -> anyhow::Result<()> {
     // Is the registry there (and are we let in) before hashing a large image?
     let mut client = Client::new(&reference, Access::Push)?;
     client.ping()?;
-    let manifest_path = manifest::sidecar(image, Part::Manifest.suffix());
-    let described =
-        Manifest::read(&manifest_path).context("failed to read the image's manifest")?;
-
-    // The image must be what its sidecars say it is.
+    // The image must be what its sidecars say it is: cartimage's one check, the size before
+    // the image is read.
+    let manifest_path = sidecars.path(Part::Manifest.suffix());
+    let mismatch = |e: SidecarError| {
+        anyhow::anyhow!(
+            "{} does not match {} ({e}): rebuild it, or push the image that {} describes",
+            image.display(),
+            e.sidecar().display(),
+            manifest_path.display()
+        )
+    };
+    let expected = sidecars.expected().map_err(mismatch)?;
+    let described = expected
+        .manifest
+        .clone()
+        .context("failed to read the image's manifest")?;
     let format = format_of(image)?;
+    let on_disk = std::fs::metadata(image)
+        .with_context(|| format!("failed to read {}", image.display()))?
+        .len();
+    expected.check_size(on_disk).map_err(mismatch)?;
     let (digest, size) = hash_file(
         image,
         &reporter,
         Some(format!("hashing {}", image.display())),
     )?;
-    if let Some(expected) = &described.image_sha256
-        && *expected != digest.hex()
-    {
-        bail!(
-            "{} does not match {} (sha256 {} there, {} here): rebuild it, or push the image that manifest describes",
-            image.display(),
-            manifest_path.display(),
-            expected,
-            digest.hex()
-        );
-    }
-    let checksum_path = manifest::sidecar(image, Part::Checksum.suffix());
-    if checksum_path.is_file() {
-        let expected = manifest::read_checksum_file(&checksum_path)?;
-        if expected != digest.hex() {
-            bail!(
-                "{} does not match {} (sha256 {} there, {} here): rebuild it",
-                image.display(),
-                checksum_path.display(),
-                expected,
-                digest.hex()
-            );
-        }
-    }
+    expected.check(&digest.hex(), size).map_err(mismatch)?;
     uploads.push(Upload {
         part: Part::Image(format),
         path: image.clone(),
