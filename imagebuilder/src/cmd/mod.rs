@@ -24,6 +24,9 @@ pub use build::BuildArgs;
 /// Build reproducible crashcart debug images from declarative recipes.
 ///
 /// `cartbuild RECIPE` is short for `cartbuild build RECIPE`.
+///
+/// Exit status: 0 on success, 1 when cartbuild fails, 2 for bad usage (a bad flag, or a bad
+/// CARTBUILD_* value in the environment).
 #[derive(Debug, Parser)]
 #[command(name = "cartbuild", version)]
 pub struct Cli {
