@@ -31,7 +31,8 @@
 //! minisign-compatible keys and image signatures (verified by
 //! `cartimage::signature`).
 //!
-//! [`progress`] reports every long step. Each module has one error enum naming
+//! [`push`] uploads an image with its sidecars to an OCI registry. [`progress`] reports
+//! every long step. Each module has one error enum naming
 //! the file, URL or package that failed.
 
 // No production function over 100 lines (clippy.toml sets the threshold); unit tests
@@ -54,6 +55,7 @@ pub mod output;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;
+pub mod push;
 pub mod recipe;
 pub mod release;
 pub mod reproduce;

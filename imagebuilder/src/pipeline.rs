@@ -49,13 +49,17 @@ pub enum PipelineError {
     /// sandbox's).
     #[error(transparent)]
     Stage(Source),
+    /// What was asked cannot be done (an image that does not match its sidecars, a
+    /// reference that cannot be pushed to): why, and the fix.
+    #[error("{0}")]
+    Refused(String),
     /// `--staged` names a directory that exists.
     #[error("--staged {}: already exists; give a new directory", .0.display())]
     StagedExists(PathBuf),
 }
 
 /// Names the step a stage's error happened in.
-trait StepExt<T> {
+pub(crate) trait StepExt<T> {
     fn step(self, step: impl Into<String>) -> Result<T, PipelineError>;
     fn stage(self) -> Result<T, PipelineError>;
 }
