@@ -7,14 +7,11 @@
 //! (`CARTINJECT_CACHE`), containers and repository. Needs root, Docker, docker-registry,
 //! busybox-static and util-linux (unshare, mount); tests/run provides them.
 
-#[path = "../imagebuilder/tests/push/registry.rs"]
-mod registry;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use crashcart_tests::*;
-use registry::*;
+use testkit::registry::*;
 
 /// A tiny image built by cartbuild, pushed to `registry` under `repo:tag`; returns the
 /// printed `oci://…@sha256:…` and the directory holding the local image.

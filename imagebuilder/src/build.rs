@@ -207,130 +207,172 @@ impl Builder<'_> {
             });
         }
         let work = WorkDir::new(self.cache.tmp().join(format!("work-{short}")));
-        let step_err =
-            |step: &'static str, message: String, log: Option<PathBuf>| BuildError::Step {
-                package: pkg.name.clone(),
-                step,
-                message,
-                log,
-            };
-        let io_err =
-            |step: &'static str| move |e: std::io::Error| step_err(step, e.to_string(), None);
         if work.path.exists() {
-            fs::remove_dir_all(&work.path).map_err(io_err("unpack"))?;
+            fs::remove_dir_all(&work.path).map_err(io_err(pkg, "unpack"))?;
         }
         let out = work.path.join("out");
         for d in ["src", "out", "deps", "home", "tmp"] {
-            fs::create_dir_all(work.path.join(d)).map_err(io_err("unpack"))?;
+            fs::create_dir_all(work.path.join(d)).map_err(io_err(pkg, "unpack"))?;
         }
         let log_path = self.cache.log(&pkg.name, &pkg.key);
+        self.produce(pkg, deps, &work.path, &log_path)?;
+        self.check_and_strip(pkg, &work.path, &log_path)?;
+
+        // Publish: out/ and the log, renamed into place in one step.
+        let result = work.path.join("result");
+        fs::create_dir(&result).map_err(io_err(pkg, "install"))?;
+        fs::rename(&out, result.join("out")).map_err(io_err(pkg, "install"))?;
+        if log_path.exists() {
+            fs::copy(&log_path, result.join("build.log")).map_err(io_err(pkg, "install"))?;
+        }
+        crate::cache::seal(&result).map_err(io_err(pkg, "install"))?;
+        fs::rename(&result, &final_dir).map_err(io_err(pkg, "install"))?;
+        self.reporter
+            .step(&pkg.name, &format!("done (key {short})"));
+        Ok(Output {
+            dir: out_dir,
+            key: pkg.key.clone(),
+            cached: false,
+        })
+    }
+
+    /// Fills `work/out` with what `pkg` makes: built by its script, a file, an archive's
+    /// selected paths, or a local path.
+    fn produce(
+        &self,
+        pkg: &Package,
+        deps: &[Output],
+        work: &Path,
+        log_path: &Path,
+    ) -> Result<(), BuildError> {
+        let out = work.join("out");
         let source = || {
             self.sources
                 .get(&pkg.name)
                 .ok_or_else(|| BuildError::NoSource(pkg.name.clone()))
         };
-
         match pkg.kind {
-            Kind::Build => {
-                let toolchain = self
-                    .toolchain
-                    .ok_or_else(|| BuildError::NoToolchain(pkg.name.clone()))?;
-                self.reporter
-                    .step(&pkg.name, &format!("unpack {}", pkg.version));
-                let src_root = work.path.join("src");
-                crate::unpack::unpack_package(pkg, source()?, &src_root)
-                    .map_err(|e| step_err("unpack", e.to_string(), None))?;
-                let src = crate::unpack::single_top(&src_root).map_err(io_err("unpack"))?;
-                let deps_dir = work.path.join("deps");
-                for d in deps {
-                    copy_tree(&d.dir, &deps_dir).map_err(io_err("deps"))?;
-                }
-                self.reporter.step(&pkg.name, "build");
-                // OK to unwrap: build packages always have a script (plan::validate).
-                let script = pkg.script.as_deref().unwrap_or("");
-                let script_file = work.path.join("script.sh");
-                fs::write(&script_file, format!("umask 022\nset -x\n{script}\n"))
-                    .map_err(io_err("script"))?;
-                let cmd = match self.sandbox {
-                    None => {
-                        let env = script_env(
-                            toolchain,
-                            &work.path,
-                            &out,
-                            &deps_dir,
-                            self.jobs,
-                            self.plan.image.epoch,
-                            pkg,
-                        );
-                        let mut cmd = Command::new("/bin/sh");
-                        cmd.arg("-e")
-                            .arg(&script_file)
-                            .current_dir(&src)
-                            .env_clear()
-                            .envs(&env);
-                        cmd
-                    }
-                    Some(sb) => self
-                        .sandboxed(sb, toolchain, &work.path, &src, pkg)
-                        .map_err(|source| BuildError::Sandbox {
-                            package: pkg.name.clone(),
-                            source,
-                        })?,
-                };
-                self.run_script(pkg, cmd, &log_path)?;
-                if self.sandbox.is_some() {
-                    sandbox::take_back(&out).map_err(|source| BuildError::Sandbox {
-                        package: pkg.name.clone(),
-                        source,
-                    })?;
-                }
-            }
+            Kind::Build => self.run_build(pkg, deps, source()?, work, log_path)?,
             Kind::File => {
                 if let Install::File(rel) = &pkg.install {
                     let to = out.join(rel);
                     if let Some(parent) = to.parent() {
-                        fs::create_dir_all(parent).map_err(io_err("install"))?;
+                        fs::create_dir_all(parent).map_err(io_err(pkg, "install"))?;
                     }
-                    fs::copy(source()?, &to).map_err(io_err("install"))?;
+                    fs::copy(source()?, &to).map_err(io_err(pkg, "install"))?;
                     crate::fetch::verify_copy(pkg, &to)
-                        .map_err(|e| step_err("install", e.to_string(), None))?;
+                        .map_err(|e| step_err(pkg, "install", e.to_string(), None))?;
                     use std::os::unix::fs::PermissionsExt;
                     fs::set_permissions(&to, fs::Permissions::from_mode(0o755))
-                        .map_err(io_err("install"))?;
+                        .map_err(io_err(pkg, "install"))?;
                 }
             }
             Kind::Archive => {
                 self.reporter.step(&pkg.name, "unpack");
-                let src_root = work.path.join("src");
+                let src_root = work.join("src");
                 crate::unpack::unpack_package(pkg, source()?, &src_root)
-                    .map_err(|e| step_err("unpack", e.to_string(), None))?;
-                let top = crate::unpack::single_top(&src_root).map_err(io_err("unpack"))?;
+                    .map_err(|e| step_err(pkg, "unpack", e.to_string(), None))?;
+                let top = crate::unpack::single_top(&src_root).map_err(io_err(pkg, "unpack"))?;
                 // Only what it installs is kept (and seen by its dependents): the rest of
                 // a tarball would sit in the cache for nothing.
                 let selected = select(&top, &pkg.install)
-                    .map_err(|message| step_err("install", message, None))?;
-                copy_paths(&top, &selected, &out).map_err(io_err("unpack"))?;
+                    .map_err(|message| step_err(pkg, "install", message, None))?;
+                copy_paths(&top, &selected, &out).map_err(io_err(pkg, "unpack"))?;
             }
             Kind::Local => {
                 if let (Some(path), Install::Dir(rel)) = (&pkg.local, &pkg.install) {
                     let to = out.join(rel);
                     if path.is_dir() {
-                        copy_tree(path, &to).map_err(io_err("install"))?;
+                        copy_tree(path, &to).map_err(io_err(pkg, "install"))?;
                     } else {
-                        fs::create_dir_all(&to).map_err(io_err("install"))?;
+                        fs::create_dir_all(&to).map_err(io_err(pkg, "install"))?;
                         let name = path.file_name().unwrap_or_default();
-                        fs::copy(path, to.join(name)).map_err(io_err("install"))?;
+                        fs::copy(path, to.join(name)).map_err(io_err(pkg, "install"))?;
                     }
                 }
             }
         }
+        Ok(())
+    }
 
-        // install: what goes into the image must exist, be static, be stripped.
+    /// Unpacks `source`, lays out the dependencies and runs the package's script (in the
+    /// sandbox when there is one).
+    fn run_build(
+        &self,
+        pkg: &Package,
+        deps: &[Output],
+        source: &Path,
+        work: &Path,
+        log_path: &Path,
+    ) -> Result<(), BuildError> {
+        let out = work.join("out");
+        let toolchain = self
+            .toolchain
+            .ok_or_else(|| BuildError::NoToolchain(pkg.name.clone()))?;
+        self.reporter
+            .step(&pkg.name, &format!("unpack {}", pkg.version));
+        let src_root = work.join("src");
+        crate::unpack::unpack_package(pkg, source, &src_root)
+            .map_err(|e| step_err(pkg, "unpack", e.to_string(), None))?;
+        let src = crate::unpack::single_top(&src_root).map_err(io_err(pkg, "unpack"))?;
+        let deps_dir = work.join("deps");
+        for d in deps {
+            copy_tree(&d.dir, &deps_dir).map_err(io_err(pkg, "deps"))?;
+        }
+        self.reporter.step(&pkg.name, "build");
+        // OK to unwrap: build packages always have a script (plan::validate).
+        let script = pkg.script.as_deref().unwrap_or("");
+        let script_file = work.join("script.sh");
+        fs::write(&script_file, format!("umask 022\nset -x\n{script}\n"))
+            .map_err(io_err(pkg, "script"))?;
+        let sandbox_err = |source| BuildError::Sandbox {
+            package: pkg.name.clone(),
+            source,
+        };
+        let cmd = match self.sandbox {
+            None => {
+                let env = script_env(
+                    toolchain,
+                    work,
+                    &out,
+                    &deps_dir,
+                    self.jobs,
+                    self.plan.image.epoch,
+                    pkg,
+                );
+                let mut cmd = Command::new("/bin/sh");
+                cmd.arg("-e")
+                    .arg(&script_file)
+                    .current_dir(&src)
+                    .env_clear()
+                    .envs(&env);
+                cmd
+            }
+            Some(sb) => self
+                .sandboxed(sb, toolchain, work, &src, pkg)
+                .map_err(sandbox_err)?,
+        };
+        self.run_script(pkg, cmd, log_path)?;
+        if self.sandbox.is_some() {
+            sandbox::take_back(&out).map_err(sandbox_err)?;
+        }
+        Ok(())
+    }
+
+    /// install: what goes into the image must exist, be static, be stripped.
+    fn check_and_strip(
+        &self,
+        pkg: &Package,
+        work: &Path,
+        log_path: &Path,
+    ) -> Result<(), BuildError> {
+        let out = work.join("out");
         let selected = select(&out, &pkg.install).map_err(|message| {
             step_err(
+                pkg,
                 "install",
                 message,
-                log_path.exists().then(|| log_path.clone()),
+                log_path.exists().then(|| log_path.to_path_buf()),
             )
         })?;
         // Each inode once: the names of a hard-linked file (busybox's applets) are one
@@ -339,7 +381,7 @@ impl Builder<'_> {
         let mut seen = std::collections::HashSet::new();
         let mut to_strip = Vec::new();
         for rel in &selected {
-            let meta = fs::symlink_metadata(out.join(rel)).map_err(io_err("install"))?;
+            let meta = fs::symlink_metadata(out.join(rel)).map_err(io_err(pkg, "install"))?;
             if !meta.is_file() || !seen.insert((meta.dev(), meta.ino())) {
                 continue;
             }
@@ -355,25 +397,9 @@ impl Builder<'_> {
         if !to_strip.is_empty()
             && let Some(strip) = self.toolchain_for_strip()
         {
-            self.strip(pkg, &strip, &work.path, &to_strip)?;
+            self.strip(pkg, &strip, work, &to_strip)?;
         }
-
-        // Publish: out/ and the log, renamed into place in one step.
-        let result = work.path.join("result");
-        fs::create_dir(&result).map_err(io_err("install"))?;
-        fs::rename(&out, result.join("out")).map_err(io_err("install"))?;
-        if log_path.exists() {
-            fs::copy(&log_path, result.join("build.log")).map_err(io_err("install"))?;
-        }
-        crate::cache::seal(&result).map_err(io_err("install"))?;
-        fs::rename(&result, &final_dir).map_err(io_err("install"))?;
-        self.reporter
-            .step(&pkg.name, &format!("done (key {short})"));
-        Ok(Output {
-            dir: out_dir,
-            key: pkg.key.clone(),
-            cached: false,
-        })
+        Ok(())
     }
 
     /// The strip to use: the toolchain's, else the host's.
@@ -672,6 +698,29 @@ pub fn script_env(
 
 /// A build's work directory: removed when dropped (success or failure; the log
 /// lives elsewhere).
+/// A failed step of building `pkg`.
+fn step_err(
+    pkg: &Package,
+    step: &'static str,
+    message: String,
+    log: Option<PathBuf>,
+) -> BuildError {
+    BuildError::Step {
+        package: pkg.name.clone(),
+        step,
+        message,
+        log,
+    }
+}
+
+/// The error of an I/O failure in `step` of building `pkg`.
+fn io_err<'a>(
+    pkg: &'a Package,
+    step: &'static str,
+) -> impl FnOnce(std::io::Error) -> BuildError + 'a {
+    move |e| step_err(pkg, step, e.to_string(), None)
+}
+
 struct WorkDir {
     path: PathBuf,
 }

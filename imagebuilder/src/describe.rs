@@ -143,6 +143,18 @@ pub fn packages(plan: &Plan) -> Vec<manifest::Package> {
     packages
 }
 
+/// The bytes of the tree's regular files, each inode once (the hashing's total).
+fn content_bytes(listed: &[ext4::TreeEntry<'_>]) -> u64 {
+    let mut seen = HashSet::new();
+    listed
+        .iter()
+        .map(|e| match e.kind {
+            EntryKind::File(data) if seen.insert(std::ptr::from_ref(data)) => data.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
 /// Describes the staged tree at `staged` (not yet holding the manifest):
 /// reads it as the writer will and hashes every regular file, calling
 /// `progress(bytes_done, bytes_total)` as it goes.
@@ -178,16 +190,7 @@ pub fn manifest(
             .cmp(b.path.as_os_str().as_bytes())
     });
     let mut first_name: HashMap<*const FileData, usize> = HashMap::new();
-    let total: u64 = {
-        let mut seen = HashSet::new();
-        listed
-            .iter()
-            .map(|e| match e.kind {
-                EntryKind::File(data) if seen.insert(std::ptr::from_ref(data)) => data.len(),
-                _ => 0,
-            })
-            .sum()
-    };
+    let total = content_bytes(&listed);
     let mut done = 0u64;
     let mut files = Vec::with_capacity(listed.len() + 1);
     let mut hashes = Hashes::default();

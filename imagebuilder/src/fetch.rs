@@ -377,9 +377,7 @@ impl Fetcher {
 
 /// The hex sha256 of a file's bytes.
 pub fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
-    let mut h = Sha256::new();
-    std::io::copy(&mut File::open(path)?, &mut h)?;
-    Ok(hex::encode(h.finalize()))
+    Ok(cartimage::manifest::sha256_reader(File::open(path)?)?.0)
 }
 
 /// Checks that `copy`, a package's downloaded file copied out of the cache, is

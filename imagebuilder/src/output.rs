@@ -15,7 +15,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use cartimage::manifest;
-use sha2::{Digest, Sha256};
 
 /// Why an output could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -93,10 +92,7 @@ impl Pending {
         let path = self.tmp.path().to_path_buf();
         let file = self.tmp.as_file_mut();
         file.seek(SeekFrom::Start(0)).map_err(io_error(&path))?;
-        let mut h = Sha256::new();
-        let len = manifest::read_chunks(file, 1 << 20, |chunk| h.update(chunk))
-            .map_err(io_error(&path))?;
-        Ok((hex::encode(h.finalize()), len))
+        manifest::sha256_reader(file).map_err(io_error(&path))
     }
 
     /// Syncs the data and makes the file readable by everyone (0644), ready

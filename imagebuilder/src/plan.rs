@@ -15,7 +15,7 @@ use std::path::{Component, Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::mirror::Mirrors;
-use crate::recipe::{Kind, RawInstall, Recipe, SourcedPackage};
+use crate::recipe::{Kind, RawInstall, RawPackage, Recipe, SourcedPackage};
 
 /// Why a recipe cannot be planned.
 #[derive(Debug, thiserror::Error)]
@@ -313,6 +313,113 @@ fn check_image_path(s: &str, allow_root: bool) -> Result<PathBuf, String> {
     Ok(clean)
 }
 
+/// The package's source: pinned by sha256, each URL of a known scheme (mirror:// resolved).
+fn validate_source(raw: &RawPackage, ctx: &Context) -> Result<Option<Source>, String> {
+    if raw.kind == Kind::Local {
+        if !raw.urls.is_empty() || raw.sha256.is_some() {
+            return Err("kind = \"local\" takes path, not urls or sha256".into());
+        }
+        return Ok(None);
+    }
+    if raw.urls.is_empty() {
+        return Err(format!("kind = \"{}\" needs urls = [\"...\"]", raw.kind));
+    }
+    let sha = raw.sha256.as_deref().ok_or_else(|| {
+        "sha256 is missing: every fetched input is pinned; add sha256 = \"<64 hex digits>\" (sha256sum of the file)".to_string()
+    })?;
+    if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "sha256 {sha:?} is malformed: expected 64 hex digits"
+        ));
+    }
+    let mut urls = Vec::new();
+    for u in &raw.urls {
+        let scheme_ok = ["http://", "https://", "file:///", "mirror://"]
+            .iter()
+            .any(|s| u.starts_with(s));
+        if !scheme_ok {
+            return Err(format!(
+                "URL {u:?}: use http://, https://, file:///ABSOLUTE/PATH or mirror://NAME/PATH"
+            ));
+        }
+        urls.push(SourceUrl {
+            written: u.clone(),
+            resolved: ctx.mirrors.resolve(u),
+        });
+    }
+    Ok(Some(Source {
+        urls,
+        sha256: sha.to_ascii_lowercase(),
+    }))
+}
+
+/// What the package installs into the image.
+fn validate_install(raw: &RawPackage) -> Result<Install, String> {
+    let install = match (raw.kind, &raw.install) {
+        (Kind::Build | Kind::Archive, None) => Install::Globs(vec!["bin".into(), "sbin".into()]),
+        (Kind::Build | Kind::Archive, Some(RawInstall::One(g))) => {
+            check_image_path(g, false).map_err(|m| format!("install: {m}"))?;
+            Install::Globs(vec![g.clone()])
+        }
+        (Kind::Build | Kind::Archive, Some(RawInstall::Many(gs))) => {
+            for g in gs {
+                check_image_path(g, false).map_err(|m| format!("install: {m}"))?;
+                globset::Glob::new(g).map_err(|e| format!("install: {e}"))?;
+            }
+            Install::Globs(gs.clone())
+        }
+        (Kind::File, None) => Install::File(PathBuf::from("bin").join(&raw.name)),
+        (Kind::File, Some(RawInstall::One(p))) => {
+            Install::File(check_image_path(p, false).map_err(|m| format!("install: {m}"))?)
+        }
+        (Kind::Local, Some(RawInstall::One(p))) => {
+            Install::Dir(check_image_path(p, true).map_err(|m| format!("install: {m}"))?)
+        }
+        (Kind::Local, None) => {
+            return Err(
+                "kind = \"local\" needs install = \"DIR\" (\".\" for the image root)".into(),
+            );
+        }
+        (Kind::File | Kind::Local, Some(RawInstall::Many(_))) => {
+            return Err(format!(
+                "kind = \"{}\" takes one install path, e.g. install = \"bin/NAME\"",
+                raw.kind
+            ));
+        }
+    };
+    Ok(install)
+}
+
+/// The unpacking limits of a package's archive.
+fn validate_limits(raw: &RawPackage) -> Result<crate::unpack::Limits, String> {
+    let mut limits = crate::unpack::Limits::default();
+    if (raw.max_unpacked_size.is_some() || raw.max_entries.is_some())
+        && !matches!(raw.kind, Kind::Build | Kind::Archive)
+    {
+        return Err(format!(
+            "kind = \"{}\" is not unpacked: max_unpacked_size and max_entries apply to kind = \"build\" and \"archive\" only",
+            raw.kind
+        ));
+    }
+    if let Some(s) = &raw.max_unpacked_size {
+        limits.max_bytes = crate::image::parse_size(s)
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| {
+                format!(
+                    "max_unpacked_size {s:?} is not a size: use e.g. \"8G\", \"512M\" (K, M, G: powers of 1024)"
+                )
+            })?;
+    }
+    if let Some(n) = raw.max_entries {
+        if n == 0 {
+            return Err("max_entries = 0 would refuse every archive: give at least 1".into());
+        }
+        limits.max_entries = n;
+    }
+    Ok(limits)
+}
+
 fn validate(sp: &SourcedPackage, ctx: &Context) -> Result<Package, PlanError> {
     let raw = &sp.package;
     let invalid = |message: String| PlanError::Invalid {
@@ -323,48 +430,7 @@ fn validate(sp: &SourcedPackage, ctx: &Context) -> Result<Package, PlanError> {
     check_name(&raw.name).map_err(|m| invalid(format!("name {:?}: {m}", raw.name)))?;
     check_name(&raw.version).map_err(|m| invalid(format!("version {:?}: {m}", raw.version)))?;
 
-    let source = if raw.kind == Kind::Local {
-        if !raw.urls.is_empty() || raw.sha256.is_some() {
-            return Err(invalid(
-                "kind = \"local\" takes path, not urls or sha256".into(),
-            ));
-        }
-        None
-    } else {
-        if raw.urls.is_empty() {
-            return Err(invalid(format!(
-                "kind = \"{}\" needs urls = [\"...\"]",
-                raw.kind
-            )));
-        }
-        let sha = raw.sha256.as_deref().ok_or_else(|| {
-            invalid("sha256 is missing: every fetched input is pinned; add sha256 = \"<64 hex digits>\" (sha256sum of the file)".into())
-        })?;
-        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(invalid(format!(
-                "sha256 {sha:?} is malformed: expected 64 hex digits"
-            )));
-        }
-        let mut urls = Vec::new();
-        for u in &raw.urls {
-            let scheme_ok = ["http://", "https://", "file:///", "mirror://"]
-                .iter()
-                .any(|s| u.starts_with(s));
-            if !scheme_ok {
-                return Err(invalid(format!(
-                    "URL {u:?}: use http://, https://, file:///ABSOLUTE/PATH or mirror://NAME/PATH"
-                )));
-            }
-            urls.push(SourceUrl {
-                written: u.clone(),
-                resolved: ctx.mirrors.resolve(u),
-            });
-        }
-        Some(Source {
-            urls,
-            sha256: sha.to_ascii_lowercase(),
-        })
-    };
+    let source = validate_source(raw, ctx).map_err(invalid)?;
 
     let script = match (raw.kind, &raw.script) {
         (Kind::Build, Some(s)) => Some(s.clone()),
@@ -415,66 +481,8 @@ fn validate(sp: &SourcedPackage, ctx: &Context) -> Result<Package, PlanError> {
         (_, None) => None,
     };
 
-    let install = match (raw.kind, &raw.install) {
-        (Kind::Build | Kind::Archive, None) => Install::Globs(vec!["bin".into(), "sbin".into()]),
-        (Kind::Build | Kind::Archive, Some(RawInstall::One(g))) => {
-            check_image_path(g, false).map_err(|m| invalid(format!("install: {m}")))?;
-            Install::Globs(vec![g.clone()])
-        }
-        (Kind::Build | Kind::Archive, Some(RawInstall::Many(gs))) => {
-            for g in gs {
-                check_image_path(g, false).map_err(|m| invalid(format!("install: {m}")))?;
-                globset::Glob::new(g).map_err(|e| invalid(format!("install: {e}")))?;
-            }
-            Install::Globs(gs.clone())
-        }
-        (Kind::File, None) => Install::File(PathBuf::from("bin").join(&raw.name)),
-        (Kind::File, Some(RawInstall::One(p))) => {
-            Install::File(check_image_path(p, false).map_err(|m| invalid(format!("install: {m}")))?)
-        }
-        (Kind::Local, Some(RawInstall::One(p))) => {
-            Install::Dir(check_image_path(p, true).map_err(|m| invalid(format!("install: {m}")))?)
-        }
-        (Kind::Local, None) => {
-            return Err(invalid(
-                "kind = \"local\" needs install = \"DIR\" (\".\" for the image root)".into(),
-            ));
-        }
-        (Kind::File | Kind::Local, Some(RawInstall::Many(_))) => {
-            return Err(invalid(format!(
-                "kind = \"{}\" takes one install path, e.g. install = \"bin/NAME\"",
-                raw.kind
-            )));
-        }
-    };
-
-    let mut limits = crate::unpack::Limits::default();
-    if (raw.max_unpacked_size.is_some() || raw.max_entries.is_some())
-        && !matches!(raw.kind, Kind::Build | Kind::Archive)
-    {
-        return Err(invalid(format!(
-            "kind = \"{}\" is not unpacked: max_unpacked_size and max_entries apply to kind = \"build\" and \"archive\" only",
-            raw.kind
-        )));
-    }
-    if let Some(s) = &raw.max_unpacked_size {
-        limits.max_bytes = crate::image::parse_size(s)
-            .ok()
-            .filter(|&n| n > 0)
-            .ok_or_else(|| {
-                invalid(format!(
-                    "max_unpacked_size {s:?} is not a size: use e.g. \"8G\", \"512M\" (K, M, G: powers of 1024)"
-                ))
-            })?;
-    }
-    if let Some(n) = raw.max_entries {
-        if n == 0 {
-            return Err(invalid(
-                "max_entries = 0 would refuse every archive: give at least 1".into(),
-            ));
-        }
-        limits.max_entries = n;
-    }
+    let install = validate_install(raw).map_err(invalid)?;
+    let limits = validate_limits(raw).map_err(invalid)?;
 
     Ok(Package {
         name: raw.name.clone(),

@@ -236,9 +236,7 @@ impl Index {
 /// sha256 (hex) and size of a file.
 pub fn digest(path: &Path) -> Result<(String, u64), ReleaseError> {
     let file = fs::File::open(path).map_err(io_err(path))?;
-    let size = file.metadata().map_err(io_err(path))?.len();
-    let sha = manifest::sha256_reader(file).map_err(io_err(path))?;
-    Ok((sha, size))
+    manifest::sha256_reader(file).map_err(io_err(path))
 }
 
 fn same_bytes(a: &Path, b: &Path) -> Result<bool, ReleaseError> {

@@ -700,6 +700,62 @@ fn write_file(path: &Path, text: &str) -> Result<(), StepError> {
     io_step("write", path, fs::write(path, text))
 }
 
+/// `root/dev`: a tmpfs with the harmless devices bound from the host, read-only.
+fn fill_dev(root: &Path) -> Result<(), StepError> {
+    let dev = root.join("dev");
+    mount_tmpfs(&dev, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, "0755")?;
+    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let host = Path::new("/dev").join(name);
+        if !host.exists() {
+            continue;
+        }
+        let target = dev.join(name);
+        io_step("create", &target, File::create(&target).map(drop))?;
+        mount(
+            Some(&host),
+            &target,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            None,
+        )?;
+    }
+    for (name, to) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        let at = dev.join(name);
+        io_step("symlink", &at, std::os::unix::fs::symlink(to, &at))?;
+    }
+    for scratch in [dev.join("shm"), root.join("tmp")] {
+        mount_tmpfs(&scratch, MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "1777")?;
+    }
+    remount_read_only(&dev)?;
+    Ok(())
+}
+
+/// `root/etc/{passwd,group,hosts}`: who the script is, for tools that ask (id, whoami,
+/// configure scripts).
+fn write_identity(root: &Path) -> Result<(), StepError> {
+    let etc = root.join("etc");
+    write_file(
+        &etc.join("passwd"),
+        &format!(
+            "root:x:0:0:root:/:/bin/sh\ncartbuild:x:{SANDBOX_ID}:{SANDBOX_ID}:cartbuild:{BUILD_DIR}/home:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n"
+        ),
+    )?;
+    write_file(
+        &etc.join("group"),
+        &format!("root:x:0:\ncartbuild:x:{SANDBOX_ID}:\nnogroup:x:65534:\n"),
+    )?;
+    write_file(
+        &etc.join("hosts"),
+        "127.0.0.1\tlocalhost cartbuild\n::1\tlocalhost\n",
+    )?;
+    Ok(())
+}
+
 /// Mounts the new root on `spec.root`, fills it, and pivots into it.
 fn build_root(spec: &Spec) -> Result<(), StepError> {
     let none: Option<&Path> = None;
@@ -735,37 +791,7 @@ fn build_root(spec: &Spec) -> Result<(), StepError> {
         io_step("symlink", &at, std::os::unix::fs::symlink(to, &at))?;
     }
 
-    // /dev: a tmpfs with the harmless devices bound from the host.
-    let dev = root.join("dev");
-    mount_tmpfs(&dev, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, "0755")?;
-    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
-        let host = Path::new("/dev").join(name);
-        if !host.exists() {
-            continue;
-        }
-        let target = dev.join(name);
-        io_step("create", &target, File::create(&target).map(drop))?;
-        mount(
-            Some(&host),
-            &target,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-            None,
-        )?;
-    }
-    for (name, to) in [
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ] {
-        let at = dev.join(name);
-        io_step("symlink", &at, std::os::unix::fs::symlink(to, &at))?;
-    }
-    for scratch in [dev.join("shm"), root.join("tmp")] {
-        mount_tmpfs(&scratch, MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "1777")?;
-    }
-    remount_read_only(&dev)?;
+    fill_dev(root)?;
 
     // A fresh procfs of the new PID namespace; its sysctls read-only.
     let proc = root.join("proc");
@@ -787,22 +813,7 @@ fn build_root(spec: &Spec) -> Result<(), StepError> {
     )?;
     remount_read_only(&sys)?;
 
-    // Who the script is, for tools that ask (id, whoami, configure scripts).
-    let etc = root.join("etc");
-    write_file(
-        &etc.join("passwd"),
-        &format!(
-            "root:x:0:0:root:/:/bin/sh\ncartbuild:x:{SANDBOX_ID}:{SANDBOX_ID}:cartbuild:{BUILD_DIR}/home:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n"
-        ),
-    )?;
-    write_file(
-        &etc.join("group"),
-        &format!("root:x:0:\ncartbuild:x:{SANDBOX_ID}:\nnogroup:x:65534:\n"),
-    )?;
-    write_file(
-        &etc.join("hosts"),
-        "127.0.0.1\tlocalhost cartbuild\n::1\tlocalhost\n",
-    )?;
+    write_identity(root)?;
 
     // pivot_root(".", ".") stacks the old root on the new one; detaching it leaves
     // nothing of the host but what was bound (the runc trick, pivot_root(2)).

@@ -28,6 +28,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use cartimage::manifest::{self, Manifest};
+use cartimage::sidecar::Sidecars;
 use cartimage::signature::{self, ImageSignature, SignatureError, VerifyKey};
 use ct_codecs::{Base64, Decoder};
 use minisign::{KeyPair, PublicKey, SecretKey, SecretKeyBox};
@@ -377,8 +378,7 @@ pub struct ImageFacts {
 /// The image's name and version: from `<image>.manifest.json` beside it, else from the
 /// manifest inside it.
 pub fn image_facts(image: &Path) -> Result<ImageFacts, SignError> {
-    let beside = manifest::sidecar(image, manifest::MANIFEST_SUFFIX);
-    let m = if beside.exists() {
+    let m = if let Some(beside) = Sidecars::find(image).manifest {
         Manifest::read(&beside).map_err(|e| SignError::NotAnImage {
             path: image.to_path_buf(),
             reason: e.to_string(),
@@ -423,51 +423,17 @@ impl<R: Read> Read for Sha256Tee<R> {
     }
 }
 
-/// Checks `sha256`/`size` of `image` against its `.sha256` and `.manifest.json` when present.
+/// Checks `sha256`/`size` of `image` against its `.sha256` and `.manifest.json` when present
+/// (beside it, or beside what a symlink to it resolves to: [`cartimage::sidecar`]).
 pub fn check_sidecars(image: &Path, sha256: &str, size: u64) -> Result<(), SignError> {
-    let sum = manifest::sidecar(image, manifest::CHECKSUM_SUFFIX);
-    if sum.exists() {
-        let want = manifest::read_checksum_file(&sum).map_err(|e| SignError::Mismatch {
+    Sidecars::find(image)
+        .expected()
+        .and_then(|expected| expected.check(sha256, size))
+        .map_err(|e| SignError::Mismatch {
             image: image.to_path_buf(),
-            sidecar: sum.clone(),
+            sidecar: e.sidecar().to_path_buf(),
             what: e.to_string(),
-        })?;
-        if want != sha256 {
-            return Err(SignError::Mismatch {
-                image: image.to_path_buf(),
-                sidecar: sum,
-                what: format!("it says sha256 {want}, the image's is {sha256}"),
-            });
-        }
-    }
-    let beside = manifest::sidecar(image, manifest::MANIFEST_SUFFIX);
-    if beside.exists() {
-        let m = Manifest::read(&beside).map_err(|e| SignError::Mismatch {
-            image: image.to_path_buf(),
-            sidecar: beside.clone(),
-            what: e.to_string(),
-        })?;
-        let mismatch = |what: String| SignError::Mismatch {
-            image: image.to_path_buf(),
-            sidecar: beside.clone(),
-            what,
-        };
-        if let Some(want) = &m.image_sha256
-            && want != sha256
-        {
-            return Err(mismatch(format!(
-                "it says sha256 {want}, the image's is {sha256}"
-            )));
-        }
-        if let Some(want) = m.image_size
-            && want != size
-        {
-            return Err(mismatch(format!(
-                "it says {want} bytes, the image has {size}"
-            )));
-        }
-    }
-    Ok(())
+        })
 }
 
 /// A signature made for an image, not yet written.
@@ -499,14 +465,8 @@ pub fn sign_image_as(
     let facts = image_facts(image)?;
     // minisign signs with the comment given before it reads the data, so hash first.
     let file = fs::File::open(image).map_err(io_err(image))?;
-    let mut tee = Sha256Tee {
-        inner: file,
-        hasher: Sha256::new(),
-        len: 0,
-    };
-    io::copy(&mut tee, &mut io::sink()).map_err(io_err(image))?;
-    let sha256 = hex::encode(tee.hasher.finalize());
-    check_sidecars(image, &sha256, tee.len)?;
+    let (sha256, len) = manifest::sha256_reader(file).map_err(io_err(image))?;
+    check_sidecars(image, &sha256, len)?;
     let name = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -574,7 +534,7 @@ pub enum SignatureStatus {
 
 /// Checks the signature beside `image`, with `key` when one is given.
 pub fn signature_status(image: &Path, key: Option<&VerifyKey>) -> SignatureStatus {
-    let sig = match (ImageSignature::beside(image), key) {
+    let sig = match (ImageSignature::beside(&Sidecars::find(image).base), key) {
         (Err(e), _) => return SignatureStatus::Bad(e),
         (Ok(None), None) => return SignatureStatus::Absent,
         (Ok(None), Some(_)) => {

@@ -231,6 +231,86 @@ fn verification_code(sha1s: &[&str]) -> String {
     hex::encode(h.finalize())
 }
 
+/// The SPDX package of one recipe package, with the SPDX ID `id`.
+fn recipe_package(p: &cartimage::manifest::Package, id: String) -> Package {
+    let urls: Vec<&str> = p
+        .sources
+        .iter()
+        .flat_map(|s| s.urls.iter().map(String::as_str))
+        .collect();
+    let download_location = if p.kind == "local" {
+        "NONE".to_string()
+    } else {
+        urls.iter()
+            .find(|u| is_public_url(u))
+            .map_or_else(|| NOASSERTION.to_string(), |u| u.to_string())
+    };
+    let source_info = if p.kind == "local" {
+        Some("files beside the recipe".to_string())
+    } else if urls.is_empty() {
+        None
+    } else {
+        Some(format!("fetched from the first of: {}", urls.join(", ")))
+    };
+    let license = p.license.clone().unwrap_or_else(|| NOASSERTION.into());
+    let mut comment = format!("cartbuild package kind `{}`", p.kind);
+    if let Some(key) = &p.build_key {
+        comment.push_str(&format!("; build key {key}"));
+    }
+    Package {
+        name: p.name.clone(),
+        spdx_id: id,
+        version_info: p.version.clone(),
+        download_location,
+        files_analyzed: false,
+        package_verification_code: None,
+        checksums: p
+            .sources
+            .iter()
+            .map(|s| Checksum {
+                algorithm: "SHA256",
+                checksum_value: s.sha256.clone(),
+            })
+            .collect(),
+        license_concluded: license.clone(),
+        license_declared: license,
+        copyright_text: NOASSERTION,
+        source_info,
+        comment,
+        primary_package_purpose: match p.kind.as_str() {
+            "build" => "SOURCE",
+            "file" => "APPLICATION",
+            "archive" => "ARCHIVE",
+            _ => "OTHER",
+        },
+    }
+}
+
+/// The SPDX package of the image itself, whose files have the SHA-1s `file_sha1s`.
+fn image_package(input: &Input<'_>, file_sha1s: &[&str]) -> Package {
+    let m = input.manifest;
+    Package {
+        name: m.image.name.clone(),
+        spdx_id: IMAGE_ID.to_string(),
+        version_info: m.image.version.clone(),
+        download_location: NOASSERTION.to_string(),
+        files_analyzed: true,
+        package_verification_code: Some(VerificationCode {
+            package_verification_code_value: verification_code(file_sha1s),
+        }),
+        checksums: Vec::new(),
+        license_concluded: NOASSERTION.to_string(),
+        license_declared: NOASSERTION.to_string(),
+        copyright_text: NOASSERTION,
+        source_info: None,
+        comment: format!(
+            "crashcart image for the mount point {}; filesystem sha256 {}; recipe sha256 {}",
+            m.mount_point, input.filesystem_sha256, m.recipe_sha256
+        ),
+        primary_package_purpose: "ARCHIVE",
+    }
+}
+
 /// The SBOM as deterministic, pretty JSON with a trailing newline.
 pub fn document(input: &Input<'_>) -> Result<String, SpdxError> {
     let m = input.manifest;
@@ -250,57 +330,7 @@ pub fn document(input: &Input<'_>) -> Result<String, SpdxError> {
     for p in &m.packages {
         let id = spdx_id("Package", &p.name, &mut used);
         package_ids.insert(p.name.clone(), id.clone());
-        let urls: Vec<&str> = p
-            .sources
-            .iter()
-            .flat_map(|s| s.urls.iter().map(String::as_str))
-            .collect();
-        let download_location = if p.kind == "local" {
-            "NONE".to_string()
-        } else {
-            urls.iter()
-                .find(|u| is_public_url(u))
-                .map_or_else(|| NOASSERTION.to_string(), |u| u.to_string())
-        };
-        let source_info = if p.kind == "local" {
-            Some("files beside the recipe".to_string())
-        } else if urls.is_empty() {
-            None
-        } else {
-            Some(format!("fetched from the first of: {}", urls.join(", ")))
-        };
-        let license = p.license.clone().unwrap_or_else(|| NOASSERTION.into());
-        let mut comment = format!("cartbuild package kind `{}`", p.kind);
-        if let Some(key) = &p.build_key {
-            comment.push_str(&format!("; build key {key}"));
-        }
-        packages.push(Package {
-            name: p.name.clone(),
-            spdx_id: id,
-            version_info: p.version.clone(),
-            download_location,
-            files_analyzed: false,
-            package_verification_code: None,
-            checksums: p
-                .sources
-                .iter()
-                .map(|s| Checksum {
-                    algorithm: "SHA256",
-                    checksum_value: s.sha256.clone(),
-                })
-                .collect(),
-            license_concluded: license.clone(),
-            license_declared: license,
-            copyright_text: NOASSERTION,
-            source_info,
-            comment,
-            primary_package_purpose: match p.kind.as_str() {
-                "build" => "SOURCE",
-                "file" => "APPLICATION",
-                "archive" => "ARCHIVE",
-                _ => "OTHER",
-            },
-        });
+        packages.push(recipe_package(p, id));
     }
 
     // Regular files of the image, sorted by path.
@@ -355,26 +385,7 @@ pub fn document(input: &Input<'_>) -> Result<String, SpdxError> {
     }
     relationships.extend(generated);
 
-    let image = Package {
-        name: m.image.name.clone(),
-        spdx_id: IMAGE_ID.to_string(),
-        version_info: m.image.version.clone(),
-        download_location: NOASSERTION.to_string(),
-        files_analyzed: true,
-        package_verification_code: Some(VerificationCode {
-            package_verification_code_value: verification_code(&file_sha1s),
-        }),
-        checksums: Vec::new(),
-        license_concluded: NOASSERTION.to_string(),
-        license_declared: NOASSERTION.to_string(),
-        copyright_text: NOASSERTION,
-        source_info: None,
-        comment: format!(
-            "crashcart image for the mount point {}; filesystem sha256 {}; recipe sha256 {}",
-            m.mount_point, input.filesystem_sha256, m.recipe_sha256
-        ),
-        primary_package_purpose: "ARCHIVE",
-    };
+    let image = image_package(input, &file_sha1s);
     packages.insert(0, image);
 
     let name = format!("{}-{}", m.image.name, m.image.version);

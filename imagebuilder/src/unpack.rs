@@ -295,6 +295,106 @@ pub fn unpack_checked(
     result
 }
 
+/// Why a [`BeneathError`] refused an entry (the reason), or the I/O error it was.
+fn refusal(e: BeneathError) -> Result<String, io::Error> {
+    Ok(match e {
+        BeneathError::Link { path } => {
+            format!("would be written through the symlink {}", path.display())
+        }
+        BeneathError::NotDir { path } => format!(
+            "would be written under {}, which is not a directory",
+            path.display()
+        ),
+        BeneathError::Exists { path, kind } => {
+            format!("would replace {}, a {kind}", path.display())
+        }
+        BeneathError::BadPath { .. } => "leaves the destination".into(),
+        BeneathError::Io { source, .. } => return Err(source),
+    })
+}
+
+/// Why a hard link to `target` is refused, if it is: only to a file the archive wrote
+/// before it, not through a symlink.
+fn hard_link_refusal(tree: &Beneath, target: &Path) -> Result<Option<String>, BeneathError> {
+    Ok(match tree.lstat(target) {
+        Ok(Some(st)) if file_type(&st).is_file() => None,
+        Ok(Some(st)) => Some(format!(
+            "is a hard link to {}, a {} (only files can be hard-linked)",
+            target.display(),
+            crate::beneath::kind_name(&st)
+        )),
+        Ok(None) => Some(format!(
+            "is a hard link to {}, which is not in the archive before it",
+            target.display()
+        )),
+        Err(BeneathError::Link { .. }) => Some("is a hard link through a symlink".into()),
+        Err(e) => return Err(e),
+    })
+}
+
+/// An entry to write: its path (relative, free of `..`), type and mode.
+type Admitted = (PathBuf, tar::EntryType, u32);
+
+/// What an archive entry is, if it is written at all. `Err(Ok(reason))` refuses it;
+/// `Err(Err(e))` is an I/O error.
+fn admit<R: Read>(
+    entry: &tar::Entry<'_, R>,
+) -> Result<Option<Admitted>, Result<String, io::Error>> {
+    use tar::EntryType as T;
+    let rel = contained(&entry.path().map_err(Err)?)
+        .ok_or_else(|| Ok("leaves the destination (absolute path or '..')".to_string()))?;
+    let kind = entry.header().entry_type();
+    match kind {
+        T::Regular | T::Continuous | T::Directory | T::Symlink | T::Link => {}
+        T::Char | T::Block => return Err(Ok("is a device node".into())),
+        T::Fifo => return Err(Ok("is a FIFO".into())),
+        T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => return Ok(None),
+        other => return Err(Ok(format!("has unsupported type {other:?}"))),
+    }
+    let mode = entry.header().mode().map_err(Err)?;
+    if mode & 0o6000 != 0 {
+        return Err(Ok(format!(
+            "has setuid/setgid bits (mode {:o})",
+            mode & 0o7777
+        )));
+    }
+    if rel.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((rel, kind, mode)))
+}
+
+/// Why [`copy_bounded`] stopped.
+enum Copy {
+    Read(io::Error),
+    Write(io::Error),
+    Limit,
+}
+
+/// Copies `from` to `to` through `buf`, adding to `bytes`, until the end or until `bytes`
+/// passes `max`.
+fn copy_bounded(
+    from: &mut impl Read,
+    to: &mut File,
+    buf: &mut [u8],
+    bytes: &mut u64,
+    max: u64,
+) -> Result<(), Copy> {
+    loop {
+        let n = match from.read(buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Copy::Read(e)),
+        };
+        *bytes += n as u64;
+        if *bytes > max {
+            return Err(Copy::Limit);
+        }
+        to.write_all(&buf[..n]).map_err(Copy::Write)?;
+    }
+}
+
 fn unpack_stream(
     reader: Box<dyn Read>,
     archive: &Path,
@@ -306,15 +406,13 @@ fn unpack_stream(
         source,
     };
     let meter = Rc::new(Meter::default());
-    let tripped = |e: io::Error| {
-        if meter.tripped.get() {
-            UnpackError::Limit {
-                archive: archive.to_path_buf(),
-                bound: Bound::Metadata,
-            }
-        } else {
-            io(e)
-        }
+    // A read error from the meter is the metadata bound, not I/O.
+    let tripped = |e: io::Error| match meter.tripped.get() {
+        true => UnpackError::Limit {
+            archive: archive.to_path_buf(),
+            bound: Bound::Metadata,
+        },
+        false => io(e),
     };
     let mut tar = tar::Archive::new(Metered {
         inner: reader,
@@ -345,41 +443,17 @@ fn unpack_stream(
                 bound: Bound::Entries(limits.max_entries),
             });
         }
-        let rel = contained(&entry.path().map_err(io)?)
-            .ok_or_else(|| refuse("leaves the destination (absolute path or '..')"))?;
-        let kind = entry.header().entry_type();
-        use tar::EntryType as T;
-        match kind {
-            T::Regular | T::Continuous | T::Directory | T::Symlink | T::Link => {}
-            T::Char | T::Block => return Err(refuse("is a device node")),
-            T::Fifo => return Err(refuse("is a FIFO")),
-            T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => continue,
-            other => return Err(refuse(&format!("has unsupported type {other:?}"))),
-        }
-        let mode = entry.header().mode().map_err(io)?;
-        if mode & 0o6000 != 0 {
-            return Err(refuse(&format!(
-                "has setuid/setgid bits (mode {:o})",
-                mode & 0o7777
-            )));
-        }
-        if rel.as_os_str().is_empty() {
+        let Some((rel, kind, mode)) = admit(&entry).map_err(|e| match e {
+            Ok(reason) => refuse(&reason),
+            Err(source) => io(source),
+        })?
+        else {
             continue;
-        }
-        let blocked = |e: BeneathError| match e {
-            BeneathError::Link { path } => refuse(&format!(
-                "would be written through the symlink {}",
-                path.display()
-            )),
-            BeneathError::NotDir { path } => refuse(&format!(
-                "would be written under {}, which is not a directory",
-                path.display()
-            )),
-            BeneathError::Exists { path, kind } => {
-                refuse(&format!("would replace {}, a {kind}", path.display()))
-            }
-            BeneathError::BadPath { .. } => refuse("leaves the destination"),
-            BeneathError::Io { source, .. } => io(source),
+        };
+        use tar::EntryType as T;
+        let blocked = |e: BeneathError| match refusal(e) {
+            Ok(reason) => refuse(&reason),
+            Err(source) => io(source),
         };
         match kind {
             T::Directory => tree.mkdir(&rel).map_err(blocked)?,
@@ -397,55 +471,29 @@ fn unpack_stream(
                     .ok_or_else(|| refuse("is a hard link without a target"))?;
                 let target = contained(&target)
                     .ok_or_else(|| refuse("is a hard link to outside the destination"))?;
-                match tree.lstat(&target) {
-                    Ok(Some(st)) if file_type(&st).is_file() => {}
-                    Ok(Some(st)) => {
-                        return Err(refuse(&format!(
-                            "is a hard link to {}, a {} (only files can be hard-linked)",
-                            target.display(),
-                            crate::beneath::kind_name(&st)
-                        )));
-                    }
-                    Ok(None) => {
-                        return Err(refuse(&format!(
-                            "is a hard link to {}, which is not in the archive before it",
-                            target.display()
-                        )));
-                    }
-                    Err(BeneathError::Link { .. }) => {
-                        return Err(refuse("is a hard link through a symlink"));
-                    }
-                    Err(e) => return Err(blocked(e)),
+                if let Some(reason) = hard_link_refusal(&tree, &target).map_err(blocked)? {
+                    return Err(refuse(&reason));
                 }
                 tree.hard_link(&target, &rel, true).map_err(blocked)?;
             }
             _ => {
                 let size = entry.size();
+                let limit = || UnpackError::Limit {
+                    archive: archive.to_path_buf(),
+                    bound: Bound::Size(limits.max_bytes),
+                };
                 if bytes.saturating_add(size) > limits.max_bytes {
-                    return Err(UnpackError::Limit {
-                        archive: archive.to_path_buf(),
-                        bound: Bound::Size(limits.max_bytes),
-                    });
+                    return Err(limit());
                 }
                 let mut out = tree
                     .create_file(&rel, mode & 0o777, true)
                     .map_err(blocked)?;
-                loop {
-                    let n = match entry.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(tripped(e)),
-                    };
-                    bytes += n as u64;
-                    if bytes > limits.max_bytes {
-                        return Err(UnpackError::Limit {
-                            archive: archive.to_path_buf(),
-                            bound: Bound::Size(limits.max_bytes),
-                        });
-                    }
-                    out.write_all(&buf[..n]).map_err(io)?;
-                }
+                copy_bounded(&mut entry, &mut out, &mut buf, &mut bytes, limits.max_bytes)
+                    .map_err(|e| match e {
+                        Copy::Read(e) => tripped(e),
+                        Copy::Write(e) => io(e),
+                        Copy::Limit => limit(),
+                    })?;
                 // Builds compare time stamps (make, autotools): keep the archive's.
                 let mtime = entry.header().mtime().unwrap_or(0);
                 Beneath::set_mtime(&out, i64::try_from(mtime).unwrap_or(0)).map_err(io)?;

@@ -16,14 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cartimage::manifest::{FileKind, Manifest};
-use common::{assert_fsck_clean, check_spdx, sha256, spdx_validator};
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+use common::{assert_fsck_clean, check_spdx, repo_root, sha256, spdx_validator};
 
 fn cartbuild(cache: &Path, image: &Path) -> std::process::Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_cartbuild"));

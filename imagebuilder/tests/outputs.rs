@@ -51,10 +51,6 @@ fn cartbuild(args: &[&OsStr]) -> Output {
         .expect("run cartbuild")
 }
 
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 // ---------------------------------------------------------------------------
 // The manifest and the SBOM
 

@@ -5,15 +5,12 @@
 //! Images are tiny: the host's static busybox in a recipe built by the real `cartbuild`.
 //! Needs docker-registry and busybox-static (tests/run installs them); a missing one fails.
 
-#[path = "push/registry.rs"]
-mod registry;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use cartoci::artifact::{self, ImageFormat, Part};
 use cartoci::{Access, Client, ClientError, Digest, Reference};
-use registry::*;
+use testkit::registry::*;
 
 fn cartbuild() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_cartbuild"))

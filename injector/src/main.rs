@@ -3,11 +3,11 @@
 #![forbid(unsafe_code)]
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use cartinject::child::EXIT_FAILURE;
 use cartinject::features::KernelApi;
@@ -102,32 +102,101 @@ struct Cli {
     /// Print each step to stderr.
     #[arg(short, long)]
     verbose: bool,
+
+    /// Write shell completions (bash, zsh, fish) and the man page under DIR and exit
+    /// (./build.sh installs them).
+    #[arg(long, value_name = "DIR", hide = true, exclusive = true)]
+    generate_assets: Option<PathBuf>,
 }
 
-fn run(cli: Cli) -> anyhow::Result<i32> {
+/// The exit status of bad usage, as `--help` says (clap's own parse errors exit 2 too).
+const EXIT_USAGE: u8 = 2;
+
+/// A command line that parses but asks for nothing cartinject can do: exit 2, one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(&'static str);
+
+/// What the command line asks for, once its usage is checked.
+enum Mode {
+    /// `--list`.
+    List,
+    /// Everything that names a TARGET.
+    Target {
+        /// IMAGE, when given.
+        image: Option<PathBuf>,
+        /// TARGET.
+        target: String,
+    },
+}
+
+/// Checks the usage rules clap cannot express, before anything else (even the root check)
+/// so that bad usage is always exit 2.
+fn usage(cli: &Cli) -> Result<Mode, UsageError> {
+    if cli.list {
+        if !cli.args.is_empty() || !cli.command.is_empty() {
+            return Err(UsageError("--list takes no IMAGE, TARGET or command"));
+        }
+        return Ok(Mode::List);
+    }
+    let (image, target) = match cli.args.as_slice() {
+        [target] => (None, target),
+        [image, target] => (Some(image.clone()), target),
+        _ => {
+            return Err(UsageError(
+                "no TARGET given: name a container or PID, as in `cartinject IMAGE TARGET` (see --help)",
+            ));
+        }
+    };
+    if (cli.mount || cli.unmount) && !cli.command.is_empty() {
+        return Err(UsageError(
+            "-m and -u take no command: run `cartinject IMAGE TARGET -- CMD` for one",
+        ));
+    }
+    Ok(Mode::Target {
+        image,
+        target: target.to_string_lossy().into_owned(),
+    })
+}
+
+/// `--generate-assets DIR`: `DIR/completions/{bash/cartinject,zsh/_cartinject,
+/// fish/cartinject.fish}` and `DIR/man/man1/cartinject.1`.
+fn generate_assets(dir: &Path) -> anyhow::Result<()> {
+    use clap_complete::Shell;
+    let write = |path: PathBuf, bytes: &[u8]| -> anyhow::Result<()> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("failed to create {}", parent.display()))?;
+        }
+        std::fs::write(&path, bytes).with_context(|| format!("failed to write {}", path.display()))
+    };
+    for (shell, file) in [
+        (Shell::Bash, "bash/cartinject"),
+        (Shell::Zsh, "zsh/_cartinject"),
+        (Shell::Fish, "fish/cartinject.fish"),
+    ] {
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "cartinject", &mut script);
+        write(dir.join("completions").join(file), &script)?;
+    }
+    let mut page = Vec::new();
+    clap_mangen::Man::new(Cli::command())
+        .render(&mut page)
+        .context("failed to render the man page")?;
+    write(dir.join("man/man1/cartinject.1"), &page)
+}
+
+fn run(cli: Cli, mode: Mode) -> anyhow::Result<i32> {
     if !sys::process::is_root() {
         anyhow::bail!(
             "cartinject must run as root (it attaches loop devices and joins namespaces): run it with sudo"
         );
     }
-    if cli.list {
-        if !cli.args.is_empty() || !cli.command.is_empty() {
-            anyhow::bail!("--list takes no IMAGE, TARGET or command");
-        }
-        return command::list::run(cli.json);
-    }
-    let (image_arg, target) = match cli.args.as_slice() {
-        [target] => (None, target),
-        [image, target] => (Some(image.as_path()), target),
-        _ => anyhow::bail!(
-            "no TARGET given: name a container or PID, as in `cartinject IMAGE TARGET` (see --help)"
-        ),
+    let (image_arg, target) = match mode {
+        Mode::List => return command::list::run(cli.json),
+        Mode::Target { image, target } => (image, target),
     };
-    let target = target.to_string_lossy().into_owned();
-    let image = image::choose(image_arg);
-    if (cli.mount || cli.unmount) && !cli.command.is_empty() {
-        anyhow::bail!("-m and -u take no command: run `cartinject IMAGE TARGET -- CMD` for one");
-    }
+    let image = image::choose(image_arg.as_deref());
     if cli.unmount {
         return command::unmount::run(&target, KernelApi::from_legacy_flag(cli.legacy_mount));
     }
@@ -212,7 +281,23 @@ fn main() -> ExitCode {
         return ExitCode::from(u8::try_from(EXIT_FAILURE).unwrap_or(1));
     }
     let cli = Cli::parse();
-    match run(cli) {
+    if let Some(dir) = &cli.generate_assets {
+        return match generate_assets(dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cartinject: {}", one_line(&e));
+                ExitCode::from(u8::try_from(EXIT_FAILURE).unwrap_or(1))
+            }
+        };
+    }
+    let mode = match usage(&cli) {
+        Ok(mode) => mode,
+        Err(e) => {
+            eprintln!("cartinject: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match run(cli, mode) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)),
         Err(e) => {
             eprintln!("cartinject: {}", one_line(&e));

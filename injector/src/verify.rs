@@ -38,7 +38,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use cartimage::manifest::{self, Manifest};
+use cartimage::manifest;
+use cartimage::sidecar::{self, SidecarError, Sidecars};
 use cartimage::signature::{self, ImageSignature, SignatureError, VerifyKey};
 use sha2::{Digest, Sha256};
 
@@ -132,38 +133,6 @@ pub struct Verified {
     pub warnings: Vec<String>,
 }
 
-/// The sidecars found for an image.
-#[derive(Debug, Default)]
-struct Sidecars {
-    sha256: Option<PathBuf>,
-    manifest: Option<PathBuf>,
-    signature: Option<PathBuf>,
-}
-
-/// The sidecars beside `path`, else beside what it resolves to.
-fn find_sidecars(path: &Path) -> Sidecars {
-    let look = |image: &Path| {
-        let existing = |suffix: &str| {
-            let p = manifest::sidecar(image, suffix);
-            p.exists().then_some(p)
-        };
-        Sidecars {
-            sha256: existing(manifest::CHECKSUM_SUFFIX),
-            manifest: existing(manifest::MANIFEST_SUFFIX),
-            signature: existing(signature::SUFFIX),
-        }
-    };
-    let given = look(path);
-    let any = |s: &Sidecars| s.sha256.is_some() || s.manifest.is_some() || s.signature.is_some();
-    if any(&given) {
-        return given;
-    }
-    match std::fs::canonicalize(path) {
-        Ok(real) if real != path => look(&real),
-        _ => given,
-    }
-}
-
 /// Whether verification records (see [`record`]) may be used for an image.
 #[derive(Debug, Clone, Copy)]
 pub enum Records<'a> {
@@ -186,7 +155,9 @@ pub fn check(
     policy: &Policy,
     records: Records<'_>,
 ) -> Result<Verified, VerifyError> {
-    let found = find_sidecars(path);
+    // Which sidecars, and what they say: cartimage's one rule (symlinks followed, digests
+    // in lower case, the manifest's size checked before anything is read).
+    let found = Sidecars::find(path);
     let mut verified = Verified::default();
     let size = file
         .metadata()
@@ -195,55 +166,25 @@ pub fn check(
             source,
         })?
         .len();
-
-    // What the sidecars expect: (file, sha256) pairs, size checked at once.
-    let mut expected: Vec<(PathBuf, String)> = Vec::new();
-    if let Some(sum) = &found.sha256 {
-        let sidecar_err = |reason: String| VerifyError::Sidecar {
+    let sidecar_err = |e: SidecarError| match e {
+        SidecarError::Mismatch { sidecar, what } => VerifyError::Mismatch {
             image: path.to_path_buf(),
-            sidecar: sum.clone(),
-            reason,
-        };
-        let text = read_sidecar(sum).map_err(sidecar_err)?;
-        let digest = String::from_utf8_lossy(&text)
-            .split_whitespace()
-            .next()
-            .filter(|d| manifest::is_sha256_hex(d))
-            .map(str::to_ascii_lowercase)
-            .ok_or_else(|| {
-                sidecar_err(manifest::Error::ChecksumFormat { path: sum.clone() }.to_string())
-            })?;
-        expected.push((sum.clone(), digest));
-    }
-    if let Some(m) = &found.manifest {
-        let sidecar_err = |reason: String| VerifyError::Sidecar {
+            sidecar,
+            what,
+        },
+        SidecarError::Unreadable { sidecar, reason } => VerifyError::Sidecar {
             image: path.to_path_buf(),
-            sidecar: m.clone(),
+            sidecar,
             reason,
-        };
-        let bytes = read_sidecar(m).map_err(sidecar_err)?;
-        let parsed = Manifest::from_slice(&bytes, m).map_err(|e| sidecar_err(e.to_string()))?;
-        let digest = parsed.image_sha256.ok_or_else(|| {
-            sidecar_err(
-                "it names no image_sha256 (it is the manifest from inside an image, not the one cartbuild writes beside it)".into(),
-            )
-        })?;
-        if let Some(want) = parsed.image_size
-            && want != size
-        {
-            return Err(VerifyError::Mismatch {
-                image: path.to_path_buf(),
-                sidecar: m.clone(),
-                what: format!("it names a {want}-byte image, this one has {size} bytes"),
-            });
-        }
-        expected.push((m.clone(), digest.to_ascii_lowercase()));
-    }
+        },
+    };
+    let expected = found.expected().map_err(sidecar_err)?;
+    expected.check_size(size).map_err(sidecar_err)?;
 
     let mut sig_bytes = Vec::new();
     let signature = match (&policy.key, &found.signature) {
         (Some(_), Some(sig_path)) => {
-            let text = read_sidecar(sig_path)
+            let text = sidecar::read(sig_path)
                 .and_then(|bytes| {
                     sig_bytes.clone_from(&bytes);
                     String::from_utf8(bytes).map_err(|_| "it is not UTF-8 text".to_string())
@@ -332,9 +273,9 @@ pub fn check(
     if let Some((store, stamp)) = &store {
         match store.find(stamp) {
             Lookup::Hit(rec, at) => {
-                let sums = expected.iter().all(|(_, want)| *want == rec.sha256);
+                let sums = expected.check_sha256(&rec.sha256).is_ok();
                 if sums && (seen.is_none() || rec.signature == seen) {
-                    for (sidecar, _) in &expected {
+                    for (sidecar, _) in &expected.digests {
                         verified.steps.push(format!(
                             "image sha256 {} matches {} (verified earlier, record {}: same mount, device, inode, size, mtime and ctime since)",
                             rec.sha256,
@@ -395,14 +336,8 @@ pub fn check(
         path.display()
     ));
     let actual = hex::encode(hasher.finalize());
-    for (sidecar, want) in &expected {
-        if *want != actual {
-            return Err(VerifyError::Mismatch {
-                image: path.to_path_buf(),
-                sidecar: sidecar.clone(),
-                what: format!("it names sha256 {want}, the image's is {actual}"),
-            });
-        }
+    expected.check_sha256(&actual).map_err(sidecar_err)?;
+    for (sidecar, _) in &expected.digests {
         verified.steps.push(format!(
             "image sha256 {actual} matches {}",
             sidecar.display()
@@ -459,39 +394,6 @@ fn check_comment(path: &Path, sig: &ImageSignature, actual: &str) -> Result<(), 
         });
     }
     Ok(())
-}
-
-/// The most a sidecar may hold: cartbuild's manifests list every file of the image, and
-/// stay far below this.
-const SIDECAR_MAX: u64 = 16 << 20;
-
-/// Reads a sidecar without waiting: opened non-blocking (a FIFO put in its place, say in
-/// a sticky `/tmp` where anyone may create names, cannot hang cartinject), a regular file,
-/// at most [`SIDECAR_MAX`] bytes. A sidecar need not be root's: it can only make an image
-/// fail its check, never make another image pass (the image itself is root's: see
-/// `image::trust`), and a signature is checked against the key.
-fn read_sidecar(sidecar: &Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let file = File::from(
-        crate::sys::fd::open_nonblocking(sidecar).map_err(|e| format!("cannot open it: {e}"))?,
-    );
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("cannot stat it: {e}"))?;
-    if !meta.is_file() {
-        return Err("it is not a regular file".into());
-    }
-    if meta.len() > SIDECAR_MAX {
-        return Err(format!(
-            "it has {} bytes, more than the {SIDECAR_MAX} a sidecar may have",
-            meta.len()
-        ));
-    }
-    let mut bytes = Vec::new();
-    file.take(SIDECAR_MAX)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read it: {e}"))?;
-    Ok(bytes)
 }
 
 fn name_of(path: &Path) -> String {

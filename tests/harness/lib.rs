@@ -23,37 +23,10 @@ pub mod attacks;
 pub mod hardening;
 pub mod runtimes;
 
-/// The repository's root (the parent of `tests/`).
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
-/// Fails the test unless it runs as root.
-pub fn require_root() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "these tests need root (loop devices, mounts, namespaces): run them with sudo or through tests/run"
-    );
-}
-
-/// Fails the test unless `tool` runs (`tool --version` or `tool -V`).
-pub fn require_tool(tool: &str, package: &str) {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        found,
-        "`{tool}` is missing: install the Debian package {package} (tests/run does)"
-    );
-}
+// Shared with imagebuilder/tests (testkit): output, prerequisites, tools, digests.
+pub use testkit::{
+    repo_root, require_root, require_tool, run_tool, sha256_hex, sha256_of, stderr, stdout, tool,
+};
 
 /// A binary of the workspace, next to the test executable (`target/<profile>/NAME`).
 pub fn bin(name: &str) -> PathBuf {
@@ -115,16 +88,6 @@ pub fn spawn_until_first_line(cmd: &mut Command) -> (Child, BufReader<ChildStdou
     let mut line = String::new();
     out.read_line(&mut line).expect("read the first line");
     (child, out, line)
-}
-
-/// Stdout as text.
-pub fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Stderr as text.
-pub fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Asserts a zero exit and returns stdout.
@@ -795,15 +758,6 @@ impl AsRef<Path> for TestImage {
     fn as_ref(&self) -> &Path {
         &self.path
     }
-}
-
-/// The sha256 of the file at `path`, in hex (`sha256sum`).
-pub fn sha256_of(path: &Path) -> String {
-    ok(Command::new("sha256sum").arg(path))
-        .split_whitespace()
-        .next()
-        .expect("sha256sum output")
-        .to_string()
 }
 
 /// Writes `<image>.sha256` beside `image`, in `sha256sum`'s format (as cartbuild does).

@@ -436,9 +436,10 @@ fn check_gpt_headers<F: FileExt>(window: &Window<'_, F>, sector: u64) -> Result<
         if !window.read_at(at, &mut header)? || &header[..8] != b"EFI PART" {
             continue;
         }
-        let field =
-            |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
-        let (entries, entry_size) = (field(80), field(84));
+        let (entries, entry_size) = (
+            crate::le::u32_at(&header, 80),
+            crate::le::u32_at(&header, 84),
+        );
         let reason = if entry_size != GPT_ENTRY_SIZE {
             format!(
                 "the header at byte {at} gives {entry_size}-byte partition entries; only {GPT_ENTRY_SIZE}-byte entries are supported"

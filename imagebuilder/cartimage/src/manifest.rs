@@ -278,11 +278,12 @@ pub fn read_chunks(
     Ok(len)
 }
 
-/// sha256 of everything `reader` yields, as lower-case hex, read through a fixed buffer.
-pub fn sha256_reader(reader: impl Read) -> io::Result<String> {
+/// sha256 of everything `reader` yields, as lower-case hex, and how many bytes that was,
+/// read through a fixed buffer: the one sha256-of-a-reader of the workspace.
+pub fn sha256_reader(reader: impl Read) -> io::Result<(String, u64)> {
     let mut hasher = Sha256::new();
-    read_chunks(reader, 1 << 16, |chunk| hasher.update(chunk))?;
-    Ok(hex::encode(hasher.finalize()))
+    let len = read_chunks(reader, 1 << 20, |chunk| hasher.update(chunk))?;
+    Ok((hex::encode(hasher.finalize()), len))
 }
 
 /// sha256 of a file, as lower-case hex.
@@ -292,7 +293,7 @@ pub fn sha256_file(path: &Path) -> Result<String, Error> {
         source,
     };
     let file = std::fs::File::open(path).map_err(read_err)?;
-    sha256_reader(file).map_err(read_err)
+    Ok(sha256_reader(file).map_err(read_err)?.0)
 }
 
 /// The line `sha256sum` prints for a file: `<hex>  <name>\n`.

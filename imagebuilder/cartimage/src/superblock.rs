@@ -7,13 +7,15 @@
 //! the sanity checks are the ones each driver's `fill_super` makes before it reads anything
 //! else, so an image that fails them is corrupt rather than of an unknown kind.
 
-/// Where the ext2/3/4 superblock starts in the filesystem (`ext4/super.rst`: "the superblock
-/// is located at offset 1024").
-pub const EXT_SUPERBLOCK_OFFSET: u64 = 1024;
+use crate::ext4::{compat, incompat, ro_compat};
+use crate::le::{u16_at as le16, u32_at as le32, u64_at as le64};
+
+/// Where the ext2/3/4 superblock starts in the filesystem ([`crate::ext4::SUPERBLOCK_OFFSET`]).
+pub const EXT_SUPERBLOCK_OFFSET: u64 = crate::ext4::SUPERBLOCK_OFFSET;
 /// Size of the ext2/3/4 superblock on disk.
-pub const EXT_SUPERBLOCK_SIZE: usize = 1024;
+pub const EXT_SUPERBLOCK_SIZE: usize = crate::ext4::SUPERBLOCK_SIZE;
 /// `s_magic` of every ext2/3/4 filesystem.
-pub const EXT_MAGIC: u16 = 0xEF53;
+pub const EXT_MAGIC: u16 = crate::ext4::MAGIC;
 /// erofs' `EROFS_SUPER_MAGIC_V1`, little-endian at offset 1024 (`fs/erofs/erofs_fs.h`).
 pub const EROFS_MAGIC: u32 = 0xE0F5_E1E2;
 /// erofs superblock offset (`EROFS_SUPER_OFFSET`).
@@ -22,14 +24,14 @@ pub const EROFS_OFFSET: u64 = 1024;
 pub const SQUASHFS_MAGIC: u32 = 0x7371_7368;
 
 // Feature bits (`fs/ext4/ext4.h`, EXT4_FEATURE_*).
-const COMPAT_HAS_JOURNAL: u32 = 0x0004;
-const INCOMPAT_EXTENTS: u32 = 0x0040;
-const INCOMPAT_64BIT: u32 = 0x0080;
-const INCOMPAT_FLEX_BG: u32 = 0x0200;
-const RO_COMPAT_HUGE_FILE: u32 = 0x0008;
-const RO_COMPAT_DIR_NLINK: u32 = 0x0020;
-const RO_COMPAT_EXTRA_ISIZE: u32 = 0x0040;
-const RO_COMPAT_METADATA_CSUM: u32 = 0x0400;
+const COMPAT_HAS_JOURNAL: u32 = compat::HAS_JOURNAL;
+const INCOMPAT_EXTENTS: u32 = incompat::EXTENTS;
+const INCOMPAT_64BIT: u32 = incompat::BIT64;
+const INCOMPAT_FLEX_BG: u32 = incompat::FLEX_BG;
+const RO_COMPAT_HUGE_FILE: u32 = ro_compat::HUGE_FILE;
+const RO_COMPAT_DIR_NLINK: u32 = ro_compat::DIR_NLINK;
+const RO_COMPAT_EXTRA_ISIZE: u32 = ro_compat::EXTRA_ISIZE;
+const RO_COMPAT_METADATA_CSUM: u32 = ro_compat::METADATA_CSUM;
 
 /// Which member of the ext family a superblock describes.
 ///
@@ -88,14 +90,6 @@ pub struct ExtSuperblock {
     pub checksum: u32,
     /// The checksum computed over the bytes read.
     pub computed_checksum: u32,
-}
-
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 impl ExtSuperblock {
@@ -395,10 +389,6 @@ impl SquashfsSuperblock {
         }
         None
     }
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    u64::from(le32(b, at)) | (u64::from(le32(b, at + 4)) << 32)
 }
 
 /// CRC-32C (Castagnoli) as the kernel's `crc32c()` computes it: the given seed and no final

@@ -1,27 +1,16 @@
-//! `cartbuild [build] RECIPE`: the whole pipeline, recipe to image.
+//! `cartbuild [build] RECIPE`: the command line of the pipeline ([`cartbuild::pipeline`]).
+//!
+//! The flags become [`Settings`], which [`Request::new`] checks once with the environment
+//! and the config file; the pipeline runs the request.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 
-use cartbuild::build::Builder;
-use cartbuild::cache::Cache;
-use cartbuild::describe;
-use cartbuild::disk::{self, MetaFiles};
-use cartbuild::fetch::{self, Fetcher};
-use cartbuild::image::{self, Ext4, ImageOptions, ImageSize, ImageWriter};
-use cartbuild::mirror::Mirrors;
-use cartbuild::output::{Outputs, Pending};
-use cartbuild::plan::{Context as PlanContext, Plan};
-use cartbuild::progress::{Reporter, human_bytes};
-use cartbuild::recipe::Recipe;
-use cartbuild::sandbox::{Mode as SandboxMode, Sandbox};
-use cartbuild::spdx;
-use cartbuild::toolchain::{Flavor, Toolchain};
-use cartimage::manifest::PATH_IN_IMAGE;
+use cartbuild::image;
+use cartbuild::pipeline;
+use cartbuild::request::{Env, Format, Request, Settings};
+use cartbuild::toolchain::Flavor;
 
 /// What `cartbuild` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -34,11 +23,6 @@ pub enum FormatArg {
     Gpt,
 }
 
-/// `<name>-<version>.img`: the bare image's file name.
-fn bare_name(plan: &Plan) -> String {
-    format!("{}-{}.img", plan.image.name, plan.image.version)
-}
-
 /// Which C toolchain builds the packages.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ToolchainArg {
@@ -48,6 +32,16 @@ pub enum ToolchainArg {
     MuslGcc,
     /// zig cc -target <arch>-linux-musl.
     Zig,
+}
+
+impl From<ToolchainArg> for Flavor {
+    fn from(t: ToolchainArg) -> Flavor {
+        match t {
+            ToolchainArg::Auto => Flavor::Auto,
+            ToolchainArg::MuslGcc => Flavor::MuslGcc,
+            ToolchainArg::Zig => Flavor::Zig,
+        }
+    }
 }
 
 /// Arguments of `cartbuild build`.
@@ -80,8 +74,9 @@ pub struct BuildArgs {
     #[arg(short, long)]
     pub verbose: bool,
 
-    /// Cache directory [default: $XDG_CACHE_HOME/cartbuild or ~/.cache/cartbuild].
-    #[arg(long, value_name = "DIR", env = "CARTBUILD_CACHE")]
+    /// Cache directory [env: CARTBUILD_CACHE] [default: $XDG_CACHE_HOME/cartbuild or
+    /// ~/.cache/cartbuild].
+    #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
 
     /// Packages built at once, and $JOBS of each build [default: number of CPUs].
@@ -110,343 +105,58 @@ pub struct BuildArgs {
     #[arg(long)]
     pub no_sandbox: bool,
 
-    /// Seconds allowed to connect to a server.
-    #[arg(
-        long,
-        value_name = "SECS",
-        env = "CARTBUILD_CONNECT_TIMEOUT",
-        default_value = "15"
-    )]
-    pub connect_timeout: f64,
+    /// Seconds allowed to connect to a server [env: CARTBUILD_CONNECT_TIMEOUT] [default: 15].
+    #[arg(long, value_name = "SECS")]
+    pub connect_timeout: Option<f64>,
 
-    /// Seconds allowed between two reads from a server.
-    #[arg(
-        long,
-        value_name = "SECS",
-        env = "CARTBUILD_READ_TIMEOUT",
-        default_value = "30"
-    )]
-    pub read_timeout: f64,
+    /// Seconds allowed between two reads from a server [env: CARTBUILD_READ_TIMEOUT]
+    /// [default: 30].
+    #[arg(long, value_name = "SECS")]
+    pub read_timeout: Option<f64>,
 
-    /// Further attempts per URL after a transient failure.
-    #[arg(long, value_name = "N", env = "CARTBUILD_RETRIES", default_value = "2")]
-    pub retries: u32,
+    /// Further attempts per URL after a transient failure [env: CARTBUILD_RETRIES]
+    /// [default: 2].
+    #[arg(long, value_name = "N")]
+    pub retries: Option<u32>,
 
-    /// Seconds before the first retry (doubled for each further one).
-    #[arg(
-        long,
-        value_name = "SECS",
-        env = "CARTBUILD_RETRY_DELAY",
-        default_value = "0.5"
-    )]
-    pub retry_delay: f64,
+    /// Seconds before the first retry, doubled for each further one
+    /// [env: CARTBUILD_RETRY_DELAY] [default: 0.5].
+    #[arg(long, value_name = "SECS")]
+    pub retry_delay: Option<f64>,
 }
 
-fn secs(v: f64, what: &str) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(v).with_context(|| format!("bad {what} {v}"))
+impl BuildArgs {
+    /// The settings these flags give.
+    pub fn settings(self) -> Settings {
+        Settings {
+            recipe: self.recipe,
+            output: self.output,
+            format: match self.format {
+                FormatArg::Ext4 => Format::Ext4,
+                FormatArg::Gpt => Format::Gpt,
+            },
+            mirrors: self.mirrors,
+            offline: self.offline,
+            verbose: self.verbose,
+            cache: self.cache,
+            jobs: self.jobs,
+            free: self.free,
+            size: self.size,
+            staged: self.staged,
+            toolchain: self.toolchain.into(),
+            no_sandbox: self.no_sandbox,
+            connect_timeout: self.connect_timeout,
+            read_timeout: self.read_timeout,
+            retries: self.retries,
+            retry_delay: self.retry_delay,
+        }
+    }
 }
 
 /// Runs the pipeline and prints the image's path.
 pub fn run(args: BuildArgs) -> anyhow::Result<()> {
-    let output = build(args)?;
-    println!("{}", output.display());
+    let request = Request::new(args.settings(), &Env::from_process())?;
+    let built = pipeline::build(&request)?;
+    println!("{}", built.image.display());
     Ok(())
-}
-
-/// Collects the cache when the build ends, however it ends (see `Cache::collect`).
-struct Collect<'a> {
-    cache: &'a Cache,
-    reporter: &'a Reporter,
-}
-
-impl Drop for Collect<'_> {
-    fn drop(&mut self) {
-        match self.cache.collect() {
-            Ok(Some(done)) if done.outputs + done.sources > 0 => self.reporter.line(&format!(
-                "cache: removed {} outputs and {} sources no recent build uses ({})",
-                done.outputs,
-                done.sources,
-                human_bytes(done.bytes)
-            )),
-            Ok(_) => {}
-            Err(e) => self.reporter.line(&format!(
-                "warning: cannot collect the cache {}: {e}",
-                self.cache.root().display()
-            )),
-        }
-    }
-}
-
-/// Runs the pipeline; returns where the image went.
-pub fn build(args: BuildArgs) -> anyhow::Result<PathBuf> {
-    let started = Instant::now();
-    let reporter = Reporter::new(args.verbose);
-
-    let recipe = Recipe::load(&args.recipe).context("failed to read the recipe")?;
-    let mirrors = Mirrors::from_host(&args.mirrors).context("failed to set up mirrors")?;
-    let cache_dir = match &args.cache {
-        Some(d) => d.clone(),
-        None => Cache::default_dir()?,
-    };
-    let cache = Cache::open(&cache_dir)?;
-
-    let toolchain = if recipe.needs_toolchain() {
-        let flavor = match args.toolchain {
-            ToolchainArg::Auto => Flavor::Auto,
-            ToolchainArg::MuslGcc => Flavor::MuslGcc,
-            ToolchainArg::Zig => Flavor::Zig,
-        };
-        let t = Toolchain::detect(&cache, flavor)?;
-        reporter.line(&format!("toolchain: {}", t.description));
-        Some(t)
-    } else {
-        None
-    };
-    // Build scripts, and strip on what packages ship, run in the sandbox.
-    let sandbox_mode = recipe.runs_tools().then_some(if args.no_sandbox {
-        SandboxMode::None
-    } else {
-        SandboxMode::Namespaces
-    });
-    let sandbox = match sandbox_mode {
-        Some(SandboxMode::Namespaces) => {
-            let sb = Sandbox::current();
-            let scratch = tempfile::Builder::new()
-                .prefix("sandbox-check-")
-                .tempdir_in(cache.tmp())
-                .context("failed to check the sandbox")?;
-            sb.check(scratch.path())?;
-            Some(sb)
-        }
-        _ => None,
-    };
-    if sandbox_mode == Some(SandboxMode::None) {
-        reporter
-            .line("warning: --no-sandbox: build scripts run with your rights, network and files");
-    }
-    let toolchain = match (toolchain, sandbox_mode) {
-        (Some(t), Some(mode)) => Some(t.for_sandbox(mode.key())),
-        (t, _) => t,
-    };
-
-    let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if !v.is_empty() => Some(
-            v.parse::<u64>()
-                .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
-        ),
-        _ => None,
-    };
-    let plan = Plan::resolve(
-        &recipe,
-        &PlanContext {
-            mirrors,
-            source_date_epoch,
-            toolchain: toolchain.as_ref().map(|t| t.identity.clone()),
-            sandbox: sandbox_mode.map(|m| m.key().to_string()),
-        },
-    )
-    .context("invalid recipe")?;
-    // Every time stamp in the image must fit; say so before building.
-    image::ext4_epoch(plan.image.epoch).context("invalid epoch")?;
-    // What this build uses stays in the cache; what no recent build uses goes when it ends.
-    let uses = cartbuild::cache::Uses {
-        keys: plan.packages.iter().map(|p| p.key.clone()).collect(),
-        sources: plan
-            .packages
-            .iter()
-            .filter_map(|p| Some(p.source.as_ref()?.sha256.clone()))
-            .collect(),
-    };
-    cache
-        .record_root(&args.recipe, &uses)
-        .with_context(|| format!("failed to record the build in {}", cache.root().display()))?;
-    let _collect = Collect {
-        cache: &cache,
-        reporter: &reporter,
-    };
-    let output = args.output.clone().unwrap_or_else(|| {
-        PathBuf::from("images").join(match args.format {
-            FormatArg::Ext4 => bare_name(&plan),
-            FormatArg::Gpt => format!("{}-{}.gpt.img", plan.image.name, plan.image.version),
-        })
-    });
-    if let Some(dir) = &args.staged
-        && dir.exists()
-    {
-        bail!(
-            "--staged {}: already exists; give a new directory",
-            dir.display()
-        );
-    }
-
-    // Fetch what is needed: sources of packages whose output is not cached.
-    let fetcher = Fetcher::new(
-        cache.clone(),
-        fetch::Options {
-            connect_timeout: secs(args.connect_timeout, "--connect-timeout")?,
-            read_timeout: secs(args.read_timeout, "--read-timeout")?,
-            retries: args.retries,
-            retry_delay: secs(args.retry_delay, "--retry-delay")?,
-            offline: args.offline,
-        },
-        reporter.clone(),
-    )?;
-    let mut sources = BTreeMap::new();
-    for pkg in &plan.packages {
-        let Some(source) = &pkg.source else { continue };
-        if Builder::is_cached(&cache, pkg) {
-            continue;
-        }
-        let path = fetcher
-            .fetch(&pkg.name, source)
-            .context("failed to fetch sources")?;
-        sources.insert(pkg.name.clone(), path);
-    }
-
-    let jobs = args
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let outputs = Builder {
-        plan: &plan,
-        toolchain: toolchain.as_ref(),
-        cache: &cache,
-        sources: &sources,
-        jobs,
-        reporter: reporter.clone(),
-        sandbox: sandbox.as_ref(),
-    }
-    .build_all()
-    .context("build failed")?;
-    let built = outputs.values().filter(|o| !o.cached).count();
-
-    // Stage into a fresh directory (kept only with --staged).
-    let staged_tmp;
-    let staged_dir = match &args.staged {
-        Some(d) => {
-            std::fs::create_dir_all(d)
-                .with_context(|| format!("failed to create {}", d.display()))?;
-            d.clone()
-        }
-        None => {
-            staged_tmp = tempfile::Builder::new()
-                .prefix("staged-")
-                .tempdir_in(cache.tmp())
-                .context("failed to create the staging directory")?;
-            staged_tmp.path().to_path_buf()
-        }
-    };
-    reporter.line(&format!("staging {} packages", plan.packages.len()));
-    let dirs: BTreeMap<String, PathBuf> = outputs
-        .iter()
-        .map(|(k, o)| (k.clone(), o.dir.clone()))
-        .collect();
-    let staged = cartbuild::stage::stage(&plan, &dirs, &staged_dir)
-        .context("failed to stage the image's files")?;
-
-    // The manifest, made from the tree as the writer will see it, goes into
-    // the tree itself.
-    let mut bar = reporter.bytes("hashing the staged files".into(), None);
-    let (mut manifest, hashes) = describe::manifest(
-        &plan,
-        toolchain.as_ref().map(|t| t.description.clone()),
-        &staged_dir,
-        &staged,
-        &mut |done, _| bar.set(done),
-    )
-    .context("failed to describe the image")?;
-    bar.finish();
-    manifest.sandbox = sandbox_mode.map(|m| m.name().to_string());
-    let placed = describe::place_in_tree(&staged_dir, &manifest)
-        .context("failed to put the manifest into the image")?;
-
-    let writer = Ext4;
-    let opts = ImageOptions {
-        epoch: plan.image.epoch,
-        size: match (args.size, args.free) {
-            (Some(n), _) => ImageSize::Exact(n),
-            (None, free) => ImageSize::Fit {
-                free: free.unwrap_or(image::DEFAULT_FREE),
-            },
-        },
-        label: plan.image.name.clone(),
-    };
-    let mut filesystem = Pending::create(&output).context("failed to write the image")?;
-    let mut bar = reporter.bytes(
-        format!("writing {} with {}", output.display(), writer.name()),
-        None,
-    );
-    let written = writer
-        .write(&staged_dir, &opts, filesystem.file(), &mut |done, _| {
-            bar.set(done)
-        })
-        .context("failed to write the image")?;
-    bar.finish();
-    describe::check_written(&manifest, &placed, &written).context("failed to write the image")?;
-    let (fs_sha256, fs_size) = filesystem.sha256().context("failed to write the image")?;
-
-    let mut sha1 = hashes.sha1;
-    sha1.insert(PATH_IN_IMAGE.to_string(), placed.sha1.clone());
-    let tool = format!("cartbuild-{}", env!("CARGO_PKG_VERSION"));
-    let sbom = spdx::document(&spdx::Input {
-        manifest: &manifest,
-        extra: std::slice::from_ref(&placed.entry),
-        sha1: &sha1,
-        filesystem_sha256: &fs_sha256,
-        tool: &tool,
-    })
-    .context("failed to write the SBOM")?;
-
-    // The bare image is the filesystem, hashed already; a disk is hashed once written.
-    let (image, sha, size) = match args.format {
-        FormatArg::Ext4 => (filesystem, fs_sha256, fs_size),
-        FormatArg::Gpt => {
-            let mut disk_file = Pending::create(&output).context("failed to write the disk")?;
-            let meta = MetaFiles::new(&manifest.to_json(), &sbom, &bare_name(&plan), &fs_sha256);
-            reporter.line(&format!(
-                "writing the GPT disk {} (partitions `{}` and `{}`)",
-                output.display(),
-                disk::PARTITION_NAME,
-                disk::META_PARTITION_NAME
-            ));
-            disk::write_disk(
-                filesystem.file(),
-                fs_size,
-                &fs_sha256,
-                &meta,
-                plan.image.epoch,
-                disk_file.file(),
-                &output,
-            )
-            .context("failed to write the disk")?;
-            let (sha, size) = disk_file.sha256().context("failed to write the image")?;
-            (disk_file, sha, size)
-        }
-    };
-    let mut outputs = Outputs::new();
-    for file in describe::sidecars(&output, &sha, size, &manifest, &sbom)
-        .context("failed to describe the image")?
-    {
-        outputs.push(file);
-    }
-    // The image last: see `Outputs::persist`.
-    outputs.push(image);
-    let written_paths = outputs
-        .persist()
-        .context("failed to put the image in place")?;
-    let sidecars: Vec<String> = written_paths
-        .iter()
-        .filter(|p| **p != output)
-        .map(|p| p.display().to_string())
-        .collect();
-    reporter.line(&format!(
-        "built {} ({}, {} of content, sha256 {sha}) in {:.1} s: {} packages, {built} built, {} cached; {}",
-        output.display(),
-        human_bytes(size),
-        human_bytes(written.content_bytes),
-        started.elapsed().as_secs_f64(),
-        plan.packages.len(),
-        plan.packages.len() - built,
-        sidecars.join(", ")
-    ));
-    Ok(output)
 }

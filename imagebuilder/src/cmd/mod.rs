@@ -6,6 +6,7 @@
 //! `push` uploads one to an OCI registry. Each subcommand is a variant of
 //! [`Command`] and a file of its own.
 
+mod assets;
 mod build;
 mod diff;
 mod inspect;
@@ -23,6 +24,9 @@ pub use build::BuildArgs;
 /// Build reproducible crashcart debug images from declarative recipes.
 ///
 /// `cartbuild RECIPE` is short for `cartbuild build RECIPE`.
+///
+/// Exit status: 0 on success, 1 when cartbuild fails, 2 for bad usage (a bad flag, or a bad
+/// CARTBUILD_* value in the environment).
 #[derive(Debug, Parser)]
 #[command(name = "cartbuild", version)]
 pub struct Cli {
@@ -51,6 +55,9 @@ pub enum Command {
     Keygen(keygen::KeygenArgs),
     /// Sign images: write <image>.minisig beside each (minisign-compatible).
     Sign(sign::SignArgs),
+    /// Write shell completions and man pages into DIR (./build.sh installs them).
+    #[command(hide = true)]
+    GenerateAssets(assets::AssetsArgs),
 }
 
 /// The arguments with `build` inserted when the first one names no
@@ -88,6 +95,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Release(args) => release::run(args),
         Command::Keygen(args) => keygen::run(args),
         Command::Sign(args) => sign::run(args),
+        Command::GenerateAssets(args) => assets::run(args),
     }
 }
 

@@ -10,6 +10,11 @@
 //! needs are modelled; every other byte is written as zero. Each struct also
 //! has a `decode` so that tests can read back what was encoded.
 
+// The superblock's place, size and magic, and the feature bits, shared with cartimage's
+// superblock detection; its little-endian readers too.
+pub use cartimage::ext4::{MAGIC, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, compat, incompat, ro_compat};
+use cartimage::le::{u16_at as get_u16, u32_at as get_u32};
+
 /// Filesystem block size in bytes: 4 KiB (`s_log_block_size = 2`).
 pub const BLOCK_SIZE: usize = 4096;
 /// [`BLOCK_SIZE`] as a `u64`, for block arithmetic on byte offsets.
@@ -28,12 +33,6 @@ pub const INODES_PER_BLOCK: u32 = 16;
 pub const GROUP_DESC_SIZE: usize = 32;
 /// Group descriptors per block.
 pub const DESCS_PER_BLOCK: u32 = 128;
-/// Byte offset of the superblock from the start of the image.
-pub const SUPERBLOCK_OFFSET: u64 = 1024;
-/// Size of the superblock structure.
-pub const SUPERBLOCK_SIZE: usize = 1024;
-/// `s_magic`.
-pub const MAGIC: u16 = 0xEF53;
 
 /// Inode number of the root directory.
 pub const ROOT_INO: u32 = 2;
@@ -54,39 +53,6 @@ pub const LINK_MAX: u32 = 65000;
 /// A symlink target shorter than `i_block` (60 bytes) is stored inline: a
 /// "fast" symlink (`ext4_inode_is_fast_symlink` in fs/ext4/inode.c).
 pub const FAST_SYMLINK_MAX: usize = 59;
-
-/// Compatible features.
-pub mod compat {
-    /// `sparse_super2`: backup superblocks only in `s_backup_bgs` (none here).
-    pub const SPARSE_SUPER2: u32 = 0x0200;
-}
-
-/// Incompatible features.
-pub mod incompat {
-    /// Directory entries carry the file type.
-    pub const FILETYPE: u32 = 0x0002;
-    /// Inodes map their blocks with extents.
-    pub const EXTENTS: u32 = 0x0040;
-    /// Bitmaps and inode tables may sit anywhere in the filesystem.
-    pub const FLEX_BG: u32 = 0x0200;
-}
-
-/// Read-only compatible features.
-pub mod ro_compat {
-    /// Superblock backups only in some groups (moot with `sparse_super2`).
-    pub const SPARSE_SUPER: u32 = 0x0001;
-    /// Files of 2 GiB and more (`i_size_high`).
-    pub const LARGE_FILE: u32 = 0x0002;
-    /// `i_blocks` has 48 bits (`l_i_blocks_hi`).
-    pub const HUGE_FILE: u32 = 0x0008;
-    /// Directories with more than 65000 subdirectories have `i_links_count = 1`.
-    pub const DIR_NLINK: u32 = 0x0020;
-    /// Inodes have `i_extra_isize` bytes of extra fields.
-    pub const EXTRA_ISIZE: u32 = 0x0040;
-    /// The kernel mounts the filesystem read-only only (fs/ext4/super.c:
-    /// "filesystem is read-only").
-    pub const READONLY: u32 = 0x1000;
-}
 
 /// `s_state`: cleanly unmounted.
 pub const STATE_VALID: u16 = 0x0001;
@@ -137,18 +103,6 @@ fn put_u16(buf: &mut [u8], offset: usize, value: u16) {
 
 fn put_u32(buf: &mut [u8], offset: usize, value: u32) {
     buf[offset..offset + 4].copy_from_slice(&value.to_le_bytes());
-}
-
-fn get_u16(buf: &[u8], offset: usize) -> u16 {
-    let mut bytes = [0; 2];
-    bytes.copy_from_slice(&buf[offset..offset + 2]);
-    u16::from_le_bytes(bytes)
-}
-
-fn get_u32(buf: &[u8], offset: usize) -> u32 {
-    let mut bytes = [0; 4];
-    bytes.copy_from_slice(&buf[offset..offset + 4]);
-    u32::from_le_bytes(bytes)
 }
 
 /// Splits a 64-bit value into its low and high 32-bit halves.

@@ -161,6 +161,65 @@ pub fn write_image(tree: &Tree, out: &mut File, opts: &Options) -> Result<Report
     write_image_with_progress(tree, out, opts, &mut |_, _| {})
 }
 
+/// How many group descriptor blocks to reserve before anything else is placed, for the
+/// most groups the image can need, and the last block the image may use.
+fn reserve_descriptors(plan: &Plan<'_>, opts: &Options, max_ino: u32) -> Result<(u64, u64)> {
+    match opts.size {
+        ImageSize::Fit { free } => {
+            let free_blocks = free.div_ceil(BLOCK_SIZE_U64);
+            let upper = plan.pre_data_blocks() + plan.data_blocks_upper_bound();
+            let mut gdt = 1;
+            loop {
+                let geometry = fit(1 + gdt + upper, max_ino, free_blocks)?;
+                let needed = u64::from(geometry.groups).div_ceil(u64::from(DESCS_PER_BLOCK));
+                if needed <= gdt {
+                    return Ok((gdt, u64::MAX));
+                }
+                gdt = needed;
+            }
+        }
+        ImageSize::Exact(bytes) => {
+            let blocks = bytes / BLOCK_SIZE_U64;
+            let groups = blocks.div_ceil(u64::from(BLOCKS_PER_GROUP));
+            Ok((groups.div_ceil(u64::from(DESCS_PER_BLOCK)).max(1), blocks))
+        }
+    }
+}
+
+/// The image's geometry once everything up to `meta_start` is placed; with an exact size
+/// that is too small, the error names the smallest size that fits.
+fn final_geometry(
+    opts: &Options,
+    meta_start: u64,
+    max_ino: u32,
+    gdt_reserved: u64,
+) -> Result<Geometry> {
+    match opts.size {
+        ImageSize::Fit { free } => fit(meta_start, max_ino, free.div_ceil(BLOCK_SIZE_U64)),
+        ImageSize::Exact(bytes) => match exact(bytes / BLOCK_SIZE_U64, meta_start, max_ino) {
+            Some(geometry) => Ok(geometry),
+            None => {
+                // The smallest fitting image, counting the descriptor blocks
+                // it needs itself (more groups may need more of them).
+                let content = meta_start - (1 + gdt_reserved);
+                let mut gdt = gdt_reserved;
+                let needed = loop {
+                    let geometry = fit(1 + gdt + content, max_ino, 0)?;
+                    let descs = u64::from(geometry.groups).div_ceil(u64::from(DESCS_PER_BLOCK));
+                    if descs <= gdt {
+                        break geometry.blocks_count * BLOCK_SIZE_U64;
+                    }
+                    gdt = descs;
+                };
+                Err(Error::TooSmall {
+                    needed,
+                    requested: bytes,
+                })
+            }
+        },
+    }
+}
+
 /// [`write_image`], calling `progress(bytes_done, bytes_total)` after each
 /// regular file's data has been written (for a progress bar).
 pub fn write_image_with_progress(
@@ -183,27 +242,7 @@ pub fn write_image_with_progress(
 
     // Group descriptor blocks are reserved before anything else is placed,
     // for the most groups the image can need.
-    let pre_meta = plan.pre_data_blocks();
-    let (gdt_reserved, limit) = match opts.size {
-        ImageSize::Fit { free } => {
-            let free_blocks = free.div_ceil(BLOCK_SIZE_U64);
-            let upper = pre_meta + plan.data_blocks_upper_bound();
-            let mut gdt = 1;
-            loop {
-                let geometry = fit(1 + gdt + upper, max_ino, free_blocks)?;
-                let needed = u64::from(geometry.groups).div_ceil(u64::from(DESCS_PER_BLOCK));
-                if needed <= gdt {
-                    break (gdt, u64::MAX);
-                }
-                gdt = needed;
-            }
-        }
-        ImageSize::Exact(bytes) => {
-            let blocks = bytes / BLOCK_SIZE_U64;
-            let groups = blocks.div_ceil(u64::from(BLOCKS_PER_GROUP));
-            (groups.div_ceil(u64::from(DESCS_PER_BLOCK)).max(1), blocks)
-        }
-    };
+    let (gdt_reserved, limit) = reserve_descriptors(&plan, opts, max_ino)?;
 
     // Directories and long symlinks: their sizes are known now.
     let mut meta_out = BlockOut::new(out, limit);
@@ -225,30 +264,7 @@ pub fn write_image_with_progress(
 
     // Extent trees of fragmented files, then the group metadata.
     let meta_start = plan.place_file_trees(data_end, &mut meta_out)?;
-    let geometry = match opts.size {
-        ImageSize::Fit { free } => fit(meta_start, max_ino, free.div_ceil(BLOCK_SIZE_U64))?,
-        ImageSize::Exact(bytes) => match exact(bytes / BLOCK_SIZE_U64, meta_start, max_ino) {
-            Some(geometry) => geometry,
-            None => {
-                // The smallest fitting image, counting the descriptor blocks
-                // it needs itself (more groups may need more of them).
-                let content = meta_start - (1 + gdt_reserved);
-                let mut gdt = gdt_reserved;
-                let needed = loop {
-                    let geometry = fit(1 + gdt + content, max_ino, 0)?;
-                    let descs = u64::from(geometry.groups).div_ceil(u64::from(DESCS_PER_BLOCK));
-                    if descs <= gdt {
-                        break geometry.blocks_count * BLOCK_SIZE_U64;
-                    }
-                    gdt = descs;
-                };
-                return Err(Error::TooSmall {
-                    needed,
-                    requested: bytes,
-                });
-            }
-        },
-    };
+    let geometry = final_geometry(opts, meta_start, max_ino, gdt_reserved)?;
     let gdt_used = u64::from(geometry.groups).div_ceil(u64::from(DESCS_PER_BLOCK));
     if gdt_used > gdt_reserved {
         return Err(Error::Internal {
@@ -510,6 +526,52 @@ fn empty_dir<'t>(meta: Meta, path: PathBuf) -> Slot<'t> {
     }
 }
 
+/// The inode of `tree`'s node `child`, named `path`: the one it has (a hard link, one more
+/// name of it), else a new one in `slots`.
+fn inode_of<'t>(
+    tree: &'t Tree,
+    child: NodeId,
+    path: &Path,
+    slots: &mut Vec<Slot<'t>>,
+    node_ino: &mut [u32],
+) -> Result<u32> {
+    let existing = node_ino[child];
+    if existing != 0 {
+        if let Some(slot) = slot_of(existing).and_then(|s| slots.get_mut(s)) {
+            slot.names += 1;
+            if slot.names > LINK_MAX {
+                return Err(Error::TooManyLinks {
+                    path: path.to_path_buf(),
+                    links: usize::try_from(slot.names).unwrap_or(usize::MAX),
+                });
+            }
+        }
+        return Ok(existing);
+    }
+    let child_node = &tree.nodes[child];
+    let new_ino = ino_of(slots.len())?;
+    let body = match &child_node.kind {
+        NodeKind::Dir(_) => empty_dir(child_node.meta, PathBuf::new()).body,
+        NodeKind::File(data) => Body::File {
+            data,
+            written: None,
+            tree: ExtentPlacement::default(),
+        },
+        NodeKind::Symlink(target) if target.len() <= FAST_SYMLINK_MAX => {
+            Body::FastSymlink { target }
+        }
+        NodeKind::Symlink(target) => Body::SlowSymlink { target, block: 0 },
+    };
+    slots.push(Slot {
+        meta: child_node.meta,
+        names: 1,
+        body,
+        path: path.to_path_buf(),
+    });
+    node_ino[child] = new_ino;
+    Ok(new_ino)
+}
+
 impl<'t> Plan<'t> {
     /// Numbers the inodes and collects every directory's entries.
     fn new(tree: &'t Tree) -> Result<Plan<'t>> {
@@ -567,41 +629,7 @@ impl<'t> Plan<'t> {
             for (name, &child) in children {
                 let child_path = path.join(OsStr::from_bytes(name));
                 let child_node = &tree.nodes[child];
-                let child_ino = if node_ino[child] != 0 {
-                    let existing = node_ino[child];
-                    if let Some(slot) = slot_of(existing).and_then(|s| slots.get_mut(s)) {
-                        slot.names += 1;
-                        if slot.names > LINK_MAX {
-                            return Err(Error::TooManyLinks {
-                                path: child_path,
-                                links: usize::try_from(slot.names).unwrap_or(usize::MAX),
-                            });
-                        }
-                    }
-                    existing
-                } else {
-                    let new_ino = ino_of(slots.len())?;
-                    let body = match &child_node.kind {
-                        NodeKind::Dir(_) => empty_dir(child_node.meta, PathBuf::new()).body,
-                        NodeKind::File(data) => Body::File {
-                            data,
-                            written: None,
-                            tree: ExtentPlacement::default(),
-                        },
-                        NodeKind::Symlink(target) if target.len() <= FAST_SYMLINK_MAX => {
-                            Body::FastSymlink { target }
-                        }
-                        NodeKind::Symlink(target) => Body::SlowSymlink { target, block: 0 },
-                    };
-                    slots.push(Slot {
-                        meta: child_node.meta,
-                        names: 1,
-                        body,
-                        path: child_path.clone(),
-                    });
-                    node_ino[child] = new_ino;
-                    new_ino
-                };
+                let child_ino = inode_of(tree, child, &child_path, &mut slots, &mut node_ino)?;
                 let kind = match child_node.kind {
                     NodeKind::Dir(_) => {
                         subdirs += 1;

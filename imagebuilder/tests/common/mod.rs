@@ -13,7 +13,11 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
+// Shared with tests/harness (testkit): output, prerequisites, tools, digests. Each test
+// crate that includes this module uses some of them (as with dead_code above).
+pub use testkit::sha256_hex as sha256;
+#[allow(unused_imports)]
+pub use testkit::{repo_root, require_root, run_tool, stderr, stdout, tool};
 
 /// What the server does for one path.
 #[derive(Debug, Clone)]
@@ -160,11 +164,6 @@ fn handle(mut stream: TcpStream, state: Arc<Mutex<State>>, port: u16) {
     // Drain what the client still sends so the close is clean.
     let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
     let _ = stream.read(&mut [0u8; 64]);
-}
-
-/// Hex sha256.
-pub fn sha256(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 /// A gzipped tarball with `files` (path, contents, mode) under one top directory.
@@ -320,11 +319,6 @@ $CC $CFLAGS $LDFLAGS -o "$OUT/bin/hello" hello.c
     )
 }
 
-/// stderr as text.
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 /// Asserts a clean failure: non-zero exit, exactly one `cartbuild: error:` line
 /// (the last) that contains every needle; no image and no temporary image left;
 /// nothing unverified in the cache.
@@ -417,34 +411,6 @@ pub fn assert_fsck_clean(image: &Path) {
         "e2fsck -fn failed:\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The path of a system tool, looking in the sbin directories too (a PATH
-/// without them must not hide losetup or e2fsck).
-pub fn tool(name: &str) -> PathBuf {
-    ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-        .iter()
-        .map(|dir| Path::new(dir).join(name))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from(name))
-}
-
-/// Runs a system tool; a missing one fails the test saying what to install.
-pub fn run_tool(name: &str, args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(tool(name))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {name} ({e}): install it (see .ci/packages)"))
-}
-
-/// Fails the test unless it runs as root (loop devices and mounts need it).
-pub fn require_root() {
-    use std::os::unix::fs::MetadataExt;
-    let uid = fs::metadata("/proc/self").expect("/proc/self").uid();
-    assert_eq!(
-        uid, 0,
-        "this test attaches loop devices and mounts them: run it as root (tests/run does)"
     );
 }
 

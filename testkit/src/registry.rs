@@ -1,12 +1,8 @@
 //! Real registries on 127.0.0.1 for the OCI tests, shared by `imagebuilder/tests/push.rs` and
-//! `tests/inject_oci.rs` (which includes this file by path): the one `.ci/setup` starts on
+//! `tests/inject_oci.rs`: the one `.ci/setup` starts on
 //! 127.0.0.1:5000, private `docker-registry` instances with their own storage (for tests that
 //! damage what is stored), a tiny crashcart image built by `cartbuild`, and a recording relay
 //! that counts the requests a client makes.
-//!
-//! Only std and tempfile, so that both test crates can use it.
-
-#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
