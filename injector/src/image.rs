@@ -233,7 +233,7 @@ impl Image {
     /// [`cartimage::detect`]) and that it is the image that was built (and signed), against
     /// what lies beside it (see [`crate::verify`]): all through the one descriptor that is
     /// later bound to the loop device.
-    pub fn open(path: &Path) -> Result<Image, ImageError> {
+    pub fn open(path: &Path, policy: &crate::verify::Policy) -> Result<Image, ImageError> {
         let file = open_file(path)?;
         let trusted = trust::check(path, &file)?;
         let len = file
@@ -266,7 +266,7 @@ impl Image {
         } else {
             Err("whether a process has the image open for writing is unknown".into())
         };
-        let mut verified = crate::verify::check(path, &file, crate::verify::policy(), records)?;
+        let mut verified = crate::verify::check(path, &file, policy, records)?;
         verified.steps.insert(0, trusted.note);
         Ok(Image {
             path: path.to_owned(),

@@ -197,17 +197,18 @@ fn run(cli: Cli, mode: Mode) -> anyhow::Result<i32> {
         Mode::Target { image, target } => (image, target),
     };
     let image = image::choose(image_arg.as_deref());
+    let api = KernelApi::from_legacy_flag(cli.legacy_mount);
     if cli.unmount {
-        return command::unmount::run(&target, KernelApi::from_legacy_flag(cli.legacy_mount));
+        return command::unmount::run(&target, api);
     }
     // Only what attaches an image needs its key (-u and --list never read one).
-    verify::configure(cli.verify_key.as_deref())?;
+    let policy = verify::Policy::from_key(cli.verify_key.as_deref())?;
     // IMAGE as oci://HOST/REPO:TAG or @sha256:…: pulled (or found in the cache) now, with
     // the HTTP client gone before anything forks (see oci).
     let image = if oci::is_reference(&image) {
         let options = oci::PullOptions {
             max_size: cli.oci_max_size.unwrap_or(oci::DEFAULT_MAX_SIZE),
-            keyed: cli.verify_key.is_some(),
+            keyed: policy.demands_signature(),
         };
         let pulled = oci::localize(&image.to_string_lossy(), &oci::cache_base(), options)
             .context("failed to pull the image")?;
@@ -224,18 +225,14 @@ fn run(cli: Cli, mode: Mode) -> anyhow::Result<i32> {
         image
     };
     if cli.mount {
-        return command::mount::run(
-            &image,
-            &target,
-            KernelApi::from_legacy_flag(cli.legacy_mount),
-            cli.verbose,
-        );
+        return command::mount::run(&image, &target, api, &policy, cli.verbose);
     }
     session::run(SessionArgs {
         image,
         target,
         command: (!cli.command.is_empty()).then_some(cli.command),
-        api: KernelApi::from_legacy_flag(cli.legacy_mount),
+        api,
+        policy,
         verbose: cli.verbose,
         power: profile::Request {
             profile: if cli.match_container {

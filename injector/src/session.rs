@@ -55,6 +55,8 @@ pub struct SessionArgs {
     pub command: Option<Vec<OsString>>,
     /// The kernel interfaces to use (`--legacy-mount`: `mount(2)` and no pidfds).
     pub api: KernelApi,
+    /// What the image must satisfy (`--verify-key`).
+    pub policy: crate::verify::Policy,
     /// Print each step.
     pub verbose: bool,
     /// `--profile` and its flags: the command's power (see [`crate::profile`]).
@@ -274,7 +276,7 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
     let note = noter(verbose);
     let linger = crate::keep::linger(std::env::var_os(crate::keep::LINGER_ENV).as_deref())
         .map_err(|e| anyhow::anyhow!(e))?;
-    let image = Image::open(&args.image)?;
+    let image = Image::open(&args.image, &args.policy)?;
     let (target, pin) = pin_target(&args.target, args.api)?;
     let tracers = sealed_against(target.pid, &note)?;
     let mut watch = crate::watch::TargetWatch::new(&target, &pin);

@@ -36,7 +36,6 @@ use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use cartimage::manifest;
 use cartimage::sidecar::{self, SidecarError, Sidecars};
@@ -96,30 +95,36 @@ pub enum VerifyError {
     },
 }
 
-/// What is demanded of every image: for now, a signature by one key, or nothing.
-#[derive(Debug, Default)]
+/// What is demanded of every image: its sidecars, and a signature by one key when one was
+/// given. Made once from the command line and passed to [`crate::image::Image::open`]:
+/// there is no process-wide default to forget to set.
+#[derive(Debug)]
 pub struct Policy {
     key: Option<VerifyKey>,
 }
 
-static POLICY: OnceLock<Policy> = OnceLock::new();
+impl Policy {
+    /// The policy of `--verify-key` (or `$CARTINJECT_VERIFY_KEY`): a key file or base64 key
+    /// demands a signature by it; none (or empty) demands the sidecars only. A key that does
+    /// not parse is an error, never "no key".
+    pub fn from_key(key: Option<&str>) -> Result<Policy, VerifyError> {
+        let key = key
+            .filter(|k| !k.is_empty())
+            .map(VerifyKey::parse)
+            .transpose()
+            .map_err(VerifyError::Key)?;
+        Ok(Policy { key })
+    }
 
-/// Sets the process's policy from `--verify-key` (or `$CARTINJECT_VERIFY_KEY`), once, before
-/// any image is opened.
-pub fn configure(key: Option<&str>) -> Result<(), VerifyError> {
-    let key = key
-        .filter(|k| !k.is_empty())
-        .map(VerifyKey::parse)
-        .transpose()
-        .map_err(VerifyError::Key)?;
-    // A second call keeps the first policy: main configures once.
-    let _ = POLICY.set(Policy { key });
-    Ok(())
-}
+    /// The sidecars only, no signature.
+    pub fn sidecars_only() -> Policy {
+        Policy { key: None }
+    }
 
-/// The policy set by [`configure`] (no key when it was never called).
-pub fn policy() -> &'static Policy {
-    POLICY.get_or_init(Policy::default)
+    /// Whether a signature is demanded.
+    pub fn demands_signature(&self) -> bool {
+        self.key.is_some()
+    }
 }
 
 /// What [`check`] found.
@@ -418,11 +423,22 @@ mod tests {
 
     const ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
 
+    /// A key that does not parse is an error, never "no key"; an empty one is none.
+    #[test]
+    fn the_policy_fails_closed_on_a_bad_key() {
+        assert!(!Policy::from_key(None).unwrap().demands_signature());
+        assert!(!Policy::from_key(Some("")).unwrap().demands_signature());
+        assert!(!Policy::sidecars_only().demands_signature());
+        for bad in ["not a key", "/nonexistent/key.pub", "RWQ"] {
+            assert!(Policy::from_key(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn no_sidecar_is_a_notice() {
         let d = tempfile::tempdir().unwrap();
         let (p, f) = image(d.path(), b"abc");
-        let v = check(&p, &f, &Policy::default(), OFF).unwrap();
+        let v = check(&p, &f, &Policy::sidecars_only(), OFF).unwrap();
         let notice = v.notice.unwrap();
         assert!(
             notice.contains("is not verified") && notice.contains("img.img.sha256"),
@@ -435,7 +451,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (p, f) = image(d.path(), b"abc");
         std::fs::write(d.path().join("img.img.sha256"), format!("{ABC}  img.img\n")).unwrap();
-        let v = check(&p, &f, &Policy::default(), OFF).unwrap();
+        let v = check(&p, &f, &Policy::sidecars_only(), OFF).unwrap();
         assert_eq!(v.notice, None);
         assert!(
             v.steps.iter().any(|s| s.contains("matches")),
@@ -443,10 +459,10 @@ mod tests {
             v.steps
         );
         std::fs::write(&p, b"abd").unwrap();
-        let e = check(&p, &f, &Policy::default(), OFF).unwrap_err();
+        let e = check(&p, &f, &Policy::sidecars_only(), OFF).unwrap_err();
         assert!(e.to_string().contains("does not match"), "{e}");
         std::fs::write(d.path().join("img.img.sha256"), "junk\n").unwrap();
-        let e = check(&p, &f, &Policy::default(), OFF).unwrap_err();
+        let e = check(&p, &f, &Policy::sidecars_only(), OFF).unwrap_err();
         assert!(
             e.to_string().contains("is not a sha256 checksum file"),
             "{e}"
@@ -461,7 +477,7 @@ mod tests {
         let link = d.path().join("crashcart.img");
         std::os::unix::fs::symlink("img.img", &link).unwrap();
         let f = File::open(&link).unwrap();
-        let v = check(&link, &f, &Policy::default(), OFF).unwrap();
+        let v = check(&link, &f, &Policy::sidecars_only(), OFF).unwrap();
         assert_eq!(v.notice, None);
         drop(p);
     }
@@ -477,7 +493,7 @@ mod tests {
         let sum = d.path().join("img.img.sha256");
         std::fs::write(&sum, format!("{ABC}  img.img\n")).unwrap();
         let at = Records::At(base.path());
-        let policy = Policy::default();
+        let policy = Policy::sidecars_only();
         // Let the coarse clock pass the file's ctime, so that the first check may record it.
         std::thread::sleep(std::time::Duration::from_millis(30));
         let first = check(&p, &f, &policy, at).unwrap();

@@ -130,9 +130,10 @@ pub fn run(
     image_path: &Path,
     target_arg: &str,
     api: KernelApi,
+    policy: &crate::verify::Policy,
     verbose: bool,
 ) -> anyhow::Result<i32> {
-    let image = Image::open(image_path)?;
+    let image = Image::open(image_path, policy)?;
     let (target, pin) = pin_target(target_arg, api)?;
     // While cartinject waits for the lock, a stop signal ends the wait (blocked, it stays
     // pending for `lock` to see) with 128+N and nothing attached; the mask is restored before
