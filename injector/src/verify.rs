@@ -150,10 +150,6 @@ pub enum Records<'a> {
 /// Checks the image at `path`, open as `file`, against what lies beside it, and its signature
 /// when `policy` names a key; with `records`, not again while a record says it was and the
 /// file has not changed since.
-#[expect(
-    clippy::too_many_lines,
-    reason = "split once the sidecar rule lives in cartimage (issue 12)"
-)]
 pub fn check(
     path: &Path,
     file: &File,
@@ -164,63 +160,17 @@ pub fn check(
     // in lower case, the manifest's size checked before anything is read).
     let found = Sidecars::find(path);
     let mut verified = Verified::default();
-    let size = file
-        .metadata()
-        .map_err(|source| VerifyError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?
-        .len();
-    let sidecar_err = |e: SidecarError| match e {
-        SidecarError::Mismatch { sidecar, what } => VerifyError::Mismatch {
-            image: path.to_path_buf(),
-            sidecar,
-            what,
-        },
-        SidecarError::Unreadable { sidecar, reason } => VerifyError::Sidecar {
-            image: path.to_path_buf(),
-            sidecar,
-            reason,
-        },
+    let read_err = |source: io::Error| VerifyError::Read {
+        path: path.to_path_buf(),
+        source,
     };
+    let size = file.metadata().map_err(read_err)?.len();
+    let sidecar_err = |e| sidecar_error(path, e);
     let expected = found.expected().map_err(sidecar_err)?;
     expected.check_size(size).map_err(sidecar_err)?;
+    let signed = read_signature(path, policy, &found)?;
 
-    let mut sig_bytes = Vec::new();
-    let signature = match (&policy.key, &found.signature) {
-        (Some(_), Some(sig_path)) => {
-            let text = sidecar::read(sig_path)
-                .and_then(|bytes| {
-                    sig_bytes.clone_from(&bytes);
-                    String::from_utf8(bytes).map_err(|_| "it is not UTF-8 text".to_string())
-                })
-                .map_err(|reason| VerifyError::Signature {
-                    image: path.to_path_buf(),
-                    source: SignatureError::SigRead {
-                        path: sig_path.clone(),
-                        source: io::Error::other(reason),
-                    },
-                })?;
-            Some(ImageSignature::decode(&text, sig_path).map_err(|source| {
-                VerifyError::Signature {
-                    image: path.to_path_buf(),
-                    source,
-                }
-            })?)
-        }
-        (Some(_), None) => {
-            return Err(VerifyError::Signature {
-                image: path.to_path_buf(),
-                source: SignatureError::Missing {
-                    image: path.to_path_buf(),
-                    sig: signature::signature_path(path),
-                },
-            });
-        }
-        (None, _) => None,
-    };
-
-    if expected.is_empty() && signature.is_none() {
+    if expected.is_empty() && signed.is_none() {
         verified.notice = Some(format!(
             "image {} is not verified: there is no {} or {} beside it (cartbuild writes both)",
             path.display(),
@@ -236,80 +186,35 @@ pub fn check(
     }
 
     let sig_key = policy.key.as_ref();
-    let seen = match (&signature, sig_key) {
-        (Some(_), Some(key)) => Some(SignatureSeen::new(key.base64(), &sig_bytes)),
-        _ => None,
-    };
-    let read_err = |source: io::Error| VerifyError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-
-    // A record of this very state of the file, when records may be used for it.
-    let store = match records {
-        Records::At(base) => {
-            let stamp = inode::stamp(file.as_fd()).map_err(|e| read_err(e.into()))?;
-            match record::recordable(file.as_fd(), &stamp) {
-                Err(why) => {
-                    verified
-                        .steps
-                        .push(format!("no verification record: {why}"));
-                    None
-                }
-                Ok(()) => match Store::open_in(base) {
-                    Err(why) => {
-                        verified.warnings.push(format!(
-                            "verification records are not used: {why} (every session hashes the image)"
-                        ));
-                        None
-                    }
-                    Ok(store) => Some((store, stamp)),
-                },
-            }
+    let (signature, seen) = match (signed, sig_key) {
+        (Some((sig, bytes)), Some(key)) => {
+            let seen = SignatureSeen::new(key.base64(), &bytes);
+            (Some(sig), Some(seen))
         }
-        Records::Off(why) => {
-            verified
-                .steps
-                .push(format!("no verification record: {why}"));
-            None
-        }
+        _ => (None, None),
     };
+    let store = open_records(records, file, &mut verified).map_err(read_err)?;
     let mut why_hashed = String::from("no record may be used");
     if let Some((store, stamp)) = &store {
-        match store.find(stamp) {
-            Lookup::Hit(rec, at) => {
-                let sums = expected.check_sha256(&rec.sha256).is_ok();
-                if sums && (seen.is_none() || rec.signature == seen) {
-                    for (sidecar, _) in &expected.digests {
-                        verified.steps.push(format!(
-                            "image sha256 {} matches {} (verified earlier, record {}: same mount, device, inode, size, mtime and ctime since)",
-                            rec.sha256,
-                            sidecar.display(),
-                            at.display()
-                        ));
-                    }
-                    if let Some(sig) = &signature {
-                        check_comment(path, sig, &rec.sha256)?;
-                        verified.steps.push(format!(
-                            "signature {} verifies with {} (verified earlier, record {})",
-                            sig.path().display(),
-                            sig_key.map_or_else(String::new, ToString::to_string),
-                            at.display()
-                        ));
-                    }
-                    return Ok(verified);
-                }
-                why_hashed = format!(
-                    "the record {} does not vouch for what is asked now: a sidecar, the signature or the key changed",
-                    at.display()
-                );
+        match from_record(
+            path,
+            store,
+            stamp,
+            &expected,
+            signature.as_ref(),
+            sig_key,
+            seen.as_ref(),
+        )? {
+            Ok(steps) => {
+                verified.steps.extend(steps);
+                return Ok(verified);
             }
-            Lookup::Miss(why) => why_hashed = why,
+            Err(why) => why_hashed = why,
         }
     }
 
     // One pass over the image: sha256 always, the signature's BLAKE2b when there is one.
-    let mut verifier = match (&signature, sig_key) {
+    let verifier = match (&signature, sig_key) {
         (Some(sig), Some(key)) => {
             Some(sig.verifier(key).map_err(|source| VerifyError::Signature {
                 image: path.to_path_buf(),
@@ -318,29 +223,13 @@ pub fn check(
         }
         _ => None,
     };
-    // Read before the first byte is hashed: a change after it stamps the file no earlier.
-    let clock = inode::coarse_realtime().ok();
-    let before = inode::stamp(file.as_fd()).ok();
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut offset = 0u64;
-    loop {
-        let n = file.read_at(&mut buf, offset).map_err(read_err)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        if let Some(v) = verifier.as_mut() {
-            v.update(&buf[..n]);
-        }
-        offset += u64::try_from(n).unwrap_or(u64::MAX);
-    }
-    let after = inode::stamp(file.as_fd()).ok();
+    let hashed = hash(file, verifier).map_err(read_err)?;
     verified.steps.push(format!(
-        "hashed {offset} bytes of {} ({why_hashed})",
+        "hashed {} bytes of {} ({why_hashed})",
+        hashed.bytes,
         path.display()
     ));
-    let actual = hex::encode(hasher.finalize());
+    let actual = hashed.sha256.clone();
     expected.check_sha256(&actual).map_err(sidecar_err)?;
     for (sidecar, _) in &expected.digests {
         verified.steps.push(format!(
@@ -348,7 +237,7 @@ pub fn check(
             sidecar.display()
         ));
     }
-    if let (Some(v), Some(sig)) = (verifier, &signature) {
+    if let (Some(v), Some(sig)) = (hashed.verifier, &signature) {
         v.finish().map_err(|source| VerifyError::Signature {
             image: path.to_path_buf(),
             source,
@@ -361,29 +250,223 @@ pub fn check(
             sig.trusted_comment()
         ));
     }
-
     if let Some((store, _)) = &store {
-        let kept = match (clock, before, after) {
-            (Some(clock), Some(before), Some(after)) if before == after && before.ctime < clock => {
-                store.keep(&before, &actual, seen)
-            }
-            (_, Some(before), Some(after)) if before != after => {
-                Err("the file changed while it was hashed".into())
-            }
-            (Some(_), Some(_), Some(_)) => Err(
-                "it changed within the clock tick the hash began in, so a change after the hash could keep its ctime; the next session records it".into(),
-            ),
-            _ => Err("cannot stat it or read the clock".into()),
-        };
-        verified.steps.push(match kept {
-            Ok(at) => format!(
-                "recorded in {}: the next session skips the hash while the file is unchanged",
-                at.display()
-            ),
-            Err(why) => format!("not recorded: {why}"),
-        });
+        verified
+            .steps
+            .push(record_hash(store, &hashed.states, &actual, seen));
     }
     Ok(verified)
+}
+
+/// A [`SidecarError`] about the image at `path` as a [`VerifyError`].
+fn sidecar_error(path: &Path, e: SidecarError) -> VerifyError {
+    match e {
+        SidecarError::Mismatch { sidecar, what } => VerifyError::Mismatch {
+            image: path.to_path_buf(),
+            sidecar,
+            what,
+        },
+        SidecarError::Unreadable { sidecar, reason } => VerifyError::Sidecar {
+            image: path.to_path_buf(),
+            sidecar,
+            reason,
+        },
+    }
+}
+
+/// The signature beside the image and its file's bytes, when `policy` demands one: missing,
+/// unreadable or malformed is an error. `None` when no key was given.
+fn read_signature(
+    path: &Path,
+    policy: &Policy,
+    found: &Sidecars,
+) -> Result<Option<(ImageSignature, Vec<u8>)>, VerifyError> {
+    let sig_err = |source| VerifyError::Signature {
+        image: path.to_path_buf(),
+        source,
+    };
+    match (&policy.key, &found.signature) {
+        (None, _) => Ok(None),
+        (Some(_), None) => Err(sig_err(SignatureError::Missing {
+            image: path.to_path_buf(),
+            sig: signature::signature_path(path),
+        })),
+        (Some(_), Some(sig_path)) => {
+            let bytes = sidecar::read(sig_path).map_err(|reason| {
+                sig_err(SignatureError::SigRead {
+                    path: sig_path.clone(),
+                    source: io::Error::other(reason),
+                })
+            })?;
+            let text = String::from_utf8(bytes.clone()).map_err(|_| {
+                sig_err(SignatureError::SigRead {
+                    path: sig_path.clone(),
+                    source: io::Error::other("it is not UTF-8 text"),
+                })
+            })?;
+            let sig = ImageSignature::decode(&text, sig_path).map_err(sig_err)?;
+            Ok(Some((sig, bytes)))
+        }
+    }
+}
+
+/// The records' store and the file's stamp, when records may be used for it (else why not,
+/// in `verified`'s steps or warnings).
+fn open_records(
+    records: Records<'_>,
+    file: &File,
+    verified: &mut Verified,
+) -> Result<Option<(Store, inode::Stamp)>, io::Error> {
+    let base = match records {
+        Records::At(base) => base,
+        Records::Off(why) => {
+            verified
+                .steps
+                .push(format!("no verification record: {why}"));
+            return Ok(None);
+        }
+    };
+    let stamp = inode::stamp(file.as_fd())?;
+    if let Err(why) = record::recordable(file.as_fd(), &stamp) {
+        verified
+            .steps
+            .push(format!("no verification record: {why}"));
+        return Ok(None);
+    }
+    match Store::open_in(base) {
+        Err(why) => {
+            verified.warnings.push(format!(
+                "verification records are not used: {why} (every session hashes the image)"
+            ));
+            Ok(None)
+        }
+        Ok(store) => Ok(Some((store, stamp))),
+    }
+}
+
+/// What a record of this very state of the file vouches for: `Ok(steps)` when it vouches for
+/// everything asked now (the sidecars' digests, the signature by this key), else why the image
+/// is hashed.
+fn from_record(
+    path: &Path,
+    store: &Store,
+    stamp: &inode::Stamp,
+    expected: &sidecar::Expected,
+    signature: Option<&ImageSignature>,
+    key: Option<&VerifyKey>,
+    seen: Option<&SignatureSeen>,
+) -> Result<Result<Vec<String>, String>, VerifyError> {
+    let (rec, at) = match store.find(stamp) {
+        Lookup::Hit(rec, at) => (rec, at),
+        Lookup::Miss(why) => return Ok(Err(why)),
+    };
+    if expected.check_sha256(&rec.sha256).is_err()
+        || (seen.is_some() && rec.signature.as_ref() != seen)
+    {
+        return Ok(Err(format!(
+            "the record {} does not vouch for what is asked now: a sidecar, the signature or the key changed",
+            at.display()
+        )));
+    }
+    let mut steps = Vec::new();
+    for (sidecar, _) in &expected.digests {
+        steps.push(format!(
+            "image sha256 {} matches {} (verified earlier, record {}: same mount, device, inode, size, mtime and ctime since)",
+            rec.sha256,
+            sidecar.display(),
+            at.display()
+        ));
+    }
+    if let Some(sig) = signature {
+        check_comment(path, sig, &rec.sha256)?;
+        steps.push(format!(
+            "signature {} verifies with {} (verified earlier, record {})",
+            sig.path().display(),
+            key.map_or_else(String::new, ToString::to_string),
+            at.display()
+        ));
+    }
+    Ok(Ok(steps))
+}
+
+/// What [`hash`] read.
+struct Hashed<'k> {
+    /// How many bytes.
+    bytes: u64,
+    /// Their sha256, hex.
+    sha256: String,
+    /// The signature's verifier, fed the same bytes.
+    verifier: Option<signature::Verifier<'k>>,
+    /// The coarse clock before the first byte, and the file's stamp before and after.
+    states: (
+        Option<inode::Instant>,
+        Option<inode::Stamp>,
+        Option<inode::Stamp>,
+    ),
+}
+
+/// One pass over `file`: its sha256, and `verifier` fed the same bytes.
+fn hash<'k>(
+    file: &File,
+    mut verifier: Option<signature::Verifier<'k>>,
+) -> Result<Hashed<'k>, io::Error> {
+    // Read before the first byte is hashed: a change after it stamps the file no earlier.
+    let clock = inode::coarse_realtime().ok();
+    let before = inode::stamp(file.as_fd()).ok();
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    loop {
+        let n = file.read_at(&mut buf, offset)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        if let Some(v) = verifier.as_mut() {
+            v.update(&buf[..n]);
+        }
+        offset += u64::try_from(n).unwrap_or(u64::MAX);
+    }
+    let after = inode::stamp(file.as_fd()).ok();
+    Ok(Hashed {
+        bytes: offset,
+        sha256: hex::encode(hasher.finalize()),
+        verifier,
+        states: (clock, before, after),
+    })
+}
+
+/// Records the hash `actual` (and `seen`) for the file's state, when the states around the
+/// hash prove that nothing changed unseen (see [`record`]); returns the step to say.
+fn record_hash(
+    store: &Store,
+    states: &(
+        Option<inode::Instant>,
+        Option<inode::Stamp>,
+        Option<inode::Stamp>,
+    ),
+    actual: &str,
+    seen: Option<SignatureSeen>,
+) -> String {
+    let kept = match *states {
+        (Some(clock), Some(before), Some(after)) if before == after && before.ctime < clock => {
+            store.keep(&before, actual, seen)
+        }
+        (_, Some(before), Some(after)) if before != after => {
+            Err("the file changed while it was hashed".into())
+        }
+        (Some(_), Some(_), Some(_)) => Err(
+            "it changed within the clock tick the hash began in, so a change after the hash could keep its ctime; the next session records it".into(),
+        ),
+        _ => Err("cannot stat it or read the clock".into()),
+    };
+    match kept {
+        Ok(at) => format!(
+            "recorded in {}: the next session skips the hash while the file is unchanged",
+            at.display()
+        ),
+        Err(why) => format!("not recorded: {why}"),
+    }
 }
 
 /// The trusted comment is signed too: when it names a digest (cartbuild's do), it must be
