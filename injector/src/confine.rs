@@ -29,6 +29,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::kernel::{IdMap, Kernel};
 use crate::sys::caps;
 use crate::sys::seccomp::{self, Filter};
 use crate::sys::{Errno, process};
@@ -287,10 +288,15 @@ pub struct Reading {
 /// Reads what `--profile match` applies from target `pid`, whose `/proc/PID/status` is
 /// `status` (see [`read_status`]).
 pub fn read(pid: i32, status: Status) -> Reading {
+    read_with(&crate::kernel::Procfs, pid, status)
+}
+
+/// [`read`], through `kernel`: the id maps, seccomp filters and LSM label of `pid`.
+pub fn read_with(kernel: &impl Kernel, pid: i32, status: Status) -> Reading {
     let mut notes = Vec::new();
     let mut unmatched = Vec::new();
-    let map_text = |name: &str| std::fs::read_to_string(format!("/proc/{pid}/{name}")).ok();
-    let (uid_map, gid_map) = (map_text("uid_map"), map_text("gid_map"));
+    let map_text = |which: IdMap| kernel.id_map(pid, which).ok();
+    let (uid_map, gid_map) = (map_text(IdMap::Uid), map_text(IdMap::Gid));
     let map = |id: u32, text: &Option<String>, what: &str, notes: &mut Vec<String>| {
         text.as_deref()
             .and_then(|m| to_namespace(id, m))
@@ -327,7 +333,7 @@ pub fn read(pid: i32, status: Status) -> Reading {
             );
             Vec::new()
         }
-        _ => match seccomp::read_filters(pid) {
+        _ => match kernel.seccomp_filters(pid) {
             Ok(filters) => {
                 if filters.iter().any(Filter::uses_user_notif) {
                     unmatched.push("its seccomp filter hands some syscalls to a supervisor (SECCOMP_RET_USER_NOTIF): in the copy they fail with ENOSYS".into());
@@ -354,11 +360,7 @@ pub fn read(pid: i32, status: Status) -> Reading {
             }
         },
     };
-    let label = Label::read(
-        Path::new("/proc"),
-        pid,
-        Path::new("/sys/fs/selinux/enforce").exists(),
-    );
+    let label = kernel.lsm_label(pid);
     match &label {
         Label::NoLsm => notes.push(
             "no LSM (AppArmor, SELinux) labels processes on this host: there is no profile to match"
