@@ -283,11 +283,7 @@ pub mod fake {
     impl Kernel for FakeKernel {
         fn stat(&self, pid: i32) -> Result<Stat, ProcError> {
             let text = self.read(pid, "stat", |p| p.stat.clone())?;
-            let stat = Stat::parse(&text).ok_or(ProcError::NoSuchProcess(pid))?;
-            if stat.state == 'Z' {
-                return Err(ProcError::Exited(pid));
-            }
-            Ok(stat)
+            crate::procfs::check_stat(pid, PathBuf::from(format!("/proc/{pid}/stat")), &text)
         }
 
         fn status(&self, pid: i32) -> Result<Status, ConfineError> {
