@@ -136,8 +136,14 @@ impl Pin {
         {
             return false;
         }
-        matches!(procfs::read_stat(self.pid), Ok(stat) if stat.start_time == self.start_time)
+        same_process(&Procfs, self.pid, self.start_time)
     }
+}
+
+/// Whether `pid` is still the process that started at `start_time` (clock ticks after
+/// boot): alive, not a zombie, and not a new process that reused the PID.
+pub fn same_process(kernel: &impl Kernel, pid: i32, start_time: u64) -> bool {
+    matches!(kernel.stat(pid), Ok(stat) if stat.start_time == start_time)
 }
 
 /// Which of a target's namespaces differ from ours: those to join, the user namespace
@@ -515,5 +521,18 @@ mod tests {
             setns.contains("user (setresuid 0)") && setns.contains("PID 7"),
             "{setns}"
         );
+    }
+
+    #[test]
+    fn a_pinned_process_is_known_by_its_start_time() {
+        let k = FakeKernel::with(42, FakeProcess::container());
+        assert!(same_process(&k, 42, 5000));
+        // The PID was reused by a process that started later.
+        assert!(!same_process(&k, 42, 4999));
+        assert!(!same_process(&k, 43, 5000));
+        let mut zombie = FakeProcess::container();
+        zombie.stat =
+            Some("42 (app) Z 1 42 42 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 5000 0 0".into());
+        assert!(!same_process(&FakeKernel::with(42, zombie), 42, 5000));
     }
 }

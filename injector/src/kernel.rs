@@ -1,7 +1,10 @@
 //! The seam between a session's decisions and the kernel: what those decisions read about a
 //! target process (and about ourselves) from `/proc`, behind one narrow trait, [`Kernel`].
 //!
-//! The decisions (which namespaces to join: [`crate::join::plan_joins`]; which profile:
+//! The decisions (whether a PID is a live user process, and which container its cgroup
+//! names: [`crate::target::pid::resolve_with`]; whether a pinned PID is still the same
+//! process: [`crate::join::same_process`]; which namespaces to join:
+//! [`crate::join::plan_joins`]; which profile:
 //! [`crate::plan::decide_power`]; whether `/dev` can be renamed under the session:
 //! [`crate::plan::dev_redirectable`]; the target's environment, root and working directory:
 //! [`crate::plan::target_environment`], [`crate::plan::target_dirs`]; what `--profile match`

@@ -541,4 +541,35 @@ mod tests {
             Err(ProcError::NoSuchProcess(PID))
         ));
     }
+
+    #[test]
+    fn a_hostile_target_environment_reaches_the_session_only_as_allowed() {
+        let mut process = FakeProcess::container();
+        process.environ = Some(
+            b"PATH=/app/bin:./x:/usr/bin\0BASH_ENV=/pwn\0LD_PRELOAD=/pwn.so\0LANG=C.UTF-8\0\
+              LC_ALL=/evil\0HOME=/root\0"
+                .to_vec(),
+        );
+        let k = FakeKernel::with(PID, process);
+        let raw = target_environment(&k, PID, &mut |_| {}).expect("environ");
+        let env = crate::environ::session_env(&procfs::parse_environ(&raw), "web", None);
+        let get = |name: &str| {
+            env.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.to_str().expect("UTF-8").to_string())
+        };
+        assert_eq!(
+            get("PATH").as_deref(),
+            Some("/dev/crashcart/bin:/dev/crashcart/sbin:/app/bin:/usr/bin")
+        );
+        assert_eq!(get("LANG").as_deref(), Some("C.UTF-8"));
+        assert_eq!(get("HOME").as_deref(), Some("/dev/crashcart"));
+        for name in ["BASH_ENV", "LD_PRELOAD", "LC_ALL"] {
+            assert_eq!(get(name), None, "{name}");
+        }
+        assert_eq!(
+            crate::exec::path_of(&env).first(),
+            Some(&PathBuf::from("/dev/crashcart/bin"))
+        );
+    }
 }
