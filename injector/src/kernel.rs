@@ -11,7 +11,7 @@
 //! copies: [`crate::confine::read_with`]; the ids of a user-namespaced container's root:
 //! [`crate::userns::root_ids`]) take a `&impl Kernel`. [`Procfs`] is the real one, built on
 //! [`crate::procfs`], [`crate::confine`], [`crate::mountinfo`] and [`crate::sys`]; the unit
-//! tests use [`fake::FakeKernel`], an in-memory table of processes, and so run as an
+//! tests use `fake::FakeKernel` (compiled for tests only), an in-memory table of processes, and so run as an
 //! ordinary user.
 //!
 //! Only reads are here, and only those the decisions need: what a session *does* (setns,

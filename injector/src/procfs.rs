@@ -1,7 +1,8 @@
 //! What `/proc/PID` says about a target process: whether it is a kernel thread or a zombie,
 //! when it started (to recognise it again), its environment, root and working directory.
 //!
-//! The parsers take text, so unit tests feed them fixtures; only [`read`] touches `/proc`.
+//! The parsers take text, so unit tests feed them fixtures; only the `read_*` functions and [`root_identity`] touch `/proc` (through
+//! [`crate::kernel::Procfs`], for the decisions that tests fake).
 
 use std::ffi::OsString;
 use std::io;
