@@ -1,8 +1,9 @@
 //! What `/proc/PID` says about a target process: whether it is a kernel thread or a zombie,
 //! when it started (to recognise it again), its environment, root and working directory.
 //!
-//! The parsers take text, so unit tests feed them fixtures; only the `read_*` functions and [`root_identity`] touch `/proc` (through
-//! [`crate::kernel::Procfs`], for the decisions that tests fake).
+//! The parsers take text, so unit tests feed them fixtures; only the `read_*` functions and
+//! [`root_identity`] touch `/proc` (the decisions reach them through
+//! [`crate::kernel::Procfs`], which tests replace with a fake).
 
 use std::ffi::OsString;
 use std::io;
