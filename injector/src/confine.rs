@@ -29,6 +29,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::kernel::{IdMap, Kernel};
 use crate::sys::caps;
 use crate::sys::seccomp::{self, Filter};
 use crate::sys::{Errno, process};
@@ -287,10 +288,15 @@ pub struct Reading {
 /// Reads what `--profile match` applies from target `pid`, whose `/proc/PID/status` is
 /// `status` (see [`read_status`]).
 pub fn read(pid: i32, status: Status) -> Reading {
+    read_with(&crate::kernel::Procfs, pid, status)
+}
+
+/// [`read`], through `kernel`: the id maps, seccomp filters and LSM label of `pid`.
+pub fn read_with(kernel: &impl Kernel, pid: i32, status: Status) -> Reading {
     let mut notes = Vec::new();
     let mut unmatched = Vec::new();
-    let map_text = |name: &str| std::fs::read_to_string(format!("/proc/{pid}/{name}")).ok();
-    let (uid_map, gid_map) = (map_text("uid_map"), map_text("gid_map"));
+    let map_text = |which: IdMap| kernel.id_map(pid, which).ok();
+    let (uid_map, gid_map) = (map_text(IdMap::Uid), map_text(IdMap::Gid));
     let map = |id: u32, text: &Option<String>, what: &str, notes: &mut Vec<String>| {
         text.as_deref()
             .and_then(|m| to_namespace(id, m))
@@ -327,7 +333,7 @@ pub fn read(pid: i32, status: Status) -> Reading {
             );
             Vec::new()
         }
-        _ => match seccomp::read_filters(pid) {
+        _ => match kernel.seccomp_filters(pid) {
             Ok(filters) => {
                 if filters.iter().any(Filter::uses_user_notif) {
                     unmatched.push("its seccomp filter hands some syscalls to a supervisor (SECCOMP_RET_USER_NOTIF): in the copy they fail with ENOSYS".into());
@@ -354,11 +360,7 @@ pub fn read(pid: i32, status: Status) -> Reading {
             }
         },
     };
-    let label = Label::read(
-        Path::new("/proc"),
-        pid,
-        Path::new("/sys/fs/selinux/enforce").exists(),
-    );
+    let label = kernel.lsm_label(pid);
     match &label {
         Label::NoLsm => notes.push(
             "no LSM (AppArmor, SELinux) labels processes on this host: there is no profile to match"
@@ -567,6 +569,180 @@ mod tests {
         assert_eq!(
             Label::read(dir.path(), 7, false),
             Label::Unconfined("AppArmor")
+        );
+    }
+
+    use crate::kernel::fake::{FakeKernel, FakeProcess};
+
+    const PID: i32 = 42;
+
+    fn reading(process: FakeProcess) -> Reading {
+        let k = FakeKernel::with(PID, process);
+        let status = crate::kernel::Kernel::status(&k, PID).expect("status");
+        read_with(&k, PID, status)
+    }
+
+    #[test]
+    fn a_default_docker_root_is_matched_exactly() {
+        let mut process = FakeProcess::container().with_status(DOCKER_DEFAULT);
+        process.label = Label::AppArmor("docker-default".into());
+        let r = reading(process);
+        assert!(r.unmatched.is_empty(), "{:?}", r.unmatched);
+        assert!(r.notes.is_empty(), "{:?}", r.notes);
+        assert_eq!(r.profile.uid, [0; 3]);
+        assert_eq!(r.profile.groups.len(), 11);
+        assert_eq!(r.profile.permitted, 0xa804_25fb);
+        assert_eq!(r.profile.label, Label::AppArmor("docker-default".into()));
+        assert!(
+            r.profile.filters.is_empty(),
+            "no filter was read: Seccomp is 2 but the fake has none"
+        );
+    }
+
+    #[test]
+    fn ids_are_mapped_into_the_targets_user_namespace() {
+        let mut process = FakeProcess::container().with_status(
+            &DOCKER_DEFAULT
+                .replace("Uid:\t0\t0\t0\t0", "Uid:\t101000\t101000\t101000\t101000")
+                .replace("Gid:\t0\t0\t0\t0", "Gid:\t101000\t101000\t101000\t101000")
+                .replace("Groups:\t0 1 2 3 4 6 10 11 20 26 27 ", "Groups:\t101000 5"),
+        );
+        process.maps.insert(IdMap::Uid, "0 100000 65536\n".into());
+        process.maps.insert(IdMap::Gid, "0 100000 65536\n".into());
+        let r = reading(process);
+        assert_eq!(r.profile.uid, [1000; 3]);
+        assert_eq!(r.profile.gid, [1000; 3]);
+        // Group 5 (a host group) has no mapping: dropped, not widened.
+        assert_eq!(r.profile.groups, [1000]);
+    }
+
+    #[test]
+    fn an_unmapped_id_becomes_nobody_and_is_unmatched() {
+        let mut process = FakeProcess::container();
+        process.maps.insert(IdMap::Uid, "0 100000 65536\n".into());
+        process.maps.remove(&IdMap::Gid);
+        let r = reading(process);
+        assert_eq!(r.profile.uid, [65534; 3]);
+        assert_eq!(r.profile.gid, [65534; 3]);
+        // Six ids, and nobody cannot keep root's capabilities through execve.
+        assert_eq!(r.unmatched.len(), 7, "{:?}", r.unmatched);
+        assert!(
+            r.unmatched[0].contains("uid 0 has no mapping"),
+            "{:?}",
+            r.unmatched
+        );
+        assert!(
+            r.unmatched[6].contains("beyond its ambient set"),
+            "{:?}",
+            r.unmatched
+        );
+    }
+
+    #[test]
+    fn a_non_root_workloads_extra_permitted_caps_are_unmatched() {
+        let status = "Uid:\t1000\t1000\t1000\t1000\nGid:\t1000\t1000\t1000\t1000\nGroups:\t\n\
+            CapInh:\t0\nCapPrm:\t2000\nCapEff:\t2000\nCapBnd:\ta80425fb\nCapAmb:\t0\n\
+            NoNewPrivs:\t1\nSeccomp:\t0\n";
+        let r = reading(FakeProcess::container().with_status(status));
+        assert_eq!(r.unmatched.len(), 1, "{:?}", r.unmatched);
+        assert!(r.unmatched[0].contains("uid 1000"), "{:?}", r.unmatched);
+        assert!(r.profile.no_new_privs);
+        // execve as uid 1000 keeps only the ambient set (empty) in effect.
+        assert_eq!((r.profile.effective, r.profile.ambient), (0, 0));
+    }
+
+    fn with_seccomp(filters: Result<Vec<Filter>, Errno>) -> Reading {
+        let mut process = FakeProcess::container()
+            .with_status(&crate::kernel::fake::ROOT_STATUS.replace("Seccomp:\t0", "Seccomp:\t2"));
+        process.filters = filters;
+        reading(process)
+    }
+
+    #[test]
+    fn why_a_seccomp_filter_cannot_be_copied() {
+        for (errno, why) in [
+            (Errno::EPERM, "traced by another process"),
+            (Errno::EACCES, "without CAP_SYS_ADMIN"),
+            (Errno::EMEDIUMTYPE, "eBPF"),
+            (Errno::ETIMEDOUT, "frozen"),
+            (Errno::EINVAL, "CONFIG_CHECKPOINT_RESTORE"),
+        ] {
+            let r = with_seccomp(Err(errno));
+            assert_eq!(r.unmatched.len(), 1, "{errno}: {:?}", r.unmatched);
+            assert!(r.unmatched[0].contains(why), "{errno}: {:?}", r.unmatched);
+            assert!(r.profile.filters.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_copied_filter_is_kept_and_user_notif_is_unmatched() {
+        let allow = libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0x7fff_0000,
+        };
+        let notify = libc::sock_filter {
+            k: 0x7fc0_0000,
+            ..allow
+        };
+        let plain = Filter {
+            program: vec![allow],
+            flags: 0,
+        };
+        let r = with_seccomp(Ok(vec![plain.clone()]));
+        assert!(r.unmatched.is_empty(), "{:?}", r.unmatched);
+        assert_eq!(r.profile.filters, [plain]);
+        let supervised = Filter {
+            program: vec![notify],
+            flags: 0,
+        };
+        let r = with_seccomp(Ok(vec![supervised]));
+        assert_eq!(r.unmatched.len(), 1);
+        assert!(
+            r.unmatched[0].contains("SECCOMP_RET_USER_NOTIF"),
+            "{:?}",
+            r.unmatched
+        );
+    }
+
+    #[test]
+    fn labels_decide_notes_and_refusals() {
+        let mut process = FakeProcess::container();
+        process.label = Label::Unconfined("AppArmor");
+        let r = reading(process.clone());
+        assert!(r.unmatched.is_empty());
+        assert!(
+            r.notes.iter().any(|n| n.contains("unconfined by AppArmor")),
+            "{:?}",
+            r.notes
+        );
+        process.label = Label::Unreadable("permission denied".into());
+        let r = reading(process);
+        assert_eq!(r.unmatched.len(), 1);
+        assert!(
+            r.unmatched[0].contains("LSM label cannot be read"),
+            "{:?}",
+            r.unmatched
+        );
+    }
+
+    #[test]
+    fn apparmor_exec_attribute_prefers_its_own_file() {
+        let label = Label::AppArmor("p".into());
+        assert_eq!(
+            label.exec_attr(|_| true),
+            Some(("thread-self/attr/apparmor/exec", "exec p".into()))
+        );
+        assert_eq!(
+            label.exec_attr(|_| false),
+            Some(("thread-self/attr/exec", "exec p".into()))
+        );
+        assert_eq!(Label::NoLsm.exec_attr(|_| true), None);
+        assert_eq!(Label::apparmor("unconfined"), Label::Unconfined("AppArmor"));
+        assert_eq!(
+            Label::apparmor("a (b) (complain)"),
+            Label::AppArmor("a (b)".into())
         );
     }
 }

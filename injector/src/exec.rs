@@ -102,8 +102,68 @@ pub fn split_path(value: &OsStr) -> Vec<PathBuf> {
         .collect()
 }
 
-fn is_executable(path: &Path) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+/// The directories of the `PATH` in a session's environment (see [`session_env`]), in
+/// order; none without one.
+pub fn path_of(env: &[(OsString, OsString)]) -> Vec<PathBuf> {
+    env.iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| split_path(v))
+        .unwrap_or_default()
+}
+
+/// Where to look for `program`: itself when it holds a `/` (relative to the working
+/// directory or absolute), else each directory of `path` in order.
+pub fn candidates(program: &Path, path: &[PathBuf]) -> Vec<PathBuf> {
+    if program.as_os_str().as_bytes().contains(&b'/') {
+        vec![program.to_path_buf()]
+    } else {
+        path.iter().map(|d| d.join(program)).collect()
+    }
+}
+
+/// Tries `candidates` for `program` in order with `try_exec` (which returns only on
+/// failure, with the errno), as `execvp` does: one that is not there (ENOENT, ENOTDIR) is
+/// passed over, one that may not be run (EACCES) is remembered and the search goes on, any
+/// other failure ends it. Returns the exit code (126: found but cannot run; 127: not found)
+/// and the one line for the user.
+pub fn search(
+    program: &Path,
+    candidates: &[PathBuf],
+    try_exec: &mut dyn FnMut(&CString) -> Errno,
+) -> (i32, String) {
+    let mut denied = None;
+    for candidate in candidates {
+        let Ok(c_path) = CString::new(candidate.as_os_str().as_bytes()) else {
+            continue;
+        };
+        match try_exec(&c_path) {
+            Errno::ENOENT | Errno::ENOTDIR => continue,
+            Errno::EACCES => {
+                denied.get_or_insert_with(|| candidate.clone());
+            }
+            errno => {
+                return (
+                    126,
+                    format!("cannot run {}: {errno}", display::path(candidate)),
+                );
+            }
+        }
+    }
+    if let Some(path) = denied {
+        return (
+            126,
+            format!("cannot run {}: permission denied", display::path(&path)),
+        );
+    }
+    let name = display::path(program);
+    let message = if candidates.len() == 1 && program.is_absolute() {
+        format!("command not found: {name} does not exist in the target: check the path")
+    } else {
+        format!(
+            "command not found: `{name}` is neither in the image ({MOUNT_POINT}/bin, {MOUNT_POINT}/sbin) nor in the target's PATH: check the name, or use an image that has it"
+        )
+    };
+    (127, message)
 }
 
 /// The image's shell: its arguments, and for an interactive session the `ENV` variable
@@ -126,11 +186,37 @@ struct Shell {
 /// a login shell. `HOME` is the image (see [`crate::environ`]), so `~/...` files are the
 /// image's too.
 fn shell(interactive: bool) -> Option<Shell> {
+    shell_with(interactive, &|path: &Path| {
+        std::fs::metadata(path).map_or(Found::Nothing, |m| {
+            if !m.is_file() {
+                Found::Nothing
+            } else if m.permissions().mode() & 0o111 != 0 {
+                Found::Executable
+            } else {
+                Found::File
+            }
+        })
+    })
+}
+
+/// What is at a path of the image, as [`shell_with`] needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// Nothing, or not a regular file.
+    Nothing,
+    /// A regular file without any execute bit.
+    File,
+    /// A regular file with one.
+    Executable,
+}
+
+/// [`shell`], looking at the image's files through `probe`.
+fn shell_with(interactive: bool, probe: &dyn Fn(&Path) -> Found) -> Option<Shell> {
     let bin = Path::new(MOUNT_POINT).join("bin");
     let (name, path) = SHELLS
         .iter()
         .map(|s| (*s, bin.join(s)))
-        .find(|(_, p)| is_executable(p))?;
+        .find(|(_, p)| probe(p) == Found::Executable)?;
     let mut argv = vec![path.into_os_string()];
     if !interactive {
         return Some(Shell { argv, env: None });
@@ -138,7 +224,7 @@ fn shell(interactive: bool) -> Option<Shell> {
     let rc = RC_FILES
         .iter()
         .map(|rc| Path::new(MOUNT_POINT).join(rc))
-        .find(|p| p.is_file());
+        .find(|p| probe(p) != Found::Nothing);
     if name == "bash" {
         let flags: &[&str] = if rc.is_some() {
             &["--posix", "--noprofile"]
@@ -240,47 +326,12 @@ pub fn exec(spec: ExecSpec, reporter: &Reporter) -> i32 {
         return EXIT_FAILURE;
     };
     let program = Path::new(&argv[0]);
-    let candidates: Vec<PathBuf> = if program.as_os_str().as_bytes().contains(&b'/') {
-        vec![program.to_path_buf()]
-    } else {
-        spec.path.iter().map(|d| d.join(program)).collect()
-    };
-    let mut denied = None;
-    for candidate in &candidates {
-        let Ok(c_path) = CString::new(candidate.as_os_str().as_bytes()) else {
-            continue;
-        };
-        match process::exec(&c_path, &c_argv, &env) {
-            Errno::ENOENT | Errno::ENOTDIR => continue,
-            Errno::EACCES => {
-                denied.get_or_insert_with(|| candidate.clone());
-            }
-            errno => {
-                reporter.fail(
-                    126,
-                    format!("cannot run {}: {errno}", display::path(candidate)),
-                );
-                return 126;
-            }
-        }
-    }
-    if let Some(path) = denied {
-        reporter.fail(
-            126,
-            format!("cannot run {}: permission denied", display::path(&path)),
-        );
-        return 126;
-    }
-    let name = display::path(program);
-    let message = if candidates.len() == 1 && program.is_absolute() {
-        format!("command not found: {name} does not exist in the target: check the path")
-    } else {
-        format!(
-            "command not found: `{name}` is neither in the image ({MOUNT_POINT}/bin, {MOUNT_POINT}/sbin) nor in the target's PATH: check the name, or use an image that has it"
-        )
-    };
-    reporter.fail(127, message);
-    127
+    let candidates = candidates(program, &spec.path);
+    let (code, message) = search(program, &candidates, &mut |path| {
+        process::exec(path, &c_argv, &env)
+    });
+    reporter.fail(code, message);
+    code
 }
 
 /// The target's working directory, then the session's power (`--profile`: the debug set,
@@ -331,5 +382,202 @@ mod tests {
         assert_eq!(to_cstrings(&env).len(), env.len());
         let with_nul = [(OsString::from("A"), OsString::from("x\0y"))];
         assert!(to_cstrings(&with_nul).is_empty());
+    }
+
+    fn image(files: &'static [(&'static str, Found)]) -> impl Fn(&Path) -> Found {
+        move |path: &Path| {
+            files
+                .iter()
+                .find(|(p, _)| Path::new(p) == path)
+                .map_or(Found::Nothing, |(_, f)| *f)
+        }
+    }
+
+    fn argv(shell: &Shell) -> Vec<&str> {
+        shell
+            .argv
+            .iter()
+            .map(|a| a.to_str().expect("UTF-8"))
+            .collect()
+    }
+
+    #[test]
+    fn bash_with_the_images_rc_file_reads_it_through_env() {
+        let probe = image(&[
+            ("/dev/crashcart/bin/bash", Found::Executable),
+            ("/dev/crashcart/bin/sh", Found::Executable),
+            ("/dev/crashcart/etc/crashcartrc", Found::File),
+        ]);
+        let shell = shell_with(true, &probe).expect("a shell");
+        assert_eq!(
+            argv(&shell),
+            ["/dev/crashcart/bin/bash", "--posix", "--noprofile", "-i"]
+        );
+        assert_eq!(
+            shell.env,
+            Some(CString::new("ENV=/dev/crashcart/etc/crashcartrc").expect("no NUL"))
+        );
+    }
+
+    #[test]
+    fn bash_without_an_rc_file_reads_none() {
+        let probe = image(&[("/dev/crashcart/bin/bash", Found::Executable)]);
+        let shell = shell_with(true, &probe).expect("a shell");
+        assert_eq!(
+            argv(&shell),
+            ["/dev/crashcart/bin/bash", "--noprofile", "--norc", "-i"]
+        );
+        assert_eq!(shell.env, None);
+    }
+
+    #[test]
+    fn a_non_interactive_shell_gets_no_flags() {
+        let probe = image(&[
+            ("/dev/crashcart/bin/bash", Found::Executable),
+            ("/dev/crashcart/etc/bashrc", Found::File),
+        ]);
+        let shell = shell_with(false, &probe).expect("a shell");
+        assert_eq!(argv(&shell), ["/dev/crashcart/bin/bash"]);
+        assert_eq!(shell.env, None);
+    }
+
+    #[test]
+    fn without_bash_the_next_executable_shell_is_taken() {
+        // A bash without an execute bit is passed over; rc files are taken in order.
+        let probe = image(&[
+            ("/dev/crashcart/bin/bash", Found::File),
+            ("/dev/crashcart/bin/ash", Found::Executable),
+            ("/dev/crashcart/bin/sh", Found::Executable),
+            ("/dev/crashcart/etc/bash.bashrc", Found::File),
+            ("/dev/crashcart/.bashrc", Found::File),
+        ]);
+        let shell = shell_with(true, &probe).expect("a shell");
+        assert_eq!(argv(&shell), ["/dev/crashcart/bin/ash", "-i"]);
+        assert_eq!(
+            shell.env,
+            Some(CString::new("ENV=/dev/crashcart/etc/bash.bashrc").expect("no NUL"))
+        );
+    }
+
+    #[test]
+    fn an_image_without_a_shell_has_none() {
+        let probe = image(&[("/dev/crashcart/bin/zsh", Found::Executable)]);
+        assert!(shell_with(true, &probe).is_none());
+        assert!(
+            !SHELLS.contains(&"zsh"),
+            "zsh reads the container's /etc/zshenv"
+        );
+    }
+
+    #[test]
+    fn a_program_name_is_looked_up_in_path_order() {
+        let path = [
+            PathBuf::from("/dev/crashcart/bin"),
+            PathBuf::from("/usr/bin"),
+        ];
+        assert_eq!(
+            candidates(Path::new("ls"), &path),
+            [
+                PathBuf::from("/dev/crashcart/bin/ls"),
+                PathBuf::from("/usr/bin/ls")
+            ]
+        );
+        // With a slash, as given, whatever PATH says.
+        assert_eq!(
+            candidates(Path::new("./run"), &path),
+            [PathBuf::from("./run")]
+        );
+        assert_eq!(
+            candidates(Path::new("/bin/ls"), &path),
+            [PathBuf::from("/bin/ls")]
+        );
+        assert!(candidates(Path::new("ls"), &[]).is_empty());
+    }
+
+    #[test]
+    fn the_path_comes_from_the_session_environment() {
+        let env = session_env(
+            &[(OsString::from("PATH"), OsString::from("/app:/bin"))],
+            "x",
+            None,
+        );
+        assert_eq!(
+            path_of(&env),
+            [
+                PathBuf::from("/dev/crashcart/bin"),
+                PathBuf::from("/dev/crashcart/sbin"),
+                PathBuf::from("/app"),
+                PathBuf::from("/bin"),
+            ]
+        );
+        assert!(path_of(&[]).is_empty());
+    }
+
+    fn run(program: &str, path: &[&str], results: &[(&str, Errno)]) -> (i32, String, Vec<String>) {
+        let path: Vec<PathBuf> = path.iter().map(PathBuf::from).collect();
+        let program = Path::new(program);
+        let list = candidates(program, &path);
+        let mut tried = Vec::new();
+        let (code, message) = search(program, &list, &mut |c| {
+            let c = c.to_str().expect("UTF-8").to_string();
+            let errno = results
+                .iter()
+                .find(|(p, _)| *p == c)
+                .map_or(Errno::ENOENT, |(_, e)| *e);
+            tried.push(c);
+            errno
+        });
+        (code, message, tried)
+    }
+
+    #[test]
+    fn a_missing_command_is_127_after_every_directory() {
+        let (code, message, tried) = run("nope", &["/a", "/b"], &[]);
+        assert_eq!(code, 127);
+        assert_eq!(tried, ["/a/nope", "/b/nope"]);
+        assert!(
+            message.contains("`nope` is neither in the image"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_missing_absolute_path_says_so() {
+        let (code, message, _) = run("/opt/tool", &["/a"], &[]);
+        assert_eq!(code, 127);
+        assert!(
+            message.contains("/opt/tool does not exist in the target"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn permission_denied_goes_on_then_is_126() {
+        let (code, message, tried) = run("ls", &["/a", "/b"], &[("/a/ls", Errno::EACCES)]);
+        assert_eq!(tried, ["/a/ls", "/b/ls"]);
+        assert_eq!(code, 126);
+        assert_eq!(message, "cannot run /a/ls: permission denied");
+    }
+
+    #[test]
+    fn a_not_a_directory_entry_is_passed_over() {
+        let (code, _, tried) = run("ls", &["/f", "/b"], &[("/f/ls", Errno::ENOTDIR)]);
+        assert_eq!(tried, ["/f/ls", "/b/ls"]);
+        assert_eq!(code, 127);
+    }
+
+    #[test]
+    fn any_other_failure_stops_the_search_with_126() {
+        let (code, message, tried) = run("ls", &["/a", "/b"], &[("/a/ls", Errno::ENOEXEC)]);
+        assert_eq!(tried, ["/a/ls"]);
+        assert_eq!(code, 126);
+        assert!(message.starts_with("cannot run /a/ls: "), "{message}");
+    }
+
+    #[test]
+    fn a_hostile_program_name_is_escaped() {
+        let (code, message, _) = run("x\x1b[2J", &["/a"], &[]);
+        assert_eq!(code, 127);
+        assert!(!message.bytes().any(|b| b < 0x20), "{message:?}");
     }
 }

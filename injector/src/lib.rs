@@ -5,7 +5,8 @@
 //! its namespaces), [`loopdev`] and [`mount`] (the image on a loop device, mounted detached),
 //! [`child`] (the forked namespace child), [`place`] (the image at `/dev/crashcart`), [`exec`]
 //! (the user's command), [`session`] (the parent: pty, signals, exit status). [`sys`] is the
-//! only place that talks to the kernel directly.
+//! only place that talks to the kernel directly; [`kernel`] is the narrow view of `/proc`
+//! that the decisions of [`plan`] and [`join`] read through, so tests can fake it.
 //!
 //! This is the library; `main.rs` is only the command line.
 
@@ -25,12 +26,14 @@ pub mod features;
 pub mod image;
 pub mod join;
 pub mod keep;
+pub mod kernel;
 pub mod list;
 pub mod loopdev;
 pub mod mount;
 pub mod mountinfo;
 pub mod oci;
 pub mod place;
+pub mod plan;
 pub mod procfs;
 pub mod profile;
 pub mod session;

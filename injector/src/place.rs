@@ -204,10 +204,17 @@ fn describe(dir: BorrowedFd<'_>, name: &str) -> String {
     }
 }
 
+/// Whether opening a directory without following links failed because something that is
+/// no plain directory is there (a symlink: ELOOP; a file: ENOTDIR; a magic link or
+/// another filesystem's root crossed: EXDEV), which is refused as planted.
+fn planted(errno: Errno) -> bool {
+    matches!(errno, Errno::ELOOP | Errno::ENOTDIR | Errno::EXDEV)
+}
+
 /// `/dev` of the process root, a real directory (not a symlink: refused in one line).
 fn open_dev(root: BorrowedFd<'_>, fix: &'static str) -> Result<OwnedFd, PlaceError> {
     resolve::open_dir(root, Path::new("dev")).map_err(|errno| match errno {
-        Errno::ELOOP | Errno::ENOTDIR | Errno::EXDEV => PlaceError::Planted {
+        errno if planted(errno) => PlaceError::Planted {
             path: "/dev",
             what: describe(root, "dev"),
             fix,
@@ -223,7 +230,7 @@ fn open_dev(root: BorrowedFd<'_>, fix: &'static str) -> Result<OwnedFd, PlaceErr
 /// `/dev/crashcart` below the `/dev` fd `dev`, a real directory.
 fn open_crashcart(dev: BorrowedFd<'_>, fix: &'static str) -> Result<OwnedFd, PlaceError> {
     resolve::open_dir(dev, Path::new(CRASHCART)).map_err(|errno| match errno {
-        Errno::ELOOP | Errno::ENOTDIR | Errno::EXDEV => PlaceError::Planted {
+        errno if planted(errno) => PlaceError::Planted {
             path: MOUNT_POINT,
             what: describe(dev, CRASHCART),
             fix,
@@ -281,10 +288,35 @@ struct DevShape {
 /// `fs.mount-max` when that is lower (read below `root`, in the namespace joined, from a
 /// procfs: a value the container fakes can only lower the bound).
 fn bind_bound(root: BorrowedFd<'_>) -> usize {
-    resolve::read_procfs_value(root, Path::new("proc/sys/fs/mount-max"))
-        .ok()
+    bound_of(
+        resolve::read_procfs_value(root, Path::new("proc/sys/fs/mount-max"))
+            .ok()
+            .as_deref(),
+    )
+}
+
+/// [`bind_bound`] from the text of `fs.mount-max`, if it could be read.
+fn bound_of(mount_max: Option<&str>) -> usize {
+    mount_max
         .and_then(|t| t.trim().parse::<usize>().ok())
         .map_or(MAX_BOUND_ENTRIES, |max| (max / 4).min(MAX_BOUND_ENTRIES))
+}
+
+/// The entries of the container's `/dev` (`names`, as listed) that a cover re-exposes:
+/// all but cartinject's own names, or when there are more than `bound` of them only the
+/// [`STANDARD_DEV`] ones, with a warning for the user.
+fn dev_names_to_bind(mut names: Vec<OsString>, bound: usize) -> (Vec<OsString>, Option<String>) {
+    names.retain(|n| n != CRASHCART && n != TARGET_ENV);
+    if names.len() <= bound {
+        return (names, None);
+    }
+    let total = names.len();
+    names.retain(|n| STANDARD_DEV.iter().any(|s| n == s));
+    let warning = format!(
+        "the container's /dev holds {total} entries, more than the {bound} cartinject binds (one mount each): only its standard entries ({}) are shown in /dev",
+        STANDARD_DEV.join(" ")
+    );
+    (names, Some(warning))
 }
 
 fn read_dev(
@@ -294,16 +326,10 @@ fn read_dev(
 ) -> Result<DevShape, PlaceError> {
     let (_, uid, gid, mode) =
         resolve::stat_at(dev, OsStr::new("")).map_err(file_err("stat", "/dev"))?;
-    let mut names = resolve::list(dev).map_err(file_err("list", "/dev"))?;
-    names.retain(|n| n != CRASHCART && n != TARGET_ENV);
-    let bound = bind_bound(root);
-    if names.len() > bound {
-        let total = names.len();
-        names.retain(|n| STANDARD_DEV.iter().any(|s| n == s));
-        note(format!(
-            "the container's /dev holds {total} entries, more than the {bound} cartinject binds (one mount each): only its standard entries ({}) are shown in /dev",
-            STANDARD_DEV.join(" ")
-        ));
+    let listed = resolve::list(dev).map_err(file_err("list", "/dev"))?;
+    let (names, warning) = dev_names_to_bind(listed, bind_bound(root));
+    if let Some(warning) = warning {
+        note(warning);
     }
     let mut entries = Vec::with_capacity(names.len());
     for name in names {
@@ -415,21 +441,7 @@ fn cover_dev(
     note: &mut dyn FnMut(String),
 ) -> Result<OwnedFd, PlaceError> {
     let shape = read_dev(root, dev, note)?;
-    let count = shape.entries.len();
-    let mut options = vec![
-        ("mode", format!("{:o}", shape.mode)),
-        (
-            "size",
-            (1024 * 1024 + 4096 * count + files.iter().map(|(_, b)| b.len() + 4096).sum::<usize>())
-                .to_string(),
-        ),
-        ("nr_inodes", (1024 + count).to_string()),
-    ];
-    // tmpfs's root belongs to the mounter (root) unless told otherwise.
-    if (shape.uid, shape.gid) != (0, 0) {
-        options.push(("uid", shape.uid.to_string()));
-        options.push(("gid", shape.gid.to_string()));
-    }
+    let options = cover_options(&shape, files);
     let cover = match legacy {
         None => {
             let cover = mount_api::tmpfs(source, &options).map_err(|e| {
@@ -500,6 +512,28 @@ fn cover_dev(
         remounted.map_err(mount_err("remount read-only", "/dev"))?;
     }
     Ok(cover)
+}
+
+/// The tmpfs options of a cover of `shape` that also holds `files`: the covered `/dev`'s
+/// mode and (unless root's) owner, 4 KiB and an inode per entry above 1 MiB and 1,024
+/// inodes, and each file's size and a page more.
+fn cover_options(shape: &DevShape, files: &[(&str, &[u8])]) -> Vec<(&'static str, String)> {
+    let count = shape.entries.len();
+    let mut options = vec![
+        ("mode", format!("{:o}", shape.mode)),
+        (
+            "size",
+            (1024 * 1024 + 4096 * count + files.iter().map(|(_, b)| b.len() + 4096).sum::<usize>())
+                .to_string(),
+        ),
+        ("nr_inodes", (1024 + count).to_string()),
+    ];
+    // tmpfs's root belongs to the mounter (root) unless told otherwise.
+    if (shape.uid, shape.gid) != (0, 0) {
+        options.push(("uid", shape.uid.to_string()));
+        options.push(("gid", shape.gid.to_string()));
+    }
+    options
 }
 
 /// `mount(2)` of a tmpfs named `source` onto the directory fd `dev` (by the host's
@@ -650,19 +684,12 @@ pub fn mount_in_place(
         let _ids = FsIds::switch(owner.0, owner.1);
         resolve::mkdir_at(dev.as_fd(), OsStr::new(CRASHCART), 0o755)
     };
-    let created = match made {
-        Ok(()) => true,
-        Err(Errno::EEXIST) => false,
-        Err(Errno::EROFS) => {
+    let created = match after_mkdir(made)? {
+        Made::Created => true,
+        Made::Existing => false,
+        Made::ReadOnly => {
             cover_for_mount(image, dev.as_fd(), own_ns, note)?;
             return Ok(MountPlacement::Cover);
-        }
-        Err(errno) => {
-            return Err(PlaceError::File {
-                step: "create",
-                path: MOUNT_POINT.into(),
-                errno,
-            });
         }
     };
     let undo = |dev: &OwnedFd| {
@@ -684,6 +711,31 @@ pub fn mount_in_place(
     attach_onto(image, at.as_fd(), Path::new(MOUNT_POINT), host_root)
         .inspect_err(|_| undo(&dev))?;
     Ok(MountPlacement::Directory { created })
+}
+
+/// What `mkdir /dev/crashcart` found, for `-m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Made {
+    /// Created it (and `-u` removes it).
+    Created,
+    /// Already there (to be checked: a plain directory that is no mount point).
+    Existing,
+    /// `/dev` is read-only: cover it instead (see [`cover_for_mount`]).
+    ReadOnly,
+}
+
+/// [`Made`] from the result of `mkdirat(dev, "crashcart")`; any other failure is an error.
+fn after_mkdir(made: Result<(), Errno>) -> Result<Made, PlaceError> {
+    match made {
+        Ok(()) => Ok(Made::Created),
+        Err(Errno::EEXIST) => Ok(Made::Existing),
+        Err(Errno::EROFS) => Ok(Made::ReadOnly),
+        Err(errno) => Err(PlaceError::File {
+            step: "create",
+            path: MOUNT_POINT.into(),
+            errno,
+        }),
+    }
 }
 
 /// The read-only-`/dev` case of [`mount_in_place`]; `dev` is the container's `/dev` in its
@@ -863,13 +915,7 @@ pub fn remove(ours: &OwnMounts, host: Option<&HostRoot>) -> Result<Removed, Plac
     let at_id = mount_id(at.as_fd(), MOUNT_POINT, host)?;
     if at_id == dev_id {
         // No mount: a directory -m left behind, removed when empty.
-        return match resolve::rmdir_at(dev.as_fd(), OsStr::new(CRASHCART)) {
-            Ok(()) => Ok(Removed::EmptyDir),
-            Err(Errno::ENOTEMPTY | Errno::EEXIST | Errno::EBUSY | Errno::EROFS | Errno::ENOENT) => {
-                Ok(Removed::Nothing)
-            }
-            Err(errno) => Err(file_err("remove", MOUNT_POINT)(errno)),
-        };
+        return after_rmdir(resolve::rmdir_at(dev.as_fd(), OsStr::new(CRASHCART)));
     }
     if !ours.images.contains(&at_id) {
         return Err(PlaceError::Planted {
@@ -881,6 +927,19 @@ pub fn remove(ours: &OwnMounts, host: Option<&HostRoot>) -> Result<Removed, Plac
     detach_checked(dev.as_fd(), CRASHCART, at_id, host)?;
     let removed = resolve::rmdir_at(dev.as_fd(), OsStr::new(CRASHCART)).is_ok();
     Ok(Removed::Image(at_id, removed))
+}
+
+/// What removing the directory `-m` left at `/dev/crashcart` (with nothing mounted on it)
+/// did: a directory that is not empty, busy, on a read-only `/dev` or gone meanwhile is left
+/// alone (nothing to report); any other failure is an error.
+fn after_rmdir(result: Result<(), Errno>) -> Result<Removed, PlaceError> {
+    match result {
+        Ok(()) => Ok(Removed::EmptyDir),
+        Err(Errno::ENOTEMPTY | Errno::EEXIST | Errno::EBUSY | Errno::EROFS | Errno::ENOENT) => {
+            Ok(Removed::Nothing)
+        }
+        Err(errno) => Err(file_err("remove", MOUNT_POINT)(errno)),
+    }
 }
 
 /// Detaches the mount on `name` in `dir` after checking, on the name itself and without
@@ -990,5 +1049,157 @@ mod tests {
             errno: Errno::ENOSPC,
         };
         assert!(!e.to_string().bytes().any(|b| b < 0x20), "{e}");
+    }
+
+    fn shape(entries: usize, uid: u32, gid: u32, mode: u32) -> DevShape {
+        DevShape {
+            entries: (0..entries)
+                .map(|i| DevEntry {
+                    name: format!("e{i}").into(),
+                    kind: DevKind::Other,
+                })
+                .collect(),
+            uid,
+            gid,
+            mode,
+            read_only: false,
+        }
+    }
+
+    fn option<'a>(options: &'a [(&str, String)], key: &str) -> Option<&'a str> {
+        options
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn a_cover_looks_like_roots_dev_and_grows_with_it() {
+        let options = cover_options(&shape(10, 0, 0, 0o755), &[]);
+        assert_eq!(option(&options, "mode"), Some("755"));
+        assert_eq!(
+            option(&options, "size"),
+            Some((1024 * 1024 + 40960).to_string().as_str())
+        );
+        assert_eq!(option(&options, "nr_inodes"), Some("1034"));
+        // Root's: the mounter's ids already.
+        assert_eq!(option(&options, "uid"), None);
+        assert_eq!(option(&options, "gid"), None);
+    }
+
+    #[test]
+    fn a_user_namespaced_dev_keeps_its_owner_and_room_for_the_env_file() {
+        let env = vec![b'x'; 10_000];
+        let options = cover_options(&shape(0, 100_000, 100_000, 0o1777), &[(TARGET_ENV, &env)]);
+        assert_eq!(option(&options, "mode"), Some("1777"));
+        assert_eq!(option(&options, "uid"), Some("100000"));
+        assert_eq!(option(&options, "gid"), Some("100000"));
+        assert_eq!(
+            option(&options, "size"),
+            Some((1024 * 1024 + 10_000 + 4096).to_string().as_str())
+        );
+    }
+
+    #[test]
+    fn the_bind_bound_follows_mount_max_downwards_only() {
+        assert_eq!(bound_of(None), MAX_BOUND_ENTRIES);
+        assert_eq!(bound_of(Some("100000\n")), MAX_BOUND_ENTRIES);
+        assert_eq!(bound_of(Some("1000\n")), 250);
+        assert_eq!(bound_of(Some("junk")), MAX_BOUND_ENTRIES);
+        assert_eq!(bound_of(Some("99999999999")), MAX_BOUND_ENTRIES);
+    }
+
+    #[test]
+    fn cartinjects_own_names_are_never_bound() {
+        let names = vec![
+            "null".into(),
+            CRASHCART.into(),
+            TARGET_ENV.into(),
+            "sda".into(),
+        ];
+        let (kept, warning) = dev_names_to_bind(names, 100);
+        assert_eq!(kept, [OsString::from("null"), OsString::from("sda")]);
+        assert_eq!(warning, None);
+    }
+
+    #[test]
+    fn a_huge_dev_shows_only_the_standard_entries() {
+        let mut names: Vec<OsString> = (0..20).map(|i| format!("junk{i}").into()).collect();
+        names.push("null".into());
+        names.push("pts".into());
+        let (kept, warning) = dev_names_to_bind(names, 10);
+        assert_eq!(kept, [OsString::from("null"), OsString::from("pts")]);
+        let warning = warning.expect("a warning");
+        assert!(
+            warning.contains("22 entries") && warning.contains("the 10 "),
+            "{warning}"
+        );
+        // Exactly at the bound: everything.
+        let names: Vec<OsString> = (0..10).map(|i| format!("d{i}").into()).collect();
+        assert_eq!(dev_names_to_bind(names, 10).0.len(), 10);
+    }
+
+    #[test]
+    fn what_m_does_after_mkdir() {
+        assert_eq!(after_mkdir(Ok(())).ok(), Some(Made::Created));
+        assert_eq!(after_mkdir(Err(Errno::EEXIST)).ok(), Some(Made::Existing));
+        assert_eq!(after_mkdir(Err(Errno::EROFS)).ok(), Some(Made::ReadOnly));
+        match after_mkdir(Err(Errno::EACCES)) {
+            Err(PlaceError::File { step, path, errno }) => {
+                assert_eq!((step, errno), ("create", Errno::EACCES));
+                assert_eq!(path, PathBuf::from(MOUNT_POINT));
+            }
+            other => panic!("expected a file error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn what_u_does_after_rmdir() {
+        assert_eq!(after_rmdir(Ok(())).ok(), Some(Removed::EmptyDir));
+        for errno in [Errno::ENOTEMPTY, Errno::EBUSY, Errno::EROFS, Errno::ENOENT] {
+            assert_eq!(
+                after_rmdir(Err(errno)).ok(),
+                Some(Removed::Nothing),
+                "{errno}"
+            );
+        }
+        assert!(after_rmdir(Err(Errno::EPERM)).is_err());
+    }
+
+    #[test]
+    fn links_files_and_crossings_are_planted() {
+        for errno in [Errno::ELOOP, Errno::ENOTDIR, Errno::EXDEV] {
+            assert!(planted(errno), "{errno}");
+        }
+        for errno in [Errno::ENOENT, Errno::EACCES, Errno::EIO] {
+            assert!(!planted(errno), "{errno}");
+        }
+    }
+
+    #[test]
+    fn a_writable_or_partial_image_mount_is_not_ours() {
+        let sys = sysfs();
+        let entry = |line: &str| crate::mountinfo::parse_line(line).expect("a mountinfo line");
+        assert!(is_image_mount(
+            &entry("901 900 7:3 / /dev/crashcart ro,nosuid - ext4 /dev/loop3 ro"),
+            sys.path()
+        ));
+        assert!(is_image_mount(
+            &entry("901 900 7:3 / /jail/dev/crashcart ro - erofs /dev/loop3 ro"),
+            sys.path()
+        ));
+        // Not a loop device, not an image filesystem, not at dev/crashcart.
+        assert!(!is_image_mount(
+            &entry("901 900 8:3 / /dev/crashcart ro - ext4 /dev/sda3 ro"),
+            sys.path()
+        ));
+        assert!(!is_image_mount(
+            &entry("901 900 7:3 / /dev/crashcart ro - xfs /dev/loop3 ro"),
+            sys.path()
+        ));
+        assert!(!is_image_mount(
+            &entry("901 900 7:3 / /dev/crashcart-x ro - ext4 /dev/loop3 ro"),
+            sys.path()
+        ));
     }
 }

@@ -1,7 +1,9 @@
 //! What `/proc/PID` says about a target process: whether it is a kernel thread or a zombie,
 //! when it started (to recognise it again), its environment, root and working directory.
 //!
-//! The parsers take text, so unit tests feed them fixtures; only [`read`] touches `/proc`.
+//! The parsers take text, so unit tests feed them fixtures; only the `read_*` functions and
+//! [`root_identity`] touch `/proc` (the decisions reach them through
+//! [`crate::kernel::Procfs`], which tests replace with a fake).
 
 use std::ffi::OsString;
 use std::io;
@@ -95,7 +97,13 @@ fn read_error(pid: i32, path: PathBuf, source: io::Error) -> ProcError {
 pub fn read_stat(pid: i32) -> Result<Stat, ProcError> {
     let path = proc_path(pid, "stat");
     let text = std::fs::read_to_string(&path).map_err(|e| read_error(pid, path.clone(), e))?;
-    let stat = Stat::parse(&text).ok_or_else(|| ProcError::Read {
+    check_stat(pid, path, &text)
+}
+
+/// Parses and checks the text of `/proc/PID/stat` (read from `path`): the process must be
+/// alive and not be a kernel thread.
+pub fn check_stat(pid: i32, path: PathBuf, text: &str) -> Result<Stat, ProcError> {
+    let stat = Stat::parse(text).ok_or_else(|| ProcError::Read {
         path,
         source: io::Error::new(io::ErrorKind::InvalidData, "unexpected format"),
     })?;
@@ -228,5 +236,35 @@ mod tests {
         assert_eq!(usable_dir(Path::new("/app")), PathBuf::from("/app"));
         assert_eq!(usable_dir(Path::new("/gone (deleted)")), PathBuf::from("/"));
         assert_eq!(usable_dir(Path::new("pipe:[1234]")), PathBuf::from("/"));
+    }
+
+    #[test]
+    fn stat_checks() {
+        let path = PathBuf::from("/proc/9/stat");
+        let alive = "9 (sh) S 1 9 9 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 77 0 0";
+        assert_eq!(
+            check_stat(9, path.clone(), alive)
+                .expect("alive")
+                .start_time,
+            77
+        );
+        for state in ["Z", "X"] {
+            let dead = alive.replace(" S ", &format!(" {state} "));
+            assert!(matches!(
+                check_stat(9, path.clone(), &dead),
+                Err(ProcError::Exited(9))
+            ));
+        }
+        let kthread = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 3 0 0";
+        match check_stat(2, path.clone(), kthread) {
+            Err(e @ ProcError::KernelThread { .. }) => {
+                assert!(e.to_string().contains("kthreadd"), "{e}");
+            }
+            other => panic!("expected a kernel thread, got {other:?}"),
+        }
+        match check_stat(9, path, "garbage") {
+            Err(ProcError::Read { path, .. }) => assert_eq!(path, PathBuf::from("/proc/9/stat")),
+            other => panic!("expected a read error, got {other:?}"),
+        }
     }
 }

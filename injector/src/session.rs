@@ -37,6 +37,7 @@ use crate::image::Image;
 use crate::join::{Joiner, Pin};
 use crate::mount::ImageMount;
 use crate::place::{self, HostRoot, MOUNT_POINT};
+use crate::plan::{choose_power, in_cgroup_of};
 use crate::procfs;
 use crate::sys::ns::Namespace;
 use crate::sys::process::{self, Forked};
@@ -100,24 +101,6 @@ pub fn pin_target(arg: &str, api: KernelApi) -> anyhow::Result<(Target, Pin)> {
     Ok((target, pin))
 }
 
-/// Whether a `/proc/PID/cgroup` text names the container `id` in one of its paths (every
-/// runtime puts the full ID there: `docker-ID.scope`, `/docker/ID`, `libpod-ID`,
-/// `cri-containerd-ID`, ...). IDs that are not 64 hex digits (containerd's free-form task
-/// IDs) are matched as a whole path component.
-pub fn in_cgroup_of(cgroup: &[u8], id: &str) -> bool {
-    let text = String::from_utf8_lossy(cgroup);
-    let hex = id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit());
-    text.lines()
-        .filter_map(|l| l.splitn(3, ':').nth(2))
-        .any(|path| {
-            if hex {
-                path.contains(id)
-            } else {
-                path.split('/').any(|c| c == id)
-            }
-        })
-}
-
 use crate::sys::fd::{stderr as stderr_fd, stdin, stdout};
 
 /// `-v`'s notes: printed (escaped) when `verbose`.
@@ -141,34 +124,14 @@ struct TargetView {
 }
 
 impl TargetView {
-    /// Reads it from `/proc/PID`. Some processes' environment is unreadable even to root
-    /// (another user namespace's init, for one): the session then starts from an empty one,
-    /// and from `/` where a root or working directory cannot be read.
+    /// Reads it from `/proc/PID` (see [`crate::plan::target_environment`] and
+    /// [`crate::plan::target_dirs`]: an unreadable environment is an empty one, an unreadable
+    /// directory `/`).
     fn read(pid: i32, note: &dyn Fn(&str)) -> anyhow::Result<TargetView> {
-        let env_raw = match procfs::read_environ_raw(pid) {
-            Ok(raw) => raw,
-            Err(procfs::ProcError::Read { path, source }) => {
-                note(&format!(
-                    "cannot read {} ({source}): using an empty environment",
-                    path.display()
-                ));
-                Vec::new()
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let dir = |name: &str| match procfs::read_link(pid, name) {
-            Ok(link) => Ok(procfs::usable_dir(&link)),
-            Err(procfs::ProcError::Read { path, source }) => {
-                note(&format!(
-                    "cannot read {} ({source}): using /",
-                    path.display()
-                ));
-                Ok(PathBuf::from("/"))
-            }
-            Err(e) => Err(e),
-        };
-        let root = dir("root")?;
-        let cwd = procfs::inside_root(&dir("cwd")?, &root);
+        let kernel = crate::kernel::Procfs;
+        let mut say = |text: String| note(&text);
+        let env_raw = crate::plan::target_environment(&kernel, pid, &mut say)?;
+        let (root, cwd) = crate::plan::target_dirs(&kernel, pid, &mut say)?;
         let root_id = procfs::root_identity(pid)?;
         Ok(TargetView {
             env_raw,
@@ -307,11 +270,7 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
     let term = interactive.then(|| std::env::var_os("TERM").unwrap_or_else(|| "xterm".into()));
     let target_env = procfs::parse_environ(&view.env_raw);
     let env = exec::session_env(&target_env, &target.label(), term.as_deref());
-    let path = env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| exec::split_path(v))
-        .unwrap_or_default();
+    let path = exec::path_of(&env);
     let host = HostStdio::open(interactive)?;
     let spec = ExecSpec {
         command: args.command.clone(),
@@ -495,78 +454,6 @@ fn contain_for_fork(reporter: &Reporter, spec: &mut ExecSpec) -> Result<(), Stri
     exec::settle(spec)
 }
 
-/// Whether the container could rename the `/dev` under the target's root while a session
-/// runs (and so make `/dev/crashcart/...` in the session lead to its own files, since mounts
-/// hang on dentries, which a rename in another mount namespace moves): that `/dev` is no
-/// mount point in the target's mount namespace (`/proc/PID/mountinfo` shows mount points
-/// relative to the target's root: a chroot into a plain directory), or the target may hold
-/// `CAP_SYS_ADMIN` (it could unmount it in a namespace of its own). A process that cannot
-/// rename a mount point of its own namespace (EBUSY) leaves the session's paths alone.
-fn dev_redirectable(pid: i32, status: &crate::confine::Status) -> bool {
-    let sys_admin = status.bounding & crate::sys::caps::bit(crate::sys::caps::SYS_ADMIN) != 0;
-    let mounted = crate::mountinfo::read(std::path::Path::new(&format!("/proc/{pid}/mountinfo")))
-        .is_ok_and(|mounts| !crate::mountinfo::at(&mounts, "/dev").is_empty());
-    sys_admin || !mounted
-}
-
-/// Chooses the session's power from `--profile` and whether the target's processes can
-/// ptrace ours, and reads the workload's for `match` (failing closed on what cannot be
-/// copied, unless `--allow-unmatched`). Prints the profile's warnings.
-fn choose_power(
-    request: &crate::profile::Request,
-    tracers: &crate::exeseal::Tracers,
-    pid: i32,
-    verbose: bool,
-) -> anyhow::Result<crate::profile::Power> {
-    use crate::profile::Risk;
-    use crate::profile::{Power, ProfileName};
-    let status = crate::confine::read_status(pid)?;
-    let risk = if tracers.can_seize_session() {
-        Some(Risk::Ptrace)
-    } else if dev_redirectable(pid, &status) {
-        Some(Risk::Redirect)
-    } else {
-        None
-    };
-    let chosen =
-        crate::profile::choose(request, risk, status.bounding).map_err(|message| ExitWith {
-            code: EXIT_FAILURE,
-            message,
-        })?;
-    for line in &chosen.lines {
-        eprintln!("cartinject: {line}");
-    }
-    let power = match chosen.name {
-        ProfileName::Debug => Power::Debug,
-        ProfileName::Sysadmin => Power::Sysadmin,
-        ProfileName::Match => {
-            let reading = crate::confine::read(pid, status);
-            if !reading.unmatched.is_empty() && !request.allow_unmatched {
-                anyhow::bail!(ExitWith {
-                    code: EXIT_FAILURE,
-                    message: format!(
-                        "--profile match cannot give the session exactly the target's power: {}; the session would run with more than the workload, so it does not start (--allow-unmatched starts it anyway)",
-                        reading.unmatched.join("; ")
-                    ),
-                });
-            }
-            for line in &reading.unmatched {
-                eprintln!("cartinject: warning: --allow-unmatched: {line}");
-            }
-            if verbose {
-                for line in &reading.notes {
-                    eprintln!("cartinject: --profile match: {line}");
-                }
-            }
-            Power::Match(reading.profile)
-        }
-    };
-    if verbose {
-        eprintln!("cartinject: {}", power.describe());
-    }
-    Ok(power)
-}
-
 fn enter_and_place(
     reporter: &Reporter,
     joiner: &mut Joiner<'_>,
@@ -640,25 +527,4 @@ fn enter_target_root(path: &std::path::Path, expected: (u64, u64)) -> Result<(),
         process::chdir(std::path::Path::new("/")).map_err(|e| format!("chdir /: {e}"))?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_pinned_pid_is_recognised_by_its_container_id() {
-        let id = "21bc7fa514958aaf1f7c57fdd0b34253eb0075eef878b247f7523f47f4da7db8";
-        let docker_v1 = format!("12:pids:/docker/{id}\n0::/docker/{id}\n");
-        assert!(in_cgroup_of(docker_v1.as_bytes(), id));
-        let systemd = format!("0::/system.slice/docker-{id}.scope\n");
-        assert!(in_cgroup_of(systemd.as_bytes(), id));
-        let other = "0::/system.slice/docker-0000.scope\n12:pids:/\n";
-        assert!(!in_cgroup_of(other.as_bytes(), id));
-        // A reused PID in the host: no container path at all.
-        assert!(!in_cgroup_of(b"0::/user.slice/session-1.scope\n", id));
-        // containerd task IDs are free-form: a whole path component, not a substring.
-        assert!(in_cgroup_of(b"0::/default/web\n", "web"));
-        assert!(!in_cgroup_of(b"0::/default/webserver\n", "web"));
-    }
 }

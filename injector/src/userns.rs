@@ -15,7 +15,8 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 
 use crate::join::{JoinError, Pin};
-use crate::sys::ns::{self, Namespace};
+use crate::kernel::{IdMap, Kernel, Procfs};
+use crate::sys::ns::Namespace;
 
 /// Failures to look at a target's user namespace.
 #[derive(Debug, thiserror::Error)]
@@ -43,23 +44,13 @@ impl UserNs {
     /// The user namespace of the pinned target, or `None` when it is ours.
     pub fn of(pin: &Pin) -> Result<Option<UserNs>, UserNsError> {
         let pid = pin.pid();
-        let read_err = |path: PathBuf| move |source| UserNsError::Read { path, source };
-        let path = Namespace::User.proc_path(Some(pid));
-        let theirs = ns::identity(Namespace::User, Some(pid)).map_err(read_err(path.clone()))?;
-        if ns::identity(Namespace::User, None).ok() == Some(theirs) {
+        let Some(root) = root_ids(&Procfs, pid)? else {
             return Ok(None);
-        }
-        let file = File::open(&path).map_err(read_err(path))?;
-        let map = |name: &str| {
-            let path = PathBuf::from(format!("/proc/{pid}/{name}"));
-            std::fs::read_to_string(&path)
-                .map(|text| host_id_of_root(&text))
-                .map_err(read_err(path))
         };
-        // A namespace that does not map 0 has no root to act as: keep host root's ids (files
-        // created there then fail as they would without a user namespace).
-        let root = (map("uid_map")?.unwrap_or(0), map("gid_map")?.unwrap_or(0));
-        // The files opened above are the target's only if it is still the same process.
+        let path = Namespace::User.proc_path(Some(pid));
+        let file = File::open(&path).map_err(|source| UserNsError::Read { path, source })?;
+        // The file opened above is the target's only if it is still the same process (and
+        // so in the namespace whose ids were read).
         if !pin.is_alive() {
             return Err(JoinError::Gone(pid).into());
         }
@@ -75,6 +66,30 @@ impl UserNs {
     pub fn root_ids(&self) -> (u32, u32) {
         self.root
     }
+}
+
+/// The host uid and gid of the root of process `pid`'s user namespace, or `None` when that
+/// namespace is ours. A namespace that does not map 0 has no root to act as: host root's
+/// ids stand for it (files created there then fail as they would without a user
+/// namespace).
+pub fn root_ids(kernel: &impl Kernel, pid: i32) -> Result<Option<(u32, u32)>, UserNsError> {
+    let read_err = |path: PathBuf| move |source| UserNsError::Read { path, source };
+    let theirs = kernel
+        .namespace(Namespace::User, Some(pid))
+        .map_err(read_err(Namespace::User.proc_path(Some(pid))))?;
+    if kernel.namespace(Namespace::User, None).ok() == Some(theirs) {
+        return Ok(None);
+    }
+    let map = |which: IdMap| {
+        kernel
+            .id_map(pid, which)
+            .map(|text| host_id_of_root(&text).unwrap_or(0))
+            .map_err(read_err(PathBuf::from(format!(
+                "/proc/{pid}/{}",
+                which.file_name()
+            ))))
+    };
+    Ok(Some((map(IdMap::Uid)?, map(IdMap::Gid)?)))
 }
 
 /// One line of a `/proc/PID/uid_map` (or `gid_map`): `count` ids from `inside` in the
@@ -139,5 +154,51 @@ mod tests {
         assert_eq!(host_id_of_root("0 0 4294967295\n"), Some(0));
         assert_eq!(host_id_of_root("1 2000 10\n"), None);
         assert_eq!(host_id_of_root("junk\n"), None);
+    }
+
+    use crate::kernel::fake::{FakeKernel, FakeProcess};
+
+    #[test]
+    fn a_shared_user_namespace_has_no_ids_to_take() {
+        let process = FakeProcess::container().sharing(Namespace::User);
+        let k = FakeKernel::with(9, process);
+        assert_eq!(root_ids(&k, 9).expect("ids"), None);
+    }
+
+    #[test]
+    fn a_remapped_root_is_found_in_both_maps() {
+        let mut process = FakeProcess::container();
+        process.maps.insert(IdMap::Uid, "0 100000 65536\n".into());
+        process.maps.insert(IdMap::Gid, "0 200000 65536\n".into());
+        let k = FakeKernel::with(9, process);
+        assert_eq!(root_ids(&k, 9).expect("ids"), Some((100_000, 200_000)));
+    }
+
+    #[test]
+    fn a_namespace_without_root_keeps_host_roots_ids() {
+        let mut process = FakeProcess::container();
+        process.maps.insert(IdMap::Uid, "1000 1000 1\n".into());
+        let k = FakeKernel::with(9, process);
+        assert_eq!(root_ids(&k, 9).expect("ids"), Some((0, 0)));
+    }
+
+    #[test]
+    fn an_unreadable_map_names_the_file() {
+        let mut process = FakeProcess::container();
+        process.maps.remove(&IdMap::Gid);
+        let k = FakeKernel::with(9, process);
+        let err = root_ids(&k, 9).expect_err("no gid_map");
+        assert!(err.to_string().contains("/proc/9/gid_map"), "{err}");
+        let gone = root_ids(&FakeKernel::default(), 9).expect_err("gone");
+        assert!(gone.to_string().contains("/proc/9/ns/user"), "{gone}");
+    }
+
+    #[test]
+    fn host_ids_map_into_a_namespace_range_by_range() {
+        let map = "0 100000 1000\n1000 5000 10\n";
+        assert_eq!(to_namespace(100_999, map), Some(999));
+        assert_eq!(to_namespace(101_000, map), None);
+        assert_eq!(to_namespace(5009, map), Some(1009));
+        assert_eq!(to_namespace(4999, map), None);
     }
 }

@@ -579,4 +579,173 @@ mod tests {
         assert!(!looks_like_id("web"));
         assert!(!looks_like_id(""));
     }
+
+    fn target(name: Option<&str>, id: Option<&str>) -> Target {
+        Target {
+            pid: 7,
+            runtime: "docker",
+            id: id.map(Into::into),
+            name: name.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn labels_prefer_the_name_then_a_short_id_then_the_pid() {
+        let id = "21bc7fa514958aaf1f7c57fdd0b34253eb0075eef878b247f7523f47f4da7db8";
+        assert_eq!(target(Some("web"), Some(id)).label(), "web");
+        assert_eq!(target(None, Some(id)).label(), "21bc7fa51495");
+        assert_eq!(target(None, None).label(), "pid 7");
+    }
+
+    #[test]
+    fn a_target_is_shown_escaped() {
+        assert_eq!(target(Some("web"), None).to_string(), "web (pid 7)");
+        assert_eq!(
+            target(None, Some("0123456789abcdef")).to_string(),
+            "container 0123456789ab (pid 7)"
+        );
+        assert_eq!(target(None, None).to_string(), "pid 7");
+        let hostile = target(Some("x\x1b]0;pwned\x07"), None).to_string();
+        assert!(!hostile.bytes().any(|b| b < 0x20), "{hostile:?}");
+    }
+
+    #[test]
+    fn candidates_show_name_place_and_short_id() {
+        let mut cand = c("containerd", "web", "0123456789abcdef");
+        assert_eq!(cand.to_string(), "web (containerd 0123456789ab)");
+        cand.detail = Some("k8s.io".into());
+        assert_eq!(cand.to_string(), "web (containerd k8s.io 0123456789ab)");
+        cand.name = None;
+        assert_eq!(cand.to_string(), "0123456789ab (containerd k8s.io)");
+        let of = Candidate::of(&target(None, None));
+        assert_eq!((of.id.as_str(), of.runtime), ("7", "docker"));
+    }
+
+    #[test]
+    fn long_candidate_lists_are_cut_at_twenty() {
+        let many: Vec<Candidate> = (0..25)
+            .map(|i| c("docker", &format!("n{i}"), &format!("{i:x}")))
+            .collect();
+        let text = list(&many);
+        assert!(text.ends_with(" and 5 more"), "{text}");
+        assert!(text.contains("n19 ") && !text.contains("n20 "), "{text}");
+        assert_eq!(list(&[]), "no running containers were found");
+    }
+
+    struct Item(&'static str, &'static [&'static str]);
+
+    impl Named for Item {
+        fn id(&self) -> &str {
+            self.0
+        }
+        fn names(&self) -> Vec<&str> {
+            self.1.to_vec()
+        }
+    }
+
+    const ITEMS: [Item; 3] = [
+        Item("abc123", &["web"]),
+        Item("abd456", &["db", "abc"]),
+        Item("fff000", &[]),
+    ];
+
+    #[test]
+    fn an_exact_name_beats_an_id_prefix() {
+        // "abc" is db's name and a prefix of web's ID: the name wins.
+        assert!(matches!(
+            pick(&ITEMS, "abc"),
+            Pick::Exact(Item("abd456", _))
+        ));
+        assert!(matches!(
+            pick(&ITEMS, "abc123"),
+            Pick::Exact(Item("abc123", _))
+        ));
+        assert!(matches!(
+            pick(&ITEMS, "ff"),
+            Pick::Prefix(Item("fff000", _))
+        ));
+        assert!(matches!(pick(&ITEMS, "ab"), Pick::Many(m) if m.len() == 2));
+        // Only hex queries are prefixes: "we" is no prefix of anything.
+        assert!(matches!(pick(&ITEMS, "we"), Pick::None));
+        assert!(matches!(pick(&ITEMS, ""), Pick::None));
+    }
+
+    #[test]
+    fn lookups_become_found_prefix_candidates_or_ambiguity() {
+        let cand = |i: &Item| c("docker", i.1.first().copied().unwrap_or("-"), i.0);
+        let found = |i: &Item| Ok(target(i.1.first().copied(), Some(i.0)));
+        assert!(matches!(
+            lookup_in(&ITEMS, "web", cand, found),
+            Ok(Lookup::Found(t)) if t.id.as_deref() == Some("abc123")
+        ));
+        assert!(matches!(
+            lookup_in(&ITEMS, "fff", cand, found),
+            Ok(Lookup::Prefix(_))
+        ));
+        assert!(matches!(
+            lookup_in(&ITEMS, "nope", cand, found),
+            Ok(Lookup::NotFound(all)) if all.len() == 3
+        ));
+        assert!(matches!(
+            lookup_in(&ITEMS, "ab", cand, found),
+            Err(ResolveError::Ambiguous { candidates, .. }) if candidates.len() == 2
+        ));
+        // A container found but not running is the target function's answer.
+        let stopped = |_: &Item| {
+            Err(ResolveError::NotRunning {
+                name: "web".into(),
+                runtime: "docker",
+            })
+        };
+        let Err(err) = lookup_in(&ITEMS, "web", cand, stopped) else {
+            panic!("a stopped container was found");
+        };
+        assert_eq!(
+            err.to_string(),
+            "container web is not running: start it first (`docker start web`)"
+        );
+    }
+
+    #[test]
+    fn one_container_seen_twice_is_added_once() {
+        let mut found = vec![target(Some("web"), Some("abc"))];
+        add_once(
+            &mut found,
+            Target {
+                runtime: "containerd",
+                ..target(None, Some("abc"))
+            },
+        );
+        add_once(
+            &mut found,
+            Target {
+                pid: 8,
+                ..target(None, Some("abc"))
+            },
+        );
+        add_once(
+            &mut found,
+            Target {
+                pid: 7,
+                ..target(None, Some("zzz"))
+            },
+        );
+        assert_eq!(found.len(), 1);
+        add_once(
+            &mut found,
+            Target {
+                pid: 9,
+                ..target(None, Some("def"))
+            },
+        );
+        assert_eq!(found.len(), 2);
+    }
+
+    #[test]
+    fn ids_are_at_most_64_hex_digits() {
+        assert!(looks_like_id(&"a".repeat(64)));
+        assert!(!looks_like_id(&"a".repeat(65)));
+        assert!(looks_like_id("ABCDEF0123"));
+        assert!(!looks_like_id("abc-123"));
+    }
 }
