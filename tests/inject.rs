@@ -708,7 +708,13 @@ fn bad_targets_and_commands_are_refused_with_nothing_left() {
             .arg(&c.name)
             .args(["--", "true"]),
     );
-    assert_refused(&out, "take no command", &img.path, &c);
+    // Bad usage: exit 2, as --help says, one line, nothing attached.
+    let err = stderr(&out);
+    assert_eq!(code(&out), 2, "{err}");
+    assert!(err.contains("take no command"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    img.assert_no_loop_device();
+    c.assert_clean();
 }
 
 #[test]
