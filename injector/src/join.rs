@@ -360,16 +360,7 @@ mod tests {
     use super::*;
     use crate::kernel::fake::{FakeKernel, FakeProcess};
 
-    const ALL: [Namespace; 8] = [
-        Namespace::Cgroup,
-        Namespace::Ipc,
-        Namespace::Uts,
-        Namespace::Net,
-        Namespace::Pid,
-        Namespace::Mnt,
-        Namespace::Time,
-        Namespace::User,
-    ];
+    const ALL: [Namespace; 8] = Namespace::ALL;
 
     fn plan(kernel: &FakeKernel, alive: bool) -> Result<JoinPlan, JoinError> {
         plan_joins(kernel, 42, &ALL, &|| alive)

@@ -353,14 +353,7 @@ mod tests {
     }
 
     fn stamp() -> Stamp {
-        Stamp {
-            dev: 2049,
-            ino: 12,
-            mnt_id: Some(77),
-            size: 4096,
-            mtime: (1_700_000_000, 5),
-            ctime: (1_700_000_001, 7),
-        }
+        inode::example_stamp()
     }
 
     /// Every part of the file's state, and where the filesystem lies, is in the name: a note

@@ -68,18 +68,6 @@ mod proxy;
 
 use proxy::{Proxy, WARNING};
 
-/// Every namespace, for a session.
-const ALL_NAMESPACES: [Namespace; 8] = [
-    Namespace::Cgroup,
-    Namespace::Ipc,
-    Namespace::Uts,
-    Namespace::Net,
-    Namespace::Pid,
-    Namespace::Mnt,
-    Namespace::Time,
-    Namespace::User,
-];
-
 /// Resolves the target and pins it: the shared first steps of every mode. Once pinned,
 /// the process is checked again against the container it was resolved as (its ID in the
 /// process's cgroup paths): a PID reused by another process between the runtime's answer
@@ -257,7 +245,7 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
     let host_procfs = crate::sys::resolve::open_root()
         .and_then(|root| crate::sys::resolve::open_procfs(std::os::fd::AsFd::as_fd(&root)))
         .map_err(|e| anyhow::anyhow!("cannot open the host's /proc as procfs: {e}"))?;
-    let joiner = Joiner::plan(&pin, &ALL_NAMESPACES)?;
+    let joiner = Joiner::plan(&pin, &Namespace::ALL)?;
     note(&format!("joining namespaces: {}", joiner.describe()));
     let cgroups = open_cgroups(target.pid, &note);
 

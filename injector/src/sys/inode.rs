@@ -116,6 +116,19 @@ pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
     }
 }
 
+/// A stamp of no real file, for unit tests of what is keyed by stamps.
+#[cfg(test)]
+pub fn example_stamp() -> Stamp {
+    Stamp {
+        dev: 2049,
+        ino: 12,
+        mnt_id: Some(0x8000_0001),
+        size: 4096,
+        mtime: (1_700_000_000, 5),
+        ctime: (1_700_000_001, 7),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

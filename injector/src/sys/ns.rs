@@ -32,6 +32,21 @@ pub enum Namespace {
 }
 
 impl Namespace {
+    /// Every namespace a session joins, in the order it joins them (the user namespace last:
+    /// once in it, cartinject could no longer join the others).
+    pub const ALL: [Namespace; 8] = [
+        Namespace::Cgroup,
+        Namespace::Ipc,
+        Namespace::Uts,
+        Namespace::Net,
+        Namespace::Pid,
+        Namespace::Mnt,
+        Namespace::Time,
+        Namespace::User,
+    ];
+}
+
+impl Namespace {
     /// The file name under `/proc/PID/ns/`.
     pub fn proc_name(self) -> &'static str {
         match self {

@@ -359,14 +359,7 @@ mod tests {
     use super::*;
 
     fn stamp() -> Stamp {
-        Stamp {
-            dev: 2049,
-            ino: 12,
-            mnt_id: Some(0x8000_0001),
-            size: 4096,
-            mtime: (1_700_000_000, 5),
-            ctime: (1_700_000_001, 7),
-        }
+        inode::example_stamp()
     }
 
     #[test]
