@@ -11,7 +11,8 @@
 //!    `crashcart.img` that `build.sh` links to `images/net-1.0.0.img`), beside the file it
 //!    resolves to;
 //! 2. a manifest's `image_size` is compared first (no reading needed), then every digest the
-//!    sidecars name; any mismatch refuses the image;
+//!    sidecars name (in lower case); any mismatch refuses the image. Steps 1 and 2 are
+//!    [`cartimage::sidecar`]'s, the one rule `cartbuild sign`, `inspect` and `push` use too;
 //! 3. with a key ([`configure`]), `<image>.minisig` must exist and verify with it
 //!    ([`cartimage::signature`]: minisign-compatible, prehashed ed25519);
 //! 4. with neither sidecar (and no verified signature), the image is used as it is and
