@@ -565,4 +565,87 @@ mod tests {
         .unwrap_err();
         assert!(matches!(e, RequestError::Mirrors(_)), "{e:?}");
     }
+
+    #[test]
+    fn the_shared_cache_comes_from_flags_else_the_environment_else_the_config_file() {
+        let d = tempfile::tempdir().unwrap();
+        let public = d.path().join("k.pub");
+        let secret = d.path().join("k.key");
+        crate::sign::keygen(&public, &secret, Password::None, false).unwrap();
+        let config = d.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[cache]\nfrom = [\"oci://127.0.0.1:5000/cfg\"]\ntrust = [{:?}]\nto = \"oci://127.0.0.1:5000/cfg-to\"\nsign_key = {:?}\n",
+                public.display().to_string(),
+                secret.display().to_string()
+            ),
+        )
+        .unwrap();
+        let mut e = env(&[]);
+        e.config = Some(config);
+        let r = Request::new(settings(), &e).unwrap();
+        assert_eq!(r.remote.from.len(), 1);
+        assert_eq!(r.remote.from[0].repository, "cfg");
+        assert_eq!(r.remote.to.as_ref().unwrap().repository, "cfg-to");
+        assert!(r.remote.sign_key.is_some() && r.remote.trust.len() == 1);
+        e.vars.insert(
+            CACHE_FROM_ENV.into(),
+            "oci://127.0.0.1:5000/a, oci://127.0.0.1:5000/b".into(),
+        );
+        let r = Request::new(settings(), &e).unwrap();
+        let repos: Vec<&str> = r
+            .remote
+            .from
+            .iter()
+            .map(|f| f.repository.as_str())
+            .collect();
+        assert_eq!(repos, ["a", "b"]);
+        let r = Request::new(
+            Settings {
+                cache_from: vec!["oci://127.0.0.1:5000/flag".into()],
+                ..settings()
+            },
+            &e,
+        )
+        .unwrap();
+        assert_eq!(r.remote.from[0].repository, "flag");
+        assert_eq!(r.remote.read_timeout, r.fetch.read_timeout);
+    }
+
+    #[test]
+    fn a_shared_cache_without_keys_or_with_a_tag_is_refused() {
+        let e = Request::new(
+            Settings {
+                cache_from: vec!["oci://127.0.0.1:5000/c".into()],
+                ..settings()
+            },
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("--cache-from needs a key to trust"),
+            "{e}"
+        );
+        let e = Request::new(
+            settings(),
+            &env(&[(CACHE_TO_ENV, "oci://127.0.0.1:5000/c")]),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with("--cache-to needs a key to sign"),
+            "{e}"
+        );
+        let e = Request::new(
+            Settings {
+                cache_to: Some("oci://127.0.0.1:5000/c:latest".into()),
+                ..settings()
+            },
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("without a tag or digest"), "{e}");
+        assert!(!e.to_string().contains('\n'), "{e}");
+    }
 }
