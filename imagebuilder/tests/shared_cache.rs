@@ -511,3 +511,43 @@ fn two_builders_pushing_the_same_keys_at_once_both_succeed() {
     let err = ok(&run(&env, &recipe, &pull_args(&repo, &public)));
     assert_eq!(env.builds(), 0, "{err}");
 }
+
+#[test]
+fn release_builds_everything_even_with_a_warm_shared_cache_and_may_push() {
+    let registry = ci_registry();
+    let repo = format!("oci://{registry}/{}", repository("shared-cache-release"));
+    let src = sources("release");
+    let (_k, public, secret) = keygen();
+    let first = push_build(&src, &repo, &secret);
+    let (env, recipe) = env_with(&src);
+    let out = env.dir.path().join("release");
+    let pushed_to = format!("{repo}-from-release");
+    let o = Command::new(env!("CARGO_BIN_EXE_cartbuild"))
+        .env("XDG_CONFIG_HOME", env.dir.path().join("config"))
+        .env("CARTBUILD_CACHE_FROM", &repo)
+        .env("CARTBUILD_CACHE_TRUST", &public)
+        .env_remove("SOURCE_DATE_EPOCH")
+        .arg("release")
+        .arg(&recipe)
+        .arg("--out")
+        .arg(&out)
+        .arg("--cache")
+        .arg(env.cache())
+        .args(["--cache-to", &pushed_to, "--sign-key"])
+        .arg(&secret)
+        .output()
+        .unwrap();
+    let err = ok(&o);
+    assert!(!err.contains("taken from the shared cache"), "{err}");
+    let builds = err.lines().filter(|l| *l == "[greet] build").count();
+    assert_eq!(builds, 2, "built twice: {err}");
+    assert!(
+        err.contains(&format!("cache: pushed 3 outputs to {pushed_to}")),
+        "{err}"
+    );
+    assert_eq!(sha256(&fs::read(out.join("shared-1.img")).unwrap()), first);
+    // What the release pushed serves a build.
+    let (env, recipe) = env_with(&src);
+    let err = ok(&run(&env, &recipe, &pull_args(&pushed_to, &public)));
+    assert_eq!(env.builds(), 0, "{err}");
+}
