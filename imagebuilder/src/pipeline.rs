@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use cartimage::manifest::{Manifest, Origin, PATH_IN_IMAGE};
+use cartimage::manifest::{Manifest, PATH_IN_IMAGE};
 
 use crate::build::{Builder, Output};
 use crate::cache::{Cache, Uses};
@@ -26,7 +26,7 @@ use crate::output::{Outputs, Pending};
 use crate::plan::{Context as PlanContext, Plan};
 use crate::progress::{Reporter, human_bytes};
 use crate::recipe::Recipe;
-use crate::remote::{self, Remote};
+use crate::remote::{self, Origins, Remote};
 use crate::request::{Format, Request};
 use crate::sandbox::{Mode as SandboxMode, Sandbox};
 use crate::spdx;
@@ -213,7 +213,7 @@ fn fetch_and_build(
     p: &Prepared,
     plan: &Plan,
     reporter: &Reporter,
-) -> Result<(BTreeMap<String, Output>, BTreeMap<String, Origin>), PipelineError> {
+) -> Result<(BTreeMap<String, Output>, Origins), PipelineError> {
     let remote = Remote::new(req.remote.clone(), reporter.clone());
     let pull = !req.remote.from.is_empty() && !req.fetch.offline;
     if pull {
@@ -245,7 +245,7 @@ fn fetch_and_build(
     }
     .build_all()
     .step("build failed")?;
-    let origins: BTreeMap<String, Origin> = plan
+    let origins: Origins = plan
         .packages
         .iter()
         .map(|pkg| (pkg.name.clone(), remote::origin_of(&p.cache, &pkg.key)))
@@ -305,6 +305,15 @@ fn stage(
     Ok((dir, staged))
 }
 
+/// Where and how the filesystem is written, and what is said beside it.
+#[derive(Clone, Copy)]
+struct WriteTo<'a> {
+    opts: &'a ImageOptions,
+    output: &'a Path,
+    /// Where each package's output came from (beside the image only).
+    origins: &'a Origins,
+}
+
 /// The filesystem written, with what describes it.
 struct Filesystem {
     sha256: String,
@@ -324,11 +333,14 @@ fn write_filesystem(
     plan: &Plan,
     staged_dir: &Path,
     staged: &[crate::stage::StagedEntry],
-    opts: &ImageOptions,
-    output: &Path,
-    origins: &BTreeMap<String, Origin>,
+    to: &WriteTo<'_>,
     reporter: &Reporter,
 ) -> Result<(Pending, Filesystem), PipelineError> {
+    let WriteTo {
+        opts,
+        output,
+        origins,
+    } = *to;
     let mut bar = reporter.bytes("hashing the staged files".into(), None);
     let (mut manifest, hashes) = describe::manifest(
         plan,
@@ -479,9 +491,11 @@ pub fn build(req: &Request) -> Result<Built, PipelineError> {
         &plan,
         staged_dir.path(),
         &staged,
-        &opts,
-        &output,
-        &origins,
+        &WriteTo {
+            opts: &opts,
+            output: &output,
+            origins: &origins,
+        },
         &reporter,
     )?;
     // The bare image is the filesystem, hashed already; a disk is hashed once written.

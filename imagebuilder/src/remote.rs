@@ -355,40 +355,12 @@ impl Remote {
                 config.package, config.key
             )));
         }
-        let layer_digest = Digest::parse(&layer_desc.digest)
-            .map_err(|e| miss(format!("bad layer digest ({e})")))?;
         let work = tempfile::Builder::new()
             .prefix("pull-")
             .tempdir_in(cache.tmp())
             .map_err(io_miss("cannot make a work directory"))?;
-        let layer_path = work.path().join("layer.tar.gz");
-        {
-            let mut f = BufWriter::new(
-                File::create(&layer_path).map_err(io_miss("cannot write the layer"))?,
-            );
-            client.fetch_blob(
-                &layer_digest,
-                layer_desc.size,
-                "the entry's layer",
-                &mut f,
-                &mut |_| {},
-            )?;
-            f.flush().map_err(io_miss("cannot write the layer"))?;
-        }
         let result = work.path().join("result");
-        let out = result.join("out");
-        fs::create_dir_all(&out).map_err(io_miss("cannot make a work directory"))?;
-        crate::unpack::unpack(&layer_path, &out, &pkg.limits)
-            .map_err(|e| miss(format!("its layer does not unpack: {e}")))?;
-        check_installed(pkg, &out)?;
-        let (sha256, _, _) =
-            cache::tree_digest(&out).map_err(io_miss("cannot read the unpacked layer"))?;
-        if sha256 != config.record.sha256 {
-            return Err(miss(format!(
-                "its layer unpacks to a tree whose digest {sha256} is not the signed record's {}",
-                config.record.sha256
-            )));
-        }
+        unpack_layer(&mut client, pkg, layer_desc, &config, work.path(), &result)?;
         cache::seal(&result).map_err(io_miss("cannot seal the output"))?;
         let origin = Origin {
             from: "cache".into(),
@@ -608,6 +580,50 @@ impl Remote {
         Ok(true)
     }
 }
+
+/// Fetches the layer `desc` into `work`, unpacks it into `result/out` and checks it
+/// against the package and the signed `config`.
+fn unpack_layer(
+    client: &mut Client,
+    pkg: &Package,
+    desc: &Descriptor,
+    config: &EntryConfig,
+    work: &Path,
+    result: &Path,
+) -> Result<(), Miss> {
+    let layer_digest =
+        Digest::parse(&desc.digest).map_err(|e| miss(format!("bad layer digest ({e})")))?;
+    let layer_path = work.join("layer.tar.gz");
+    {
+        let mut f =
+            BufWriter::new(File::create(&layer_path).map_err(io_miss("cannot write the layer"))?);
+        client.fetch_blob(
+            &layer_digest,
+            desc.size,
+            "the entry's layer",
+            &mut f,
+            &mut |_| {},
+        )?;
+        f.flush().map_err(io_miss("cannot write the layer"))?;
+    }
+    let out = result.join("out");
+    fs::create_dir_all(&out).map_err(io_miss("cannot make a work directory"))?;
+    crate::unpack::unpack(&layer_path, &out, &pkg.limits)
+        .map_err(|e| miss(format!("its layer does not unpack: {e}")))?;
+    check_installed(pkg, &out)?;
+    let (sha256, _, _) =
+        cache::tree_digest(&out).map_err(io_miss("cannot read the unpacked layer"))?;
+    if sha256 != config.record.sha256 {
+        return Err(miss(format!(
+            "its layer unpacks to a tree whose digest {sha256} is not the signed record's {}",
+            config.record.sha256
+        )));
+    }
+    Ok(())
+}
+
+/// Where each package's output came from, by package name.
+pub type Origins = BTreeMap<String, Origin>;
 
 /// What every entry of one build shares.
 struct EntryContext<'a> {
