@@ -257,9 +257,10 @@ impl Remote {
     }
 
     /// Takes from the `--cache-from` repositories the output of every package of `plan`
-    /// not in the local cache yet; returns where each output of the plan comes from.
-    pub fn pull_outputs(&self, cache: &Cache, plan: &Plan) -> BTreeMap<String, Origin> {
-        let mut origins = BTreeMap::new();
+    /// not in the local cache yet (each then has an [`ORIGIN_FILE`]: see [`origin_of`]);
+    /// returns how many it took.
+    pub fn pull_outputs(&self, cache: &Cache, plan: &Plan) -> usize {
+        let mut taken = 0;
         for pkg in &plan.packages {
             if !cache.verified_build(&pkg.name, &pkg.key) {
                 for r in &self.settings.from {
@@ -268,6 +269,7 @@ impl Remote {
                     }
                     match self.pull_output(r, cache, pkg) {
                         Ok(()) => {
+                            taken += 1;
                             self.reporter.step(
                                 &pkg.name,
                                 &format!("taken from the shared cache {}", shown(r)),
@@ -290,9 +292,8 @@ impl Remote {
                     }
                 }
             }
-            origins.insert(pkg.name.clone(), origin_of(cache, &pkg.key));
         }
-        origins
+        taken
     }
 
     /// Fetches, checks and unpacks one entry into `builds/<key>/`.
@@ -593,6 +594,12 @@ fn unpack_layer(
 ) -> Result<(), Miss> {
     let layer_digest =
         Digest::parse(&desc.digest).map_err(|e| miss(format!("bad layer digest ({e})")))?;
+    if desc.size > pkg.limits.max_bytes {
+        return Err(miss(format!(
+            "its layer is {} bytes, over the package's limit of {}",
+            desc.size, pkg.limits.max_bytes
+        )));
+    }
     let layer_path = work.join("layer.tar.gz");
     {
         let mut f =
