@@ -137,6 +137,7 @@ pub fn packages(plan: &Plan) -> Vec<manifest::Package> {
                 .collect(),
             build_key: Some(p.key.clone()),
             depends: p.depends.clone(),
+            origin: None,
         })
         .collect();
     packages.sort_by(|a, b| a.name.cmp(&b.name));

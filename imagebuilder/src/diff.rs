@@ -325,6 +325,7 @@ mod tests {
             }],
             build_key: Some(format!("{name}{version}{sha}")),
             depends: vec![],
+            origin: None,
         }
     }
 

@@ -58,6 +58,7 @@ pub mod progress;
 pub mod push;
 pub mod recipe;
 pub mod release;
+pub mod remote;
 pub mod reproduce;
 pub mod request;
 pub mod sandbox;

@@ -41,6 +41,43 @@ pub struct Config {
     /// `[mirrors]`: NAME = base URL.
     #[serde(default)]
     pub mirrors: BTreeMap<String, String>,
+    /// `[cache]`: the shared build cache (see `crate::remote`).
+    #[serde(default)]
+    pub cache: SharedCacheConfig,
+}
+
+/// `[cache]` of the config file: what `--cache-from`, `--cache-to`, `--cache-trust` and
+/// `--sign-key` give when neither the flag nor the environment does.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedCacheConfig {
+    /// `from = ["oci://HOST/REPO", …]`.
+    #[serde(default)]
+    pub from: Vec<String>,
+    /// `to = "oci://HOST/REPO"`.
+    pub to: Option<String>,
+    /// `trust = ["KEY.pub" or base64, …]`.
+    #[serde(default)]
+    pub trust: Vec<String>,
+    /// `sign_key = "PATH"`.
+    pub sign_key: Option<PathBuf>,
+}
+
+/// Reads the config file at `path` (none: the defaults).
+pub fn read_config(path: Option<&Path>) -> Result<Config, MirrorError> {
+    match path {
+        Some(path) if path.exists() => {
+            let text = fs::read_to_string(path).map_err(|e| MirrorError::Config {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+            toml::from_str::<Config>(&text).map_err(|e| MirrorError::Config {
+                path: path.to_path_buf(),
+                message: e.message().to_string(),
+            })
+        }
+        _ => Ok(Config::default()),
+    }
 }
 
 /// Where the base URL of a mirror was found (for messages).

@@ -26,6 +26,7 @@ use crate::output::{Outputs, Pending};
 use crate::plan::{Context as PlanContext, Plan};
 use crate::progress::{Reporter, human_bytes};
 use crate::recipe::Recipe;
+use crate::remote::{self, Origins, Remote};
 use crate::request::{Format, Request};
 use crate::sandbox::{Mode as SandboxMode, Sandbox};
 use crate::spdx;
@@ -204,13 +205,20 @@ fn plan(req: &Request, p: &Prepared) -> Result<Plan, PipelineError> {
     Ok(plan)
 }
 
-/// Fetches the sources of the packages whose output is not cached, then builds them all.
+/// Takes what it can from the shared caches (`--cache-from`), fetches the sources of the
+/// packages whose output is not cached, builds them all, and pushes what was built here
+/// (`--cache-to`); returns the outputs and where each came from.
 fn fetch_and_build(
     req: &Request,
     p: &Prepared,
     plan: &Plan,
     reporter: &Reporter,
-) -> Result<BTreeMap<String, Output>, PipelineError> {
+) -> Result<(BTreeMap<String, Output>, Origins), PipelineError> {
+    let remote = Remote::new(req.remote.clone(), reporter.clone());
+    let pull = !req.remote.from.is_empty() && !req.fetch.offline;
+    if pull {
+        remote.pull_outputs(&p.cache, plan);
+    }
     let fetcher = Fetcher::new(p.cache.clone(), req.fetch.clone(), reporter.clone()).stage()?;
     let mut sources = BTreeMap::new();
     for pkg in &plan.packages {
@@ -218,12 +226,15 @@ fn fetch_and_build(
         if Builder::is_cached(&p.cache, pkg) {
             continue;
         }
+        if pull && !p.cache.source(&source.sha256).is_file() {
+            remote.pull_source(&p.cache, &pkg.name, &source.sha256);
+        }
         let path = fetcher
             .fetch(&pkg.name, source)
             .step("failed to fetch sources")?;
         sources.insert(pkg.name.clone(), path);
     }
-    Builder {
+    let outputs = Builder {
         plan,
         toolchain: p.toolchain.as_ref(),
         cache: &p.cache,
@@ -233,7 +244,20 @@ fn fetch_and_build(
         sandbox: p.sandbox.as_ref(),
     }
     .build_all()
-    .step("build failed")
+    .step("build failed")?;
+    let origins: Origins = plan
+        .packages
+        .iter()
+        .map(|pkg| (pkg.name.clone(), remote::origin_of(&p.cache, &pkg.key)))
+        .collect();
+    remote.push_outputs(
+        &p.cache,
+        plan,
+        &origins,
+        p.toolchain.as_ref().map(|t| t.identity.as_str()),
+        p.sandbox_mode.map(|m| m.key()),
+    );
+    Ok((outputs, origins))
 }
 
 /// The staged tree: `--staged DIR`, or a temporary directory removed when dropped.
@@ -281,12 +305,24 @@ fn stage(
     Ok((dir, staged))
 }
 
+/// Where and how the filesystem is written, and what is said beside it.
+#[derive(Clone, Copy)]
+struct WriteTo<'a> {
+    opts: &'a ImageOptions,
+    output: &'a Path,
+    /// Where each package's output came from (beside the image only).
+    origins: &'a Origins,
+}
+
 /// The filesystem written, with what describes it.
 struct Filesystem {
     sha256: String,
     size: u64,
     content_bytes: u64,
+    /// As in the image.
     manifest: Manifest,
+    /// As beside it: with where each package's output came from.
+    described: Manifest,
     sbom: String,
 }
 
@@ -297,10 +333,14 @@ fn write_filesystem(
     plan: &Plan,
     staged_dir: &Path,
     staged: &[crate::stage::StagedEntry],
-    opts: &ImageOptions,
-    output: &Path,
+    to: &WriteTo<'_>,
     reporter: &Reporter,
 ) -> Result<(Pending, Filesystem), PipelineError> {
+    let WriteTo {
+        opts,
+        output,
+        origins,
+    } = *to;
     let mut bar = reporter.bytes("hashing the staged files".into(), None);
     let (mut manifest, hashes) = describe::manifest(
         plan,
@@ -330,9 +370,15 @@ fn write_filesystem(
 
     let mut sha1 = hashes.sha1;
     sha1.insert(PATH_IN_IMAGE.to_string(), placed.sha1.clone());
+    // Where outputs came from is said beside the image, never in it: the image's bytes
+    // are the same however its packages reached this builder.
+    let mut described = manifest.clone();
+    for pkg in &mut described.packages {
+        pkg.origin = origins.get(&pkg.name).cloned();
+    }
     let tool = format!("cartbuild-{}", env!("CARGO_PKG_VERSION"));
     let sbom = spdx::document(&spdx::Input {
-        manifest: &manifest,
+        manifest: &described,
         extra: std::slice::from_ref(&placed.entry),
         sha1: &sha1,
         filesystem_sha256: &sha256,
@@ -346,6 +392,7 @@ fn write_filesystem(
             size,
             content_bytes: written.content_bytes,
             manifest,
+            described,
             sbom,
         },
     ))
@@ -405,7 +452,7 @@ fn persist(
     fs: &Filesystem,
 ) -> Result<Vec<PathBuf>, PipelineError> {
     let mut outputs = Outputs::new();
-    for file in describe::sidecars(output, sha, size, &fs.manifest, &fs.sbom)
+    for file in describe::sidecars(output, sha, size, &fs.described, &fs.sbom)
         .step("failed to describe the image")?
     {
         outputs.push(file);
@@ -431,7 +478,7 @@ pub fn build(req: &Request) -> Result<Built, PipelineError> {
     {
         return Err(PipelineError::StagedExists(dir.clone()));
     }
-    let outputs = fetch_and_build(req, &prepared, &plan, &reporter)?;
+    let (outputs, origins) = fetch_and_build(req, &prepared, &plan, &reporter)?;
     let built = outputs.values().filter(|o| !o.cached).count();
     let (staged_dir, staged) = stage(req, &prepared, &plan, &outputs, &reporter)?;
     let opts = ImageOptions {
@@ -444,8 +491,11 @@ pub fn build(req: &Request) -> Result<Built, PipelineError> {
         &plan,
         staged_dir.path(),
         &staged,
-        &opts,
-        &output,
+        &WriteTo {
+            opts: &opts,
+            output: &output,
+            origins: &origins,
+        },
         &reporter,
     )?;
     // The bare image is the filesystem, hashed already; a disk is hashed once written.

@@ -186,12 +186,15 @@ fn build_twice(
             n + 1
         ));
         let cache = fresh_cache(shared, req.share_sources)?;
-        let build = Request {
+        let mut build = Request {
             recipe: recipe.clone(),
             output: Some(work.join(run).join(&file)),
             cache: cache.path().to_path_buf(),
             ..req.build.clone()
         };
+        // A release proves that it reproduces by building: it never takes an output from
+        // a shared cache (it may push what it built to one).
+        build.remote.from.clear();
         let built = pipeline::build(&build).map_err(|source| ReproduceError::Build {
             recipe: recipe.clone(),
             name: name.clone(),

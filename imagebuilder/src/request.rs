@@ -19,6 +19,8 @@ use crate::cache::{Cache, CacheError};
 use crate::fetch;
 use crate::image::{self, ImageSize};
 use crate::mirror::{self, MirrorError, Mirrors};
+use crate::remote::{self, CACHE_FROM_ENV, CACHE_TO_ENV, CACHE_TRUST_ENV, SIGN_KEY_ENV};
+use crate::sign::{Password, SigningKey};
 use crate::toolchain::Flavor;
 
 /// The environment variable of the cache directory (`--cache`).
@@ -66,6 +68,9 @@ pub enum RequestError {
     /// The mirrors cannot be set up (a bad `--mirror`, an unreadable config file).
     #[error("failed to set up mirrors")]
     Mirrors(#[source] MirrorError),
+    /// The shared build cache settings cannot be used: why, and the fix.
+    #[error("{0}")]
+    SharedCache(String),
     /// No cache directory can be chosen.
     #[error(transparent)]
     Cache(#[from] CacheError),
@@ -190,6 +195,14 @@ pub struct Settings {
     pub retries: Option<u32>,
     /// `--retry-delay`, seconds.
     pub retry_delay: Option<f64>,
+    /// `--cache-from oci://HOST/REPO`, each.
+    pub cache_from: Vec<String>,
+    /// `--cache-to oci://HOST/REPO`.
+    pub cache_to: Option<String>,
+    /// `--cache-trust PUBKEY`, each.
+    pub cache_trust: Vec<String>,
+    /// `--sign-key SECRET`.
+    pub sign_key: Option<PathBuf>,
 }
 
 /// A validated build request: what [`crate::pipeline::build`] runs.
@@ -221,6 +234,8 @@ pub struct Request {
     pub source_date_epoch: Option<u64>,
     /// Stream build logs.
     pub verbose: bool,
+    /// The shared build cache (`--cache-from`, `--cache-to`).
+    pub remote: remote::Settings,
 }
 
 /// `secs` as a duration, or why not.
@@ -282,6 +297,7 @@ impl Request {
             )?,
             offline: settings.offline,
         };
+        let remote = shared_cache(&settings, env, &fetch)?;
         let jobs = match settings.jobs {
             Some(0) => {
                 return Err(RequestError::BadFlag {
@@ -333,8 +349,104 @@ impl Request {
             fetch,
             source_date_epoch,
             verbose: settings.verbose,
+            remote,
         })
     }
+}
+
+/// A list from a flag (repeatable), else the variable (words separated by spaces or
+/// commas), else the config file.
+fn list(flag: &[String], env: &Env, name: &str, config: &[String]) -> Vec<String> {
+    if !flag.is_empty() {
+        return flag.to_vec();
+    }
+    if let Some(v) = env.get(name) {
+        return v
+            .split([' ', ','])
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .collect();
+    }
+    config.to_vec()
+}
+
+fn reference(given: &str, whence: &str) -> Result<cartoci::Reference, RequestError> {
+    let r = cartoci::Reference::parse(given).map_err(|e| {
+        RequestError::SharedCache(format!(
+            "{whence} {given}: {e}; give e.g. {whence} oci://registry.example:5000/crashcart/cache"
+        ))
+    })?;
+    if r.tag.is_some() || r.digest.is_some() {
+        return Err(RequestError::SharedCache(format!(
+            "{whence} {given}: a shared cache is a repository, without a tag or digest; give e.g. oci://{}/{}",
+            r.registry.authority(),
+            r.repository
+        )));
+    }
+    Ok(r)
+}
+
+/// The shared build cache settings: flags, else `CARTBUILD_CACHE_*`, else `[cache]`.
+fn shared_cache(
+    settings: &Settings,
+    env: &Env,
+    fetch: &fetch::Options,
+) -> Result<remote::Settings, RequestError> {
+    let config = mirror::read_config(env.config.as_deref())
+        .map_err(RequestError::Mirrors)?
+        .cache;
+    let from = list(&settings.cache_from, env, CACHE_FROM_ENV, &config.from)
+        .iter()
+        .map(|s| reference(s, "--cache-from"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let to = settings
+        .cache_to
+        .clone()
+        .or_else(|| env.get(CACHE_TO_ENV).map(str::to_string))
+        .or(config.to)
+        .map(|s| reference(&s, "--cache-to"))
+        .transpose()?;
+    let trust = list(&settings.cache_trust, env, CACHE_TRUST_ENV, &config.trust)
+        .iter()
+        .map(|k| {
+            cartimage::signature::VerifyKey::parse(k).map_err(|e| {
+                RequestError::SharedCache(format!(
+                    "--cache-trust {k}: {e}; give the public key file `cartbuild keygen` wrote, or its base64"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if !from.is_empty() && trust.is_empty() {
+        return Err(RequestError::SharedCache(format!(
+            "--cache-from needs a key to trust: entries are used only when signed by a --cache-trust PUBKEY (or {CACHE_TRUST_ENV}, or `trust` in [cache] of the config file)"
+        )));
+    }
+    let sign_path = settings
+        .sign_key
+        .clone()
+        .or_else(|| env.get(SIGN_KEY_ENV).map(PathBuf::from))
+        .or(config.sign_key);
+    let sign_key = match (&to, sign_path) {
+        (Some(_), None) => {
+            return Err(RequestError::SharedCache(format!(
+                "--cache-to needs a key to sign entries with: give --sign-key SECRET (or {SIGN_KEY_ENV}, or `sign_key` in [cache] of the config file)"
+            )));
+        }
+        (Some(_), Some(path)) => Some(std::sync::Arc::new(
+            SigningKey::load(&path, Password::from_env()).map_err(|e| {
+                RequestError::SharedCache(format!("--sign-key {}: {e}", path.display()))
+            })?,
+        )),
+        (None, _) => None,
+    };
+    Ok(remote::Settings {
+        from,
+        to,
+        trust,
+        sign_key,
+        connect_timeout: fetch.connect_timeout,
+        read_timeout: fetch.read_timeout,
+    })
 }
 
 #[cfg(test)]
@@ -452,5 +564,88 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, RequestError::Mirrors(_)), "{e:?}");
+    }
+
+    #[test]
+    fn the_shared_cache_comes_from_flags_else_the_environment_else_the_config_file() {
+        let d = tempfile::tempdir().unwrap();
+        let public = d.path().join("k.pub");
+        let secret = d.path().join("k.key");
+        crate::sign::keygen(&public, &secret, Password::None, false).unwrap();
+        let config = d.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[cache]\nfrom = [\"oci://127.0.0.1:5000/cfg\"]\ntrust = [{:?}]\nto = \"oci://127.0.0.1:5000/cfg-to\"\nsign_key = {:?}\n",
+                public.display().to_string(),
+                secret.display().to_string()
+            ),
+        )
+        .unwrap();
+        let mut e = env(&[]);
+        e.config = Some(config);
+        let r = Request::new(settings(), &e).unwrap();
+        assert_eq!(r.remote.from.len(), 1);
+        assert_eq!(r.remote.from[0].repository, "cfg");
+        assert_eq!(r.remote.to.as_ref().unwrap().repository, "cfg-to");
+        assert!(r.remote.sign_key.is_some() && r.remote.trust.len() == 1);
+        e.vars.insert(
+            CACHE_FROM_ENV.into(),
+            "oci://127.0.0.1:5000/a, oci://127.0.0.1:5000/b".into(),
+        );
+        let r = Request::new(settings(), &e).unwrap();
+        let repos: Vec<&str> = r
+            .remote
+            .from
+            .iter()
+            .map(|f| f.repository.as_str())
+            .collect();
+        assert_eq!(repos, ["a", "b"]);
+        let r = Request::new(
+            Settings {
+                cache_from: vec!["oci://127.0.0.1:5000/flag".into()],
+                ..settings()
+            },
+            &e,
+        )
+        .unwrap();
+        assert_eq!(r.remote.from[0].repository, "flag");
+        assert_eq!(r.remote.read_timeout, r.fetch.read_timeout);
+    }
+
+    #[test]
+    fn a_shared_cache_without_keys_or_with_a_tag_is_refused() {
+        let e = Request::new(
+            Settings {
+                cache_from: vec!["oci://127.0.0.1:5000/c".into()],
+                ..settings()
+            },
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("--cache-from needs a key to trust"),
+            "{e}"
+        );
+        let e = Request::new(
+            settings(),
+            &env(&[(CACHE_TO_ENV, "oci://127.0.0.1:5000/c")]),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with("--cache-to needs a key to sign"),
+            "{e}"
+        );
+        let e = Request::new(
+            Settings {
+                cache_to: Some("oci://127.0.0.1:5000/c:latest".into()),
+                ..settings()
+            },
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("without a tag or digest"), "{e}");
+        assert!(!e.to_string().contains('\n'), "{e}");
     }
 }

@@ -358,6 +358,25 @@ impl SigningKey {
         key_id(&self.pk)
     }
 
+    /// A minisign signature (prehashed, as for images) over `data` with `comment` as its
+    /// trusted comment: what the shared build cache signs its entries' configs with
+    /// ([`crate::remote`]). ed25519 is deterministic, so the same key signs the same bytes
+    /// and comment into the same text.
+    pub fn sign_bytes(&self, data: &[u8], comment: &str) -> Result<String, SignError> {
+        let sig = minisign::sign(
+            Some(&self.pk),
+            &self.sk,
+            io::Cursor::new(data),
+            Some(comment),
+            Some(&format!(
+                "signature from cartbuild secret key {}",
+                self.key_id()
+            )),
+        )
+        .map_err(minisign_err("cannot sign"))?;
+        Ok(sig.into_string())
+    }
+
     /// The public key, as `cartinject --verify-key` takes it.
     pub fn verify_key(&self) -> VerifyKey {
         // OK to unwrap: a public key minisign just encoded decodes.

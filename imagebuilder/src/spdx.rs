@@ -257,6 +257,16 @@ fn recipe_package(p: &cartimage::manifest::Package, id: String) -> Package {
     if let Some(key) = &p.build_key {
         comment.push_str(&format!("; build key {key}"));
     }
+    if let Some(o) = &p.origin {
+        match (o.from.as_str(), &o.cache) {
+            ("cache", Some(cache)) => comment.push_str(&format!(
+                "; output taken from the shared build cache {cache} (entry {}, signed by key {})",
+                o.entry.as_deref().unwrap_or("?"),
+                o.signed_by.as_deref().unwrap_or("?")
+            )),
+            _ => comment.push_str("; output built by this builder"),
+        }
+    }
     Package {
         name: p.name.clone(),
         spdx_id: id,
@@ -483,6 +493,7 @@ mod tests {
                 },
                 build_key: Some("k".into()),
                 depends: depends.iter().map(|d| d.to_string()).collect(),
+                origin: None,
             }
         };
         Manifest {

@@ -110,16 +110,30 @@ fn manifest_inside_and_beside_the_image_and_an_sbom() {
     assert_eq!(paths, sorted, "files are sorted by path");
     assert!(beside.file(PATH_IN_IMAGE).is_none());
 
-    // Inside the image: the same manifest without the image's own digest.
+    // Inside the image: the same manifest without the image's own digest, nor where each
+    // output came from (said only beside it: the image is the same either way).
     let inside_bytes = read_from_image(&image, &format!("/{PATH_IN_IMAGE}"));
     let inside = Manifest::from_slice(&inside_bytes, Path::new("inside")).unwrap();
     assert_eq!(inside.image_sha256, None);
     assert_eq!(inside.image_size, None);
+    assert!(inside.packages.iter().all(|p| p.origin.is_none()));
+    assert!(
+        beside
+            .packages
+            .iter()
+            .all(|p| p.origin.as_ref().is_some_and(|o| o.from == "built")),
+        "{:?}",
+        beside.packages
+    );
+    let mut without_origins = beside.clone();
+    for p in &mut without_origins.packages {
+        p.origin = None;
+    }
     assert_eq!(
         Manifest {
             image_sha256: None,
             image_size: None,
-            ..beside.clone()
+            ..without_origins
         },
         inside
     );

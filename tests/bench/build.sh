@@ -77,3 +77,35 @@ awk -v t="$t_noop" 'BEGIN { exit !(t < 2) }' && echo "no-change rebuild target (
     || echo "no-change rebuild target (< 2 s): MISSED"
 [ "$b_one" = 1 ] && [ "${rebuilt% }" = lsof ] && echo "one-package rebuild built only lsof: yes" \
     || echo "one-package rebuild built only lsof: NO ($rebuilt)"
+
+# --- Shared build cache (issue 15): a cold build in an empty cache with a warm remote cache,
+# next to the cold local build above. The outputs of the last build (cache-b) are pushed to
+# a registry (CARTBUILD_BENCH_REGISTRY, default 127.0.0.1:5000), then an empty cache pulls
+# them. Target: the net image in <= 10 s on 2 cores.
+bench_shared_cache() {
+    local registry=${CARTBUILD_BENCH_REGISTRY:-127.0.0.1:5000}
+    if ! curl -fsS "http://$registry/v2/" >/dev/null 2>&1; then
+        echo "shared cache: skipped (no registry answers on $registry)"; return
+    fi
+    local repo="oci://$registry/cartbuild-bench/cache-$$" t0 t1 t_push t_pull
+    "$bin" keygen -W -p "$work/bench.pub" -s "$work/bench.key" >/dev/null 2>&1
+    t0=$(now)
+    "$bin" "$work/recipes/net.toml" --cache "$work/cache-b" -o "$work/net.img" \
+        --cache-to "$repo" --sign-key "$work/bench.key" >"$work/push.log" 2>&1 \
+        || { echo "push failed:" >&2; tail -20 "$work/push.log" >&2; exit 1; }
+    t1=$(now); t_push=$(awk -v a="$t1" -v b="$t0" 'BEGIN { printf "%.1f", a - b }')
+    t0=$(now)
+    "$bin" "$work/recipes/net.toml" --cache "$work/cache-c" -o "$work/net-pulled.img" \
+        --cache-from "$repo" --cache-trust "$work/bench.pub" >"$work/pull.log" 2>&1 \
+        || { echo "pull build failed:" >&2; tail -20 "$work/pull.log" >&2; exit 1; }
+    t1=$(now); t_pull=$(awk -v a="$t1" -v b="$t0" 'BEGIN { printf "%.1f", a - b }')
+    local built same=no
+    built=$(sed -n 's/.* \([0-9]*\) built, \([0-9]*\) cached.*/\1/p' "$work/pull.log")
+    cmp -s "$work/net.img" "$work/net-pulled.img" && same=yes
+    printf '%-28s %10.1f   (push of every output: %ss)\n' "cold, warm remote cache" "$t_pull" "$t_push"
+    printf '%-28s %10.1f\n' "cold, empty cache (local)" "$t_cold"
+    echo "remote-cache build: $built packages built, same image as the local build: $same"
+    awk -v t="$t_pull" 'BEGIN { exit !(t <= 10) }' && echo "warm remote cache target (<= 10 s): met" \
+        || echo "warm remote cache target (<= 10 s): MISSED"
+}
+bench_shared_cache

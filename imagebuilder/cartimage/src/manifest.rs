@@ -122,6 +122,29 @@ pub struct Package {
     /// The packages this one was built against (`tcpdump` on `libpcap`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends: Vec<String>,
+    /// Where its output came from: built by this builder, or taken from a shared build
+    /// cache. Only in the manifest beside an image and in its SBOM, never in the image's
+    /// own copy (the image's bytes do not depend on where an output came from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+}
+
+/// Where a package's output came from (see [`Package::origin`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Origin {
+    /// `built` (by this builder, now or in an earlier build into its local cache) or
+    /// `cache` (taken from a shared build cache).
+    pub from: String,
+    /// The shared cache's repository (`oci://HOST/REPO`), for `cache`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
+    /// The digest of the entry's OCI manifest, for `cache`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
+    /// The ID of the minisign key whose signature on the entry was verified, for `cache`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
 }
 
 /// One fetched input: the URLs it may come from and its pinned digest.
@@ -349,6 +372,7 @@ mod tests {
                 }],
                 build_key: Some("b".repeat(64)),
                 depends: vec![],
+                origin: None,
             }],
             files: vec![
                 FileEntry::dir("bin", 0o755),

@@ -302,15 +302,28 @@ pub struct Client {
 impl Client {
     /// A client for `reference`'s repository.
     pub fn new(reference: &Reference, access: Access) -> Result<Client, ClientError> {
+        Client::with_timeouts(reference, access, CONNECT_TIMEOUT, READ_TIMEOUT)
+    }
+
+    /// A client whose requests give up after `connect` to connect and `read` for an
+    /// answer (instead of the defaults, 15 s and [`READ_TIMEOUT`]): for callers that would
+    /// rather do without the registry than wait for a slow one (cartbuild's shared build
+    /// cache).
+    pub fn with_timeouts(
+        reference: &Reference,
+        access: Access,
+        connect: Duration,
+        read: Duration,
+    ) -> Result<Client, ClientError> {
         // reqwest takes the process's default rustls provider; an Err means one is installed.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let https = reference.registry.transport() == Transport::Https;
         let http = reqwest::blocking::Client::builder()
             .user_agent(concat!("crashcart/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(READ_TIMEOUT)
+            .connect_timeout(connect)
+            .timeout(read)
             // A peer that stops acknowledging what we send (an upload to a dead host).
-            .tcp_user_timeout(READ_TIMEOUT)
+            .tcp_user_timeout(read)
             .dns_resolver(std::sync::Arc::new(HostsAndDns::new()))
             // A registry may send blobs elsewhere (a CDN), but not in circles, and not from
             // HTTPS down to plain HTTP, where anyone on the path could change them.

@@ -123,6 +123,27 @@ pub struct BuildArgs {
     /// [env: CARTBUILD_RETRY_DELAY] [default: 0.5].
     #[arg(long, value_name = "SECS")]
     pub retry_delay: Option<f64>,
+
+    /// Take package outputs (and sources) from this shared build cache, an OCI repository
+    /// oci://HOST[:PORT]/REPO, when signed by a --cache-trust key; repeatable, looked in
+    /// in order [env: CARTBUILD_CACHE_FROM] [config: [cache] from].
+    #[arg(long = "cache-from", value_name = "OCI_REPO")]
+    pub cache_from: Vec<String>,
+
+    /// Push every package output built here (and its source) to this shared build cache,
+    /// signed with --sign-key [env: CARTBUILD_CACHE_TO] [config: [cache] to].
+    #[arg(long = "cache-to", value_name = "OCI_REPO")]
+    pub cache_to: Option<String>,
+
+    /// A public key (file or base64) whose signatures make a shared cache's entries
+    /// usable; repeatable [env: CARTBUILD_CACHE_TRUST] [config: [cache] trust].
+    #[arg(long = "cache-trust", value_name = "PUBKEY")]
+    pub cache_trust: Vec<String>,
+
+    /// The minisign secret key --cache-to signs entries with (encrypted: the password
+    /// from $CARTBUILD_KEY_PASSWORD) [env: CARTBUILD_SIGN_KEY] [config: [cache] sign_key].
+    #[arg(long = "sign-key", value_name = "SECRET")]
+    pub sign_key: Option<PathBuf>,
 }
 
 impl BuildArgs {
@@ -149,6 +170,10 @@ impl BuildArgs {
             read_timeout: self.read_timeout,
             retries: self.retries,
             retry_delay: self.retry_delay,
+            cache_from: self.cache_from,
+            cache_to: self.cache_to,
+            cache_trust: self.cache_trust,
+            sign_key: self.sign_key,
         }
     }
 }

@@ -71,6 +71,11 @@ pub struct ReleaseArgs {
     /// Run build scripts without the sandbox (see `cartbuild build --no-sandbox`).
     #[arg(long)]
     pub no_sandbox: bool,
+
+    /// Push the package outputs built to this shared build cache (oci://HOST[:PORT]/REPO),
+    /// signed with --sign-key. A release never takes outputs from a shared cache.
+    #[arg(long = "cache-to", value_name = "OCI_REPO")]
+    pub cache_to: Option<String>,
 }
 
 /// Runs `cartbuild release`.
@@ -96,6 +101,8 @@ pub fn run(args: ReleaseArgs) -> anyhow::Result<()> {
             jobs: args.jobs,
             toolchain: args.toolchain.into(),
             no_sandbox: args.no_sandbox,
+            cache_to: args.cache_to,
+            sign_key: args.sign_key.clone(),
             ..Settings::default()
         },
         &Env::from_process(),
