@@ -500,16 +500,7 @@ fn file_archive_and_local_kinds_are_staged() {
     let env = Env::new();
     let server = Server::start();
     // A static executable for kind = "file", built here with musl-gcc.
-    let c = env.write("prog.c", "int main(void){return 0;}\n");
-    let prog = env.dir.path().join("prog");
-    let st = Command::new("musl-gcc")
-        .args(["-static", "-o"])
-        .arg(&prog)
-        .arg(&c)
-        .status()
-        .expect("musl-gcc is missing: apt-get install musl-tools");
-    assert!(st.success());
-    let prog_bytes = fs::read(&prog).unwrap();
+    let prog_bytes = static_program(env.dir.path(), "int main(void){return 0;}\n");
     server.route("/prog", Route::Serve(prog_bytes.clone()));
     let archive = tarball(
         "tools-1",

@@ -30,17 +30,10 @@ struct Sources {
 fn sources(tag: &str) -> Sources {
     let server = Server::start();
     let dir = tempfile::tempdir().unwrap();
-    let c = dir.path().join("prog.c");
-    fs::write(&c, format!("int main(void){{return {};}}\n", tag.len() % 7)).unwrap();
-    let prog = dir.path().join("prog");
-    let st = Command::new("musl-gcc")
-        .args(["-static", "-o"])
-        .arg(&prog)
-        .arg(&c)
-        .status()
-        .expect("musl-gcc is missing: apt-get install musl-tools");
-    assert!(st.success());
-    let prog_bytes = fs::read(&prog).unwrap();
+    let prog_bytes = static_program(
+        dir.path(),
+        &format!("int main(void){{return {};}}\n", tag.len() % 7),
+    );
     server.route("/prog", Route::Serve(prog_bytes.clone()));
     let greet = tarball(
         "greet-1",

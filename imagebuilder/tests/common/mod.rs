@@ -19,6 +19,22 @@ pub use testkit::sha256_hex as sha256;
 #[allow(unused_imports)]
 pub use testkit::{repo_root, require_root, run_tool, stderr, stdout, tool};
 
+/// Compiles the C `source` into a static executable with musl-gcc, in `dir`; returns its
+/// bytes (for `kind = "file"` packages, which must be static).
+pub fn static_program(dir: &Path, source: &str) -> Vec<u8> {
+    let c = dir.join("prog.c");
+    fs::write(&c, source).unwrap();
+    let prog = dir.join("prog");
+    let st = Command::new("musl-gcc")
+        .args(["-static", "-o"])
+        .arg(&prog)
+        .arg(&c)
+        .status()
+        .expect("musl-gcc is missing: apt-get install musl-tools");
+    assert!(st.success());
+    fs::read(&prog).unwrap()
+}
+
 /// What the server does for one path.
 #[derive(Debug, Clone)]
 pub enum Route {
