@@ -154,6 +154,25 @@ fn own_dir(parent: &OwnedFd, name: &str, shown: &Path) -> Result<OwnedFd, String
     Ok(dir)
 }
 
+/// This boot's ID (`/proc/sys/kernel/random/boot_id`), read through the procfs below `root`
+/// once per process: the verification records and the device notes both need it, and it
+/// cannot change while the process runs.
+fn boot_id(root: std::os::fd::BorrowedFd<'_>) -> Result<String, String> {
+    static BOOT_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(id) = BOOT_ID.get() {
+        return Ok(id.clone());
+    }
+    let proc = resolve::open_procfs(root).map_err(|e| format!("cannot open /proc: {e}"))?;
+    let id = resolve::read_procfs_value(proc.as_fd(), Path::new("sys/kernel/random/boot_id"))
+        .map_err(|e| format!("cannot read /proc/sys/kernel/random/boot_id: {e}"))?
+        .trim()
+        .to_string();
+    if id.is_empty() {
+        return Err("/proc/sys/kernel/random/boot_id is empty".into());
+    }
+    Ok(BOOT_ID.get_or_init(|| id).clone())
+}
+
 impl Store {
     /// Opens `base`/cartinject/verified, creating what is missing: `base` must be root's and
     /// not writable by group or others, and is reached without following a symlink; the two
@@ -184,16 +203,7 @@ impl Store {
         let ours = own_dir(&base_fd, "cartinject", &base.join("cartinject"))?;
         let shown = base.join("cartinject").join(sub);
         let dir = own_dir(&ours, sub, &shown)?;
-        let proc =
-            resolve::open_procfs(root.as_fd()).map_err(|e| format!("cannot open /proc: {e}"))?;
-        let boot_id =
-            resolve::read_procfs_value(proc.as_fd(), Path::new("sys/kernel/random/boot_id"))
-                .map_err(|e| format!("cannot read /proc/sys/kernel/random/boot_id: {e}"))?
-                .trim()
-                .to_string();
-        if boot_id.is_empty() {
-            return Err("/proc/sys/kernel/random/boot_id is empty".into());
-        }
+        let boot_id = boot_id(root.as_fd())?;
         Ok(Store {
             dir,
             shown,
