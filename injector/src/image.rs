@@ -138,18 +138,28 @@ fn open_file(path: &Path) -> Result<File, DetectError> {
 
 /// The lock wait's limit from [`LOCK_TIMEOUT_ENV`]'s value (`None` or empty: [`LOCK_TIMEOUT`]).
 fn lock_timeout(value: Option<&std::ffi::OsStr>) -> Result<Duration, ImageError> {
+    seconds_setting(value, LOCK_TIMEOUT, LOCK_TIMEOUT_MAX)
+        .map_err(|value| ImageError::LockTimeoutValue { value })
+}
+
+/// A setting in seconds from the environment (`2`, `0.5`): `default` when unset or empty, else
+/// the value when it is a number from 0 to `max`; `Err` is the value as given, escaped for a
+/// message.
+pub fn seconds_setting(
+    value: Option<&std::ffi::OsStr>,
+    default: Duration,
+    max: f64,
+) -> Result<Duration, String> {
     let Some(value) = value.filter(|v| !v.is_empty()) else {
-        return Ok(LOCK_TIMEOUT);
+        return Ok(default);
     };
     let text = value.to_string_lossy();
     text.trim()
         .parse::<f64>()
         .ok()
-        .filter(|s| (0.0..=LOCK_TIMEOUT_MAX).contains(s))
+        .filter(|s| (0.0..=max).contains(s))
         .map(Duration::from_secs_f64)
-        .ok_or_else(|| ImageError::LockTimeoutValue {
-            value: crate::display::escape(text.as_bytes()),
-        })
+        .ok_or_else(|| crate::display::escape(text.as_bytes()))
 }
 
 /// The PIDs holding an `flock` on inode `ino` of device `major:minor`, from the text of

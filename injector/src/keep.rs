@@ -52,21 +52,11 @@ pub const KEEPER_NAME: &std::ffi::CStr = c"cartinject-keep";
 /// The linger from [`LINGER_ENV`]'s value (`None` or empty: [`LINGER`]); `Err` is the line to
 /// show.
 pub fn linger(value: Option<&OsStr>) -> Result<Duration, String> {
-    let Some(value) = value.filter(|v| !v.is_empty()) else {
-        return Ok(LINGER);
-    };
-    let text = value.to_string_lossy();
-    text.trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|s| (0.0..=LINGER_MAX as f64).contains(s))
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| {
-            format!(
-                "{LINGER_ENV}={} is not a number of seconds from 0 to {LINGER_MAX}: give one such as 5, or 0 to release the image's loop device with each session",
-                crate::display::escape(text.as_bytes())
-            )
-        })
+    crate::image::seconds_setting(value, LINGER, LINGER_MAX as f64).map_err(|value| {
+        format!(
+            "{LINGER_ENV}={value} is not a number of seconds from 0 to {LINGER_MAX}: give one such as 5, or 0 to release the image's loop device with each session"
+        )
+    })
 }
 
 /// What a note holds.
