@@ -298,8 +298,9 @@ pub fn localize(
 
     let started = Instant::now();
     let result = pull(&reference, target, &cache, options.max_size, &mut steps);
-    // `pull` has dropped its client whatever happened; make sure its thread is gone.
-    let threads = thread_count();
+    // `pull` has dropped its client whatever happened, which joins its runtime's thread;
+    // make sure it is gone.
+    let threads = thread_count_settled();
     if threads > 1 {
         return Err(OciError::Threads(threads));
     }
@@ -398,6 +399,21 @@ fn pull(
 /// missing /proc causes, and which later steps report themselves.
 fn thread_count() -> usize {
     fs::read_dir("/proc/self/task").map_or(1, |d| d.count())
+}
+
+/// [`thread_count`] once the threads that were joined are gone: a joined thread has finished
+/// running (`pthread_join` returns when the kernel clears its TID on exit), but the kernel may
+/// list it in `/proc/self/task` a moment longer, until it has reaped it. Waits at most 500 ms
+/// for the count to reach 1, then returns it as it is.
+fn thread_count_settled() -> usize {
+    let deadline = Instant::now() + std::time::Duration::from_millis(500);
+    loop {
+        let threads = thread_count();
+        if threads <= 1 || Instant::now() >= deadline {
+            return threads;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 /// Why nobody but `owner` (or root) may be trusted not to change what `dir` holds, if so:
