@@ -201,13 +201,15 @@ fn check_image(
         ))
     };
     let expected = sidecars.expected().map_err(mismatch)?;
-    // The manifest exists (checked above), so expected() has read it.
-    let Some(described) = expected.manifest.clone() else {
-        return Err(PipelineError::Refused(format!(
-            "failed to read the image's manifest {}",
+    let unreadable = |e: String| {
+        PipelineError::Refused(format!(
+            "failed to read the image's manifest ({e}): rebuild it, or push the image that {} describes",
             manifest_path.display()
-        )));
+        ))
     };
+    let described = cartimage::sidecar::read(&manifest_path)
+        .and_then(|bytes| Manifest::from_slice(&bytes, &manifest_path).map_err(|e| e.to_string()))
+        .map_err(unreadable)?;
     let format = format_of(image)?;
     let on_disk = std::fs::metadata(image)
         .step(format!("failed to read {}", image.display()))?

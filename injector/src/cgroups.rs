@@ -122,7 +122,8 @@ impl CgroupJoin {
     /// Returns them and one warning for each that cannot be joined (the session then runs
     /// outside that cgroup, and says so).
     pub fn open(pid: i32) -> (CgroupJoin, Vec<String>) {
-        let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        let read =
+            |path: &str| crate::procfs::read_file_string(Path::new(path)).unwrap_or_default();
         let target = read(&format!("/proc/{pid}/cgroup"));
         let (paths, missing) = procs_files(
             &target,

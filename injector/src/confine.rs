@@ -123,7 +123,7 @@ pub fn parse_status(text: &str) -> Result<Status, String> {
 /// Reads and parses `/proc/PID/status`.
 pub fn read_status(pid: i32) -> Result<Status, ConfineError> {
     let path = PathBuf::from(format!("/proc/{pid}/status"));
-    let text = std::fs::read_to_string(&path).map_err(|e| ConfineError::Status {
+    let text = crate::procfs::read_file_string(&path).map_err(|e| ConfineError::Status {
         pid,
         path: path.clone(),
         detail: e.to_string(),

@@ -151,9 +151,10 @@ pub fn tracers(target: i32) -> Tracers {
             unknown: false,
         };
     }
-    let Some(their_depth) = std::fs::read_to_string(format!("/proc/{target}/status"))
-        .ok()
-        .and_then(|t| pid_ns_depth(&t))
+    let Some(their_depth) =
+        crate::procfs::read_file_string(&crate::procfs::proc_path(target, "status"))
+            .ok()
+            .and_then(|t| pid_ns_depth(&t))
     else {
         return unknown;
     };
@@ -258,7 +259,7 @@ fn host_capable(
         if let Some(&known) = nested.get(&ns) {
             return known;
         }
-        let Some(depth) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        let Some(depth) = crate::procfs::read_file_string(&crate::procfs::proc_path(pid, "status"))
             .ok()
             .and_then(|t| pid_ns_depth(&t))
         else {

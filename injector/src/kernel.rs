@@ -79,10 +79,6 @@ pub trait Kernel {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Procfs;
 
-fn proc_file(pid: i32, name: &str) -> PathBuf {
-    PathBuf::from(format!("/proc/{pid}/{name}"))
-}
-
 impl Kernel for Procfs {
     fn stat(&self, pid: i32) -> Result<Stat, ProcError> {
         procfs::read_stat(pid)
@@ -105,15 +101,15 @@ impl Kernel for Procfs {
     }
 
     fn mountinfo(&self, pid: i32) -> io::Result<Vec<MountEntry>> {
-        crate::mountinfo::read(&proc_file(pid, "mountinfo"))
+        crate::mountinfo::read(&procfs::proc_path(pid, "mountinfo"))
     }
 
     fn cgroup(&self, pid: i32) -> io::Result<Vec<u8>> {
-        std::fs::read(proc_file(pid, "cgroup"))
+        procfs::read_file(&procfs::proc_path(pid, "cgroup"))
     }
 
     fn id_map(&self, pid: i32, which: IdMap) -> io::Result<String> {
-        std::fs::read_to_string(proc_file(pid, which.file_name()))
+        procfs::read_file_string(&procfs::proc_path(pid, which.file_name()))
     }
 
     fn seccomp_filters(&self, pid: i32) -> Result<Vec<Filter>, Errno> {

@@ -77,7 +77,11 @@ pub fn parse_line(line: &str) -> Option<MountEntry> {
 /// on a name that is not UTF-8, or have cartinject bind one, so the text is read as bytes
 /// and invalid sequences replaced rather than refused.
 pub fn read(path: &std::path::Path) -> std::io::Result<Vec<MountEntry>> {
-    let bytes = std::fs::read(path)?;
+    // Not std::fs::read: procfs says size 0, and std would read from 32 bytes doubling while
+    // the kernel formats the file again for every read. (Self-contained: the fuzz target
+    // includes this file alone.)
+    let mut bytes = Vec::with_capacity(16 * 1024);
+    std::io::Read::read_to_end(&mut std::fs::File::open(path)?, &mut bytes)?;
     Ok(parse(&String::from_utf8_lossy(&bytes)))
 }
 

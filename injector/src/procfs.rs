@@ -79,7 +79,8 @@ impl Stat {
     }
 }
 
-fn proc_path(pid: i32, name: &str) -> PathBuf {
+/// `/proc/PID/NAME`.
+pub fn proc_path(pid: i32, name: &str) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/{name}"))
 }
 
@@ -92,11 +93,32 @@ fn read_error(pid: i32, path: PathBuf, source: io::Error) -> ProcError {
     }
 }
 
+/// How much a `/proc` file is first read with: procfs reports size 0, so `std::fs::read`
+/// starts at 32 bytes and doubles, and the kernel formats the whole file again for every
+/// read (`/proc/PID/stat` took five reads, a cgroup file six).
+const PROC_READ_START: usize = 4096;
+
+/// Reads a whole `/proc` (or sysfs) file in as few reads as it takes: one, for the files a
+/// session reads.
+pub fn read_file(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut bytes = Vec::with_capacity(PROC_READ_START);
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// [`read_file`] as UTF-8 text.
+pub fn read_file_string(path: &Path) -> io::Result<String> {
+    String::from_utf8(read_file(path)?)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.utf8_error()))
+}
+
 /// Reads and checks `/proc/PID/stat`: the process must exist, be alive and not be a kernel
 /// thread.
 pub fn read_stat(pid: i32) -> Result<Stat, ProcError> {
     let path = proc_path(pid, "stat");
-    let text = std::fs::read_to_string(&path).map_err(|e| read_error(pid, path.clone(), e))?;
+    let text = read_file_string(&path).map_err(|e| read_error(pid, path.clone(), e))?;
     check_stat(pid, path, &text)
 }
 
@@ -137,7 +159,7 @@ pub fn parse_environ(raw: &[u8]) -> Vec<(OsString, OsString)> {
 /// ended by a NUL).
 pub fn read_environ_raw(pid: i32) -> Result<Vec<u8>, ProcError> {
     let path = proc_path(pid, "environ");
-    std::fs::read(&path).map_err(|e| read_error(pid, path, e))
+    read_file(&path).map_err(|e| read_error(pid, path, e))
 }
 
 /// Where `/proc/PID/{root,cwd}` point, as paths inside the process's mount namespace

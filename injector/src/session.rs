@@ -77,7 +77,8 @@ pub fn pin_target(arg: &str, api: KernelApi) -> anyhow::Result<(Target, Pin)> {
     let stat = procfs::read_stat(target.pid)?;
     let pin = Pin::new(target.pid, stat.start_time, api.pidfds())?;
     if let Some(id) = &target.id {
-        let cgroup = std::fs::read(format!("/proc/{}/cgroup", target.pid)).unwrap_or_default();
+        let cgroup =
+            procfs::read_file(&procfs::proc_path(target.pid, "cgroup")).unwrap_or_default();
         if !pin.is_alive() || !in_cgroup_of(&cgroup, id) {
             anyhow::bail!(
                 "pid {} is no longer the container {}: it exited or its PID was reused; run cartinject again",
