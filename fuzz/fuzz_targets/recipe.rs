@@ -28,6 +28,7 @@ fn context() -> &'static Context {
         source_date_epoch: None,
         toolchain: Some("fuzz-toolchain".into()),
         sandbox: Some("fuzz-sandbox".into()),
+        cxx: Some("fuzz-cxx-toolchain".into()),
     })
 }
 

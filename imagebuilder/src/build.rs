@@ -28,7 +28,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
 
 use crate::cache::{Cache, CacheError};
 use crate::plan::{Install, Package, Plan};
@@ -46,6 +46,31 @@ pub const MOUNT_POINT: &str = cartimage::manifest::MOUNT_POINT;
 
 /// The `PATH` scripts run with.
 pub const SCRIPT_PATH: &str = "/usr/bin:/bin:/usr/sbin:/sbin";
+
+/// The process groups of the scripts running without a sandbox (each its own
+/// group, see `run_build`), for [`stop_scripts`]. Sandboxed scripts need no list:
+/// their sandbox dies with cartbuild (see [`crate::sandbox`]).
+static UNSANDBOXED: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+
+fn unsandboxed() -> std::sync::MutexGuard<'static, BTreeSet<i32>> {
+    UNSANDBOXED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Kills (SIGKILL) the process group of every script running without a sandbox;
+/// for a handler of SIGINT/SIGTERM that is about to exit (sandboxed builds die
+/// with the process). Returns the lock, which keeps new scripts from starting.
+pub fn stop_scripts() -> std::sync::MutexGuard<'static, BTreeSet<i32>> {
+    let g = unsandboxed();
+    for pgid in g.iter() {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(*pgid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    g
+}
 
 /// Why a package could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -131,12 +156,21 @@ impl Builder<'_> {
         let mut started: BTreeSet<String> = BTreeSet::new();
         let mut failure: Option<BuildError> = None;
         let jobs = self.jobs.max(1);
+        // Ready packages start longest remaining chain first, so that a long build
+        // (gdb) runs beside the short ones instead of alone at the end.
+        let weights: BTreeMap<String, u64> = self
+            .plan
+            .packages
+            .iter()
+            .map(|p| (p.name.clone(), self.weight(p)))
+            .collect();
+        let by_priority = critical_path_order(self.plan, &weights);
         std::thread::scope(|scope| {
             let (tx, rx) = mpsc::channel::<(String, Result<Output, BuildError>)>();
             let mut running = 0usize;
             loop {
                 if failure.is_none() {
-                    for pkg in &self.plan.packages {
+                    for pkg in &by_priority {
                         if running >= jobs {
                             break;
                         }
@@ -185,6 +219,19 @@ impl Builder<'_> {
         }
     }
 
+    /// How long `pkg` is expected to take, in arbitrary units: nothing when its
+    /// output is cached, else its source's size (a 24 MiB gdb takes far longer than a
+    /// 500 KiB lsof), at least 1.
+    fn weight(&self, pkg: &Package) -> u64 {
+        if pkg.kind != Kind::Build || Self::is_cached(self.cache, pkg) {
+            return 1;
+        }
+        self.sources
+            .get(&pkg.name)
+            .and_then(|s| fs::metadata(s).ok())
+            .map_or(1, |m| m.len().max(1))
+    }
+
     fn build_one(&self, pkg: &Package, deps: &[Output]) -> Result<Output, BuildError> {
         let final_dir = self.cache.build(&pkg.key);
         let out_dir = final_dir.join("out");
@@ -206,6 +253,7 @@ impl Builder<'_> {
                 cached: true,
             });
         }
+        let started = std::time::Instant::now();
         let work = WorkDir::new(self.cache.tmp().join(format!("work-{short}")));
         if work.path.exists() {
             fs::remove_dir_all(&work.path).map_err(io_err(pkg, "unpack"))?;
@@ -227,8 +275,13 @@ impl Builder<'_> {
         }
         crate::cache::seal(&result).map_err(io_err(pkg, "install"))?;
         fs::rename(&result, &final_dir).map_err(io_err(pkg, "install"))?;
-        self.reporter
-            .step(&pkg.name, &format!("done (key {short})"));
+        self.reporter.step(
+            &pkg.name,
+            &format!(
+                "done (key {short}, {:.1} s)",
+                started.elapsed().as_secs_f64()
+            ),
+        );
         Ok(Output {
             dir: out_dir,
             key: pkg.key.clone(),
@@ -331,8 +384,13 @@ impl Builder<'_> {
         };
         let cmd = match self.sandbox {
             None => {
+                let cxx = match (pkg.cxx, &toolchain.cxx) {
+                    (true, Some(c)) => Some(c.compiler()),
+                    _ => None,
+                };
                 let env = script_env(
                     toolchain,
+                    cxx.as_deref(),
                     work,
                     &out,
                     &deps_dir,
@@ -341,6 +399,8 @@ impl Builder<'_> {
                     pkg,
                 );
                 let mut cmd = Command::new("/bin/sh");
+                // A group of its own, which an interrupted cartbuild kills whole.
+                std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
                 cmd.arg("-e")
                     .arg(&script_file)
                     .current_dir(&src)
@@ -535,6 +595,22 @@ impl Builder<'_> {
             });
             writable.push(dir);
         }
+        // C++ only for the packages that ask for it, each with a private zig cache.
+        let cxx = match (pkg.cxx, &toolchain.cxx) {
+            (true, Some(c)) => {
+                sandbox::cxx(&mut binds, c);
+                let dir = work.join("scratch-cxx");
+                fs::create_dir_all(&dir).map_err(prepare(&dir))?;
+                binds.push(Bind {
+                    source: dir.clone(),
+                    target: Path::new(sandbox::CXX_DIR).join(crate::toolchain::Cxx::SCRATCH),
+                    writable: true,
+                });
+                writable.push(dir);
+                Some(Path::new(sandbox::CXX_DIR).join("bin/c++"))
+            }
+            _ => None,
+        };
         for (name, rw) in [
             ("src", true),
             ("out", true),
@@ -560,6 +636,7 @@ impl Builder<'_> {
         let cwd = inside.join(src.strip_prefix(work).unwrap_or(Path::new("src")));
         let mut env = script_env(
             &sandbox::relocate(toolchain),
+            cxx.as_deref(),
             inside,
             &inside.join("out"),
             &inside.join("deps"),
@@ -602,12 +679,19 @@ impl Builder<'_> {
         let (reader, writer) = std::io::pipe().map_err(|e| fail(e.to_string()))?;
         let writer2 = writer.try_clone().map_err(|e| fail(e.to_string()))?;
         cmd.stdin(Stdio::null()).stdout(writer).stderr(writer2);
+        let mut running = unsandboxed();
         let mut child = cmd.spawn().map_err(|e| {
             fail(format!(
                 "cannot run {}: {e}",
                 cmd.get_program().to_string_lossy()
             ))
         })?;
+        let group = self.sandbox.is_none().then(|| child.id());
+        let group = group.and_then(|id| i32::try_from(id).ok());
+        if let Some(g) = group {
+            running.insert(g);
+        }
+        drop(running);
         // Our copies of the pipe's write end must go, or the reader never sees EOF.
         drop(cmd);
         let mut tail: std::collections::VecDeque<String> = Default::default();
@@ -621,7 +705,11 @@ impl Builder<'_> {
             }
             tail.push_back(line);
         }
-        let status = child.wait().map_err(|e| fail(e.to_string()))?;
+        let status = child.wait();
+        if let Some(g) = group {
+            unsandboxed().remove(&g);
+        }
+        let status = status.map_err(|e| fail(e.to_string()))?;
         let _ = log.flush();
         if !status.success() {
             if !self.reporter.verbose() {
@@ -644,10 +732,38 @@ impl Builder<'_> {
     }
 }
 
+/// The plan's packages, those with the longest chain of work still ahead of them
+/// (their own weight plus the heaviest chain of packages that need them) first; ties
+/// keep plan order. The scheduler starts ready packages in this order.
+pub fn critical_path_order<'p>(
+    plan: &'p Plan,
+    weights: &BTreeMap<String, u64>,
+) -> Vec<&'p Package> {
+    let mut chain: BTreeMap<&str, u64> = BTreeMap::new();
+    // Plan order puts dependencies first, so walking it backwards sees every
+    // dependent before the packages it needs.
+    for pkg in plan.packages.iter().rev() {
+        let after = plan
+            .packages
+            .iter()
+            .filter(|p| p.depends.contains(&pkg.name))
+            .filter_map(|p| chain.get(p.name.as_str()).copied())
+            .max()
+            .unwrap_or(0);
+        let own = weights.get(&pkg.name).copied().unwrap_or(1);
+        chain.insert(&pkg.name, own.saturating_add(after));
+    }
+    let mut order: Vec<(usize, &Package)> = plan.packages.iter().enumerate().collect();
+    order.sort_by_key(|(i, p)| (std::cmp::Reverse(chain[p.name.as_str()]), *i));
+    order.into_iter().map(|(_, p)| p).collect()
+}
+
 /// The environment a build script gets, and nothing else (`recipes/README.md`
 /// documents it).
+#[allow(clippy::too_many_arguments)]
 pub fn script_env(
     toolchain: &Toolchain,
+    cxx: Option<&Path>,
     work: &Path,
     out: &Path,
     deps: &Path,
@@ -668,6 +784,10 @@ pub fn script_env(
         env.insert(k.to_string(), v);
     };
     set("CC", d(&toolchain.cc));
+    if let Some(cxx) = cxx {
+        set("CXX", d(cxx));
+        set("CXXFLAGS", cflags.clone());
+    }
     set("AR", toolchain.ar.clone());
     set("RANLIB", toolchain.ranlib.clone());
     set("CFLAGS", cflags);
@@ -747,5 +867,68 @@ fn make_writable(root: &Path) {
         if e.file_type().is_dir() {
             let _ = fs::set_permissions(e.path(), fs::Permissions::from_mode(0o755));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Context;
+    use crate::recipe::Recipe;
+
+    fn plan(packages: &[(&str, &[&str])]) -> (tempfile::TempDir, Plan) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = String::from("[image]\nname = \"t\"\nversion = \"1\"\n");
+        for (name, deps) in packages {
+            text.push_str(&format!(
+                "[[package]]\nname = \"{name}\"\nversion = \"1\"\nurls = [\"http://127.0.0.1/{name}.tar.gz\"]\nsha256 = \"{}\"\ndepends = {deps:?}\nscript = \"true\"\n",
+                "0".repeat(64)
+            ));
+        }
+        let path = dir.path().join("r.toml");
+        fs::write(&path, text).unwrap();
+        let plan = Plan::resolve(&Recipe::load(&path).unwrap(), &Context::default()).unwrap();
+        (dir, plan)
+    }
+
+    fn names(order: &[&Package]) -> Vec<String> {
+        order.iter().map(|p| p.name.clone()).collect()
+    }
+
+    #[test]
+    fn the_longest_chain_starts_first() {
+        // lsof comes first in the recipe, but gmp leads to the long gdb build: with two
+        // jobs, gmp and lsof start together rather than lsof and bash, and gdb does
+        // not end up alone at the end.
+        let (_dir, plan) = plan(&[
+            ("lsof", &[]),
+            ("bash", &[]),
+            ("gmp", &[]),
+            ("mpfr", &["gmp"]),
+            ("gdb", &["gmp", "mpfr"]),
+        ]);
+        let weights: BTreeMap<String, u64> = [
+            ("lsof", 5),
+            ("bash", 10),
+            ("gmp", 2),
+            ("mpfr", 2),
+            ("gdb", 30),
+        ]
+        .into_iter()
+        .map(|(n, w)| (n.to_string(), w))
+        .collect();
+        let order = critical_path_order(&plan, &weights);
+        assert_eq!(names(&order), ["gmp", "mpfr", "gdb", "bash", "lsof"]);
+    }
+
+    #[test]
+    fn equal_chains_keep_recipe_order() {
+        let (_dir, plan) = plan(&[("a", &[]), ("b", &[]), ("c", &["a"])]);
+        let weights = BTreeMap::new();
+        // a's chain is a + c = 2, b's 1, c's 1: b and c keep their recipe order.
+        assert_eq!(
+            names(&critical_path_order(&plan, &weights)),
+            ["a", "b", "c"]
+        );
     }
 }

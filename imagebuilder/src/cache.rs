@@ -11,6 +11,8 @@
 //!   tmp/                     downloads in progress, build work directories
 //!   locks/                   one lock file per build key
 //!   roots/<hash>.json        what the last two builds of one recipe used
+//!   images/<hash>.json       the key and files of the image last written at one path
+//!                            (see crate::uptodate)
 //! ```
 //!
 //! Entries under `sources/` and `builds/` appear only by `rename(2)` of a

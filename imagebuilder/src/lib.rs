@@ -24,6 +24,8 @@
 //!   and [`spdx`] SBOM beside it, all renamed into place together ([`output`]);
 //! - [`disk`]: `--format gpt`, a GPT disk holding the filesystem and a FAT
 //!   partition that describes it;
+//! - [`uptodate`]: a rebuild with nothing changed checks the image and its
+//!   sidecars against what the cache recorded, and writes nothing;
 //! - [`inspect`] and [`diff`]: reading images back (with `ext4-view`, no root,
 //!   no mount) to verify them and compare two of them.
 //!
@@ -67,3 +69,4 @@ pub mod spdx;
 pub mod stage;
 pub mod toolchain;
 pub mod unpack;
+pub mod uptodate;

@@ -8,11 +8,19 @@
 //! build leaves neither a half-written image nor a checksum of one. rename(2)
 //! within one directory is atomic, so a reader sees the old file or the new
 //! one, never a mix.
+//!
+//! A signal that ends the process skips every `Drop`: the temporaries in flight
+//! are also listed in a registry, which [`abandon_pending`] empties (removing
+//! the files) for cartbuild's signal handler before it exits. Creating and
+//! renaming take the same lock, so once the handler holds it no temporary
+//! appears and no set of outputs is left half renamed.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use cartimage::manifest;
 
@@ -33,11 +41,47 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> OutputError + '_ {
     }
 }
 
+/// The temporaries of every [`Pending`] alive in this process.
+static PENDING: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+
+fn registry() -> MutexGuard<'static, BTreeSet<PathBuf>> {
+    // A panic while holding the lock left a set that is still a set.
+    PENDING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A temporary's entry in the registry, removed when the temporary goes.
+#[derive(Debug)]
+struct Registered(Option<PathBuf>);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            registry().remove(&p);
+        }
+    }
+}
+
+/// Removes every pending temporary output and returns the registry's lock:
+/// while the caller holds it (until the process exits), no temporary output is
+/// created and none is renamed into place. For a handler of SIGINT/SIGTERM that
+/// is about to exit.
+pub fn abandon_pending() -> MutexGuard<'static, BTreeSet<PathBuf>> {
+    let mut g = registry();
+    for p in std::mem::take(&mut *g) {
+        let _ = fs::remove_file(&p);
+    }
+    g
+}
+
 /// A complete output in a temporary file beside `dest`, not yet in place.
 #[derive(Debug)]
 pub struct Pending {
+    // Dropped first: the file goes before its registry entry.
     tmp: tempfile::NamedTempFile,
     dest: PathBuf,
+    registered: Registered,
 }
 
 impl Pending {
@@ -53,14 +97,18 @@ impl Pending {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let mut registry = registry();
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".{name}."))
             .suffix(".tmp")
             .tempfile_in(dir)
             .map_err(io_error(dir))?;
+        registry.insert(tmp.path().to_path_buf());
+        let registered = Registered(Some(tmp.path().to_path_buf()));
         Ok(Pending {
             tmp,
             dest: dest.to_path_buf(),
+            registered,
         })
     }
 
@@ -106,8 +154,21 @@ impl Pending {
     /// Renames the file into place.
     pub fn persist(mut self) -> Result<PathBuf, OutputError> {
         self.seal()?;
-        let dest = self.dest.clone();
-        self.tmp.persist(&dest).map_err(|e| OutputError {
+        let mut registry = registry();
+        self.rename(&mut registry)
+    }
+
+    /// Renames the sealed file into place, with the registry's lock held.
+    fn rename(self, registry: &mut BTreeSet<PathBuf>) -> Result<PathBuf, OutputError> {
+        let Pending {
+            tmp,
+            dest,
+            mut registered,
+        } = self;
+        if let Some(p) = registered.0.take() {
+            registry.remove(&p);
+        }
+        tmp.persist(&dest).map_err(|e| OutputError {
             path: dest.clone(),
             source: e.error,
         })?;
@@ -143,10 +204,23 @@ impl Outputs {
             f.seal()?;
         }
         let mut done = Vec::with_capacity(files.len());
-        for f in files {
-            done.push(f.persist()?);
+        let mut result = Ok(());
+        let mut files = files.into_iter();
+        // All of them or, when a signal came first, none.
+        let mut registry = registry();
+        for f in files.by_ref() {
+            match f.rename(&mut registry) {
+                Ok(p) => done.push(p),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
         }
-        Ok(done)
+        // The lock goes before the files not renamed, whose drop takes it.
+        drop(registry);
+        drop(files);
+        result.map(|()| done)
     }
 }
 

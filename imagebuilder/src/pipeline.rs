@@ -31,6 +31,7 @@ use crate::request::{Format, Request};
 use crate::sandbox::{Mode as SandboxMode, Sandbox};
 use crate::spdx;
 use crate::toolchain::Toolchain;
+use crate::uptodate;
 
 /// Any stage's error.
 type Source = Box<dyn std::error::Error + Send + Sync>;
@@ -134,7 +135,13 @@ fn prepare(req: &Request, reporter: &Reporter) -> Result<Prepared, PipelineError
     let recipe = Recipe::load(&req.recipe).step("failed to read the recipe")?;
     let cache = Cache::open(&req.cache).stage()?;
     let toolchain = if recipe.needs_toolchain() {
-        let t = Toolchain::detect(&cache, req.toolchain).stage()?;
+        let mut t = Toolchain::detect(&cache, req.toolchain).stage()?;
+        if recipe.needs_cxx() {
+            t = t.with_cxx(&cache).stage()?;
+            if let Some(cxx) = &t.cxx {
+                t.description = format!("{}; C++: {}", t.description, cxx.description);
+            }
+        }
         reporter.line(&format!("toolchain: {}", t.description));
         Some(t)
     } else {
@@ -184,6 +191,10 @@ fn plan(req: &Request, p: &Prepared) -> Result<Plan, PipelineError> {
             source_date_epoch: req.source_date_epoch,
             toolchain: p.toolchain.as_ref().map(|t| t.identity.clone()),
             sandbox: p.sandbox_mode.map(|m| m.key().to_string()),
+            cxx: p
+                .toolchain
+                .as_ref()
+                .and_then(|t| Some(t.cxx.as_ref()?.identity.clone())),
         },
     )
     .step("invalid recipe")?;
@@ -462,6 +473,78 @@ fn persist(
     Ok(written.into_iter().filter(|p| p != output).collect())
 }
 
+/// The key of the image `req` makes at `output` (see [`uptodate`]).
+fn image_key(req: &Request, p: &Prepared, plan: &Plan, origins: &Origins, output: &Path) -> String {
+    uptodate::ImageKey {
+        plan,
+        toolchain: p.toolchain.as_ref().map(|t| t.description.as_str()),
+        sandbox: p.sandbox_mode.map(|m| m.name()),
+        origins,
+        format: req.format,
+        size: req.size,
+        output,
+    }
+    .hex()
+}
+
+/// The image already at `output`, when the last build there had the same key and
+/// left every file as it wrote it (see [`uptodate`]): nothing to stage or write.
+/// Never with `--staged` (the tree is wanted) or a shared cache (outputs are pulled
+/// or pushed).
+fn unchanged(
+    req: &Request,
+    p: &Prepared,
+    plan: &Plan,
+    output: &Path,
+    reporter: &Reporter,
+    started: Instant,
+) -> Option<Built> {
+    if req.staged.is_some() || !req.remote.from.is_empty() || req.remote.to.is_some() {
+        return None;
+    }
+    // Every output is in the cache and checks out against its record, as when it is
+    // used: a damaged one is found (and made again) whether the image is or not.
+    if !plan
+        .packages
+        .iter()
+        .all(|pkg| Builder::is_cached(&p.cache, pkg))
+    {
+        return None;
+    }
+    let origins: Origins = plan
+        .packages
+        .iter()
+        .map(|pkg| (pkg.name.clone(), remote::origin_of(&p.cache, &pkg.key)))
+        .collect();
+    let key = image_key(req, p, plan, &origins, output);
+    let found = uptodate::unchanged(&p.cache, output, &key)?;
+    for pkg in &plan.packages {
+        reporter.step(&pkg.name, &format!("cached (key {})", &pkg.key[..12]));
+    }
+    let names: Vec<String> = found
+        .sidecars
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    // The same shape as the "built" line (scripts read its counts).
+    reporter.line(&format!(
+        "image unchanged: {} ({}, sha256 {}) in {:.1} s: {} packages, 0 built, {} cached; {}",
+        output.display(),
+        human_bytes(found.size),
+        found.sha256,
+        started.elapsed().as_secs_f64(),
+        plan.packages.len(),
+        plan.packages.len(),
+        names.join(", ")
+    ));
+    Some(Built {
+        image: output.to_path_buf(),
+        sha256: found.sha256,
+        size: found.size,
+        sidecars: found.sidecars,
+    })
+}
+
 /// Runs the pipeline for `req`; returns what it made.
 pub fn build(req: &Request) -> Result<Built, PipelineError> {
     let started = Instant::now();
@@ -477,6 +560,9 @@ pub fn build(req: &Request) -> Result<Built, PipelineError> {
         && dir.exists()
     {
         return Err(PipelineError::StagedExists(dir.clone()));
+    }
+    if let Some(built) = unchanged(req, &prepared, &plan, &output, &reporter, started) {
+        return Ok(built);
     }
     let (outputs, origins) = fetch_and_build(req, &prepared, &plan, &reporter)?;
     let built = outputs.values().filter(|o| !o.cached).count();
@@ -504,6 +590,14 @@ pub fn build(req: &Request) -> Result<Built, PipelineError> {
         Format::Gpt => write_gpt(&plan, &mut fs_file, &fs, &output, &reporter)?,
     };
     let sidecars = persist(image, &output, &sha, size, &fs)?;
+    let key = image_key(req, &prepared, &plan, &origins, &output);
+    if let Err(e) = uptodate::record(&prepared.cache, &output, &key, (&sha, size), &sidecars) {
+        uptodate::forget(&prepared.cache, &output);
+        reporter.line(&format!(
+            "warning: cannot record the image in {} (the next build writes it again): {e}",
+            prepared.cache.root().display()
+        ));
+    }
     let names: Vec<String> = sidecars.iter().map(|p| p.display().to_string()).collect();
     reporter.line(&format!(
         "built {} ({}, {} of content, sha256 {sha}) in {:.1} s: {} packages, {built} built, {} cached; {}",

@@ -132,6 +132,10 @@ pub struct Package {
     pub install: Install,
     /// Whether ELF files going into the image are stripped.
     pub strip: bool,
+    /// Whether its script gets a C++ compiler (`$CXX`).
+    pub cxx: bool,
+    /// Packages whose files at the same paths give way to this one's.
+    pub replaces: Vec<String>,
     /// How much its source (`build`) or archive (`archive`) may unpack to.
     pub limits: crate::unpack::Limits,
     /// The build key (hex sha256).
@@ -169,6 +173,9 @@ pub struct Context {
     /// The sandbox build scripts run in (`sandbox::Mode::key`; part of every
     /// `build` package's key).
     pub sandbox: Option<String>,
+    /// The C++ compiler's identity (part of the key of each package that asks for
+    /// it with `cxx = true`, and only of those).
+    pub cxx: Option<String>,
 }
 
 /// The validated plan: packages in dependency order.
@@ -216,6 +223,15 @@ impl Plan {
             packages.push(validate(sp, ctx)?);
         }
         for (p, sp) in packages.iter().zip(&recipe.packages) {
+            // A package the recipe does not hold is allowed: toolbox-net.toml's ip
+            // replaces busybox's in full.toml, and builds alone without it.
+            if p.replaces.contains(&p.name) {
+                return Err(PlanError::Invalid {
+                    file: sp.file.clone(),
+                    package: p.name.clone(),
+                    message: "replaces itself: name other packages".into(),
+                });
+            }
             for dep in &p.depends {
                 if *dep == p.name {
                     return Err(PlanError::Cycle {
@@ -390,6 +406,24 @@ fn validate_install(raw: &RawPackage) -> Result<Install, String> {
     Ok(install)
 }
 
+/// Whether a package's script gets a C++ compiler: `cxx = true` on a `build`
+/// package, refused where no compiler was found.
+fn validate_cxx(raw: &RawPackage, ctx: &Context) -> Result<bool, String> {
+    let cxx = raw.cxx.unwrap_or(false);
+    if cxx && raw.kind != Kind::Build {
+        return Err(format!(
+            "kind = \"{}\" runs no compiler: cxx = true applies to kind = \"build\" only",
+            raw.kind
+        ));
+    }
+    if cxx && ctx.cxx.is_none() {
+        return Err(
+            "cxx = true but no C++ compiler was found: install zig (`pip install ziglang`), whose `zig c++` builds C++ for musl".into(),
+        );
+    }
+    Ok(cxx)
+}
+
 /// The unpacking limits of a package's archive.
 fn validate_limits(raw: &RawPackage) -> Result<crate::unpack::Limits, String> {
     let mut limits = crate::unpack::Limits::default();
@@ -482,6 +516,7 @@ fn validate(sp: &SourcedPackage, ctx: &Context) -> Result<Package, PlanError> {
     };
 
     let install = validate_install(raw).map_err(invalid)?;
+    let cxx = validate_cxx(raw, ctx).map_err(invalid)?;
     let limits = validate_limits(raw).map_err(invalid)?;
 
     Ok(Package {
@@ -496,6 +531,8 @@ fn validate(sp: &SourcedPackage, ctx: &Context) -> Result<Package, PlanError> {
         script,
         install,
         strip: raw.strip.unwrap_or(true),
+        cxx,
+        replaces: raw.replaces.clone(),
         limits,
         key: String::new(),
         file: sp.file.clone(),
@@ -593,6 +630,12 @@ fn assign_keys(packages: &mut [Package], ctx: &Context, epoch: u64) -> Result<()
             && let Some(sandbox) = &ctx.sandbox
         {
             definition["sandbox"] = serde_json::Value::from(sandbox.as_str());
+        }
+        // Only packages that ask for C++ depend on its compiler.
+        if p.cxx
+            && let Some(cxx) = &ctx.cxx
+        {
+            definition["cxx"] = serde_json::Value::from(cxx.as_str());
         }
         let key = hex::encode(Sha256::digest(definition.to_string().as_bytes()));
         keys.insert(p.name.clone(), key.clone());

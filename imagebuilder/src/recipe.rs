@@ -137,6 +137,12 @@ pub struct RawPackage {
     pub license: Option<String>,
     /// Strip ELF files that go into the image (default true).
     pub strip: Option<bool>,
+    /// `kind = "build"`: the script needs a C++ compiler (`$CXX`).
+    pub cxx: Option<bool>,
+    /// Packages whose files this one's win over where both install the same path
+    /// (procps' `bin/ps` over busybox's applet).
+    #[serde(default)]
+    pub replaces: Vec<String>,
     /// Bound on the bytes an unpacked source or archive may hold (`"8G"`).
     pub max_unpacked_size: Option<String>,
     /// Bound on the entries an unpacked source or archive may hold.
@@ -199,6 +205,13 @@ impl Recipe {
     /// Whether any package is built from source (and so needs a C toolchain).
     pub fn needs_toolchain(&self) -> bool {
         self.packages.iter().any(|p| p.package.kind == Kind::Build)
+    }
+
+    /// Whether a build script asks for a C++ compiler (`cxx = true`).
+    pub fn needs_cxx(&self) -> bool {
+        self.packages
+            .iter()
+            .any(|p| p.package.kind == Kind::Build && p.package.cxx == Some(true))
     }
 
     /// Whether building it runs a tool on bytes someone else made: a build script, or

@@ -46,6 +46,10 @@
 //!    clears every capability, sets `no_new_privs`, and forks the script. It reaps
 //!    until the script exits, then exits with its status; the kernel then kills
 //!    whatever the script left running (pid_namespaces(7)).
+//! 4. Each process of the chain (helper, namespace child, init) dies with its
+//!    parent (`PR_SET_PDEATHSIG` with `SIGKILL`, checked against a parent that went
+//!    before it was set): a builder killed even by `SIGKILL` takes the init down,
+//!    and the init its whole PID namespace, `make` and compilers included.
 //!
 //! Why the sandbox user is never the host's root: a process whose uid is global root
 //! passes the owner check of `/proc/sys` files without any capability
@@ -84,6 +88,9 @@ pub const BUILD_DIR: &str = "/build";
 
 /// Where the toolchain directory is inside the sandbox.
 pub const TOOLCHAIN_DIR: &str = "/toolchain";
+
+/// Where the C++ compiler's wrappers are, for packages with `cxx = true`.
+pub const CXX_DIR: &str = "/toolchain-cxx";
 
 /// Bumped when what a script sees changes (part of every build key).
 const LAYOUT: &str = "namespaces-1";
@@ -234,6 +241,28 @@ pub fn toolchain(binds: &mut Vec<Bind>, toolchain: &Toolchain) {
     }
 }
 
+/// The C++ compiler, read-only: its wrappers at [`CXX_DIR`] and zig's installation
+/// where it is on the host.
+pub fn cxx(binds: &mut Vec<Bind>, cxx: &crate::toolchain::Cxx) {
+    binds.push(Bind {
+        source: cxx.dir.clone(),
+        target: CXX_DIR.into(),
+        writable: false,
+    });
+    for p in &cxx.inputs {
+        let covered = binds
+            .iter()
+            .any(|b| b.source == b.target && p.starts_with(&b.source));
+        if !covered && p.exists() {
+            binds.push(Bind {
+                source: p.clone(),
+                target: p.clone(),
+                writable: false,
+            });
+        }
+    }
+}
+
 /// The toolchain as the script sees it inside the sandbox: the same, with its
 /// directory at [`TOOLCHAIN_DIR`].
 pub fn relocate(toolchain: &Toolchain) -> Toolchain {
@@ -280,7 +309,11 @@ impl Sandbox {
         // OK to unwrap: a Spec holds only strings, paths and booleans.
         let json = serde_json::to_string(spec).expect("sandbox spec serialises");
         let mut c = Command::new(&self.helper);
-        c.arg(HELPER_COMMAND).arg(json);
+        // Our PID: the helper checks that its parent is still us once it has asked
+        // to die with it (see `die_with_parent`).
+        c.arg(HELPER_COMMAND)
+            .arg(json)
+            .arg(std::process::id().to_string());
         c
     }
 
@@ -404,7 +437,12 @@ pub fn helper_main(args: &[OsString]) -> i32 {
             return SETUP_FAILED;
         }
     };
-    match helper(&spec) {
+    let parent = args
+        .get(3)
+        .and_then(|a| a.to_str())
+        .and_then(|a| a.parse::<i32>().ok())
+        .map(Pid::from_raw);
+    match helper(&spec, parent) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("cartbuild: sandbox: {e}");
@@ -413,20 +451,51 @@ pub fn helper_main(args: &[OsString]) -> i32 {
     }
 }
 
-/// SIGKILL for the calling process when its parent goes.
-fn die_with_parent() -> Result<(), StepError> {
+/// SIGKILL for the calling process when its parent goes; then, if `parent` is
+/// given, checks that it has not gone already (between fork and prctl the signal
+/// could not be asked for: the process was reparented, and nothing would ever
+/// kill it), and exits at once if so.
+///
+/// The setting is cleared by fork and by any change of effective or filesystem
+/// IDs (prctl(2), PR_SET_PDEATHSIG), so each process of the chain (helper,
+/// namespace child, the namespace's init after it drops privileges) sets it
+/// itself; the script and everything it starts die with the init, which takes
+/// its PID namespace with it (pid_namespaces(7)).
+fn die_with_parent(parent: Option<Pid>) -> Result<(), StepError> {
     step(
         "set the parent-death signal",
         Path::new("/proc/self"),
         nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL),
-    )
+    )?;
+    if parent.is_some_and(|p| nix::unistd::getppid() != p) {
+        std::process::exit(SETUP_FAILED);
+    }
+    Ok(())
+}
+
+/// Whether the process holding the write end of `alive` (the init's parent, in
+/// another PID namespace, where getppid(2) says 0) has exited: the read end then
+/// reports a hang-up.
+fn parent_gone(alive: &OwnedFd) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(alive.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(0) => false,
+        Ok(_) => fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLIN)),
+        Err(_) => true,
+    }
 }
 
 /// Forks the namespace child and maps its IDs from outside.
-fn helper(spec: &Spec) -> Result<i32, StepError> {
+fn helper(spec: &Spec, parent: Option<Pid>) -> Result<i32, StepError> {
     let here = Path::new("/proc/self");
-    // The helper dies with the builder thread that waits for it.
-    die_with_parent()?;
+    // The helper dies with the builder thread that waits for it (a thread that
+    // lives until the helper exits, see `Command::output`/`wait`).
+    die_with_parent(parent)?;
+    let me = nix::unistd::getpid();
     let (unshared_r, unshared_w) = step("pipe", here, nix::unistd::pipe())?;
     let (mapped_r, mapped_w) = step("pipe", here, nix::unistd::pipe())?;
     let (uid, gid) = (Uid::effective(), Gid::effective());
@@ -436,7 +505,7 @@ fn helper(spec: &Spec) -> Result<i32, StepError> {
         ForkResult::Child => {
             drop(unshared_r);
             drop(mapped_w);
-            let code = match namespace_child(spec, unshared_w, mapped_r) {
+            let code = match namespace_child(spec, me, unshared_w, mapped_r) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("cartbuild: sandbox: {e}");
@@ -503,9 +572,14 @@ fn exit_code(status: WaitStatus) -> i32 {
 
 /// Unshares the namespaces, waits for the maps, forks the namespace's init and
 /// returns its status.
-fn namespace_child(spec: &Spec, unshared: OwnedFd, mapped: OwnedFd) -> Result<i32, StepError> {
+fn namespace_child(
+    spec: &Spec,
+    helper: Pid,
+    unshared: OwnedFd,
+    mapped: OwnedFd,
+) -> Result<i32, StepError> {
     let here = Path::new("/proc/self");
-    die_with_parent()?;
+    die_with_parent(Some(helper))?;
     let flags = CloneFlags::CLONE_NEWUSER
         | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWNET
@@ -523,10 +597,13 @@ fn namespace_child(spec: &Spec, unshared: OwnedFd, mapped: OwnedFd) -> Result<i3
     if File::from(mapped).read(&mut byte).unwrap_or(0) != 1 {
         return Ok(SETUP_FAILED);
     }
+    // The init learns that this process is gone from the pipe's hang-up.
+    let (alive_r, alive_w) = step("pipe", here, nix::unistd::pipe())?;
     // SAFETY: still single-threaded (see `helper`).
     match step("fork", here, unsafe { nix::unistd::fork() })? {
         ForkResult::Child => {
-            let code = match init(spec) {
+            drop(alive_w);
+            let code = match init(spec, &alive_r) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("cartbuild: sandbox: {e}");
@@ -535,22 +612,34 @@ fn namespace_child(spec: &Spec, unshared: OwnedFd, mapped: OwnedFd) -> Result<i3
             };
             std::process::exit(code);
         }
-        ForkResult::Parent { child } => Ok(exit_code(step(
-            "wait for",
-            Path::new("the sandbox's init"),
-            waitpid(child, None),
-        )?)),
+        ForkResult::Parent { child } => {
+            drop(alive_r);
+            let status = step(
+                "wait for",
+                Path::new("the sandbox's init"),
+                waitpid(child, None),
+            )?;
+            drop(alive_w);
+            Ok(exit_code(status))
+        }
     }
+}
+
+/// [`die_with_parent`] for the init, whose parent is in another PID namespace
+/// (getppid(2) says 0 there): whether that parent went before is read from the
+/// hang-up of `alive` instead.
+fn init_dies_with_parent(alive: &OwnedFd) -> Result<(), StepError> {
+    die_with_parent(None)?;
+    if parent_gone(alive) {
+        std::process::exit(SETUP_FAILED);
+    }
+    Ok(())
 }
 
 /// PID 1 of the sandbox: builds the root, drops every privilege, runs the script,
 /// reaps until it exits.
-fn init(spec: &Spec) -> Result<i32, StepError> {
-    step(
-        "set the parent-death signal",
-        Path::new("/proc/self"),
-        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL),
-    )?;
+fn init(spec: &Spec, alive: &OwnedFd) -> Result<i32, StepError> {
+    init_dies_with_parent(alive)?;
     // Everything the script will execute is prepared before the root changes.
     let argv: Vec<CString> = spec
         .argv
@@ -571,6 +660,10 @@ fn init(spec: &Spec) -> Result<i32, StepError> {
         .unwrap_or(63);
     build_root(spec)?;
     drop_privileges(last_cap)?;
+    // setresuid/setresgid cleared the parent-death signal when they changed the
+    // effective IDs (as root: 0 became HOST_ID): without it, a killed builder left
+    // this init and the whole build running.
+    init_dies_with_parent(alive)?;
     let cwd = spec.cwd.clone();
     // SAFETY: single-threaded (see `helper`).
     match step("fork", Path::new("/"), unsafe { nix::unistd::fork() })? {

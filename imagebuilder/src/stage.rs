@@ -329,6 +329,66 @@ pub fn check_static(package: &str, root: &Path, rel: &Path) -> Result<(), StageE
     Ok(())
 }
 
+/// Every link, resolved in the finished tree: links of one package can lead
+/// through another's.
+fn check_links(
+    tree: &Beneath,
+    root: &Path,
+    links: &BTreeMap<PathBuf, String>,
+) -> Result<(), StageError> {
+    for (rel, package) in links {
+        if let Some(reason) = escapes(tree, rel).map_err(|e| StageError::Io {
+            path: root.join(rel),
+            source: e.into(),
+        })? {
+            return Err(StageError::Escape {
+                package: package.clone(),
+                target: tree.read_link(rel).unwrap_or_default(),
+                path: rel.clone(),
+                reason,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Which file a path that `pkg` installs ends up as.
+enum Winner {
+    /// No package staged the path yet.
+    Nobody,
+    /// The staged one: it replaces `pkg`.
+    Staged,
+    /// `pkg`'s: it replaces the staged one.
+    This,
+}
+
+/// A path two packages install is an error, unless one says it replaces the other:
+/// then the replacing package's file is the one staged (in either recipe order).
+fn who_wins(
+    plan: &Plan,
+    claims: &Claims,
+    pkg: &crate::plan::Package,
+    rel: &Path,
+) -> Result<Winner, StageError> {
+    let Some(first) = claims.owner.get(rel) else {
+        return Ok(Winner::Nobody);
+    };
+    if pkg.replaces.contains(first) {
+        Ok(Winner::This)
+    } else if plan
+        .package(first)
+        .is_some_and(|f| f.replaces.contains(&pkg.name))
+    {
+        Ok(Winner::Staged)
+    } else {
+        Err(StageError::Conflict {
+            path: rel.to_path_buf(),
+            first: first.clone(),
+            second: pkg.name.clone(),
+        })
+    }
+}
+
 /// Stages every package's installed paths from `outputs` (name → output tree)
 /// into `root`, which must be an empty directory.
 pub fn stage(
@@ -382,13 +442,16 @@ pub fn stage(
                 claims.dirs.entry(rel).or_insert_with(|| pkg.name.clone());
                 continue;
             }
-            if let Some(first) = claims.owner.get(&rel) {
-                return Err(StageError::Conflict {
-                    path: rel,
-                    first: first.clone(),
-                    second: pkg.name.clone(),
-                });
-            }
+            let replace = match who_wins(plan, &claims, pkg, &rel)? {
+                Winner::Nobody => false,
+                Winner::Staged => continue,
+                Winner::This => {
+                    entries.retain(|e: &StagedEntry| e.path != rel);
+                    claims.links.remove(&rel);
+                    linked.retain(|_, first| *first != rel);
+                    true
+                }
+            };
             if meta.file_type().is_symlink() {
                 let target = fs::read_link(&from).map_err(io(&from))?;
                 if !link_stays_inside(&rel, &target) {
@@ -398,19 +461,19 @@ pub fn stage(
                         target,
                     });
                 }
-                tree.symlink(&rel, &target, false)
+                tree.symlink(&rel, &target, replace)
                     .map_err(|e| claims.refused(&rel, &pkg.name, e))?;
                 claims.links.insert(rel.clone(), pkg.name.clone());
             } else {
                 let key = (meta.dev(), meta.ino());
                 match linked.get(&key) {
                     Some(first) if meta.nlink() > 1 => {
-                        tree.hard_link(first, &rel, false)
+                        tree.hard_link(first, &rel, replace)
                             .map_err(|e| claims.refused(&rel, &pkg.name, e))?;
                     }
                     _ => {
                         check_static(&pkg.name, out, &rel)?;
-                        copy_file(&from, &tree, &rel, meta.permissions().mode(), false)
+                        copy_file(&from, &tree, &rel, meta.permissions().mode(), replace)
                             .map_err(|e| claims.refused(&rel, &pkg.name, e))?;
                         if meta.nlink() > 1 {
                             linked.insert(key, rel.clone());
@@ -425,21 +488,7 @@ pub fn stage(
             });
         }
     }
-    // Every link, resolved in the finished tree: links of one package can lead
-    // through another's.
-    for (rel, package) in &claims.links {
-        if let Some(reason) = escapes(&tree, rel).map_err(|e| StageError::Io {
-            path: root.join(rel),
-            source: e.into(),
-        })? {
-            return Err(StageError::Escape {
-                package: package.clone(),
-                target: tree.read_link(rel).unwrap_or_default(),
-                path: rel.clone(),
-                reason,
-            });
-        }
-    }
+    check_links(&tree, root, &claims.links)?;
     normalize(root, plan.image.epoch)?;
     Ok(entries)
 }

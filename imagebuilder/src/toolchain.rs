@@ -109,6 +109,35 @@ pub struct Toolchain {
     /// Directories under `dir` that compilers write to (zig's cache): each build
     /// gets an empty private one in the sandbox.
     pub scratch: Vec<PathBuf>,
+    /// The C++ compiler, set up only when a recipe asks for one ([`Toolchain::with_cxx`]).
+    pub cxx: Option<Cxx>,
+}
+
+/// The C++ compiler (`$CXX` of packages with `cxx = true`): `zig c++ -target
+/// <arch>-linux-musl`, which brings libc++ and musl and links statically. Debian's
+/// `musl-gcc` has no C++ (it has no libstdc++ built for musl).
+#[derive(Debug, Clone)]
+pub struct Cxx {
+    /// The directory of the wrappers (`bin/c++`, and `bin/cc`, zig's C compiler,
+    /// for builds that want one C library throughout).
+    pub dir: PathBuf,
+    /// Hex sha256 over the wrapper's format and zig's version and target.
+    pub identity: String,
+    /// A one-line description (`zig c++ 0.17.1 -target x86_64-linux-musl`).
+    pub description: String,
+    /// Host paths zig reads (its installation): shown read-only in the sandbox.
+    pub inputs: Vec<PathBuf>,
+}
+
+impl Cxx {
+    /// Where each build's private zig cache is mounted, under [`Cxx::dir`]: libc++ is
+    /// compiled in it, so nothing one build leaves there reaches another.
+    pub const SCRATCH: &str = "zig-cache";
+
+    /// The `CXX` wrapper.
+    pub fn compiler(&self) -> PathBuf {
+        self.dir.join("bin/c++")
+    }
 }
 
 /// The UAPI directories handed to musl-gcc.
@@ -150,6 +179,21 @@ impl Toolchain {
         self
     }
 
+    /// The same toolchain with a C++ compiler: zig's (on PATH or PyPI's `ziglang`).
+    pub fn with_cxx(mut self, cache: &Cache) -> Result<Toolchain, ToolchainError> {
+        let zig = find_zig().ok_or_else(|| ToolchainError::Missing {
+            looked: "a C++ compiler for musl: zig on PATH and python3 -m ziglang".into(),
+        })?;
+        let arch = self
+            .target
+            .split('-')
+            .next()
+            .unwrap_or("x86_64")
+            .to_string();
+        self.cxx = Some(zig_cxx(cache, &zig, &arch)?);
+        Ok(self)
+    }
+
     /// Finds a toolchain and writes its wrapper into the cache.
     pub fn detect(cache: &Cache, flavor: Flavor) -> Result<Toolchain, ToolchainError> {
         let arch = std::env::consts::ARCH;
@@ -174,8 +218,11 @@ impl Toolchain {
 /// `zig` on PATH, else the one PyPI's `ziglang` package installs (used as
 /// `python3 -m ziglang`).
 fn find_zig() -> Option<PathBuf> {
+    // The real file, not a link to it (.ci/setup links /usr/local/bin/zig into a
+    // virtualenv): zig finds its lib/ beside itself, and the sandbox shows the
+    // directory that holds both.
     if let Some(z) = which("zig") {
-        return Some(z);
+        return Some(fs::canonicalize(&z).unwrap_or(z));
     }
     let python = which("python3")?;
     let out = Command::new(python)
@@ -422,6 +469,7 @@ fn musl_gcc(cache: &Cache, gcc: &Path, arch: &str) -> Result<Toolchain, Toolchai
         .chain(uapi_paths)
         .collect(),
         scratch: Vec::new(),
+        cxx: None,
     })
 }
 
@@ -518,6 +566,45 @@ fn zig_cc(cache: &Cache, zig: &Path, arch: &str) -> Result<Toolchain, ToolchainE
         // zig's own directory holds its lib/ (musl and headers).
         inputs: vec![zig.parent().unwrap_or(zig).to_path_buf()],
         scratch: vec![PathBuf::from("zig-cache")],
+        cxx: None,
+    })
+}
+
+/// Writes the C++ wrappers (`zig c++`, and `zig cc` beside it) for `arch` into the cache.
+fn zig_cxx(cache: &Cache, zig: &Path, arch: &str) -> Result<Cxx, ToolchainError> {
+    const CXX_FORMAT: &str = "cartbuild-cxx-2";
+    let version = run(zig, &["version"])?;
+    let target = format!("{arch}-linux-musl");
+    let mut h = Sha256::new();
+    h.update(CXX_FORMAT);
+    h.update(&version);
+    h.update(&target);
+    let identity = hex::encode(h.finalize());
+    let dir = cache.toolchain(&identity);
+    let zq = sh_quote(zig);
+    let target_fill = target.clone();
+    create_dir_atomically(&dir, move |tmp| {
+        fs::create_dir(tmp.join("bin"))?;
+        fs::create_dir(tmp.join(Cxx::SCRATCH))?;
+        let env = format!(
+            "ZIG_GLOBAL_CACHE_DIR=\"$(dirname \"$0\")/../{}\"\nexport ZIG_GLOBAL_CACHE_DIR",
+            Cxx::SCRATCH
+        );
+        for (name, mode) in [("c++", "c++"), ("cc", "cc")] {
+            write_script(
+                &tmp.join("bin").join(name),
+                &format!(
+                    "#!/bin/sh\n# {CXX_FORMAT}: zig {mode} for {target_fill}.\n{env}\nexec {zq} {mode} -target {target_fill} \"$@\"\n"
+                ),
+            )?;
+        }
+        Ok(())
+    })?;
+    Ok(Cxx {
+        dir,
+        identity,
+        description: format!("zig c++ {} -target {target}", version.trim()),
+        inputs: vec![zig.parent().unwrap_or(zig).to_path_buf()],
     })
 }
 

@@ -878,3 +878,80 @@ fn offline_without_cache_fails_clearly() {
     assert_fails(&env, &o, &["is not in the cache", "--offline"]);
     assert_eq!(server.total_hits(), 0);
 }
+
+/// The image's inode and modification time: a new file, or the same one untouched.
+fn identity(path: &Path) -> (u64, std::time::SystemTime) {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(path).unwrap();
+    (m.ino(), m.modified().unwrap())
+}
+
+#[test]
+fn an_unchanged_image_is_not_written_again() {
+    let env = Env::new();
+    let (server, _, sha) = hello_server("written once");
+    let text = hello_recipe(&env, &[server.url("/hello.tar.gz")], &sha);
+    let recipe = env.write("r.toml", &text);
+    let o = env.run(&recipe, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let image = env.image();
+    let sidecar = env.dir.path().join("out/test.img.spdx.json");
+    let first = (identity(&image), identity(&sidecar));
+    let image_sha = sha256(&fs::read(&image).unwrap());
+
+    // Nothing changed: said so, every output still checked, nothing written.
+    let o = env.run(&recipe, &[]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("image unchanged: {}", image.display()))
+            && err.contains("1 packages, 0 built, 1 cached"),
+        "{err}"
+    );
+    assert!(err.contains("[hello] cached"), "{err}");
+    assert!(!err.contains("staging"), "{err}");
+    assert_eq!(stdout(&o).trim(), image.display().to_string());
+    assert_eq!((identity(&image), identity(&sidecar)), first);
+    assert_eq!(env.builds(), 1);
+
+    // The same size, one byte flipped: written again, whole.
+    let mut bytes = fs::read(&image).unwrap();
+    bytes[2000] ^= 0xff;
+    fs::write(&image, &bytes).unwrap();
+    let o = env.run(&recipe, &[]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains("image unchanged"), "{err}");
+    assert_eq!(sha256(&fs::read(&image).unwrap()), image_sha);
+    assert_ne!(
+        identity(&image).0,
+        first.0.0,
+        "the image was not written anew"
+    );
+
+    // A sidecar changed: everything written again.
+    fs::write(&sidecar, b"{}").unwrap();
+    let o = env.run(&recipe, &[]);
+    assert!(!stderr(&o).contains("image unchanged"), "{}", stderr(&o));
+    assert_ne!(fs::read(&sidecar).unwrap(), b"{}");
+    let o = env.run(&recipe, &[]);
+    assert!(stderr(&o).contains("image unchanged"), "{}", stderr(&o));
+
+    // Another size asked for: another image.
+    let o = env.run(&recipe, &["--size", "8M"]);
+    assert!(!stderr(&o).contains("image unchanged"), "{}", stderr(&o));
+    assert_eq!(fs::metadata(&image).unwrap().len(), 8 << 20);
+
+    // A changed recipe: built and written again.
+    let (server2, _, sha2) = hello_server("written twice");
+    env.write(
+        "r.toml",
+        &hello_recipe(&env, &[server2.url("/hello.tar.gz")], &sha2),
+    );
+    let o = env.run(&recipe, &[]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains("image unchanged"), "{err}");
+    assert_eq!(env.builds(), 2);
+    assert_eq!(run_hello(&env, &image), "written twice");
+}

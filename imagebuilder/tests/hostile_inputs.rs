@@ -639,3 +639,69 @@ fn strip_runs_in_the_sandbox() {
     assert!(err.contains("secret=key"), "{err}");
     assert_no_builds(&env);
 }
+
+#[test]
+fn a_package_replaces_another_packages_files_only_where_it_says_so() {
+    // A busybox-like package (one file, hard-linked as its applets) and a procps-like one
+    // installing one of those names: an error, unless the second replaces the first;
+    // then its file is the one in the image, whichever comes first in the recipe, and the
+    // other names stay hard links of the first package's file.
+    let server = Server::start();
+    let boxed = tar(&[
+        E::File("box-1/bin/box", b"#!/bin/sh\necho box\n"),
+        E::HardLink("box-1/bin/ps", "box-1/bin/box"),
+        E::HardLink("box-1/bin/ls", "box-1/bin/box"),
+    ]);
+    let procps = tar(&[E::File("procps-1/bin/ps", b"#!/bin/sh\necho procps\n")]);
+    let boxed = archive_pkg(&server, "box", gz(&boxed), "install = [\"bin\"]");
+    for (extra, first_box) in [
+        ("", true),
+        ("replaces = [\"box\"]\n", true),
+        ("replaces = [\"box\"]\n", false),
+    ] {
+        let env = Env::new();
+        let procps = archive_pkg(
+            &server,
+            "procps",
+            gz(&procps),
+            &format!("install = [\"bin/ps\"]\n{extra}"),
+        );
+        let text = if first_box {
+            format!("{HEAD}{boxed}{procps}")
+        } else {
+            format!("{HEAD}{procps}{boxed}")
+        };
+        let staged = env.dir.path().join("staged");
+        let o = env.run(
+            &env.write("r.toml", &text),
+            &["--staged", staged.to_str().unwrap()],
+        );
+        if extra.is_empty() {
+            assert_fails(&env, &o, &["bin/ps"]);
+            continue;
+        }
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(
+            fs::read_to_string(staged.join("bin/ps")).unwrap(),
+            "#!/bin/sh\necho procps\n"
+        );
+        let (b, l) = (
+            fs::metadata(staged.join("bin/box")).unwrap(),
+            fs::metadata(staged.join("bin/ls")).unwrap(),
+        );
+        assert_eq!((b.ino(), b.nlink()), (l.ino(), 2), "box's other names");
+        let manifest: serde_json::Value = serde_json::from_str(
+            &fs::read_to_string(format!("{}.manifest.json", env.image().display())).unwrap(),
+        )
+        .unwrap();
+        let ps: Vec<&serde_json::Value> = manifest["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["path"] == "bin/ps")
+            .collect();
+        assert_eq!(ps.len(), 1, "{ps:?}");
+        assert_eq!(ps[0]["package"], "procps");
+        assert_fsck_clean(&env.image());
+    }
+}

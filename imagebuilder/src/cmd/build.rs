@@ -181,7 +181,39 @@ impl BuildArgs {
 /// Runs the pipeline and prints the image's path.
 pub fn run(args: BuildArgs) -> anyhow::Result<()> {
     let request = Request::new(args.settings(), &Env::from_process())?;
+    // After the request: reading --sign-key may ask for a password on the terminal,
+    // which Ctrl-C must be able to leave as usual.
+    stop_on_signals()?;
     let built = pipeline::build(&request)?;
     println!("{}", built.image.display());
+    Ok(())
+}
+
+/// SIGINT, SIGTERM and SIGHUP stop the build: the scripts running without a
+/// sandbox are killed (sandboxed ones die with cartbuild), the temporary outputs
+/// beside the image are removed, and cartbuild exits with 128 + the signal's
+/// number after one line. (The cache's work directories are removed by the next
+/// run, as after a crash.) The signals are blocked in every thread, which inherit
+/// the mask from this one, and taken by one thread that waits for them; children
+/// start with an empty mask (std's `Command` resets it).
+pub(crate) fn stop_on_signals() -> anyhow::Result<()> {
+    use anyhow::Context;
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set.thread_block()
+        .context("failed to block SIGINT, SIGTERM and SIGHUP")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let Ok(sig) = set.wait() else { return };
+            let _outputs = cartbuild::output::abandon_pending();
+            let _scripts = cartbuild::build::stop_scripts();
+            eprintln!("cartbuild: error: interrupted by {sig}: builds stopped, nothing written");
+            std::process::exit(128 + sig as i32);
+        })
+        .context("failed to start the signal thread")?;
     Ok(())
 }

@@ -107,6 +107,8 @@ pub fn run(args: ReleaseArgs) -> anyhow::Result<()> {
         },
         &Env::from_process(),
     )?;
+    // As a build: interrupted, nothing keeps running and nothing half-written stays.
+    super::build::stop_on_signals()?;
     let out = args.out;
     let released = reproduce::release(
         &ReleaseRequest {
