@@ -4,7 +4,8 @@
 #                        cartinject, install their shell completions and man pages under
 #                        /usr/local/share, build the default image from recipes/net.toml into
 #                        images/, and point ./crashcart.img at it. A second run reuses every cache.
-#   ./build.sh release   the same set-up, then `cartbuild release` of the recipes (see README).
+#   ./build.sh release   the same set-up, then `cartbuild release` of net.toml and full.toml
+#                        (or of the recipes given after `release`; see README).
 set -euo pipefail
 cd "$(dirname "$0")"
 root=$PWD
@@ -54,7 +55,9 @@ install -m644 "$assets"/man/man1/*.1 "$share/man/man1/"
 if [ "${1:-}" = release ]; then
     shift
     say "building a release"
-    exec bin/cartbuild release "${@:-recipes/net.toml}"
+    # Both images by default: net (the default image) and full (the toolbox).
+    if [ $# -eq 0 ]; then set -- recipes/net.toml recipes/full.toml; fi
+    exec bin/cartbuild release "$@"
 fi
 
 say "building the default image from recipes/net.toml"

@@ -836,6 +836,34 @@ pub fn net_image() -> &'static Path {
     })
 }
 
+/// The image built by `cartbuild recipes/full.toml` (the net image plus the toolbox of
+/// issue 13): `$CRASHCART_FULL_IMAGE` when set (`tests/run` builds it before the tests),
+/// else built once per test run with the workspace's `cartbuild`, into the cache
+/// `$CRASHCART_FULL_CACHE` when set (else cartbuild's default cache).
+pub fn full_image() -> &'static Path {
+    static IMG: OnceLock<PathBuf> = OnceLock::new();
+    IMG.get_or_init(|| {
+        if let Some(path) = std::env::var_os("CRASHCART_FULL_IMAGE") {
+            let path = PathBuf::from(path);
+            assert!(path.is_file(), "CRASHCART_FULL_IMAGE={} does not exist", path.display());
+            return path;
+        }
+        let img = scratch().join("full.img");
+        let mut cmd = Command::new(bin("cartbuild"));
+        cmd.arg(repo_root().join("recipes/full.toml")).arg("-o").arg(&img);
+        if let Some(cache) = std::env::var_os("CRASHCART_FULL_CACHE") {
+            cmd.arg("--cache").arg(cache);
+        }
+        let out = output(&mut cmd);
+        assert!(
+            out.status.success(),
+            "`cartbuild recipes/full.toml` failed (set CRASHCART_FULL_IMAGE to use a built image):\n{}",
+            stderr(&out)
+        );
+        img
+    })
+}
+
 /// A new pseudo-terminal for driving an interactive program like a user would.
 pub struct Pty {
     /// The master side: what the "user" reads and writes.
