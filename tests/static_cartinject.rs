@@ -11,22 +11,48 @@ use std::process::Command;
 
 use crashcart_tests::*;
 
-/// `target/<host triple>/release/cartinject`, where `.ci/build-static-cartinject` puts it.
+/// The static `cartinject`: `$CRASHCART_STATIC_CARTINJECT` (which `tests/run` sets to what
+/// `.ci/build-static-cartinject` printed), else `target/<arch>-unknown-linux-musl/release/`,
+/// else the static glibc build under `target/<arch>-unknown-linux-gnu/release/`.
 fn static_cartinject() -> PathBuf {
-    let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    if let Some(path) = std::env::var_os("CRASHCART_STATIC_CARTINJECT") {
+        return PathBuf::from(path);
+    }
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test> -> target
     let target = exe
         .ancestors()
         .nth(3)
         .expect("test executable in target/<profile>/deps");
-    let path = target.join(triple).join("release/cartinject");
+    let arch = std::env::consts::ARCH;
+    let musl = target.join(format!("{arch}-unknown-linux-musl/release/cartinject"));
+    let path = if musl.is_file() {
+        musl
+    } else {
+        target.join(format!("{arch}-unknown-linux-gnu/release/cartinject"))
+    };
     assert!(
         path.is_file(),
         "{} is missing: build it with .ci/build-static-cartinject (tests/run and ./build.sh do)",
         path.display()
     );
     path
+}
+
+#[test]
+fn it_is_linked_against_musl() {
+    let path = static_cartinject();
+    let bytes = std::fs::read(&path).expect("read the static cartinject");
+    // glibc's static start-up code carries these strings; musl's has neither.
+    let glibc = [&b"GNU C Library"[..], b"GLIBC_TUNABLES"]
+        .iter()
+        .any(|needle| bytes.windows(needle.len()).any(|w| w == *needle));
+    assert!(
+        !glibc,
+        "{} is the static glibc fallback: add Rust's musl target (.ci/setup packages does) and \
+         run .ci/build-static-cartinject again",
+        path.display()
+    );
 }
 
 #[test]

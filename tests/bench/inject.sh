@@ -26,7 +26,10 @@
 # full); the medians come after 3 warm-up sessions, so they are the cost of an image that
 # was verified already. The targets of issue 10 are printed beside the figures: the full
 # cycle with the net image <= 2x the floor (aim 1.5x); 256 MiB adds <= 1 ms over 6 MiB;
-# 4,000 host processes add <= 1 ms; --verify-key adds <= 1 ms once verified.
+# 4,000 host processes add <= 1 ms; --verify-key adds <= 1 ms once verified. The first of
+# these is judged on the full cycle and the floor measured interleaved (run_pair), the floor
+# in a second container: measured a minute apart, as the other lines are, the two drift
+# apart on a VM by more than the target's margin.
 #
 # The work directory is under the repository's target/ (or $BENCH_DIR), not /tmp: a path no
 # one but root can write to, all the way up, as cartinject may demand of an image it trusts
@@ -69,13 +72,14 @@ stop_idle() {
 cleanup() {
     stop_idle
     "$CARTINJECT" -u "$name" >/dev/null 2>&1 || true
+    "$CARTINJECT" -u "$name-floor" >/dev/null 2>&1 || true
     # The keepers of the images here end LINGER seconds after their last session.
     local i
     for ((i = 0; i < 200; i++)); do
         losetup -l -n -O BACK-FILE | grep -q "^$work/" || break
         sleep 0.05
     done
-    docker rm -f "$name" >/dev/null 2>&1 || true
+    docker rm -f "$name" "$name-floor" >/dev/null 2>&1 || true
     docker rmi cc-bench-thin:latest >/dev/null 2>&1 || true
     rm -rf "$work"
 }
@@ -194,6 +198,22 @@ run_case() {
 }
 cycle() { "$CARTINJECT" "$@" "$pid" -- /dev/crashcart/bin/true; }
 
+# run_pair A B: RUNS runs of each of the commands named by the functions A and B,
+# interleaved (A, B, A, B, ...) after 3 warm-ups of each, so that the machine's drift over
+# the run hits both alike; sets med_a and med_b. The ratio of the full cycle to the floor,
+# the issue's target, comes from such a pair: on a VM whose speed wanders, medians taken a
+# minute apart can differ by more than the target's margin.
+run_pair() {
+    local i ta=() tb=()
+    for i in 1 2 3; do "$1" >/dev/null 2>&1 || true; "$2" >/dev/null 2>&1 || true; done
+    for ((i = 0; i < runs; i++)); do
+        ta+=( "$(elapsed_us "$1")" )
+        tb+=( "$(elapsed_us "$2")" )
+    done
+    med_a=$(printf '%s\n' "${ta[@]}" | median)
+    med_b=$(printf '%s\n' "${tb[@]}" | median)
+}
+
 # The net image first, while it is new to cartinject (the "first" column).
 run_case cycle "$net"; full=$med full_first=$first
 # A copy (another inode: no device kept for it) that is never kept.
@@ -211,6 +231,19 @@ run_case nsenter -a -t "$pid" /dev/crashcart/bin/true; floor=$med
 run_case docker exec "$name" /dev/crashcart/bin/true; dexec=$med
 run_case cycle "$net"; warm=$med
 "$CARTINJECT" -u "$pid" >/dev/null
+
+# The target's ratio: the full cycle (net image, sidecars) interleaved with the floor, the
+# floor taken in a second thin container that holds its own copy of the image mounted by -m
+# (the first keeps the session's usual path: no -m mount there).
+pid_floor=$(thin_container "$work/thin-floor" cc-bench-thin:latest "$name-floor")
+mkdir -p "$work/floor"
+cp -p "$net"* "$work/floor/"
+"$CARTINJECT" -m "$work/floor/$(basename "$net")" "$pid_floor" >/dev/null
+base_cycle() { cycle "$net"; }
+floor_nsenter() { nsenter -a -t "$pid_floor" /dev/crashcart/bin/true; }
+run_pair base_cycle floor_nsenter; pair_full=$med_a pair_floor=$med_b
+"$CARTINJECT" -u "$pid_floor" >/dev/null
+docker rm -f "$name-floor" >/dev/null
 
 # Startup: exec, relocation, clap, and nothing else (an image that does not exist is
 # refused before anything is opened but it).
@@ -243,8 +276,10 @@ echo "  binary $CARTINJECT; $net_what"
 row "case" "median" "/ floor" "vs base" "first" "target"
 row "nsenter -a into an -m mount (floor)" "$(ms "$floor")" "1.00x" "" "" ""
 row "docker exec (the peer)" "$(ms "$dexec")" "$(ratio "$dexec" "$floor")" "" "" ""
-row "net image, sidecars (base)" "$(ms "$full")" "$(ratio "$full" "$floor")" "" "$(ms "$full_first")" \
-    "<= 2x floor, aim 1.5x: $(verdict "$(within "$(awk -v a="$full" -v b="$floor" 'BEGIN { print a / b }')" 2)")"
+row "net image, sidecars (base)" "$(ms "$full")" "$(ratio "$full" "$floor")" "" "$(ms "$full_first")" ""
+row "  the same, interleaved with:" "$(ms "$pair_full")" "$(ratio "$pair_full" "$pair_floor")" "" "" \
+    "<= 2x floor, aim 1.5x: $(verdict "$(within "$(awk -v a="$pair_full" -v b="$pair_floor" 'BEGIN { print a / b }')" 2)")"
+row "  the floor, in a second container" "$(ms "$pair_floor")" "1.00x" "" "" ""
 row "net image, CARTINJECT_LINGER=0" "$(ms "$nokept")" "$(ratio "$nokept" "$floor")" "$(delta "$nokept" "$full")" "" \
     "(no kept device: bound and mounted each time)"
 row "net image, by container name" "$(ms "$byname")" "$(ratio "$byname" "$floor")" "$(delta "$byname" "$full")" "" ""

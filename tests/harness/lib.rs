@@ -29,7 +29,20 @@ pub use testkit::{
 };
 
 /// A binary of the workspace, next to the test executable (`target/<profile>/NAME`).
+/// `CRASHCART_TEST_CARTINJECT=PATH` names another `cartinject` for the tests to run
+/// (`tests/run` runs the session tests again with the static one that `./build.sh` ships).
 pub fn bin(name: &str) -> PathBuf {
+    if name == "cartinject"
+        && let Some(path) = std::env::var_os("CRASHCART_TEST_CARTINJECT")
+    {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "CRASHCART_TEST_CARTINJECT={} is not a file",
+            path.display()
+        );
+        return path;
+    }
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe
         .parent()

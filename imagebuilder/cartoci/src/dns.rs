@@ -1,12 +1,13 @@
 //! Host names of registries, resolved without glibc's NSS.
 //!
-//! `cartinject` is linked fully static (glibc, `-C target-feature=+crt-static`), and a static
-//! glibc's `getaddrinfo` needs, at run time, NSS modules from the very glibc version it was
-//! linked with ("Using 'getaddrinfo' in statically linked applications requires at runtime
-//! the shared libraries from the glibc version used for linking", ld's warning): on a host
-//! whose `nsswitch.conf` names `mdns4_minimal`, `resolve` or `myhostname`, it loads a
-//! second, different libc into the process. So registry names are resolved here, in Rust,
-//! with hickory-resolver: `/etc/hosts` first, then the name servers of `/etc/resolv.conf`
+//! `cartinject` is linked fully static: against musl, or against glibc where Rust's musl
+//! target is missing (`.ci/build-static-cartinject`). A static glibc's `getaddrinfo` needs, at
+//! run time, NSS modules from the very glibc version it was linked with ("Using
+//! 'getaddrinfo' in statically linked applications requires at runtime the shared libraries
+//! from the glibc version used for linking", ld's warning): on a host whose `nsswitch.conf`
+//! names `mdns4_minimal`, `resolve` or `myhostname`, it loads a second, different libc into
+//! the process. So registry names are resolved here, in Rust, the same whichever libc is
+//! linked, with hickory-resolver: `/etc/hosts` first, then the name servers of `/etc/resolv.conf`
 //! (A and AAAA, for happy eyeballs). Without a usable `resolv.conf`, only `/etc/hosts`
 //! answers: nothing is ever sent to a public resolver the host did not configure (reqwest's
 //! own hickory integration falls back to Google's, which is why it is not used).

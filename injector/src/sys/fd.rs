@@ -147,21 +147,28 @@ pub fn close_all_except(keep: &[RawFd]) -> Result<(), Errno> {
     Ok(())
 }
 
+/// `f_type` of `statfs(2)`, whose C type differs between C libraries (glibc's signed
+/// `__fsword_t`, musl's `unsigned long`): as the unsigned magic number `magic.h` gives.
+#[cfg_attr(target_env = "musl", allow(clippy::useless_conversion))]
+fn fs_magic(fs: &nix::sys::statfs::Statfs) -> Option<u64> {
+    u64::try_from(fs.filesystem_type().0).ok()
+}
+
 /// `PIPEFS_MAGIC` from `include/uapi/linux/magic.h`: the filesystem of anonymous pipes.
-const PIPEFS_MAGIC: libc::__fsword_t = 0x5049_5045;
+const PIPEFS_MAGIC: u64 = 0x5049_5045;
 
 /// Whether `fd` is an anonymous pipe (not a named FIFO, which is a file of some filesystem).
 pub fn is_anonymous_pipe(fd: BorrowedFd<'_>) -> bool {
-    nix::sys::statfs::fstatfs(fd).is_ok_and(|fs| fs.filesystem_type().0 == PIPEFS_MAGIC)
+    nix::sys::statfs::fstatfs(fd).is_ok_and(|fs| fs_magic(&fs) == Some(PIPEFS_MAGIC))
 }
 
 /// `FUSE_SUPER_MAGIC` from `include/uapi/linux/magic.h`.
-const FUSE_SUPER_MAGIC: libc::__fsword_t = 0x6573_5546;
+const FUSE_SUPER_MAGIC: u64 = 0x6573_5546;
 
 /// Whether the file behind `fd` lies on a FUSE filesystem (`fstatfs(2)`), whose daemon,
 /// not the kernel, answers every read and every `stat`.
 pub fn is_fuse(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
-    nix::sys::statfs::fstatfs(fd).map(|fs| fs.filesystem_type().0 == FUSE_SUPER_MAGIC)
+    nix::sys::statfs::fstatfs(fd).map(|fs| fs_magic(&fs) == Some(FUSE_SUPER_MAGIC))
 }
 
 /// Whether `fd` is `/dev/null` (the character device 1:3, `devices.txt`).

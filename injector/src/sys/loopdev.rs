@@ -14,11 +14,12 @@ pub const LO_FLAGS_READ_ONLY: u32 = 1;
 /// `LO_FLAGS_AUTOCLEAR`: the device detaches itself when its last user closes it.
 pub const LO_FLAGS_AUTOCLEAR: u32 = 4;
 
-const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
-const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
-const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LOOP_GET_STATUS64: libc::Ioctl = 0x4C05;
+const LOOP_CONFIGURE: libc::Ioctl = 0x4C0A;
+const LOOP_CTL_GET_FREE: libc::Ioctl = 0x4C82;
 /// `BLKGETDISKSEQ`: `_IOR(0x12, 128, __u64)` (`include/uapi/linux/fs.h`, Linux 5.15).
-const BLKGETDISKSEQ: libc::c_ulong = 0x8008_1280;
+// (`Ioctl` is `c_ulong` in glibc, `c_int` in musl: the number is the same 32 bits.)
+const BLKGETDISKSEQ: libc::Ioctl = 0x8008_1280_u32 as libc::Ioctl;
 const LO_NAME_SIZE: usize = 64;
 const LO_KEY_SIZE: usize = 32;
 

@@ -144,7 +144,7 @@ pub fn set_fs_ids(uid: u32, gid: u32) -> (u32, u32) {
 }
 
 /// `NS_GET_PARENT` (`include/uapi/linux/nsfs.h`: `_IO(0xb7, 0x2)`).
-const NS_GET_PARENT: libc::c_ulong = 0xb702;
+const NS_GET_PARENT: libc::Ioctl = 0xb702;
 
 /// The inode of the PID namespace `levels` levels above the one `/proc/PID/ns/pid` at
 /// `path` names (`ioctl_ns(2)`, `NS_GET_PARENT`); `None` when a level cannot be read (the

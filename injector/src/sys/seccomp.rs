@@ -60,7 +60,8 @@ fn raw_ptrace(
     // SAFETY: the requests used here read at most `addr` bytes (metadata) or the filter's
     // instruction count of sock_filter structs into `data`, which the callers size for it,
     // or write nothing when `data` is NULL.
-    let rc = unsafe { libc::ptrace(request, pid, addr as *mut libc::c_void, data) };
+    // (`as _`: the request is `c_uint` in glibc, `c_int` in musl.)
+    let rc = unsafe { libc::ptrace(request as _, pid, addr as *mut libc::c_void, data) };
     if rc < 0 { Err(Errno::last()) } else { Ok(rc) }
 }
 
