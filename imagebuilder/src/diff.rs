@@ -352,6 +352,7 @@ mod tests {
             mount_point: MOUNT_POINT.into(),
             recipe_sha256: "r".into(),
             epoch: 0,
+            arch: Some("x86_64".into()),
             toolchain: None,
             sandbox: None,
             image_sha256: None,

@@ -505,6 +505,7 @@ mod tests {
             mount_point: MOUNT_POINT.into(),
             recipe_sha256: "r".into(),
             epoch: 1_767_225_600,
+            arch: Some("x86_64".into()),
             toolchain: None,
             sandbox: None,
             image_sha256: None,

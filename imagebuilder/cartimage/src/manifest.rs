@@ -70,6 +70,11 @@ pub struct Manifest {
     pub recipe_sha256: String,
     /// Seconds since the epoch used for every time in the image.
     pub epoch: u64,
+    /// The machine the image's executables are built for, in the kernel's words
+    /// (`uname -m`): `x86_64` or `aarch64`. Absent in manifests written before images had
+    /// an arch (they are all `x86_64`); see [`Manifest::arch`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
     /// The C toolchain the packages were built with, when any were built
     /// (compiler and C library versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -239,9 +244,21 @@ pub struct Head {
     /// [`Manifest::image_size`].
     #[serde(default)]
     pub image_size: Option<u64>,
+    /// [`Manifest::arch`] (the field as written; see [`Head::arch`] for its meaning).
+    #[serde(default, rename = "arch")]
+    pub arch_field: Option<String>,
 }
 
+/// The arch of images whose manifest predates the `arch` field.
+pub const ARCH_BEFORE_FIELD: &str = "x86_64";
+
 impl Head {
+    /// The machine the image is built for: the manifest's `arch`, or `x86_64` for a
+    /// manifest written before images had one.
+    pub fn arch(&self) -> &str {
+        self.arch_field.as_deref().unwrap_or(ARCH_BEFORE_FIELD)
+    }
+
     /// Parses the head of a manifest from JSON bytes; `path` names the source in errors.
     /// Refuses another schema, as [`Manifest::from_slice`] does.
     pub fn from_slice(bytes: &[u8], path: &Path) -> Result<Head, Error> {
@@ -389,6 +406,7 @@ mod tests {
             mount_point: MOUNT_POINT.into(),
             recipe_sha256: "0".repeat(64),
             epoch: 0,
+            arch: Some("x86_64".into()),
             toolchain: None,
             sandbox: Some("namespaces".into()),
             image_sha256: None,
