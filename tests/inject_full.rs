@@ -350,35 +350,12 @@ fn crashcart_info_lists_every_tool_with_its_version() {
     c.assert_clean();
 }
 
-/// Mounts `image` read-only on a new temporary directory for the life of the value.
-struct Mounted(tempfile::TempDir);
-
-impl Mounted {
-    fn new(image: &Path) -> Mounted {
-        let dir = tempfile::Builder::new()
-            .prefix("cc-full-")
-            .tempdir()
-            .expect("temp dir");
-        ok(Command::new("mount")
-            .args(["-o", "ro,loop", "-t", "ext4"])
-            .arg(image)
-            .arg(dir.path()));
-        Mounted(dir)
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.0.path()).status();
-    }
-}
-
 #[test]
 fn every_executable_in_the_image_is_a_static_elf() {
     require_root();
     let img = TestImage::copy_of(full_image());
     let mounted = Mounted::new(&img.path);
-    let root = mounted.0.path();
+    let root = mounted.path();
     let mut checked = 0;
     let mut scripts = Vec::new();
     for dir in ["bin", "sbin"] {

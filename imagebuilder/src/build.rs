@@ -445,7 +445,7 @@ impl Builder<'_> {
             if !meta.is_file() || !seen.insert((meta.dev(), meta.ino())) {
                 continue;
             }
-            check_static(&pkg.name, &out, rel)?;
+            check_static(&pkg.name, &out, rel, Some(self.plan.image.arch))?;
             if pkg.strip
                 && crate::elf::inspect(&out.join(rel))
                     .map_err(StageError::from)?
@@ -758,6 +758,30 @@ pub fn critical_path_order<'p>(
     order.into_iter().map(|(_, p)| p).collect()
 }
 
+/// `ARCH`, `HOST`, `BUILD` and `HOST_FLAGS` for a script (recipes/README.md): configure's
+/// `--host` is the target triple; `--build` is the same triple for a native build (so
+/// configure still runs its test programs) and this machine's GNU triple for a cross one.
+fn cross_env(toolchain: &Toolchain) -> [(&'static str, String); 4] {
+    let host = toolchain.target.clone();
+    let native = toolchain.arch.name() == std::env::consts::ARCH;
+    let build = if native {
+        host.clone()
+    } else {
+        format!("{}-linux-gnu", std::env::consts::ARCH)
+    };
+    let flags = if native {
+        String::new()
+    } else {
+        format!("--build={build} --host={host}")
+    };
+    [
+        ("ARCH", toolchain.arch.to_string()),
+        ("HOST", host),
+        ("BUILD", build),
+        ("HOST_FLAGS", flags),
+    ]
+}
+
 /// The environment a build script gets, and nothing else (`recipes/README.md`
 /// documents it).
 #[allow(clippy::too_many_arguments)]
@@ -800,6 +824,9 @@ pub fn script_env(
     set("SYSINCLUDE", d(&toolchain.sysinclude));
     set("KERNEL_HEADERS", d(&toolchain.kernel_headers));
     set("TARGET", toolchain.target.clone());
+    for (name, value) in cross_env(toolchain) {
+        set(name, value);
+    }
     set("PKG_CONFIG_LIBDIR", format!("{}/lib/pkgconfig", d(deps)));
     set("PKG_CONFIG_PATH", String::new());
     set("SOURCE_DATE_EPOCH", epoch.to_string());

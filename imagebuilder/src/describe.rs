@@ -257,7 +257,7 @@ pub fn manifest(
         mount_point: MOUNT_POINT.to_string(),
         recipe_sha256: plan.image.recipe_hash.clone(),
         epoch: plan.image.epoch,
-        arch: Some(std::env::consts::ARCH.to_string()),
+        arch: Some(plan.image.arch.to_string()),
         toolchain,
         sandbox: None,
         image_sha256: None,

@@ -56,6 +56,8 @@ pub struct ElfInfo {
     pub interpreter: Option<String>,
     /// The number of `DT_NEEDED` entries.
     pub needed: usize,
+    /// `e_machine`: the processor it is for (`cartimage::arch::EM_X86_64`, ...).
+    pub machine: u16,
 }
 
 impl ElfInfo {
@@ -174,6 +176,7 @@ pub fn inspect(path: &Path) -> Result<Option<ElfInfo>, ElfError> {
         elf_type,
         interpreter: None,
         needed: 0,
+        machine: r.u16(&ident[18..]),
     };
     if phnum == 0 {
         return Ok(Some(info));
@@ -251,6 +254,46 @@ mod tests {
         assert!(info.interpreter.is_some());
         assert!(info.needed > 0);
         assert!(!info.is_static());
+    }
+
+    #[test]
+    fn the_machine_is_read() {
+        assert_eq!(
+            inspect(Path::new("/bin/sh")).unwrap().unwrap().machine,
+            cartimage::arch::Arch::host().unwrap().elf_machine()
+        );
+        // A static aarch64 executable's header: ELFCLASS64, little endian, ET_EXEC,
+        // EM_AARCH64, no program headers.
+        let mut header = [0u8; 64];
+        header[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
+        header[16] = 2;
+        header[18] = 183;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a64");
+        std::fs::write(&p, header).unwrap();
+        let info = inspect(&p).unwrap().unwrap();
+        assert_eq!(info.machine, cartimage::arch::EM_AARCH64);
+        assert!(info.is_static() && info.is_loadable());
+        // Staged into an x86_64 image, it is refused, naming the file and both arches.
+        let err = crate::stage::check_static(
+            "tool",
+            dir.path(),
+            Path::new("a64"),
+            Some(cartimage::arch::Arch::X86_64),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("package tool: a64 is built for aarch64, not x86_64"),
+            "{err}"
+        );
+        crate::stage::check_static(
+            "tool",
+            dir.path(),
+            Path::new("a64"),
+            Some(cartimage::arch::Arch::Aarch64),
+        )
+        .unwrap();
     }
 
     #[test]

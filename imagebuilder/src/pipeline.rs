@@ -92,9 +92,16 @@ pub struct Built {
     pub sidecars: Vec<PathBuf>,
 }
 
-/// `<name>-<version>.img`: the bare image's file name.
+/// `<name>-<version>.img`, or `<name>-<version>-<arch>.img` for another arch than this
+/// machine's: the bare image's file name.
 fn bare_name(plan: &Plan) -> String {
-    format!("{}-{}.img", plan.image.name, plan.image.version)
+    format!("{}.img", stem(plan))
+}
+
+/// `<name>-<version>`, and `-<arch>` when the image is not for this machine's arch.
+fn stem(plan: &Plan) -> String {
+    let image = &plan.image;
+    cartimage::arch::image_stem(&image.name, &image.version, image.arch)
 }
 
 /// Collects the cache when the build ends, however it ends (see `Cache::collect`).
@@ -135,7 +142,7 @@ fn prepare(req: &Request, reporter: &Reporter) -> Result<Prepared, PipelineError
     let recipe = Recipe::load(&req.recipe).step("failed to read the recipe")?;
     let cache = Cache::open(&req.cache).stage()?;
     let toolchain = if recipe.needs_toolchain() {
-        let mut t = Toolchain::detect(&cache, req.toolchain).stage()?;
+        let mut t = Toolchain::detect(&cache, req.toolchain, req.arch).stage()?;
         if recipe.needs_cxx() {
             t = t.with_cxx(&cache).stage()?;
             if let Some(cxx) = &t.cxx {
@@ -195,6 +202,7 @@ fn plan(req: &Request, p: &Prepared) -> Result<Plan, PipelineError> {
                 .toolchain
                 .as_ref()
                 .and_then(|t| Some(t.cxx.as_ref()?.identity.clone())),
+            arch: Some(req.arch),
         },
     )
     .step("invalid recipe")?;
@@ -449,7 +457,7 @@ fn output_path(req: &Request, plan: &Plan) -> PathBuf {
     req.output.clone().unwrap_or_else(|| {
         PathBuf::from("images").join(match req.format {
             Format::Ext4 => bare_name(plan),
-            Format::Gpt => format!("{}-{}.gpt.img", plan.image.name, plan.image.version),
+            Format::Gpt => format!("{}.gpt.img", stem(plan)),
         })
     })
 }

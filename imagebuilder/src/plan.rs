@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 
+use cartimage::arch::{Arch, UnknownArch};
 use sha2::{Digest, Sha256};
 
 use crate::mirror::Mirrors;
@@ -29,6 +30,20 @@ pub enum PlanError {
         package: String,
         /// What is wrong and how to fix it.
         message: String,
+    },
+    /// A package whose recipe says it does not build for the arch asked for.
+    #[error(
+        "{package} ({file}) cannot be built for {arch}: its recipe says arches = {arches:?}; build for one of those, or leave {package} out of the recipe"
+    )]
+    Unsupported {
+        /// The recipe file that defines the package.
+        file: PathBuf,
+        /// The package.
+        package: String,
+        /// The arch asked for.
+        arch: Arch,
+        /// The arches the package builds for.
+        arches: Vec<String>,
     },
     /// The `[image]` table is incomplete.
     #[error("{file}: [image]: {message}")]
@@ -159,6 +174,8 @@ pub struct ImageInfo {
     pub recipe_hash: String,
     /// Free text.
     pub description: Option<String>,
+    /// The machine the image is built for.
+    pub arch: Arch,
 }
 
 /// Everything needed to plan, besides the recipe.
@@ -176,6 +193,9 @@ pub struct Context {
     /// The C++ compiler's identity (part of the key of each package that asks for
     /// it with `cxx = true`, and only of those).
     pub cxx: Option<String>,
+    /// The machine the image is built for; this machine's when `None`. (The toolchain's
+    /// identity, which names its target, is what puts the arch into build keys.)
+    pub arch: Option<Arch>,
 }
 
 /// The validated plan: packages in dependency order.
@@ -218,8 +238,13 @@ impl Plan {
                 });
             }
         }
+        let arch = ctx
+            .arch
+            .or_else(Arch::host)
+            .ok_or_else(|| image_err("this machine's arch is none cartbuild builds for"))?;
         let mut packages = Vec::new();
         for sp in &recipe.packages {
+            check_arch(sp, arch)?;
             packages.push(validate(sp, ctx)?);
         }
         for (p, sp) in packages.iter().zip(&recipe.packages) {
@@ -257,6 +282,7 @@ impl Plan {
                 recipe: recipe.path.clone(),
                 recipe_hash: recipe.hash(),
                 description: recipe.image.description.clone(),
+                arch,
             },
             packages,
         })
@@ -539,6 +565,31 @@ fn validate(sp: &SourcedPackage, ctx: &Context) -> Result<Package, PlanError> {
     })
 }
 
+/// Refuses a package whose `arches` leave out `arch`, or name an arch that is none.
+fn check_arch(sp: &SourcedPackage, arch: Arch) -> Result<(), PlanError> {
+    let Some(arches) = &sp.package.arches else {
+        return Ok(());
+    };
+    let mut supported = false;
+    for name in arches {
+        let a: Arch = name.parse().map_err(|e: UnknownArch| PlanError::Invalid {
+            file: sp.file.clone(),
+            package: sp.package.name.clone(),
+            message: format!("arches: {e}"),
+        })?;
+        supported |= a == arch;
+    }
+    if supported {
+        return Ok(());
+    }
+    Err(PlanError::Unsupported {
+        file: sp.file.clone(),
+        package: sp.package.name.clone(),
+        arch,
+        arches: arches.clone(),
+    })
+}
+
 /// Puts packages in dependency order, keeping recipe order where it is free.
 fn order(packages: Vec<Package>) -> Result<Vec<Package>, PlanError> {
     let index: BTreeMap<String, usize> = packages
@@ -718,6 +769,38 @@ mod tests {
         assert_eq!(names, ["libpcap", "tcpdump", "bash"]);
         assert!(p.packages.iter().all(|p| p.key.len() == 64));
         assert_eq!(p.closure("tcpdump").len(), 1);
+    }
+
+    #[test]
+    fn a_package_builds_only_for_the_arches_it_names() {
+        let gdb = format!("{}arches = [\"x86_64\"]\n", pkg("gdb", &[]));
+        let resolve = |arch: Arch, packages: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let r = recipe(dir.path(), packages);
+            Plan::resolve(
+                &r,
+                &Context {
+                    arch: Some(arch),
+                    ..Context::default()
+                },
+            )
+        };
+        let p = resolve(Arch::X86_64, &gdb).unwrap();
+        assert_eq!(p.image.arch, Arch::X86_64);
+        let err = resolve(Arch::Aarch64, &gdb).unwrap_err();
+        let line = err.to_string();
+        assert!(matches!(err, PlanError::Unsupported { .. }), "{line}");
+        assert!(
+            line.starts_with("gdb (") && line.contains("cannot be built for aarch64"),
+            "{line}"
+        );
+        // Without `arches`, every arch; the image records the one asked for.
+        let p = resolve(Arch::Aarch64, &pkg("bash", &[])).unwrap();
+        assert_eq!(p.image.arch, Arch::Aarch64);
+        // An arch that is none is an error in the recipe, whatever is built.
+        let bad = format!("{}arches = [\"sparc\"]\n", pkg("gdb", &[]));
+        let err = resolve(Arch::X86_64, &bad).unwrap_err().to_string();
+        assert!(err.contains("unknown arch `sparc`"), "{err}");
     }
 
     #[test]

@@ -143,6 +143,9 @@ pub struct RawPackage {
     /// (procps' `bin/ps` over busybox's applet).
     #[serde(default)]
     pub replaces: Vec<String>,
+    /// The arches the package builds for (`["x86_64"]`); every arch when omitted. A
+    /// build for another arch fails naming the package.
+    pub arches: Option<Vec<String>>,
     /// Bound on the bytes an unpacked source or archive may hold (`"8G"`).
     pub max_unpacked_size: Option<String>,
     /// Bound on the entries an unpacked source or archive may hold.

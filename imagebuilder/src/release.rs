@@ -167,10 +167,23 @@ pub struct Release {
     /// The C toolchain, when packages were built.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub toolchain: Option<String>,
+    /// The machine the image is for (`x86_64`, `aarch64`); absent in entries published
+    /// before images had an arch, which are `x86_64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
     /// Every package's version, by name (the image's tools).
     pub packages: BTreeMap<String, String>,
     /// The cartbuild that made it (`cartbuild 0.1.0`).
     pub built_by: String,
+}
+
+impl Release {
+    /// The machine the image is for ([`Release::arch`], `x86_64` when absent).
+    pub fn arch(&self) -> &str {
+        self.arch
+            .as_deref()
+            .unwrap_or(cartimage::manifest::ARCH_BEFORE_FIELD)
+    }
 }
 
 /// `index.json`: every version published into a release directory, oldest first.
@@ -217,11 +230,11 @@ impl Index {
         Ok(index)
     }
 
-    /// The release of `name` `version`, if published.
-    pub fn find(&self, name: &str, version: &str) -> Option<&Release> {
+    /// The release of `name` `version` for `arch`, if published.
+    pub fn find(&self, name: &str, version: &str, arch: &str) -> Option<&Release> {
         self.images
             .iter()
-            .find(|r| r.name == name && r.version == version)
+            .find(|r| r.name == name && r.version == version && r.arch() == arch)
     }
 
     /// Deterministic, pretty JSON with a trailing newline.
@@ -372,6 +385,7 @@ pub fn describe(
         recipe_sha256: m.recipe_sha256.clone(),
         epoch: m.epoch,
         toolchain: m.toolchain.clone(),
+        arch: m.arch.clone(),
         packages: m
             .packages
             .iter()
@@ -421,7 +435,7 @@ pub fn publish(out: &Path, candidates: &[Candidate]) -> Result<Vec<Outcome>, Rel
     let mut plan = Vec::new();
     for c in candidates {
         let r = &c.release;
-        if let Some(published) = index.find(&r.name, &r.version) {
+        if let Some(published) = index.find(&r.name, &r.version, r.arch()) {
             if published.image.sha256 != r.image.sha256 {
                 return Err(ReleaseError::AlreadyPublished {
                     name: r.name.clone(),
@@ -525,6 +539,7 @@ mod tests {
             recipe_sha256: String::new(),
             epoch: 0,
             toolchain: None,
+            arch: None,
             packages: BTreeMap::from([("busybox".into(), "1.35.0".into())]),
             built_by: "cartbuild test".into(),
         }
@@ -537,15 +552,25 @@ mod tests {
             Index::read(&d.path().join("none")).unwrap(),
             Index::default()
         );
+        let mut arm = release("net", "1.0.0", "cd");
+        arm.arch = Some("aarch64".into());
         let index = Index {
             schema: INDEX_SCHEMA,
-            images: vec![release("net", "1.0.0", "ab")],
+            images: vec![release("net", "1.0.0", "ab"), arm],
         };
         fs::write(d.path().join(INDEX), index.to_json()).unwrap();
         let back = Index::read(d.path()).unwrap();
         assert_eq!(back, index);
-        assert!(back.find("net", "1.0.0").is_some());
-        assert!(back.find("net", "1.0.1").is_none());
+        // An entry without an arch (published before images had one) is x86_64's.
+        assert_eq!(
+            back.find("net", "1.0.0", "x86_64").unwrap().image.sha256,
+            "ab"
+        );
+        assert_eq!(
+            back.find("net", "1.0.0", "aarch64").unwrap().image.sha256,
+            "cd"
+        );
+        assert!(back.find("net", "1.0.1", "x86_64").is_none());
         fs::write(
             d.path().join(INDEX),
             index.to_json().replace("\"schema\": 1", "\"schema\": 9"),

@@ -661,7 +661,9 @@ fn check_installed(pkg: &Package, out: &Path) -> Result<(), Miss> {
         let meta =
             fs::symlink_metadata(out.join(&rel)).map_err(io_miss("cannot read the layer"))?;
         if meta.is_file() {
-            crate::stage::check_static(&pkg.name, out, &rel)
+            // The arch is checked where the output is staged (the build key names the
+            // toolchain, whose identity holds its target, so a key is for one arch).
+            crate::stage::check_static(&pkg.name, out, &rel, None)
                 .map_err(|e| miss(format!("its layer is refused: {e}")))?;
         }
     }

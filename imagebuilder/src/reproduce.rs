@@ -20,6 +20,7 @@ use crate::recipe::{Recipe, RecipeError};
 use crate::release::{self, Candidate, Index, Outcome, ReleaseError};
 use crate::request::Request;
 use crate::sign::{self, SignError, SigningKey};
+use cartimage::arch::{Arch, image_stem};
 
 /// Why a release could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -111,9 +112,12 @@ pub struct ReleaseRequest {
     pub sign_key: Option<SigningKey>,
     /// Share the cache's verified sources with the clean build caches.
     pub share_sources: bool,
-    /// How each build runs: its `cache` is the shared cache; recipe, output and cache are
-    /// set for each build.
+    /// How each build runs: its `cache` is the shared cache; recipe, output, cache and
+    /// arch are set for each build.
     pub build: Request,
+    /// The arches every recipe is released for (`--arch x86_64,aarch64`), each built
+    /// twice.
+    pub arches: Vec<Arch>,
 }
 
 /// One image released: what was published (or found published already).
@@ -173,16 +177,17 @@ fn fresh_cache(shared: &Cache, share_sources: bool) -> Result<tempfile::TempDir,
 /// Builds `recipe` twice into `work`, compares the two, signs the first when there is a key.
 fn build_twice(
     req: &ReleaseRequest,
+    arch: Arch,
     shared: &Cache,
     work: &Path,
     (recipe, name, version): &(PathBuf, String, String),
     reporter: &Reporter,
 ) -> Result<PathBuf, ReproduceError> {
-    let file = format!("{name}-{version}.img");
+    let file = format!("{}.img", image_stem(name, version, arch));
     let mut outs = Vec::new();
     for (n, run) in ["a", "b"].into_iter().enumerate() {
         reporter.line(&format!(
-            "release {name} {version}: build {} of 2 from a clean build cache",
+            "release {name} {version} ({arch}): build {} of 2 from a clean build cache",
             n + 1
         ));
         let cache = fresh_cache(shared, req.share_sources)?;
@@ -190,6 +195,7 @@ fn build_twice(
             recipe: recipe.clone(),
             output: Some(work.join(run).join(&file)),
             cache: cache.path().to_path_buf(),
+            arch,
             ..req.build.clone()
         };
         // A release proves that it reproduces by building: it never takes an output from
@@ -250,15 +256,18 @@ pub fn release(req: &ReleaseRequest, reporter: &Reporter) -> Result<Vec<Released
 
     let built_by = format!("cartbuild {}", env!("CARGO_PKG_VERSION"));
     let mut candidates = Vec::new();
-    for entry in &images {
+    let builds = images
+        .iter()
+        .flat_map(|entry| req.arches.iter().map(move |&arch| (entry, arch)));
+    for (entry, arch) in builds {
         let (_, name, version) = entry;
-        let image = build_twice(req, &shared, work.path(), entry, reporter)?;
+        let image = build_twice(req, arch, &shared, work.path(), entry, reporter)?;
         let described = release::describe(
             &image,
             req.sign_key.as_ref().map(|k| k.key_id()).as_deref(),
             &built_by,
         )?;
-        if let Some(published) = index.find(name, version)
+        if let Some(published) = index.find(name, version, arch.name())
             && published.image.sha256 != described.image.sha256
         {
             // Said now, before building the next recipe; publish checks again.
@@ -272,7 +281,7 @@ pub fn release(req: &ReleaseRequest, reporter: &Reporter) -> Result<Vec<Released
             .into());
         }
         reporter.line(&format!(
-            "release {name} {version}: reproducible (sha256 {}, {})",
+            "release {name} {version} ({arch}): reproducible (sha256 {}, {})",
             described.image.sha256,
             human_bytes(described.image.size)
         ));

@@ -22,9 +22,12 @@ use crate::mirror::{self, MirrorError, Mirrors};
 use crate::remote::{self, CACHE_FROM_ENV, CACHE_TO_ENV, CACHE_TRUST_ENV, SIGN_KEY_ENV};
 use crate::sign::{Password, SigningKey};
 use crate::toolchain::Flavor;
+use cartimage::arch::Arch;
 
 /// The environment variable of the cache directory (`--cache`).
 pub const CACHE_ENV: &str = "CARTBUILD_CACHE";
+/// The environment variable of `--arch`.
+pub const ARCH_ENV: &str = "CARTBUILD_ARCH";
 /// The environment variable of `--connect-timeout`.
 pub const CONNECT_TIMEOUT_ENV: &str = "CARTBUILD_CONNECT_TIMEOUT";
 /// The environment variable of `--read-timeout`.
@@ -185,6 +188,8 @@ pub struct Settings {
     pub staged: Option<PathBuf>,
     /// `--toolchain`.
     pub toolchain: Flavor,
+    /// `--arch`, as given.
+    pub arch: Option<String>,
     /// `--no-sandbox`.
     pub no_sandbox: bool,
     /// `--connect-timeout`, seconds.
@@ -226,6 +231,8 @@ pub struct Request {
     pub staged: Option<PathBuf>,
     /// Which C toolchain.
     pub toolchain: Flavor,
+    /// The machine the image is built for.
+    pub arch: Arch,
     /// Build scripts run in the sandbox (else with the builder's rights).
     pub sandbox: bool,
     /// Timeouts, retries, offline.
@@ -345,12 +352,36 @@ impl Request {
             },
             staged: settings.staged,
             toolchain: settings.toolchain,
+            arch: arch(settings.arch.as_deref(), env)?,
             sandbox: !settings.no_sandbox,
             fetch,
             source_date_epoch,
             verbose: settings.verbose,
             remote,
         })
+    }
+}
+
+/// The arch from `--arch`, else `$CARTBUILD_ARCH`, else this machine's.
+fn arch(flag: Option<&str>, env: &Env) -> Result<Arch, RequestError> {
+    const WHAT: &str = "an arch (x86_64 or aarch64)";
+    if let Some(v) = flag {
+        return v.parse().map_err(|_| RequestError::BadFlag {
+            flag: "--arch",
+            value: v.to_string(),
+            what: WHAT,
+            example: "aarch64",
+        });
+    }
+    let from_env = env.parse::<Arch>(ARCH_ENV, WHAT, "aarch64", |_| true)?;
+    match from_env.or_else(Arch::host) {
+        Some(arch) => Ok(arch),
+        None => Err(RequestError::BadFlag {
+            flag: "--arch",
+            value: String::new(),
+            what: "optional on this machine: its own arch is none cartbuild builds for, so name one",
+            example: "x86_64",
+        }),
     }
 }
 

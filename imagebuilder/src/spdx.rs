@@ -29,7 +29,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cartimage::manifest::{FileEntry, FileKind, Manifest};
+use cartimage::manifest::{ARCH_BEFORE_FIELD, FileEntry, FileKind, Manifest};
 use serde::Serialize;
 use sha1::{Digest, Sha1};
 
@@ -314,8 +314,11 @@ fn image_package(input: &Input<'_>, file_sha1s: &[&str]) -> Package {
         copyright_text: NOASSERTION,
         source_info: None,
         comment: format!(
-            "crashcart image for the mount point {}; filesystem sha256 {}; recipe sha256 {}",
-            m.mount_point, input.filesystem_sha256, m.recipe_sha256
+            "crashcart image for the mount point {}; arch {}; filesystem sha256 {}; recipe sha256 {}",
+            m.mount_point,
+            m.arch.as_deref().unwrap_or(ARCH_BEFORE_FIELD),
+            input.filesystem_sha256,
+            m.recipe_sha256
         ),
         primary_package_purpose: "ARCHIVE",
     }
@@ -399,7 +402,11 @@ pub fn document(input: &Input<'_>) -> Result<String, SpdxError> {
     packages.insert(0, image);
 
     let name = format!("{}-{}", m.image.name, m.image.version);
-    let mut comment = format!("epoch {}", m.epoch);
+    let mut comment = format!(
+        "epoch {}; arch {}",
+        m.epoch,
+        m.arch.as_deref().unwrap_or(ARCH_BEFORE_FIELD)
+    );
     if let Some(t) = &m.toolchain {
         comment.push_str(&format!("; toolchain {t}"));
     }

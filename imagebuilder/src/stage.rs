@@ -26,6 +26,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use cartimage::arch::Arch;
 use globset::{GlobBuilder, GlobSetBuilder};
 
 use crate::beneath::{Beneath, BeneathError};
@@ -73,6 +74,20 @@ pub enum StageError {
         path: PathBuf,
         /// Interpreter and needed libraries.
         detail: String,
+    },
+    /// An ELF file for another machine than the image's would go into the image.
+    #[error(
+        "package {package}: {path} is built for {machine}, not {arch} (the image's arch): build it with $CC (configure $HOST_FLAGS), not the build machine's compiler"
+    )]
+    WrongArch {
+        /// The package.
+        package: String,
+        /// The file, relative to the image root.
+        path: PathBuf,
+        /// What the file is built for.
+        machine: String,
+        /// The image's arch.
+        arch: Arch,
     },
     /// A symlink points outside the image.
     #[error(
@@ -305,12 +320,30 @@ fn link_stays_inside(link: &Path, target: &Path) -> bool {
     true
 }
 
-/// Checks that `file` (an ELF file or not) is fit for the image.
-pub fn check_static(package: &str, root: &Path, rel: &Path) -> Result<(), StageError> {
-    if let Some(info) = crate::elf::inspect(&root.join(rel))?
+/// Checks that `file` (an ELF file or not) is fit for the image: an executable or shared
+/// object must be static and, when `arch` is given, built for it.
+pub fn check_static(
+    package: &str,
+    root: &Path,
+    rel: &Path,
+    arch: Option<Arch>,
+) -> Result<(), StageError> {
+    let Some(info) = crate::elf::inspect(&root.join(rel))? else {
+        return Ok(());
+    };
+    if let Some(arch) = arch
         && info.is_loadable()
-        && !info.is_static()
+        && info.machine != arch.elf_machine()
     {
+        return Err(StageError::WrongArch {
+            package: package.to_string(),
+            path: rel.to_path_buf(),
+            machine: Arch::from_elf_machine(info.machine)
+                .map_or_else(|| format!("e_machine {}", info.machine), |a| a.to_string()),
+            arch,
+        });
+    }
+    if info.is_loadable() && !info.is_static() {
         {
             let mut detail = Vec::new();
             if let Some(i) = &info.interpreter {
@@ -472,7 +505,7 @@ pub fn stage(
                             .map_err(|e| claims.refused(&rel, &pkg.name, e))?;
                     }
                     _ => {
-                        check_static(&pkg.name, out, &rel)?;
+                        check_static(&pkg.name, out, &rel, Some(plan.image.arch))?;
                         copy_file(&from, &tree, &rel, meta.permissions().mode(), replace)
                             .map_err(|e| claims.refused(&rel, &pkg.name, e))?;
                         if meta.nlink() > 1 {

@@ -25,6 +25,8 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
+use cartimage::arch::Arch;
+
 use crate::cache::Cache;
 
 /// Why no toolchain could be set up.
@@ -49,6 +51,24 @@ pub enum ToolchainError {
     /// `strip` is missing.
     #[error("`strip` not found on PATH: install it with `apt-get install binutils`")]
     NoStrip,
+    /// No `strip` that knows the target's ELF files.
+    #[error(
+        "no strip for {arch} ELF files (looked for {arch}-linux-gnu-strip and llvm-strip on PATH): install one with `apt-get install binutils-{arch}-linux-gnu`"
+    )]
+    NoCrossStrip {
+        /// The target arch.
+        arch: Arch,
+    },
+    /// `--toolchain musl-gcc` with a foreign `--arch`.
+    #[error(
+        "musl-gcc builds only for this machine's arch ({host}), not {arch}: drop `--toolchain musl-gcc` (cross builds use zig)"
+    )]
+    NotCross {
+        /// This machine's arch.
+        host: String,
+        /// The arch asked for.
+        arch: Arch,
+    },
     /// A compiler was found but could not be inspected.
     #[error("cannot use {compiler}: {message}")]
     Broken {
@@ -98,6 +118,8 @@ pub struct Toolchain {
     pub dir: PathBuf,
     /// Target triple, e.g. `x86_64-linux-musl`.
     pub target: String,
+    /// The machine it builds for.
+    pub arch: Arch,
     /// A one-line description (`musl-gcc: gcc 12.2.0, musl 1.2.3`).
     pub description: String,
     /// Hex sha256 identifying compiler, libc and headers (and, after
@@ -194,10 +216,18 @@ impl Toolchain {
         Ok(self)
     }
 
-    /// Finds a toolchain and writes its wrapper into the cache.
-    pub fn detect(cache: &Cache, flavor: Flavor) -> Result<Toolchain, ToolchainError> {
-        let arch = std::env::consts::ARCH;
-        let musl = which("musl-gcc");
+    /// Finds a toolchain for `arch` and writes its wrapper into the cache. Another arch
+    /// than this machine's is built with zig only (Debian's musl-gcc is native).
+    pub fn detect(cache: &Cache, flavor: Flavor, arch: Arch) -> Result<Toolchain, ToolchainError> {
+        let host = std::env::consts::ARCH;
+        let native = arch.name() == host;
+        if !native && flavor == Flavor::MuslGcc {
+            return Err(ToolchainError::NotCross {
+                host: host.to_string(),
+                arch,
+            });
+        }
+        let musl = which("musl-gcc").filter(|_| native);
         let zig = find_zig();
         match (flavor, musl, zig) {
             (Flavor::Auto | Flavor::MuslGcc, Some(gcc), _) => musl_gcc(cache, &gcc, arch),
@@ -361,11 +391,18 @@ fn merge_into(to: &Path, from: &[PathBuf]) -> std::io::Result<()> {
     Ok(())
 }
 
-fn find_strip() -> Result<PathBuf, ToolchainError> {
-    which("strip").ok_or(ToolchainError::NoStrip)
+/// The `strip` for `arch`'s ELF files: the host's own for this machine's arch, else
+/// binutils' `<arch>-linux-gnu-strip` or `llvm-strip`.
+fn find_strip(arch: Arch) -> Result<PathBuf, ToolchainError> {
+    if arch.name() == std::env::consts::ARCH {
+        return which("strip").ok_or(ToolchainError::NoStrip);
+    }
+    which(&format!("{arch}-linux-gnu-strip"))
+        .or_else(|| which("llvm-strip"))
+        .ok_or(ToolchainError::NoCrossStrip { arch })
 }
 
-fn musl_gcc(cache: &Cache, gcc: &Path, arch: &str) -> Result<Toolchain, ToolchainError> {
+fn musl_gcc(cache: &Cache, gcc: &Path, arch: Arch) -> Result<Toolchain, ToolchainError> {
     let broken = |message: String| ToolchainError::Broken {
         compiler: gcc.to_path_buf(),
         message,
@@ -389,9 +426,9 @@ fn musl_gcc(cache: &Cache, gcc: &Path, arch: &str) -> Result<Toolchain, Toolchai
     let libdir = specs.parent().unwrap_or(Path::new("/"));
     let version = run(gcc, &["--version"])?;
     let version_line = version.lines().next().unwrap_or("").to_string();
-    let strip = find_strip()?;
+    let strip = which("strip").ok_or(ToolchainError::NoStrip)?;
     let strip_version = run(&strip, &["--version"])?;
-    let uapi = host_uapi(arch)?;
+    let uapi = host_uapi(arch.name())?;
 
     let mut h = Sha256::new();
     h.update(WRAPPER_FORMAT);
@@ -453,6 +490,7 @@ fn musl_gcc(cache: &Cache, gcc: &Path, arch: &str) -> Result<Toolchain, Toolchai
         sysinclude: dir.join("sysinclude"),
         kernel_headers: dir.join("kernel-headers"),
         target: format!("{arch}-linux-musl"),
+        arch,
         description: format!(
             "musl-gcc ({version_line}), musl from {}, kernel headers from /usr/include",
             libdir.display()
@@ -473,10 +511,10 @@ fn musl_gcc(cache: &Cache, gcc: &Path, arch: &str) -> Result<Toolchain, Toolchai
     })
 }
 
-fn zig_cc(cache: &Cache, zig: &Path, arch: &str) -> Result<Toolchain, ToolchainError> {
+fn zig_cc(cache: &Cache, zig: &Path, arch: Arch) -> Result<Toolchain, ToolchainError> {
     let version = run(zig, &["version"])?;
     let target = format!("{arch}-linux-musl");
-    let strip = find_strip()?;
+    let strip = find_strip(arch)?;
     let strip_version = run(&strip, &["--version"])?;
     // zig prints its include search list on `-E -v`; those directories hold its
     // musl and kernel headers for the target.
@@ -560,6 +598,7 @@ fn zig_cc(cache: &Cache, zig: &Path, arch: &str) -> Result<Toolchain, ToolchainE
         sysinclude: dir.join("sysinclude"),
         kernel_headers: dir.join("kernel-headers"),
         target,
+        arch,
         description: format!("zig cc {} -target {arch}-linux-musl", version.trim()),
         dir,
         identity,

@@ -19,6 +19,7 @@ use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod arch;
 pub mod attacks;
 pub mod hardening;
 pub mod runtimes;
@@ -121,7 +122,7 @@ pub fn unique(test: &str) -> String {
     format!("cc-{test}-{}", std::process::id())
 }
 
-fn hash_of(parts: &[&[u8]]) -> String {
+pub(crate) fn hash_of(parts: &[&[u8]]) -> String {
     let mut h = DefaultHasher::new();
     for p in parts {
         p.hash(&mut h);
@@ -132,7 +133,7 @@ fn hash_of(parts: &[&[u8]]) -> String {
 /// A directory for fixtures shared by all tests of this process, under the target directory
 /// (`target/<profile>/cc-fixtures/<pid>`); directories of earlier runs whose process is gone
 /// are removed first, so runs leave nothing to pile up.
-fn scratch() -> &'static Path {
+pub(crate) fn scratch() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let exe = std::env::current_exe().expect("current_exe");
@@ -159,7 +160,7 @@ fn scratch() -> &'static Path {
     })
 }
 
-fn docker_ok() {
+pub(crate) fn docker_ok() {
     require_tool("docker", "docker.io");
     let out = Command::new("docker")
         .args(["info", "--format", "{{.ServerVersion}}"])
@@ -177,6 +178,18 @@ fn docker_ok() {
 /// with that label is there already: importing again would leave the previous one behind as
 /// a dangling image.
 pub fn import_root(engine: &str, tag: &str, root: &Path, label: &str, cmd: &str) {
+    import_root_as(engine, tag, root, label, cmd, None);
+}
+
+/// [`import_root`] with `--platform PLATFORM` (`linux/arm64`) when given.
+pub fn import_root_as(
+    engine: &str,
+    tag: &str,
+    root: &Path,
+    label: &str,
+    cmd: &str,
+    platform: Option<&str>,
+) {
     let have = Command::new(engine)
         .args([
             "image",
@@ -202,6 +215,7 @@ pub fn import_root(engine: &str, tag: &str, root: &Path, label: &str, cmd: &str)
     let status = Command::new(engine)
         .arg("import")
         .args(quiet)
+        .args(platform.map(|p| format!("--platform={p}")))
         .args([
             "-c",
             &format!("LABEL cc.fixture={label}"),
@@ -875,6 +889,36 @@ pub fn full_image() -> &'static Path {
         );
         img
     })
+}
+
+/// An ext4 image mounted read-only (a loop device) on a new temporary directory for the life
+/// of the value.
+pub struct Mounted(tempfile::TempDir);
+
+impl Mounted {
+    /// Mounts `image`.
+    pub fn new(image: &Path) -> Mounted {
+        let dir = tempfile::Builder::new()
+            .prefix("cc-mounted-")
+            .tempdir()
+            .expect("temp dir");
+        ok(Command::new("mount")
+            .args(["-o", "ro,loop", "-t", "ext4"])
+            .arg(image)
+            .arg(dir.path()));
+        Mounted(dir)
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
 }
 
 /// A new pseudo-terminal for driving an interactive program like a user would.

@@ -1,5 +1,6 @@
 //! The crashcart image as a thing on disk, shared by `cartbuild` and `cartinject`.
 //!
+//! - [`arch`]: the machines images are built for, by their kernel, ELF and OCI names.
 //! - [`detect`]: which filesystem (or GPT disk) a file holds, read from its superblock.
 //! - [`ext4`] and [`le`]: ext4's on-disk constants and the little-endian field readers,
 //!   shared with cartbuild's ext4 writer.
@@ -12,6 +13,7 @@
 // are not held to it yet.
 #![cfg_attr(not(test), deny(clippy::too_many_lines))]
 
+pub mod arch;
 pub mod detect;
 pub mod ext4;
 pub mod le;

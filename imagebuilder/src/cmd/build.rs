@@ -99,6 +99,13 @@ pub struct BuildArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub toolchain: ToolchainArg,
 
+    /// The machine to build for: x86_64 or aarch64 (amd64 and arm64 are understood);
+    /// another than this machine's is cross-compiled with zig, and the image's default
+    /// name carries it (images/<name>-<version>-<arch>.img) [env: CARTBUILD_ARCH]
+    /// [default: this machine's].
+    #[arg(long, value_name = "ARCH")]
+    pub arch: Option<String>,
+
     /// Run build scripts directly, with the builder's rights, instead of in a
     /// sandbox of fresh namespaces (where the kernel allows no user namespaces);
     /// outputs are cached apart and the manifest says "sandbox": "none".
@@ -165,6 +172,7 @@ impl BuildArgs {
             size: self.size,
             staged: self.staged,
             toolchain: self.toolchain.into(),
+            arch: self.arch,
             no_sandbox: self.no_sandbox,
             connect_timeout: self.connect_timeout,
             read_timeout: self.read_timeout,

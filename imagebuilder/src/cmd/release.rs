@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
+use cartimage::arch::Arch;
 use clap::Args;
 
 use cartbuild::progress::Reporter;
@@ -68,6 +69,12 @@ pub struct ReleaseArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub toolchain: ToolchainArg,
 
+    /// The arches to release every recipe for, comma-separated: x86_64, aarch64
+    /// [default: this machine's]. Each image of another arch than this machine's is named
+    /// <name>-<version>-<arch>.img, and the index lists each arch.
+    #[arg(long, value_name = "ARCH,...", value_delimiter = ',')]
+    pub arch: Vec<String>,
+
     /// Run build scripts without the sandbox (see `cartbuild build --no-sandbox`).
     #[arg(long)]
     pub no_sandbox: bool,
@@ -76,6 +83,24 @@ pub struct ReleaseArgs {
     /// signed with --sign-key. A release never takes outputs from a shared cache.
     #[arg(long = "cache-to", value_name = "OCI_REPO")]
     pub cache_to: Option<String>,
+}
+
+/// The arches of `--arch` (each once, in the order given), else `default` (the request's:
+/// `$CARTBUILD_ARCH` or this machine's).
+fn release_arches(given: &[String], default: Arch) -> anyhow::Result<Vec<Arch>> {
+    let mut arches = Vec::new();
+    for name in given {
+        let arch: Arch = name
+            .parse()
+            .with_context(|| format!("--arch {name}: give e.g. --arch x86_64,aarch64"))?;
+        if !arches.contains(&arch) {
+            arches.push(arch);
+        }
+    }
+    if arches.is_empty() {
+        arches.push(default);
+    }
+    Ok(arches)
 }
 
 /// Runs `cartbuild release`.
@@ -107,6 +132,7 @@ pub fn run(args: ReleaseArgs) -> anyhow::Result<()> {
         },
         &Env::from_process(),
     )?;
+    let arches = release_arches(&args.arch, build.arch)?;
     // As a build: interrupted, nothing keeps running and nothing half-written stays.
     super::build::stop_on_signals()?;
     let out = args.out;
@@ -116,6 +142,7 @@ pub fn run(args: ReleaseArgs) -> anyhow::Result<()> {
             out: out.clone(),
             sign_key,
             share_sources: !args.clean_sources,
+            arches,
             build,
         },
         &reporter,
