@@ -364,7 +364,9 @@ fn push_index(
         .step(format!("failed to push the index to {reference}"))?;
     debug_assert_eq!(put, digest);
     let pinned = reference.with_digest(digest);
-    let listed: Vec<&str> = arches.iter().map(|(a, _)| a.kernel_name()).collect();
+    let mut listed: Vec<Arch> = arches.iter().map(|(a, _)| *a).collect();
+    listed.sort();
+    let listed: Vec<&str> = listed.into_iter().map(Arch::kernel_name).collect();
     reporter.line(&format!(
         "pushed an index of {} images ({}) to {reference}: {pinned}",
         arches.len(),
