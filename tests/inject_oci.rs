@@ -1159,3 +1159,77 @@ fn redirects_and_challenges_are_bounded() {
         stderr(&out).len()
     );
 }
+
+/// A copy of the tiny image at `image` (with its sidecars) named `name`, whose manifest
+/// says it is built for `arch` (the bytes stay x86_64's, and match the manifest's digest).
+fn claiming_arch(image: &Path, name: &str, arch: &str) -> PathBuf {
+    let copy = image.with_file_name(name);
+    std::fs::copy(image, &copy).expect("copy the image");
+    for suffix in [".sha256", ".spdx.json", ".manifest.json"] {
+        let from = PathBuf::from(format!("{}{suffix}", image.display()));
+        let to = PathBuf::from(format!("{}{suffix}", copy.display()));
+        std::fs::copy(&from, &to).expect("copy a sidecar");
+    }
+    let manifest = PathBuf::from(format!("{}.manifest.json", copy.display()));
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).expect("read the manifest"))
+            .expect("a manifest");
+    value["arch"] = arch.into();
+    std::fs::write(&manifest, serde_json::to_vec(&value).expect("json")).expect("write");
+    copy
+}
+
+#[test]
+fn a_tag_of_several_arches_gives_the_target_s_image() {
+    let registry = ci_registry();
+    let repo = repository("inject-oci-index");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let x86 = tiny_image(&bin("cartbuild"), dir.path(), "1.0.0");
+    let arm = claiming_arch(&x86, "tiny-1.0.0-aarch64.img", "aarch64");
+    // The aarch64 one first: the index does not depend on the order.
+    let out = output(
+        Command::new(bin("cartbuild"))
+            .arg("push")
+            .arg(&arm)
+            .arg(&x86)
+            .arg(format!("oci://{registry}/{repo}:multi")),
+    );
+    assert!(
+        out.status.success(),
+        "cartbuild push failed: {}",
+        stderr(&out)
+    );
+    let index = stdout(&out).trim().to_string();
+    assert!(
+        stderr(&out).contains("pushed an index of 2 images (x86_64, aarch64)"),
+        "{}",
+        stderr(&out)
+    );
+    let c = thin_container("oci-index");
+    let cache = tempfile::tempdir().expect("cache dir");
+
+    // By tag: the x86_64 image (this host's, and the container's).
+    let out = run_from(cache.path(), &format!("oci://{registry}/{repo}:multi"), &c);
+    assert_ran(&out);
+    let images: Vec<String> = files_under(&cache.path().join("oci/images/sha256"));
+    assert!(
+        images.iter().any(|f| f.ends_with("/tiny-1.0.0.img"))
+            && !images.iter().any(|f| f.contains("aarch64")),
+        "{images:?}"
+    );
+    // By the index's digest: from the cache, no request.
+    let out = output(&mut inject_with_options(
+        cache.path(),
+        &["-v"],
+        &index,
+        &c.name,
+        &RUN,
+    ));
+    assert_ran(&out);
+    assert!(
+        stderr(&out).contains("is an image index; the target runs x86_64")
+            && stderr(&out).contains("in the cache, no request made"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -292,6 +292,11 @@ impl Image {
         &self.path
     }
 
+    /// The arch the manifest beside it names, when one does (see [`crate::arch`]).
+    pub fn arch(&self) -> Option<&str> {
+        self.verified.arch.as_deref()
+    }
+
     /// The open file.
     pub fn file(&self) -> &File {
         &self.file

@@ -464,6 +464,15 @@ mod tests {
             fn lsm_label(&self, _: i32) -> crate::confine::Label {
                 crate::confine::Label::NoLsm
             }
+            fn exe(&self, pid: i32) -> Result<crate::arch::Exe, procfs::ProcError> {
+                Err(procfs::ProcError::NoSuchProcess(pid))
+            }
+            fn binfmt_misc(&self) -> crate::arch::BinfmtRaw {
+                crate::arch::BinfmtRaw::default()
+            }
+            fn file_identity(&self, _: &std::path::Path) -> std::io::Result<(u64, u64)> {
+                Err(std::io::ErrorKind::PermissionDenied.into())
+            }
         }
         let err = plan_joins(&Denied, 42, &[Namespace::Net], &|| true).expect_err("denied");
         assert!(

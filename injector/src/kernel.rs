@@ -20,6 +20,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::arch::{BinfmtRaw, Exe};
 use crate::confine::{ConfineError, Label, Status};
 use crate::mountinfo::MountEntry;
 use crate::procfs::{self, ProcError, Stat};
@@ -73,6 +74,14 @@ pub trait Kernel {
     fn seccomp_filters(&self, pid: i32) -> Result<Vec<Filter>, Errno>;
     /// The process's LSM label (AppArmor profile or SELinux context).
     fn lsm_label(&self, pid: i32) -> Label;
+    /// The first bytes of the executable `/proc/PID/exe` names (at most
+    /// [`crate::arch::ELF_HEADER`]) and its device and inode.
+    fn exe(&self, pid: i32) -> Result<Exe, ProcError>;
+    /// The host's binfmt_misc (`/proc/sys/fs/binfmt_misc`), raw; empty when not mounted.
+    fn binfmt_misc(&self) -> BinfmtRaw;
+    /// The device and inode of the file `path` names in our mount namespace (symlinks
+    /// followed).
+    fn file_identity(&self, path: &Path) -> io::Result<(u64, u64)>;
 }
 
 /// The real kernel: the host's `/proc` as cartinject sees it.
@@ -123,6 +132,19 @@ impl Kernel for Procfs {
             Path::new("/sys/fs/selinux/enforce").exists(),
         )
     }
+
+    fn exe(&self, pid: i32) -> Result<Exe, ProcError> {
+        crate::arch::read_exe_file(pid)
+    }
+
+    fn binfmt_misc(&self) -> BinfmtRaw {
+        crate::arch::read_binfmt_misc(Path::new(crate::arch::BINFMT_MISC))
+    }
+
+    fn file_identity(&self, path: &Path) -> io::Result<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).map(|m| (m.dev(), m.ino()))
+    }
 }
 
 #[cfg(test)]
@@ -132,9 +154,10 @@ pub mod fake {
 
     use std::collections::HashMap;
     use std::io;
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
 
     use super::{IdMap, Kernel};
+    use crate::arch::{BinfmtRaw, Exe};
     use crate::confine::{ConfineError, Label, Status};
     use crate::mountinfo::MountEntry;
     use crate::procfs::{ProcError, Stat};
@@ -165,7 +188,12 @@ pub mod fake {
         pub filters: Result<Vec<Filter>, Errno>,
         /// Its LSM label.
         pub label: Label,
+        /// Its executable.
+        pub exe: Option<Exe>,
     }
+
+    /// The first 20 bytes of an x86_64 executable.
+    pub const X86_64_HEADER: [u8; 20] = *b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x03\0\x3e\0";
 
     /// `/proc/PID/status` of root in a container with Docker's default capabilities.
     pub const ROOT_STATUS: &str = "Name:\tapp\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\t\n\
@@ -208,6 +236,10 @@ pub mod fake {
                 ]),
                 filters: Ok(Vec::new()),
                 label: Label::NoLsm,
+                exe: Some(Exe {
+                    header: X86_64_HEADER.to_vec(),
+                    id: (1, 99),
+                }),
             }
         }
 
@@ -237,6 +269,10 @@ pub mod fake {
         pub processes: HashMap<i32, FakeProcess>,
         /// Kinds of namespace this kernel lacks (no `/proc/self/ns/NAME` either).
         pub lacking: Vec<Namespace>,
+        /// binfmt_misc.
+        pub binfmt: BinfmtRaw,
+        /// The identities of the host's files, by path; others are missing.
+        pub files: HashMap<PathBuf, (u64, u64)>,
     }
 
     impl FakeKernel {
@@ -244,7 +280,7 @@ pub mod fake {
         pub fn with(pid: i32, process: FakeProcess) -> FakeKernel {
             FakeKernel {
                 processes: HashMap::from([(pid, process)]),
-                lacking: Vec::new(),
+                ..FakeKernel::default()
             }
         }
 
@@ -349,6 +385,21 @@ pub mod fake {
         fn lsm_label(&self, pid: i32) -> Label {
             self.process(pid)
                 .map_or_else(|e| Label::Unreadable(e.to_string()), |p| p.label.clone())
+        }
+
+        fn exe(&self, pid: i32) -> Result<Exe, ProcError> {
+            self.read(pid, "exe", |p| p.exe.clone())
+        }
+
+        fn binfmt_misc(&self) -> BinfmtRaw {
+            self.binfmt.clone()
+        }
+
+        fn file_identity(&self, path: &Path) -> io::Result<(u64, u64)> {
+            self.files
+                .get(path)
+                .copied()
+                .ok_or_else(|| io::ErrorKind::NotFound.into())
         }
     }
 }

@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 #![deny(clippy::too_many_lines)]
 
+pub mod arch;
 pub mod cgroups;
 pub mod child;
 pub mod command;

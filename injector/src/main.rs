@@ -12,7 +12,9 @@ use clap::{CommandFactory, Parser};
 use cartinject::child::EXIT_FAILURE;
 use cartinject::features::KernelApi;
 use cartinject::session::{ExitWith, SessionArgs};
-use cartinject::{command, display, image, oci, profile, session, sys, verify};
+use cartinject::{
+    arch, command, display, image, kernel, oci, profile, session, sys, target, verify,
+};
 
 /// Give a container that has no shell a working shell and tools from a debug image.
 ///
@@ -210,8 +212,21 @@ fn run(cli: Cli, mode: Mode) -> anyhow::Result<i32> {
             max_size: cli.oci_max_size.unwrap_or(oci::DEFAULT_MAX_SIZE),
             keyed: policy.demands_signature(),
         };
-        let pulled = oci::localize(&image.to_string_lossy(), &oci::cache_base(), options)
-            .context("failed to pull the image")?;
+        // Asked only when the reference names an index: which of its images to take.
+        let mut target_arch = || -> Result<arch::Arch, String> {
+            let resolved =
+                target::resolve(&target, &target::resolvers()).map_err(|e| e.to_string())?;
+            arch::target_arch(&kernel::Procfs, resolved.pid)
+                .map(|t| t.arch())
+                .map_err(|e| e.to_string())
+        };
+        let pulled = oci::localize(
+            &image.to_string_lossy(),
+            &oci::cache_base(),
+            options,
+            &mut target_arch,
+        )
+        .context("failed to pull the image")?;
         if cli.verbose {
             for step in &pulled.steps {
                 eprintln!("cartinject: {step}");

@@ -7,6 +7,13 @@
 //! 1. By digest: when the cache holds that manifest's image, use it: no request at all.
 //!    By tag: ask the registry what the tag points at now (`HEAD`, one request), then the
 //!    same.
+//!    When the digest names an image index (`cartbuild push IMAGE... oci://…:TAG` pushed
+//!    one image per arch), the member for the target's arch ([`crate::arch::target_arch`],
+//!    asked only then) is the manifest looked up; an index is kept in the cache as a blob,
+//!    so a pull of its digest makes no request either. The index is checked as
+//!    [`cartoci::index::parse`] says (no nested index, sha256 digests, each arch once, at
+//!    most 64 descriptors); no member for the target's arch is an error listing the
+//!    arches it has.
 //! 2. Otherwise get the manifest by its digest (its bytes must hash to it), check that it is
 //!    a crashcart image ([`cartoci::artifact::parse`]), and stream each blob it names (the
 //!    image, its `.sha256`, `.manifest.json`, `.spdx.json`, `.minisig`) into a staging
@@ -57,8 +64,9 @@ use std::time::Instant;
 
 use cartoci::artifact::{self, ArtifactError, Layer, Layout, Part};
 use cartoci::client::{MAX_MANIFEST, Oversize};
+use cartoci::index::{self, Index, IndexError};
 use cartoci::reference::ReferenceError;
-use cartoci::{Access, Client, ClientError, Digest, Limit, Reference, Target};
+use cartoci::{Access, Arch, Client, ClientError, Digest, Limit, Reference, Target};
 
 /// Where cartinject keeps what it pulled, unless `$CARTINJECT_CACHE` says otherwise.
 pub const DEFAULT_CACHE: &str = "/var/cache/cartinject";
@@ -220,6 +228,22 @@ pub enum OciError {
         /// What is wrong.
         source: ArtifactError,
     },
+    /// The reference names an index that cannot be used.
+    #[error("{reference}: {source}")]
+    Index {
+        /// The reference.
+        reference: String,
+        /// What is wrong.
+        source: IndexError,
+    },
+    /// The reference names an index, and the target's arch is not known.
+    #[error("{reference} is an image index: {why}")]
+    TargetArch {
+        /// The reference.
+        reference: String,
+        /// Why the target's arch is not known.
+        why: String,
+    },
     /// The cache directory cannot be used.
     #[error("cannot use the image cache {path}: {source}; set {CACHE_ENV} to another directory")]
     Cache {
@@ -279,14 +303,16 @@ pub fn localize(
     reference: &str,
     cache_base: &Path,
     options: PullOptions,
+    target_arch: &mut dyn FnMut() -> Result<Arch, String>,
 ) -> Result<Pulled, OciError> {
     let reference = Reference::parse(reference)?;
     let target = reference.target()?;
     let cache = Cache::open(&cache_base.join("oci"))?;
     let mut steps = Vec::new();
+    let mut arch = ArchOnce::new(&reference, target_arch);
 
     if let Target::Digest(digest) = target
-        && let Some(image) = cache.lookup(digest)?
+        && let Some(image) = cache.find(digest, &mut arch, &mut steps)?
     {
         steps.push(format!("{reference}: in the cache, no request made"));
         return Ok(Pulled {
@@ -297,7 +323,14 @@ pub fn localize(
     }
 
     let started = Instant::now();
-    let result = pull(&reference, target, &cache, options.max_size, &mut steps);
+    let result = pull(
+        &reference,
+        target,
+        &cache,
+        options.max_size,
+        &mut arch,
+        &mut steps,
+    );
     // `pull` has dropped its client whatever happened, which joins its runtime's thread;
     // make sure it is gone.
     let threads = thread_count_settled();
@@ -323,24 +356,69 @@ pub fn localize(
     })
 }
 
+/// The target's arch, asked for once and only when an index needs it.
+struct ArchOnce<'a> {
+    reference: String,
+    ask: &'a mut dyn FnMut() -> Result<Arch, String>,
+    known: Option<Arch>,
+}
+
+impl<'a> ArchOnce<'a> {
+    fn new(reference: &Reference, ask: &'a mut dyn FnMut() -> Result<Arch, String>) -> Self {
+        ArchOnce {
+            reference: reference.to_string(),
+            ask,
+            known: None,
+        }
+    }
+
+    fn get(&mut self) -> Result<Arch, OciError> {
+        if let Some(arch) = self.known {
+            return Ok(arch);
+        }
+        let arch = (self.ask)().map_err(|why| OciError::TargetArch {
+            reference: self.reference.clone(),
+            why,
+        })?;
+        self.known = Some(arch);
+        Ok(arch)
+    }
+
+    /// The member of `index` for the target's arch.
+    fn select(&mut self, index: &Index, steps: &mut Vec<String>) -> Result<Digest, OciError> {
+        let arch = self.get()?;
+        let member = index.select(arch).map_err(|source| OciError::Index {
+            reference: self.reference.clone(),
+            source,
+        })?;
+        steps.push(format!(
+            "{} is an image index; the target runs {arch}: {}",
+            self.reference, member.digest
+        ));
+        Ok(member.digest)
+    }
+}
+
 /// The network part: returns the image path, how many bytes were downloaded and the
-/// manifest's digest. The client lives only inside this function.
+/// digest the reference resolved to (an index's, when it names one). The client lives
+/// only inside this function.
 fn pull(
     reference: &Reference,
     target: Target<'_>,
     cache: &Cache,
     max_size: u64,
+    arch: &mut ArchOnce<'_>,
     steps: &mut Vec<String>,
 ) -> Result<(PathBuf, u64, Digest), OciError> {
     let (manifest_limit, image_limit, sidecar_limit) = limits(max_size);
     let mut client = Client::new(reference, Access::Pull)?;
     client.set_limits(manifest_limit, image_limit.clone());
-    let digest = match target {
+    let resolved = match target {
         Target::Digest(d) => *d,
         Target::Tag(tag) => {
             let d = client.resolve_tag(tag)?;
             steps.push(format!("{reference} is {d}"));
-            if let Some(image) = cache.lookup(&d)? {
+            if let Some(image) = cache.find(&d, arch, steps)? {
                 steps.push(format!(
                     "{d}: in the cache ({} request{})",
                     client.requests(),
@@ -351,7 +429,32 @@ fn pull(
             d
         }
     };
-    let manifest = client.manifest_by_digest(&digest)?;
+    let answer = client.manifest_by_digest(&resolved)?;
+    let (digest, manifest) = if index::is_index(&answer) {
+        let parsed = index::parse(&answer).map_err(|source| OciError::Index {
+            reference: reference.to_string(),
+            source,
+        })?;
+        let member = arch.select(&parsed, steps)?;
+        // The index is kept (its bytes matched its digest) so that the next pull of this
+        // digest finds its member without a request.
+        cache.keep_blob(&resolved, &answer)?;
+        if let Some(image) = cache.lookup(&member)? {
+            return Ok((image, 0, resolved));
+        }
+        let manifest = client.manifest_by_digest(&member)?;
+        if index::is_index(&manifest) {
+            return Err(OciError::Index {
+                reference: reference.to_string(),
+                source: IndexError::Invalid(
+                    "it names another index (nested indexes are not followed)".into(),
+                ),
+            });
+        }
+        (member, manifest)
+    } else {
+        (resolved, answer)
+    };
     let layout = artifact::parse(&manifest).map_err(|source| OciError::Artifact {
         reference: reference.to_string(),
         source,
@@ -392,7 +495,7 @@ fn pull(
     ));
     drop(client);
     let image = cache.commit(&digest, &manifest, &layout, staging)?;
-    Ok((image, fetched, digest))
+    Ok((image, fetched, resolved))
 }
 
 /// Threads of this process (`/proc/self/task`); 1 when it cannot be read, which only a
@@ -580,6 +683,52 @@ impl Cache {
             fs::metadata(dir.join(&l.name)).is_ok_and(|m| m.is_file() && m.len() == l.size)
         });
         Ok(whole.then(|| dir.join(&layout.image.name)))
+    }
+
+    /// The image `digest` names, when the cache holds it whole: a manifest's
+    /// ([`Cache::lookup`]), or for an index the cache holds (its bytes hash to `digest`),
+    /// its member for the target's arch.
+    fn find(
+        &self,
+        digest: &Digest,
+        arch: &mut ArchOnce<'_>,
+        steps: &mut Vec<String>,
+    ) -> Result<Option<PathBuf>, OciError> {
+        if let Some(image) = self.lookup(digest)? {
+            return Ok(Some(image));
+        }
+        let Some(index) = self.index(digest) else {
+            return Ok(None);
+        };
+        let member = arch.select(&index, steps)?;
+        self.lookup(&member)
+    }
+
+    /// The index blob `digest`, when the cache holds it and it still hashes to its name.
+    fn index(&self, digest: &Digest) -> Option<Index> {
+        let file = File::open(self.blob(digest)).ok()?;
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut io::Read::take(file, MAX_MANIFEST), &mut bytes).ok()?;
+        (Digest::of(&bytes) == *digest && index::is_index(&bytes))
+            .then(|| index::parse(&bytes).ok())
+            .flatten()
+    }
+
+    /// Keeps `bytes`, which hashed to `digest`, as a blob (read-only, renamed into place).
+    fn keep_blob(&self, digest: &Digest, bytes: &[u8]) -> Result<(), OciError> {
+        let to = self.blob(digest);
+        if to.exists() {
+            return Ok(());
+        }
+        let staging = self.staging()?;
+        let from = staging.path().join(digest.hex());
+        let err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| OciError::Cache { path, source }
+        };
+        fs::write(&from, bytes).map_err(err(&from))?;
+        fs::set_permissions(&from, fs::Permissions::from_mode(0o444)).map_err(err(&from))?;
+        fs::rename(&from, &to).map_err(err(&to))
     }
 
     /// A directory for one pull's downloads, removed on drop.
@@ -940,5 +1089,112 @@ mod tests {
         assert!(cache.lookup(&a.digest).unwrap().is_none());
         fs::write(&sidecar, b"x").unwrap();
         assert!(cache.lookup(&a.digest).unwrap().is_none());
+    }
+
+    /// An artifact of one tiny image named `name`, committed into `cache`.
+    fn cached_image(cache: &Cache, name: &str) -> (Digest, PathBuf, u64) {
+        let image = name.as_bytes();
+        let files = [artifact::FileBlob {
+            part: artifact::Part::Image(artifact::ImageFormat::Ext4),
+            digest: Digest::of(image),
+            size: image.len() as u64,
+        }];
+        let info = artifact::ImageInfo {
+            name: "t".into(),
+            version: "1".into(),
+            created: None,
+        };
+        let a = artifact::build(&info, name, &files).unwrap();
+        let layout = artifact::parse(&a.manifest).unwrap();
+        let staging = cache.staging().unwrap();
+        fs::write(staging.path().join(Digest::of(image).hex()), image).unwrap();
+        let path = cache
+            .commit(&a.digest, &a.manifest, &layout, staging)
+            .unwrap();
+        (a.digest, path, a.manifest.len() as u64)
+    }
+
+    #[test]
+    fn a_cached_index_finds_the_target_s_image_without_a_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open_owned_by(dir.path(), me(dir.path())).unwrap();
+        let reference = Reference::parse("oci://127.0.0.1:1/r:1").unwrap();
+        let (x86, x86_path, x86_size) = cached_image(&cache, "t-x86_64.img");
+        let (arm, arm_path, arm_size) = cached_image(&cache, "t-aarch64.img");
+        let (bytes, digest) = index::build(&[
+            index::Member {
+                arch: Arch::X86_64,
+                digest: x86,
+                size: x86_size,
+            },
+            index::Member {
+                arch: Arch::Aarch64,
+                digest: arm,
+                size: arm_size,
+            },
+        ])
+        .unwrap();
+        let find = |digest: &Digest, answer: Arch, asked: &mut u32| {
+            let mut ask = || {
+                *asked += 1;
+                Ok(answer)
+            };
+            let mut arch = ArchOnce::new(&reference, &mut ask);
+            cache.find(digest, &mut arch, &mut Vec::new())
+        };
+        let mut asked = 0;
+        // Not cached yet.
+        assert!(find(&digest, Arch::X86_64, &mut asked).unwrap().is_none());
+        cache.keep_blob(&digest, &bytes).unwrap();
+        assert_eq!(
+            find(&digest, Arch::Aarch64, &mut asked).unwrap(),
+            Some(arm_path.clone())
+        );
+        assert_eq!(
+            find(&digest, Arch::X86_64, &mut asked).unwrap(),
+            Some(x86_path.clone())
+        );
+        assert_eq!(asked, 2);
+        // A manifest's digest never asks for the target's arch.
+        assert_eq!(
+            find(&x86, Arch::Aarch64, &mut asked).unwrap(),
+            Some(x86_path)
+        );
+        assert_eq!(asked, 2);
+        // The target's arch unknown: one line naming the reference.
+        let mut fail = || Err("cannot tell what machine the target (PID 42) runs".to_string());
+        let e = cache
+            .find(
+                &digest,
+                &mut ArchOnce::new(&reference, &mut fail),
+                &mut Vec::new(),
+            )
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "oci://127.0.0.1:1/r:1 is an image index: cannot tell what machine the target (PID 42) runs"
+        );
+        // An index without the target's arch: the arches it has.
+        let (one, one_digest) = index::build(&[index::Member {
+            arch: Arch::Aarch64,
+            digest: arm,
+            size: arm_size,
+        }])
+        .unwrap();
+        cache.keep_blob(&one_digest, &one).unwrap();
+        let e = find(&one_digest, Arch::X86_64, &mut asked)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "oci://127.0.0.1:1/r:1: the image index has no image for x86_64 (it has: aarch64)"
+        );
+        // A blob changed under its name: not an index any more, as if not cached.
+        let blob = cache.blob(&digest);
+        fs::set_permissions(&blob, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&blob, b"{}").unwrap();
+        assert!(find(&digest, Arch::X86_64, &mut asked).unwrap().is_none());
+        assert_eq!(arm_path.file_name().unwrap(), "t-aarch64.img");
     }
 }

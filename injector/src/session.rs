@@ -92,6 +92,32 @@ pub fn pin_target(arg: &str, api: KernelApi) -> anyhow::Result<(Target, Pin)> {
 
 use crate::sys::fd::{stderr as stderr_fd, stdin, stdout};
 
+/// Refuses an image the target cannot run, before anything is mounted; says in one line
+/// when it runs through binfmt_misc (see [`crate::arch::check_image`]). An image with no
+/// manifest beside it has no arch to check.
+pub fn check_arch(image: &Image, pid: i32, note: &dyn Fn(&str)) -> anyhow::Result<()> {
+    let Some(arch) = image.arch() else {
+        note("the image has no manifest beside it: its arch is not checked");
+        return Ok(());
+    };
+    let name = image
+        .path()
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    match crate::arch::check_image(
+        &crate::kernel::Procfs,
+        pid,
+        &crate::display::escape(&name),
+        arch,
+        crate::arch::host_arch(),
+    )? {
+        crate::arch::Fit::Same => {}
+        crate::arch::Fit::Native(why) => note(&why),
+        crate::arch::Fit::Emulated(line) => eprintln!("cartinject: {line}"),
+    }
+    Ok(())
+}
+
 /// `-v`'s notes: printed (escaped) when `verbose`.
 fn noter(verbose: bool) -> impl Fn(&str) {
     move |text: &str| {
@@ -230,6 +256,7 @@ pub fn run(args: SessionArgs) -> anyhow::Result<i32> {
         .map_err(|e| anyhow::anyhow!(e))?;
     let image = Image::open(&args.image, &args.policy)?;
     let (target, pin) = pin_target(&args.target, args.api)?;
+    check_arch(&image, target.pid, &note)?;
     let tracers = sealed_against(target.pid, &note)?;
     let mut watch = crate::watch::TargetWatch::new(&target, &pin);
     let userns = UserNs::of(&pin)?;

@@ -137,6 +137,9 @@ pub struct Verified {
     pub notice: Option<String>,
     /// Said on stderr always (verification records that cannot be used, say).
     pub warnings: Vec<String>,
+    /// The arch the manifest beside the image names (`x86_64` for one older than the
+    /// field), when there is one: the image was checked against that manifest.
+    pub arch: Option<String>,
 }
 
 /// Whether verification records (see [`record`]) may be used for an image.
@@ -169,6 +172,7 @@ pub fn check(
     let sidecar_err = |e| sidecar_error(path, e);
     let expected = found.expected().map_err(sidecar_err)?;
     expected.check_size(size).map_err(sidecar_err)?;
+    verified.arch.clone_from(&expected.arch);
     let signed = read_signature(path, policy, &found)?;
 
     if expected.is_empty() && signed.is_none() {

@@ -152,6 +152,7 @@ impl Sidecars {
             if let Some(size) = parsed.image_size {
                 expected.size = Some((m.clone(), size));
             }
+            expected.arch = Some(parsed.arch().to_string());
         }
         Ok(expected)
     }
@@ -173,6 +174,8 @@ pub struct Expected {
     pub digests: Vec<(PathBuf, String)>,
     /// `(manifest, bytes)`: the size the manifest names.
     pub size: Option<(PathBuf, u64)>,
+    /// The arch the manifest names ([`manifest::Head::arch`]), when there is one.
+    pub arch: Option<String>,
 }
 
 impl Expected {

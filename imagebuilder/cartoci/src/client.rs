@@ -648,14 +648,34 @@ impl Client {
     /// Pushes a manifest under `tag`; returns its digest (checked against the one the
     /// registry reports).
     pub fn put_manifest(&mut self, tag: &str, manifest: &[u8]) -> Result<Digest, ClientError> {
+        self.put_manifest_as(tag, manifest, OCI_MANIFEST)
+    }
+
+    /// Pushes a manifest (or index) of `media_type` under `reference`, a tag or the
+    /// manifest's own digest (`sha256:…`, so that no tag names it); returns its digest
+    /// (checked against the one the registry reports).
+    pub fn put_manifest_as(
+        &mut self,
+        reference: &str,
+        manifest: &[u8],
+        media_type: &str,
+    ) -> Result<Digest, ClientError> {
         let digest = Digest::of(manifest);
-        let what = format!("pushing the manifest to {}:{tag}", self.here());
-        let url = self.url(&format!("manifests/{tag}"));
+        let separator = if reference.starts_with("sha256:") {
+            '@'
+        } else {
+            ':'
+        };
+        let what = format!(
+            "pushing the manifest to {}{separator}{reference}",
+            self.here()
+        );
+        let url = self.url(&format!("manifests/{reference}"));
         let body = manifest.to_vec();
         let response = self.send(&mut |http| {
             Ok(http
                 .put(&url)
-                .header(CONTENT_TYPE, OCI_MANIFEST)
+                .header(CONTENT_TYPE, media_type)
                 .body(body.clone()))
         })?;
         if response.status() != StatusCode::CREATED {

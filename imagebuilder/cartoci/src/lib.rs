@@ -5,6 +5,8 @@
 //! - [`digest`]: sha256 digests, computed while bytes stream;
 //! - [`artifact`]: how an image and its sidecars are laid out as one OCI artifact, and how
 //!   a pulled manifest is checked;
+//! - [`index`]: one tag for several arches, an OCI image index of artifact manifests, and
+//!   [`platform`]: the arches, in the kernel's, OCI's and ELF's words;
 //! - [`client`]: the distribution API for one repository (blobs, manifests, tags), with
 //!   [`auth`] (bearer tokens, basic credentials) and [`dns`] (host names without NSS);
 //! - [`display`]: what a registry sent, escaped and cut short before it is printed.
@@ -22,8 +24,11 @@ pub mod client;
 pub mod digest;
 pub mod display;
 pub mod dns;
+pub mod index;
+pub mod platform;
 pub mod reference;
 
 pub use client::{Access, Client, ClientError, Limit};
 pub use digest::Digest;
+pub use platform::Arch;
 pub use reference::{Reference, Target};

@@ -46,7 +46,8 @@ pub enum Command {
     /// Show which packages and files changed between two images.
     Diff(diff::DiffArgs),
     /// Upload an image with its manifest and SBOM to an OCI registry
-    /// (oci://HOST[:PORT]/REPO:TAG); prints the pushed manifest's oci://…@sha256: reference.
+    /// (oci://HOST[:PORT]/REPO:TAG), or several (one per arch) under one tag as an OCI image
+    /// index; prints the pushed manifest's (or index's) oci://…@sha256: reference.
     Push(push::PushArgs),
     /// Build recipes twice from clean caches and publish the reproducible images, with
     /// their checksums, manifests, SBOMs and signatures, into a release directory.

@@ -135,6 +135,11 @@ pub fn run(
 ) -> anyhow::Result<i32> {
     let image = Image::open(image_path, policy)?;
     let (target, pin) = pin_target(target_arg, api)?;
+    crate::session::check_arch(&image, target.pid, &|text: &str| {
+        if verbose {
+            eprintln!("cartinject: {}", crate::display::escape(text));
+        }
+    })?;
     // While cartinject waits for the lock, a stop signal ends the wait (blocked, it stays
     // pending for `lock` to see) with 128+N and nothing attached; the mask is restored before
     // anything is attached, so the mount's own steps stay interruptible as before.

@@ -63,7 +63,7 @@ mod tests {
             Some("2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 3 0 0".into());
         let k = FakeKernel {
             processes: [(42, zombie), (2, kthread)].into(),
-            lacking: Vec::new(),
+            ..FakeKernel::default()
         };
         assert!(matches!(
             resolve_with(&k, 42),
