@@ -11,10 +11,41 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
+use std::sync::{RwLock, RwLockReadGuard};
 use std::time::Duration;
 
-use crashcart_tests::arch::{self, QEMU};
+use crashcart_tests::arch::{self, BINFMT_ENTRY, QEMU};
 use crashcart_tests::*;
+use testkit::registry::{ci_registry, repository};
+
+/// Tests that need qemu-aarch64's binfmt_misc entry enabled hold this for reading; the one
+/// that disables it for a moment holds it for writing. (Test binaries run one at a time, so
+/// only this file's tests can see the entry change.)
+static BINFMT: RwLock<()> = RwLock::new(());
+
+fn binfmt_enabled() -> RwLockReadGuard<'static, ()> {
+    let guard = BINFMT
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    arch::require_binfmt();
+    guard
+}
+
+/// qemu-aarch64's binfmt_misc entry disabled until dropped.
+struct BinfmtDisabled;
+
+impl BinfmtDisabled {
+    fn new() -> BinfmtDisabled {
+        std::fs::write(BINFMT_ENTRY, "0").expect("disable qemu-aarch64 in binfmt_misc");
+        BinfmtDisabled
+    }
+}
+
+impl Drop for BinfmtDisabled {
+    fn drop(&mut self) {
+        std::fs::write(BINFMT_ENTRY, "1").expect("enable qemu-aarch64 in binfmt_misc again");
+    }
+}
 
 /// Runs `program args` from the mounted image under qemu-aarch64 explicitly (not through
 /// binfmt_misc); returns stdout and stderr; the program must exit 0.
@@ -65,7 +96,10 @@ fn every_executable_of_the_aarch64_image_is_static_aarch64_and_runs_under_qemu()
         checked.push(name);
     }
     for tool in ["bash", "busybox", "tcpdump", "lsof", "strace"] {
-        assert!(checked.iter().any(|c| c == tool), "no bin/{tool}: {checked:?}");
+        assert!(
+            checked.iter().any(|c| c == tool),
+            "no bin/{tool}: {checked:?}"
+        );
     }
     assert_eq!(
         qemu(root, "bin/bash", &["-c", "echo $((6 * 7)) $BASH_VERSION"])
@@ -83,11 +117,8 @@ fn every_executable_of_the_aarch64_image_is_static_aarch64_and_runs_under_qemu()
 #[test]
 fn an_aarch64_container_gets_a_session_from_the_aarch64_image() {
     require_root();
-    arch::require_binfmt();
-    let c = Container::start(
-        "arch-session",
-        arch::thin_image(),
-    );
+    let _binfmt = binfmt_enabled();
+    let c = Container::start("arch-session", arch::thin_image());
     c.wait_listening(80);
     let img = TestImage::copy_of(arch::net_image());
     let out = output(&mut inject(
@@ -112,7 +143,8 @@ fn an_aarch64_container_gets_a_session_from_the_aarch64_image() {
         "lsof -p 1 does not show the server's executable:\n{text}"
     );
     assert!(
-        text.lines().any(|l| l.contains("TCP") && l.contains("(LISTEN)")),
+        text.lines()
+            .any(|l| l.contains("TCP") && l.contains("(LISTEN)")),
         "lsof -p 1 does not show the listening socket:\n{text}"
     );
     // The server is an aarch64 program (it runs through qemu-aarch64 here).
@@ -123,4 +155,135 @@ fn an_aarch64_container_gets_a_session_from_the_aarch64_image() {
     assert_tcpdump_captures_a_request(&img, &c.name, c.pid, Duration::from_secs(60));
     c.assert_clean();
     img.assert_no_loop_device();
+}
+
+#[test]
+fn an_image_the_target_cannot_run_is_refused_and_binfmt_misc_is_said() {
+    require_root();
+    let c = thin_container("arch-refuse");
+    let img = TestImage::copy_of(arch::net_image());
+    let run = ["uname", "-m"];
+    {
+        // With qemu-aarch64 registered (F flag), the x86_64 container runs the aarch64
+        // image's programs through it, and cartinject says so.
+        let _binfmt = binfmt_enabled();
+        let out = output(&mut inject(&img, &c.name, &run));
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(stdout(&out).trim(), "aarch64");
+        assert!(
+            stderr(&out).contains(
+                "is aarch64 and the target runs x86_64: running it through binfmt_misc (qemu-aarch64)"
+            ),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let _writer = BINFMT
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _disabled = BinfmtDisabled::new();
+    for mount_only in [false, true] {
+        let out = if mount_only {
+            output(cartinject().arg("-m").arg(&img.path).arg(&c.name))
+        } else {
+            output(&mut inject(&img, &c.name, &run))
+        };
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(125), "{err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(
+            err.contains("is built for aarch64 but the target (PID")
+                && err
+                    .contains("runs x86_64, and this host has no binfmt_misc handler for aarch64")
+                && err.contains("cartbuild RECIPE --arch x86_64"),
+            "{err}"
+        );
+        assert_eq!(stdout(&out), "");
+        c.assert_clean();
+        img.assert_no_loop_device();
+    }
+}
+
+/// `registry`'s answer to `GET /v2/<repo>/manifests/<reference>` asking for an index.
+fn index_of(registry: &str, repo: &str, reference: &str) -> serde_json::Value {
+    let out = ok(Command::new("curl").args([
+        "-fsS",
+        "-H",
+        "Accept: application/vnd.oci.image.index.v1+json",
+        &format!("http://{registry}/v2/{repo}/manifests/{reference}"),
+    ]));
+    serde_json::from_str(&out).expect("the index is JSON")
+}
+
+#[test]
+fn one_tag_of_both_arches_gives_each_container_its_own() {
+    require_root();
+    let _binfmt = binfmt_enabled();
+    let registry = ci_registry();
+    let repo = repository("arch-index");
+    let reference = format!("oci://{registry}/{repo}:1.0.0");
+    let x86 = TestImage::copy_of(net_image());
+    let arm = TestImage::copy_of(arch::net_image());
+    let out = output(
+        Command::new(bin("cartbuild"))
+            .arg("push")
+            .arg(&x86.path)
+            .arg(&arm.path)
+            .arg(&reference),
+    );
+    assert!(out.status.success(), "cartbuild push: {}", stderr(&out));
+    let index = index_of(registry, &repo, "1.0.0");
+    assert_eq!(
+        index["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    let platforms: Vec<(String, String)> = index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .map(|m| {
+            (
+                m["platform"]["os"].as_str().unwrap_or_default().to_string(),
+                m["platform"]["architecture"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        platforms,
+        [
+            ("linux".to_string(), "amd64".to_string()),
+            ("linux".to_string(), "arm64".to_string())
+        ]
+    );
+
+    let x86_container = thin_container("arch-index-x86");
+    let arm_container = Container::start("arch-index-arm", arch::thin_image());
+    arm_container.wait_listening(80);
+    let cache = tempfile::tempdir().expect("cache dir");
+    for (c, want) in [(&x86_container, "x86_64"), (&arm_container, "aarch64")] {
+        let out = output(
+            inject(&reference, &c.name, &["bash", "-c", "uname -m; grep -o '\"arch\": \"[a-z0-9_]*\"' /dev/crashcart/.crashcart/manifest.json"])
+                .env("CARTINJECT_CACHE", cache.path()),
+        );
+        let text = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(out.status.success(), "{}: {text}", c.name);
+        let mut lines = stdout(&out)
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+            .into_iter();
+        assert_eq!(lines.next().as_deref(), Some(want), "{}: {text}", c.name);
+        assert_eq!(
+            lines.next(),
+            Some(format!("\"arch\": \"{want}\"")),
+            "{}: the image's own manifest: {text}",
+            c.name
+        );
+        // Neither needed binfmt_misc: each image is its target's own arch.
+        assert!(!text.contains("binfmt_misc"), "{}: {text}", c.name);
+        c.assert_clean();
+    }
 }

@@ -9,7 +9,6 @@
 //! and what `cartbuild recipes/full.toml` needs.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 

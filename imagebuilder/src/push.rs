@@ -317,7 +317,7 @@ fn push_index(
             let missing: Vec<&str> = Arch::ALL
                 .into_iter()
                 .filter(|a| !arches.iter().any(|(b, _)| b == a))
-                .map(Arch::kernel_name)
+                .map(Arch::name)
                 .collect();
             return Err(PipelineError::Refused(format!(
                 "{} and {} are both built for {arch}: a tag holds one image per arch; push only one of them, or build the other for another arch (`cartbuild RECIPE --arch {}`)",
@@ -366,7 +366,7 @@ fn push_index(
     let pinned = reference.with_digest(digest);
     let mut listed: Vec<Arch> = arches.iter().map(|(a, _)| *a).collect();
     listed.sort();
-    let listed: Vec<&str> = listed.into_iter().map(Arch::kernel_name).collect();
+    let listed: Vec<&str> = listed.into_iter().map(Arch::name).collect();
     reporter.line(&format!(
         "pushed an index of {} images ({}) to {reference}: {pinned}",
         arches.len(),

@@ -543,6 +543,37 @@ mod tests {
     }
 
     #[test]
+    fn the_arch_comes_from_the_flag_the_environment_or_this_machine() {
+        let host = Arch::host().unwrap();
+        assert_eq!(Request::new(settings(), &env(&[])).unwrap().arch, host);
+        let e = env(&[(ARCH_ENV, "arm64")]);
+        assert_eq!(Request::new(settings(), &e).unwrap().arch, Arch::Aarch64);
+        let flag = |v: &str| Settings {
+            arch: Some(v.into()),
+            ..settings()
+        };
+        assert_eq!(Request::new(flag("x86_64"), &e).unwrap().arch, Arch::X86_64);
+        assert_eq!(
+            Request::new(flag("aarch64"), &env(&[])).unwrap().arch,
+            Arch::Aarch64
+        );
+        let line = Request::new(flag("sparc"), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            line,
+            "--arch sparc: not an arch (x86_64 or aarch64); give e.g. --arch aarch64"
+        );
+        let line = Request::new(settings(), &env(&[(ARCH_ENV, "arm")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            line.starts_with("CARTBUILD_ARCH=\"arm\" is not an arch"),
+            "{line}"
+        );
+    }
+
+    #[test]
     fn a_bad_variable_is_an_error_naming_it_and_the_fix() {
         for (name, value) in [
             ("CARTBUILD_RETRIES", "many"),

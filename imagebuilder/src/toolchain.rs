@@ -557,6 +557,8 @@ fn zig_cc(cache: &Cache, zig: &Path, arch: Arch) -> Result<Toolchain, ToolchainE
     h.update(&version);
     h.update(&target);
     h.update(&strip_version);
+    // KERNEL_HEADERS names the merged headers (an empty directory before).
+    h.update("kernel-headers=sysinclude");
     hash_dirs(&mut h, &includes).map_err(|e| ToolchainError::Broken {
         compiler: zig.to_path_buf(),
         message: format!("cannot read its headers: {e}"),
@@ -596,7 +598,8 @@ fn zig_cc(cache: &Cache, zig: &Path, arch: Arch) -> Result<Toolchain, ToolchainE
         ranlib: dir.join("bin/ranlib").display().to_string(),
         strip,
         sysinclude: dir.join("sysinclude"),
-        kernel_headers: dir.join("kernel-headers"),
+        // zig's kernel headers are among its include directories, merged there.
+        kernel_headers: dir.join("sysinclude"),
         target,
         arch,
         description: format!("zig cc {} -target {arch}-linux-musl", version.trim()),
@@ -650,4 +653,40 @@ fn zig_cxx(cache: &Cache, zig: &Path, arch: &str) -> Result<Cxx, ToolchainError>
 /// Quotes a path for a POSIX shell script.
 fn sh_quote(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn musl_gcc_is_refused_for_another_arch_before_anything_is_looked_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let host = Arch::host().unwrap();
+        let other = Arch::ALL.into_iter().find(|&a| a != host).unwrap();
+        let err = Toolchain::detect(&cache, Flavor::MuslGcc, other).unwrap_err();
+        assert!(matches!(err, ToolchainError::NotCross { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "musl-gcc builds only for this machine's arch ({host}), not {other}: drop `--toolchain musl-gcc` (cross builds use zig)"
+            )
+        );
+    }
+
+    #[test]
+    fn a_cross_build_strips_with_a_strip_for_its_arch() {
+        // .ci/setup installs binutils-aarch64-linux-gnu for it.
+        let host = Arch::host().unwrap();
+        let other = Arch::ALL.into_iter().find(|&a| a != host).unwrap();
+        let strip = find_strip(other).unwrap();
+        let name = strip.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name == format!("{other}-linux-gnu-strip") || name == "llvm-strip",
+            "{}",
+            strip.display()
+        );
+        assert_eq!(find_strip(host).unwrap(), which("strip").unwrap());
+    }
 }

@@ -333,13 +333,13 @@ pub fn check_image(
     }
     let binfmt = Binfmt::parse(&kernel.binfmt_misc());
     let target = match (interpreting(kernel, &binfmt, &exe), &exe_arch) {
-        (Some((_, arch)), _) | (None, &Ok(arch)) => arch.kernel_name().to_string(),
+        (Some((_, arch)), _) | (None, &Ok(arch)) => arch.name().to_string(),
         (None, Err(why)) => format!("an executable that {why}"),
     };
     let Some(wanted) = wanted else {
         return Err(refused(image, image_arch, pid, target));
     };
-    if target == wanted.kernel_name() {
+    if target == wanted.name() {
         return Ok(Fit::Same);
     }
     if host == Some(wanted) {

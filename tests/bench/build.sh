@@ -10,13 +10,16 @@
 #      their times) and the image's size; then a no-change rebuild of each
 #      (issue 13's targets for full: cold <= 10 min on 2 cores, no-change <= 0.3 s), and
 #      a rebuild with nothing changed but the image removed (staging and writing it again)
+#   6. the net image cross-built for aarch64 (zig), cold with sources cached, next to the
+#      native cold build with sources cached (issue 14)
 #
 # The reference is the original tool's image build (nix), which took several
 # hours. Needs what `cartbuild recipes/net.toml` needs (musl-tools, flex, bison,
 # the Debian mirror from the host's apt sources or CARTBUILD_MIRROR_DEBIAN; no
 # e2fsprogs: cartbuild writes ext4 itself). Each build also writes the
 # manifest and SBOM, so their cost is in every figure. Usage:
-# tests/bench/build.sh [--keep] [--only-packages]   (--only-packages: just step 5)
+# tests/bench/build.sh [--keep] [--only-packages | --only-arch]
+#   (--only-packages: just step 5; --only-arch: just step 2 and step 6)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -107,6 +110,33 @@ print(f"image: {img} {size} bytes ({size / 1048576:.1f} MiB)")
 PY
 }
 
+# cold_arch SOURCES_CACHE: step 6, the aarch64 net image from an empty build cache sharing
+# SOURCES_CACHE's sources; prints the seconds.
+cold_arch() {
+    local cache=$work/cache-aarch64 t0 t1
+    rm -rf "$cache"; mkdir -p "$cache"
+    cp -r "$1/sources" "$cache/sources"
+    t0=$(now)
+    "$bin" "$work/recipes/net.toml" --arch aarch64 --cache "$cache" -o "$work/net-aarch64.img" \
+        >"$work/aarch64.log" 2>&1 \
+        || { echo "cartbuild --arch aarch64 failed:" >&2; tail -20 "$work/aarch64.log" >&2; exit 1; }
+    t1=$(now)
+    awk -v a="$t1" -v b="$t0" 'BEGIN { printf "%.1f", a - b }'
+}
+
+if [ "${1:-}" = --only-arch ] || [ "${2:-}" = --only-arch ]; then
+    echo "cartbuild benchmark: net.toml native and aarch64 on $(nproc) CPUs ($("$bin" --version))" >&2
+    read -r _ _ _ < <(run "$work/cache-a" "$work/recipes/net.toml")
+    mkdir -p "$work/cache-b"
+    cp -r "$work/cache-a/sources" "$work/cache-b/sources"
+    read -r t_warm _ _ < <(run "$work/cache-b" "$work/recipes/net.toml")
+    t_arm=$(cold_arch "$work/cache-a")
+    printf '%-34s %10.1f\n' "cold x86_64, sources cached" "$t_warm"
+    printf '%-34s %10.1f   (%.2fx the native build)\n' "cold aarch64 (zig), sources cached" "$t_arm" \
+        "$(awk -v a="$t_arm" -v n="$t_warm" 'BEGIN { print a / n }')"
+    exit 0
+fi
+
 if [ "${1:-}" = --only-packages ] || [ "${2:-}" = --only-packages ]; then
     echo "cartbuild benchmark: per-package times on $(nproc) CPUs ($("$bin" --version))" >&2
     packages "$work/recipes/net.toml"
@@ -144,6 +174,9 @@ ratio() { awk -v r="$ref" -v t="$1" 'BEGIN { printf "%.0f", r / t }'; }
 printf '\n%-28s %10s %10s\n' "case" "seconds" "vs 2 h" 
 printf '%-28s %10.1f %9.0fx\n' "cold, empty cache" "$t_cold" "$(ratio "$t_cold")"
 printf '%-28s %10.1f %9.0fx\n' "cold, sources cached" "$t_warm" "$(ratio "$t_warm")"
+t_arm=$(cold_arch "$work/cache-a")
+printf '%-28s %10.1f %9.0fx   (%.2fx the native build)\n' "cold aarch64, sources cached" "$t_arm" \
+    "$(ratio "$t_arm")" "$(awk -v a="$t_arm" -v n="$t_warm" 'BEGIN { print a / n }')"
 printf '%-28s %10.2f %9.0fx\n' "no-change rebuild (median)" "$t_noop" "$(ratio "$t_noop")"
 printf '%-28s %10.1f %9.0fx\n' "one package changed" "$t_one" "$(ratio "$t_one")"
 echo "(reference: the original tool's image build took several hours; 2 h assumed for the ratio)"

@@ -52,6 +52,16 @@ impl Arch {
         Arch::ALL.into_iter().find(|a| a.elf_machine() == machine)
     }
 
+    /// The kernel's names of every arch, for messages: `x86_64, aarch64`.
+    pub fn known() -> String {
+        Arch::ALL.map(Arch::name).join(", ")
+    }
+
+    /// The arch the kernel calls `name` (`uname -m`).
+    pub fn from_kernel_name(name: &str) -> Option<Arch> {
+        Arch::ALL.into_iter().find(|a| a.name() == name)
+    }
+
     /// The arch whose OCI `architecture` is `oci`.
     pub fn from_oci(oci: &str) -> Option<Arch> {
         Arch::ALL.into_iter().find(|a| a.oci() == oci)
@@ -111,6 +121,13 @@ mod tests {
         assert_eq!(Arch::X86_64.elf_machine(), 0x3e);
         assert_eq!(Arch::Aarch64.elf_machine(), 0xb7);
         assert!("arm".parse::<Arch>().is_err());
+        assert_eq!(Arch::from_kernel_name("amd64"), None);
+        assert_eq!(Arch::from_kernel_name("aarch64"), Some(Arch::Aarch64));
+        assert_eq!(Arch::from_oci("x86_64"), None);
+        assert_eq!(Arch::X86_64.oci(), "amd64");
+        assert_eq!(Arch::Aarch64.oci(), "arm64");
+        assert_eq!(Arch::known(), "x86_64, aarch64");
+        assert_eq!(Arch::Aarch64.to_string(), "aarch64");
         assert!("X86_64".parse::<Arch>().is_err());
         assert_eq!(Arch::from_elf_machine(40), None);
         assert_eq!(Arch::host().map(Arch::name), Some(std::env::consts::ARCH));

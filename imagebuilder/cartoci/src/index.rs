@@ -1,7 +1,7 @@
 //! One tag for an image built for several machines: an OCI image index
 //! (`application/vnd.oci.image.index.v1+json`, image-spec 1.1 `image-index.md`) listing
 //! each arch's crashcart artifact manifest with its `platform` (`os` `linux`,
-//! `architecture` OCI's word: [`Arch::oci_name`]).
+//! `architecture` OCI's word: [`Arch::oci`]).
 //!
 //! [`build`] writes one: members sorted by arch, so the same images give the same bytes
 //! (and digest) whatever order they were named in; no annotations, no time. [`parse`] reads
@@ -57,7 +57,7 @@ fn list(arches: &[Arch]) -> String {
     }
     arches
         .iter()
-        .map(|a| a.kernel_name())
+        .map(|a| a.name())
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -147,7 +147,7 @@ pub fn build(members: &[Member]) -> Result<(Vec<u8>, Digest), IndexError> {
                 digest: m.digest.to_string(),
                 size: m.size,
                 platform: Some(Platform {
-                    architecture: m.arch.oci_name().into(),
+                    architecture: m.arch.oci().into(),
                     os: OS.into(),
                 }),
             })
@@ -212,7 +212,7 @@ pub fn parse(bytes: &[u8]) -> Result<Index, IndexError> {
             if members.iter().any(|m| m.arch == member.arch) {
                 return Err(IndexError::Invalid(format!(
                     "it lists two manifests for {OS}/{}",
-                    member.arch.oci_name()
+                    member.arch.oci()
                 )));
             }
             members.push(member);
@@ -246,7 +246,7 @@ fn member(d: &IndexDescriptor) -> Result<Option<Member>, IndexError> {
         .platform
         .as_ref()
         .filter(|p| p.os == OS)
-        .and_then(|p| Arch::from_oci_name(&p.architecture));
+        .and_then(|p| Arch::from_oci(&p.architecture));
     Ok(arch.map(|arch| Member {
         arch,
         digest,
