@@ -51,6 +51,18 @@ pub enum ToolchainError {
     /// `strip` is missing.
     #[error("`strip` not found on PATH: install it with `apt-get install binutils`")]
     NoStrip,
+    /// No kernel headers for a cross build's target.
+    #[error(
+        "no kernel UAPI headers for {arch} at {path}: install them with `apt-get install {package}`"
+    )]
+    NoCrossKernelHeaders {
+        /// The target arch.
+        arch: Arch,
+        /// Where they were expected.
+        path: PathBuf,
+        /// Debian's package of them.
+        package: String,
+    },
     /// No `strip` that knows the target's ELF files.
     #[error(
         "no strip for {arch} ELF files (looked for {arch}-linux-gnu-strip and llvm-strip on PATH): install one with `apt-get install binutils-{arch}-linux-gnu`"
@@ -339,6 +351,28 @@ fn host_uapi(arch: &str) -> Result<Vec<(String, PathBuf)>, ToolchainError> {
     Ok(out)
 }
 
+/// Debian's kernel UAPI headers for `arch` (`linux-libc-dev-<debian arch>-cross`, in
+/// `/usr/<arch>-linux-gnu/include`): `(name in our dir, path)`.
+fn cross_uapi(arch: Arch) -> Result<Vec<(String, PathBuf)>, ToolchainError> {
+    let inc = PathBuf::from(format!("/usr/{arch}-linux-gnu/include"));
+    if !inc.join("linux/version.h").is_file() || !inc.join("asm").is_dir() {
+        return Err(ToolchainError::NoCrossKernelHeaders {
+            arch,
+            path: inc,
+            package: format!("linux-libc-dev-{}-cross", arch.oci()),
+        });
+    }
+    let mut out = vec![("asm".to_string(), inc.join("asm"))];
+    for d in UAPI_DIRS {
+        let p = inc.join(d);
+        if p.is_dir() {
+            out.push((d.to_string(), p));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Creates `dir` atomically from `fill` (built in a sibling temporary, renamed).
 fn create_dir_atomically(
     dir: &Path,
@@ -557,8 +591,36 @@ fn zig_cc(cache: &Cache, zig: &Path, arch: Arch) -> Result<Toolchain, ToolchainE
     h.update(&version);
     h.update(&target);
     h.update(&strip_version);
-    // KERNEL_HEADERS names the merged headers (an empty directory before).
-    h.update("kernel-headers=sysinclude");
+    // A cross build compiles against Debian's kernel headers for the target, the same
+    // kernel version as native builds' (zig's own are newer than what older tools know).
+    let uapi = if arch.name() == std::env::consts::ARCH {
+        h.update("kernel-headers=sysinclude");
+        Vec::new()
+    } else {
+        cross_uapi(arch)?
+    };
+    for (name, _) in &uapi {
+        h.update(name);
+    }
+    let uapi_paths: Vec<PathBuf> = uapi.iter().map(|(_, p)| p.clone()).collect();
+    hash_dirs(&mut h, &uapi_paths).map_err(|e| ToolchainError::Broken {
+        compiler: zig.to_path_buf(),
+        message: format!("cannot read the kernel headers: {e}"),
+    })?;
+    // zig puts its own headers before any -isystem, so the kernel's come as the last -I
+    // (after the build's own -I directories, before zig's) and are marked system headers
+    // (their warnings do not trip -Werror builds), as -isystem would.
+    let after = if uapi.is_empty() {
+        String::new()
+    } else {
+        let mut a = " -I\"$(dirname \"$0\")/../kernel-headers\"".to_string();
+        for (name, _) in &uapi {
+            a.push_str(&format!(" --system-header-prefix={name}/"));
+        }
+        a
+    };
+    h.update(&after);
+    h.update("sysinclude=libc+kernel");
     hash_dirs(&mut h, &includes).map_err(|e| ToolchainError::Broken {
         compiler: zig.to_path_buf(),
         message: format!("cannot read its headers: {e}"),
@@ -568,6 +630,8 @@ fn zig_cc(cache: &Cache, zig: &Path, arch: Arch) -> Result<Toolchain, ToolchainE
     let zq = sh_quote(zig);
     let target_fill = target.clone();
     let includes_fill = includes.clone();
+    let uapi_fill = uapi.clone();
+    let after_fill = after.clone();
     create_dir_atomically(&dir, move |tmp| {
         fs::create_dir(tmp.join("bin"))?;
         // The mount point of each sandboxed build's private zig cache.
@@ -580,7 +644,7 @@ fn zig_cc(cache: &Cache, zig: &Path, arch: Arch) -> Result<Toolchain, ToolchainE
         write_script(
             &tmp.join("bin/cc"),
             &format!(
-                "#!/bin/sh\n# {WRAPPER_FORMAT}: zig cc for {target_fill}.\n{env}\nexec {zq} cc -target {target_fill} \"$@\"\n"
+                "#!/bin/sh\n# {WRAPPER_FORMAT}: zig cc for {target_fill}.\n{env}\nexec {zq} cc -target {target_fill} \"$@\"{after_fill}\n"
             ),
         )?;
         for tool in ["ar", "ranlib"] {
@@ -589,8 +653,23 @@ fn zig_cc(cache: &Cache, zig: &Path, arch: Arch) -> Result<Toolchain, ToolchainE
                 &format!("#!/bin/sh\n{env}\nexec {zq} {tool} \"$@\"\n"),
             )?;
         }
-        fs::create_dir(tmp.join("kernel-headers"))?;
-        merge_into(&tmp.join("sysinclude"), &includes_fill)
+        let kh = tmp.join("kernel-headers");
+        fs::create_dir(&kh)?;
+        let sys = tmp.join("sysinclude");
+        fs::create_dir(&sys)?;
+        // The kernel's directories first: they win over zig's in the merge too.
+        for (name, path) in &uapi_fill {
+            symlink(path, kh.join(name))?;
+            symlink(path, sys.join(name))?;
+        }
+        // The C library's headers, not the compiler's own (lib/include: stdint.h and the
+        // like, which #include_next the C library's and break when found through a merge).
+        let libc: Vec<PathBuf> = includes_fill
+            .iter()
+            .filter(|p| !p.ends_with("lib/include"))
+            .cloned()
+            .collect();
+        merge_into(&sys, &libc)
     })?;
     Ok(Toolchain {
         cc: dir.join("bin/cc"),
@@ -598,15 +677,21 @@ fn zig_cc(cache: &Cache, zig: &Path, arch: Arch) -> Result<Toolchain, ToolchainE
         ranlib: dir.join("bin/ranlib").display().to_string(),
         strip,
         sysinclude: dir.join("sysinclude"),
-        // zig's kernel headers are among its include directories, merged there.
-        kernel_headers: dir.join("sysinclude"),
+        // Debian's for the target in a cross build; else zig's, merged in sysinclude.
+        kernel_headers: dir.join(if uapi.is_empty() {
+            "sysinclude"
+        } else {
+            "kernel-headers"
+        }),
         target,
         arch,
         description: format!("zig cc {} -target {arch}-linux-musl", version.trim()),
         dir,
         identity,
-        // zig's own directory holds its lib/ (musl and headers).
-        inputs: vec![zig.parent().unwrap_or(zig).to_path_buf()],
+        // zig's own directory holds its lib/ (musl and headers); the kernel headers.
+        inputs: std::iter::once(zig.parent().unwrap_or(zig).to_path_buf())
+            .chain(uapi_paths)
+            .collect(),
         scratch: vec![PathBuf::from("zig-cache")],
         cxx: None,
     })

@@ -748,6 +748,16 @@ impl TestImage {
         TestImage { dir, path }
     }
 
+    /// A copy of `source` with the manifest beside it (`<source>.manifest.json`), which names
+    /// the image's digest and arch.
+    pub fn copy_with_manifest(source: &Path) -> TestImage {
+        let img = TestImage::copy_of(source);
+        let from = PathBuf::from(format!("{}.manifest.json", source.display()));
+        std::fs::copy(&from, img.sibling("crashcart.img.manifest.json"))
+            .unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+        img
+    }
+
     /// A file in the image's directory (for bad images beside it).
     pub fn sibling(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
