@@ -545,18 +545,31 @@ fn musl_gcc(cache: &Cache, gcc: &Path, arch: Arch) -> Result<Toolchain, Toolchai
     })
 }
 
-fn zig_cc(cache: &Cache, zig: &Path, arch: Arch) -> Result<Toolchain, ToolchainError> {
-    let version = run(zig, &["version"])?;
-    let target = format!("{arch}-linux-musl");
-    let strip = find_strip(arch)?;
-    let strip_version = run(&strip, &["--version"])?;
+/// What the zig wrapper appends to every command for the kernel headers `uapi` (nothing
+/// without them). zig puts its own headers before any -isystem, so the kernel's come as the
+/// last -I (after the build's own -I directories, before zig's), marked system headers
+/// (their warnings do not trip -Werror builds), as -isystem would.
+fn kernel_headers_last(uapi: &[(String, PathBuf)]) -> String {
+    if uapi.is_empty() {
+        return String::new();
+    }
+    let mut a = " -I\"$(dirname \"$0\")/../kernel-headers\"".to_string();
+    for (name, _) in uapi {
+        a.push_str(&format!(" --system-header-prefix={name}/"));
+    }
+    a
+}
+
+/// zig's include search list for `target` (from `zig cc -E -v`): its compiler headers,
+/// then musl's and the kernel's for the target.
+fn zig_includes(zig: &Path, target: &str) -> Result<Vec<PathBuf>, ToolchainError> {
     // zig prints its include search list on `-E -v`; those directories hold its
     // musl and kernel headers for the target.
     let probe = Command::new(zig)
         .args([
             "cc",
             "-target",
-            &target,
+            target,
             "-E",
             "-v",
             "-x",
@@ -585,6 +598,15 @@ fn zig_cc(cache: &Cache, zig: &Path, arch: Arch) -> Result<Toolchain, ToolchainE
             message: "cannot find its include directories from `zig cc -E -v`".into(),
         });
     }
+    Ok(includes)
+}
+
+fn zig_cc(cache: &Cache, zig: &Path, arch: Arch) -> Result<Toolchain, ToolchainError> {
+    let version = run(zig, &["version"])?;
+    let target = format!("{arch}-linux-musl");
+    let strip = find_strip(arch)?;
+    let strip_version = run(&strip, &["--version"])?;
+    let includes = zig_includes(zig, &target)?;
     let mut h = Sha256::new();
     h.update(WRAPPER_FORMAT);
     h.update("zig");
@@ -607,18 +629,7 @@ fn zig_cc(cache: &Cache, zig: &Path, arch: Arch) -> Result<Toolchain, ToolchainE
         compiler: zig.to_path_buf(),
         message: format!("cannot read the kernel headers: {e}"),
     })?;
-    // zig puts its own headers before any -isystem, so the kernel's come as the last -I
-    // (after the build's own -I directories, before zig's) and are marked system headers
-    // (their warnings do not trip -Werror builds), as -isystem would.
-    let after = if uapi.is_empty() {
-        String::new()
-    } else {
-        let mut a = " -I\"$(dirname \"$0\")/../kernel-headers\"".to_string();
-        for (name, _) in &uapi {
-            a.push_str(&format!(" --system-header-prefix={name}/"));
-        }
-        a
-    };
+    let after = kernel_headers_last(&uapi);
     h.update(&after);
     h.update("sysinclude=libc+kernel");
     hash_dirs(&mut h, &includes).map_err(|e| ToolchainError::Broken {
