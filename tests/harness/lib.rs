@@ -748,13 +748,15 @@ impl TestImage {
         TestImage { dir, path }
     }
 
-    /// A copy of `source` with the manifest beside it (`<source>.manifest.json`), which names
-    /// the image's digest and arch.
-    pub fn copy_with_manifest(source: &Path) -> TestImage {
+    /// A copy of `source` with the manifest (which names the image's digest and arch) and the
+    /// SBOM beside it, as cartbuild wrote them.
+    pub fn copy_with_sidecars(source: &Path) -> TestImage {
         let img = TestImage::copy_of(source);
-        let from = PathBuf::from(format!("{}.manifest.json", source.display()));
-        std::fs::copy(&from, img.sibling("crashcart.img.manifest.json"))
-            .unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+        for suffix in [".manifest.json", ".spdx.json"] {
+            let from = PathBuf::from(format!("{}{suffix}", source.display()));
+            std::fs::copy(&from, img.sibling(&format!("crashcart.img{suffix}")))
+                .unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+        }
         img
     }
 
