@@ -381,11 +381,15 @@ fn script_environment_is_documented_and_nothing_else() {
         .collect();
     let documented = [
         "AR",
+        "ARCH",
+        "BUILD",
         "CC",
         "CFLAGS",
         "CPPFLAGS",
         "DEPS",
         "HOME",
+        "HOST",
+        "HOST_FLAGS",
         "JOBS",
         "KERNEL_HEADERS",
         "LC_ALL",
@@ -419,6 +423,9 @@ fn script_environment_is_documented_and_nothing_else() {
         ("LC_ALL", "C"),
         ("TZ", "UTC"),
         ("PREFIX", "/dev/crashcart"),
+        // A native build: configure takes the target for the build machine too.
+        ("ARCH", std::env::consts::ARCH),
+        ("HOST_FLAGS", ""),
     ] {
         assert!(
             vars.lines().any(|l| l == format!("{k}={v}")),
@@ -431,6 +438,16 @@ fn script_environment_is_documented_and_nothing_else() {
         vars.lines().any(|l| l == ldflags),
         "{ldflags} missing:\n{vars}"
     );
+    let target = vars
+        .lines()
+        .find_map(|l| l.strip_prefix("TARGET="))
+        .unwrap();
+    for k in ["HOST", "BUILD"] {
+        assert!(
+            vars.lines().any(|l| l == format!("{k}={target}")),
+            "{k}={target} missing:\n{vars}"
+        );
+    }
     assert!(!vars.contains("LEAKY_VARIABLE") && !vars.contains("-leaked"));
 }
 
