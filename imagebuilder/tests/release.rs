@@ -590,3 +590,61 @@ fn sign_and_minisign_interoperate_and_changes_are_refused() {
     );
     assert!(!sig.exists());
 }
+
+#[test]
+fn both_arches_are_released_each_built_twice_and_listed_in_the_index() {
+    let r = Rel::new();
+    let recipe = r.recipe("hello", "1.0", "hi", "");
+    let o = r.release(&[&recipe], &["--arch", "x86_64,aarch64"]);
+    let out = ok(&o);
+    assert!(out.contains("published hello 1.0"), "{out}");
+    let log = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(
+        log.matches("[hello] done").count(),
+        4,
+        "two builds per arch:\n{log}"
+    );
+    assert!(
+        log.contains("release hello 1.0 (aarch64): reproducible"),
+        "{log}"
+    );
+    let files = r.snapshot();
+    for name in [
+        "hello-1.0.img",
+        "hello-1.0-aarch64.img",
+        "hello-1.0-aarch64.img.manifest.json",
+        "hello-1.0-aarch64.img.sha256",
+        "hello-1.0-aarch64.img.spdx.json",
+    ] {
+        assert!(
+            files.contains_key(name),
+            "{name} missing: {:?}",
+            files.keys()
+        );
+    }
+    let index = r.index();
+    let entries = index["images"].as_array().unwrap();
+    let arches: Vec<&str> = entries.iter().filter_map(|e| e["arch"].as_str()).collect();
+    assert_eq!(arches, ["x86_64", "aarch64"], "{index}");
+    let arm = &entries[1];
+    assert_eq!(arm["image"]["file"], "hello-1.0-aarch64.img");
+    assert!(
+        arm["toolchain"]
+            .as_str()
+            .is_some_and(|t| t.contains("-target aarch64-linux-musl")),
+        "{arm}"
+    );
+    assert_ne!(arm["image"]["sha256"], entries[0]["image"]["sha256"]);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&files["hello-1.0-aarch64.img.manifest.json"]).unwrap();
+    assert_eq!(manifest["arch"], "aarch64");
+    let sbom = String::from_utf8_lossy(&files["hello-1.0-aarch64.img.spdx.json"]).into_owned();
+    assert!(sbom.contains("arch aarch64"), "the SBOM names the arch");
+    r.assert_no_leftovers();
+
+    // An arch that is none: one line, nothing published.
+    let before = r.snapshot();
+    let o = r.release(&[&recipe], &["--arch", "x86_64,sparc"]);
+    failed(&o, &["--arch sparc", "unknown arch `sparc`"]);
+    assert_eq!(r.snapshot(), before);
+}
