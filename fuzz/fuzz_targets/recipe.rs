@@ -29,6 +29,8 @@ fn context() -> &'static Context {
         toolchain: Some("fuzz-toolchain".into()),
         sandbox: Some("fuzz-sandbox".into()),
         cxx: Some("fuzz-cxx-toolchain".into()),
+        // This machine's arch, as a build without --arch (`arches` is fuzzed against it).
+        arch: None,
     })
 }
 
