@@ -340,6 +340,12 @@ fn host_uapi(arch: &str) -> Result<Vec<(String, PathBuf)>, ToolchainError> {
     if !asm.is_dir() {
         return Err(ToolchainError::NoKernelHeaders { path: asm });
     }
+    Ok(uapi_dirs(inc, asm))
+}
+
+/// `asm` and every directory of [`UAPI_DIRS`] that `inc` holds, sorted by name: `(name in
+/// our dir, path)`.
+fn uapi_dirs(inc: &Path, asm: PathBuf) -> Vec<(String, PathBuf)> {
     let mut out = vec![("asm".to_string(), asm)];
     for d in UAPI_DIRS {
         let p = inc.join(d);
@@ -348,7 +354,7 @@ fn host_uapi(arch: &str) -> Result<Vec<(String, PathBuf)>, ToolchainError> {
         }
     }
     out.sort();
-    Ok(out)
+    out
 }
 
 /// Debian's kernel UAPI headers for `arch` (`linux-libc-dev-<debian arch>-cross`, in
@@ -362,15 +368,7 @@ fn cross_uapi(arch: Arch) -> Result<Vec<(String, PathBuf)>, ToolchainError> {
             package: format!("linux-libc-dev-{}-cross", arch.oci()),
         });
     }
-    let mut out = vec![("asm".to_string(), inc.join("asm"))];
-    for d in UAPI_DIRS {
-        let p = inc.join(d);
-        if p.is_dir() {
-            out.push((d.to_string(), p));
-        }
-    }
-    out.sort();
-    Ok(out)
+    Ok(uapi_dirs(&inc, inc.join("asm")))
 }
 
 /// Creates `dir` atomically from `fill` (built in a sibling temporary, renamed).
