@@ -5,9 +5,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
-use crate::{bin, docker_ok, hash_of, import_root_as, output, repo_root, scratch, stderr};
+use crate::{
+    bin, compiled_fixture, docker_ok, hash_of, import_root_as, output, repo_root, scratch, stderr,
+};
 
 /// The binfmt_misc entry `.ci/setup` registers for aarch64 (qemu-user-static, F flag).
 pub const BINFMT_ENTRY: &str = "/proc/sys/fs/binfmt_misc/qemu-aarch64";
@@ -63,38 +65,12 @@ pub fn net_image() -> &'static Path {
 /// Compiles `tests/fixtures/NAME.c` as a static aarch64 executable with zig (musl), once per
 /// content.
 pub fn static_binary(name: &str) -> PathBuf {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _guard = LOCK
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let source = repo_root().join(format!("tests/fixtures/{name}.c"));
-    let text = std::fs::read(&source).unwrap_or_else(|e| panic!("read {}: {e}", source.display()));
-    let out = scratch().join(format!("{name}-aarch64-{}", hash_of(&[&text])));
-    if out.is_file() {
-        return out;
-    }
-    let tmp = out.with_extension("tmp");
-    let status = Command::new("zig")
-        .args([
-            "cc",
-            "-target",
-            "aarch64-linux-musl",
-            "-static",
-            "-O2",
-            "-o",
-        ])
-        .arg(&tmp)
-        .arg(&source)
-        .env("ZIG_GLOBAL_CACHE_DIR", scratch().join("zig-cache"))
-        .status()
-        .expect("run zig (install it with .ci/setup packages)");
-    assert!(
-        status.success(),
-        "compiling {} for aarch64 failed",
-        source.display()
-    );
-    std::fs::rename(&tmp, &out).expect("rename the compiled fixture");
-    out
+    compiled_fixture(name, "aarch64", || {
+        let mut zig = Command::new("zig");
+        zig.args(["cc", "-target", "aarch64-linux-musl"])
+            .env("ZIG_GLOBAL_CACHE_DIR", scratch().join("zig-cache"));
+        zig
+    })
 }
 
 /// The thin image for aarch64: its root holds only `/httpd`, built for aarch64, imported as

@@ -263,33 +263,48 @@ pub fn thin_image() -> &'static str {
 
 /// Compiles `tests/fixtures/NAME.c` as a static binary (musl-gcc, else gcc), once per content.
 pub fn static_binary(name: &str) -> PathBuf {
+    compiled_fixture(name, "", || {
+        let cc = ["musl-gcc", "gcc"]
+            .into_iter()
+            .find(|cc| {
+                Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("command -v {cc}"))
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            })
+            .expect("no C compiler: install musl-tools (tests/run does)");
+        Command::new(cc)
+    })
+}
+
+/// Compiles `tests/fixtures/NAME.c` with the compiler command `compiler` gives, adding
+/// `-static -O2 -o OUT SOURCE`, into `<scratch>/NAME[-VARIANT]-<hash of the source>` once per
+/// content (a lock keeps the tests of one process from compiling at once).
+pub fn compiled_fixture(name: &str, variant: &str, compiler: impl FnOnce() -> Command) -> PathBuf {
     static LOCK: Mutex<()> = Mutex::new(());
     let _guard = LOCK
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let source = repo_root().join(format!("tests/fixtures/{name}.c"));
     let text = std::fs::read(&source).unwrap_or_else(|e| panic!("read {}: {e}", source.display()));
-    let out = scratch().join(format!("{name}-{}", hash_of(&[&text])));
+    let stem = if variant.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}-{variant}")
+    };
+    let out = scratch().join(format!("{stem}-{}", hash_of(&[&text])));
     if out.is_file() {
         return out;
     }
-    let cc = ["musl-gcc", "gcc"]
-        .into_iter()
-        .find(|cc| {
-            Command::new("sh")
-                .arg("-c")
-                .arg(format!("command -v {cc}"))
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .expect("no C compiler: install musl-tools (tests/run does)");
     let tmp = out.with_extension("tmp");
-    let status = Command::new(cc)
+    let mut cmd = compiler();
+    let status = cmd
         .args(["-static", "-O2", "-o"])
         .arg(&tmp)
         .arg(&source)
         .status()
-        .expect("run the C compiler");
+        .unwrap_or_else(|e| panic!("run {cmd:?} (install it with .ci/setup packages): {e}"));
     assert!(status.success(), "compiling {} failed", source.display());
     std::fs::rename(&tmp, &out).expect("rename the compiled fixture");
     out
