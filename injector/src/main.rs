@@ -2,6 +2,16 @@
 
 #![forbid(unsafe_code)]
 
+/// The allocator: dlmalloc rather than the C library's. The static build links musl, whose
+/// allocator (mallocng) gives freed memory back to the kernel at once: a session made about
+/// 45 `mmap`/`munmap` pairs, each a page-table change and a TLB flush, and dlmalloc (which
+/// keeps what it freed for the next allocation) took 0.44 ms off a 4.1 ms session
+/// (`tests/bench/inject_ab.sh`, 300 interleaved runs). Forking stays safe: cartinject forks
+/// only while single-threaded ([`cartinject::sys::process`] checks), so no other thread can
+/// hold the allocator's lock at a fork.
+#[global_allocator]
+static ALLOC: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
