@@ -34,7 +34,8 @@ use crate::cache::{Cache, CacheError};
 use crate::plan::{Install, Package, Plan};
 use crate::progress::Reporter;
 use crate::recipe::Kind;
-use crate::sandbox::{self, Bind, Sandbox, Spec};
+use crate::sandbox::{self, Bind, Layer, Sandbox, Spec};
+use crate::seed::Seed;
 use crate::stage::{StageError, check_static, copy_paths, copy_tree, select};
 use crate::toolchain::Toolchain;
 
@@ -164,8 +165,14 @@ impl Builder<'_> {
             .iter()
             .map(|p| (p.name.clone(), self.weight(p)))
             .collect();
-        let by_priority = critical_path_order(self.plan, &weights);
+        let chain = chains(self.plan, &weights);
+        let by_priority = critical_path_order(self.plan, &chain);
         std::thread::scope(|scope| {
+            // zig's runtime, compiled while the first packages build (those that need it
+            // wait for it in `sandboxed`).
+            for seed in self.seeds_needed() {
+                scope.spawn(move || self.seed_ready(seed));
+            }
             let (tx, rx) = mpsc::channel::<(String, Result<Output, BuildError>)>();
             let mut running = 0usize;
             loop {
@@ -180,6 +187,19 @@ impl Builder<'_> {
                             continue;
                         }
                         started.insert(pkg.name.clone());
+                        // The longest chain of work still ahead (the first package of
+                        // by_priority not done yet heads it): builds on it, or nearly
+                        // (within a tenth), run at normal priority, the others yield.
+                        let lead = by_priority
+                            .iter()
+                            .find(|p| !done.contains_key(&p.name))
+                            .map_or(0, |p| chain[p.name.as_str()]);
+                        let own = chain[pkg.name.as_str()];
+                        let nice = if own.saturating_mul(10) >= lead.saturating_mul(9) {
+                            0
+                        } else {
+                            BACKGROUND_NICE
+                        };
                         let deps: Vec<Output> = self
                             .plan
                             .closure(&pkg.name)
@@ -189,7 +209,7 @@ impl Builder<'_> {
                         let tx = tx.clone();
                         running += 1;
                         scope.spawn(move || {
-                            let r = self.build_one(pkg, &deps);
+                            let r = self.build_one(pkg, &deps, nice);
                             // The receiver outlives every sender in this scope.
                             let _ = tx.send((pkg.name.clone(), r));
                         });
@@ -219,20 +239,77 @@ impl Builder<'_> {
         }
     }
 
-    /// How long `pkg` is expected to take, in arbitrary units: nothing when its
-    /// output is cached, else its source's size (a 24 MiB gdb takes far longer than a
-    /// 500 KiB lsof), at least 1.
+    /// The zig runtime seeds that packages still to build will compile over (none
+    /// without the sandbox, whose scripts share the toolchain's zig cache).
+    fn seeds_needed(&self) -> Vec<&Seed> {
+        let (Some(toolchain), Some(_)) = (self.toolchain, self.sandbox) else {
+            return Vec::new();
+        };
+        let to_build: Vec<&Package> = self
+            .plan
+            .packages
+            .iter()
+            .filter(|p| p.kind == Kind::Build && !Self::is_cached(self.cache, p))
+            .collect();
+        let mut seeds = Vec::new();
+        if let Some(seed) = &toolchain.seed
+            && !to_build.is_empty()
+        {
+            seeds.push(seed);
+        }
+        if let Some(cxx) = &toolchain.cxx
+            && to_build.iter().any(|p| p.cxx)
+        {
+            seeds.push(&cxx.seed);
+        }
+        seeds
+    }
+
+    /// Makes `seed` unless it is made (or being made: then waits for it); whether builds
+    /// can use it. Says so when it is made here, or could not be.
+    fn seed_ready(&self, seed: &Seed) -> bool {
+        let starting = || {
+            self.reporter.line(&format!(
+                "[zig] compiling {} once, for every build that uses zig ({})",
+                seed.describe(),
+                seed.dir.display()
+            ))
+        };
+        seed.ensure_once(starting, |made| match made {
+            Ok(took) if !took.is_zero() => self.reporter.line(&format!(
+                "[zig] {} done ({:.1} s)",
+                seed.describe(),
+                took.as_secs_f64()
+            )),
+            Ok(_) => {}
+            Err(e) => self.reporter.line(&format!(
+                "cartbuild: warning: {e}: each build compiles {} itself",
+                seed.describe()
+            )),
+        })
+    }
+
+    /// How long `pkg` is expected to take, in milliseconds (at least 1): nothing when its
+    /// output is cached; else as long as its last build in this cache took; else a guess
+    /// from its source's size, 1 ms per 100 bytes, four times that for C++ (a 23 MiB gdb
+    /// of C++ takes far longer than a 50 MiB OpenSSL, whose tarball is mostly tests).
     fn weight(&self, pkg: &Package) -> u64 {
         if pkg.kind != Kind::Build || Self::is_cached(self.cache, pkg) {
             return 1;
         }
-        self.sources
+        if let Some(seconds) = self.cache.build_seconds(&pkg.name) {
+            return ((seconds * 1000.0) as u64).max(1);
+        }
+        let bytes = self
+            .sources
             .get(&pkg.name)
             .and_then(|s| fs::metadata(s).ok())
-            .map_or(1, |m| m.len().max(1))
+            .map_or(0, |m| m.len());
+        let factor = if pkg.cxx { 4 } else { 1 };
+        (bytes / 100).saturating_mul(factor).max(1)
     }
 
-    fn build_one(&self, pkg: &Package, deps: &[Output]) -> Result<Output, BuildError> {
+    fn build_one(&self, pkg: &Package, deps: &[Output], nice: i32) -> Result<Output, BuildError> {
         let final_dir = self.cache.build(&pkg.key);
         let out_dir = final_dir.join("out");
         let short = &pkg.key[..12];
@@ -263,7 +340,7 @@ impl Builder<'_> {
             fs::create_dir_all(work.path.join(d)).map_err(io_err(pkg, "unpack"))?;
         }
         let log_path = self.cache.log(&pkg.name, &pkg.key);
-        self.produce(pkg, deps, &work.path, &log_path)?;
+        self.produce(pkg, deps, &work.path, &log_path, nice)?;
         self.check_and_strip(pkg, &work.path, &log_path)?;
 
         // Publish: out/ and the log, renamed into place in one step.
@@ -275,13 +352,11 @@ impl Builder<'_> {
         }
         crate::cache::seal(&result).map_err(io_err(pkg, "install"))?;
         fs::rename(&result, &final_dir).map_err(io_err(pkg, "install"))?;
-        self.reporter.step(
-            &pkg.name,
-            &format!(
-                "done (key {short}, {:.1} s)",
-                started.elapsed().as_secs_f64()
-            ),
-        );
+        let took = started.elapsed().as_secs_f64();
+        // Only a guide for the next build's schedule: not worth failing this one.
+        let _ = self.cache.record_build_seconds(&pkg.name, took);
+        self.reporter
+            .step(&pkg.name, &format!("done (key {short}, {took:.1} s)"));
         Ok(Output {
             dir: out_dir,
             key: pkg.key.clone(),
@@ -297,6 +372,7 @@ impl Builder<'_> {
         deps: &[Output],
         work: &Path,
         log_path: &Path,
+        nice: i32,
     ) -> Result<(), BuildError> {
         let out = work.join("out");
         let source = || {
@@ -305,7 +381,7 @@ impl Builder<'_> {
                 .ok_or_else(|| BuildError::NoSource(pkg.name.clone()))
         };
         match pkg.kind {
-            Kind::Build => self.run_build(pkg, deps, source()?, work, log_path)?,
+            Kind::Build => self.run_build(pkg, deps, source()?, work, log_path, nice)?,
             Kind::File => {
                 if let Install::File(rel) = &pkg.install {
                     let to = out.join(rel);
@@ -357,6 +433,7 @@ impl Builder<'_> {
         source: &Path,
         work: &Path,
         log_path: &Path,
+        nice: i32,
     ) -> Result<(), BuildError> {
         let out = work.join("out");
         let toolchain = self
@@ -409,7 +486,7 @@ impl Builder<'_> {
                 cmd
             }
             Some(sb) => self
-                .sandboxed(sb, toolchain, work, &src, pkg)
+                .sandboxed(sb, toolchain, work, &src, pkg, nice)
                 .map_err(sandbox_err)?,
         };
         self.run_script(pkg, cmd, log_path)?;
@@ -539,6 +616,8 @@ impl Builder<'_> {
                 let mut cmd = sb.command(&Spec {
                     root,
                     binds,
+                    layers: Vec::new(),
+                    nice: 0,
                     symlinks,
                     cwd: inside,
                     argv,
@@ -563,6 +642,42 @@ impl Builder<'_> {
         Ok(())
     }
 
+    /// A zig cache of the build's own at `target` (pushed onto `binds`, `layers` and
+    /// `writable`): the directory `dir`, over `seed` when it is ready (see crate::seed).
+    fn private_cache(
+        &self,
+        (binds, layers, writable): (&mut Vec<Bind>, &mut Vec<Layer>, &mut Vec<PathBuf>),
+        dir: PathBuf,
+        target: PathBuf,
+        seed: Option<&Seed>,
+    ) -> Result<(), sandbox::SandboxError> {
+        let prepare = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| sandbox::SandboxError::Prepare { path, source }
+        };
+        fs::create_dir_all(&dir).map_err(prepare(&dir))?;
+        match seed.filter(|s| self.seed_ready(s)) {
+            Some(seed) => {
+                let overlay_work = dir.with_extension("work");
+                fs::create_dir_all(&overlay_work).map_err(prepare(&overlay_work))?;
+                layers.push(Layer {
+                    lower: seed.lower(),
+                    upper: dir.clone(),
+                    work: overlay_work.clone(),
+                    target,
+                });
+                writable.push(overlay_work);
+            }
+            None => binds.push(Bind {
+                source: dir.clone(),
+                target,
+                writable: true,
+            }),
+        }
+        writable.push(dir);
+        Ok(())
+    }
+
     /// The command running a package's script in the sandbox: the work directory's
     /// parts at [`sandbox::BUILD_DIR`], the toolchain at [`sandbox::TOOLCHAIN_DIR`].
     fn sandboxed(
@@ -572,6 +687,7 @@ impl Builder<'_> {
         work: &Path,
         src: &Path,
         pkg: &Package,
+        nice: i32,
     ) -> Result<Command, sandbox::SandboxError> {
         let inside = Path::new(sandbox::BUILD_DIR);
         fn prepare(path: &Path) -> impl FnOnce(std::io::Error) -> sandbox::SandboxError {
@@ -585,28 +701,25 @@ impl Builder<'_> {
         sandbox::system(&mut binds, &mut symlinks);
         sandbox::toolchain(&mut binds, toolchain);
         let mut writable = Vec::new();
+        let mut layers = Vec::new();
         for rel in &toolchain.scratch {
-            let dir = work.join("scratch").join(rel);
-            fs::create_dir_all(&dir).map_err(prepare(&dir))?;
-            binds.push(Bind {
-                source: dir.clone(),
-                target: Path::new(sandbox::TOOLCHAIN_DIR).join(rel),
-                writable: true,
-            });
-            writable.push(dir);
+            self.private_cache(
+                (&mut binds, &mut layers, &mut writable),
+                work.join("scratch").join(rel),
+                Path::new(sandbox::TOOLCHAIN_DIR).join(rel),
+                toolchain.seed.as_ref(),
+            )?;
         }
         // C++ only for the packages that ask for it, each with a private zig cache.
         let cxx = match (pkg.cxx, &toolchain.cxx) {
             (true, Some(c)) => {
                 sandbox::cxx(&mut binds, c);
-                let dir = work.join("scratch-cxx");
-                fs::create_dir_all(&dir).map_err(prepare(&dir))?;
-                binds.push(Bind {
-                    source: dir.clone(),
-                    target: Path::new(sandbox::CXX_DIR).join(crate::toolchain::Cxx::SCRATCH),
-                    writable: true,
-                });
-                writable.push(dir);
+                self.private_cache(
+                    (&mut binds, &mut layers, &mut writable),
+                    work.join("scratch-cxx"),
+                    Path::new(sandbox::CXX_DIR).join(crate::toolchain::Cxx::SCRATCH),
+                    Some(&c.seed),
+                )?;
                 Some(Path::new(sandbox::CXX_DIR).join("bin/c++"))
             }
             _ => None,
@@ -649,6 +762,8 @@ impl Builder<'_> {
         let spec = Spec {
             root,
             binds,
+            layers,
+            nice,
             symlinks,
             cwd,
             argv: vec![
@@ -732,13 +847,13 @@ impl Builder<'_> {
     }
 }
 
-/// The plan's packages, those with the longest chain of work still ahead of them
-/// (their own weight plus the heaviest chain of packages that need them) first; ties
-/// keep plan order. The scheduler starts ready packages in this order.
-pub fn critical_path_order<'p>(
-    plan: &'p Plan,
-    weights: &BTreeMap<String, u64>,
-) -> Vec<&'p Package> {
+/// The nice value of builds off the critical path (see [`Builder::build_all`]): when
+/// they compete for the CPU with one on it, it gets about nine tenths.
+pub const BACKGROUND_NICE: i32 = 10;
+
+/// Each package's chain of work still ahead of it: its own weight plus the heaviest
+/// chain of the packages that need it.
+pub fn chains<'p>(plan: &'p Plan, weights: &BTreeMap<String, u64>) -> BTreeMap<&'p str, u64> {
     let mut chain: BTreeMap<&str, u64> = BTreeMap::new();
     // Plan order puts dependencies first, so walking it backwards sees every
     // dependent before the packages it needs.
@@ -753,10 +868,22 @@ pub fn critical_path_order<'p>(
         let own = weights.get(&pkg.name).copied().unwrap_or(1);
         chain.insert(&pkg.name, own.saturating_add(after));
     }
+    chain
+}
+
+/// The plan's packages, those with the longest chain of work still ahead of them
+/// ([`chains`]) first; ties keep plan order. The scheduler starts ready packages in
+/// this order.
+pub fn critical_path_order<'p>(plan: &'p Plan, chain: &BTreeMap<&str, u64>) -> Vec<&'p Package> {
     let mut order: Vec<(usize, &Package)> = plan.packages.iter().enumerate().collect();
     order.sort_by_key(|(i, p)| (std::cmp::Reverse(chain[p.name.as_str()]), *i));
     order.into_iter().map(|(_, p)| p).collect()
 }
+
+/// The version of what [`script_env`] gives a script, part of every `build` package's key:
+/// bumped whenever a value changes, so that no output built with the old environment is
+/// taken for one built with the new (2: `-g0` in `CFLAGS`, `-Os` in `CXXFLAGS`).
+pub const SCRIPT_ENV: &str = "env-2";
 
 /// `ARCH`, `HOST`, `BUILD` and `HOST_FLAGS` for a script (recipes/README.md): configure's
 /// `--host` is the target triple; `--build` is the same triple for a native build (so
@@ -797,9 +924,12 @@ pub fn script_env(
 ) -> BTreeMap<String, String> {
     let d = |p: &Path| p.display().to_string();
     // Map the work and toolchain directories to fixed names in anything compiled
-    // (__FILE__, debug info), so outputs do not depend on the cache's location.
+    // (__FILE__, debug info), so outputs do not depend on the cache's location. -g0: no
+    // debug information, which outputs lose to strip anyway; zig cc writes it unless told
+    // not to, and gdb's objects with it took a quarter longer to compile and ten times the
+    // space.
     let cflags = format!(
-        "-O2 -ffile-prefix-map={}=/build -ffile-prefix-map={}=/toolchain",
+        "-O2 -g0 -ffile-prefix-map={}=/build -ffile-prefix-map={}=/toolchain",
         d(work),
         d(&toolchain.dir)
     );
@@ -809,8 +939,9 @@ pub fn script_env(
     };
     set("CC", d(&toolchain.cc));
     if let Some(cxx) = cxx {
+        // C++ for size: templates make large code, and -Os compiles it faster too.
         set("CXX", d(cxx));
-        set("CXXFLAGS", cflags.clone());
+        set("CXXFLAGS", cflags.replacen("-O2", "-Os", 1));
     }
     set("AR", toolchain.ar.clone());
     set("RANLIB", toolchain.ranlib.clone());
@@ -944,7 +1075,7 @@ mod tests {
         .into_iter()
         .map(|(n, w)| (n.to_string(), w))
         .collect();
-        let order = critical_path_order(&plan, &weights);
+        let order = critical_path_order(&plan, &chains(&plan, &weights));
         assert_eq!(names(&order), ["gmp", "mpfr", "gdb", "bash", "lsof"]);
     }
 
@@ -954,7 +1085,7 @@ mod tests {
         let weights = BTreeMap::new();
         // a's chain is a + c = 2, b's 1, c's 1: b and c keep their recipe order.
         assert_eq!(
-            names(&critical_path_order(&plan, &weights)),
+            names(&critical_path_order(&plan, &chains(&plan, &weights))),
             ["a", "b", "c"]
         );
     }

@@ -198,6 +198,25 @@ impl Cache {
             .join(format!("{name}-{}.log", &key[..16.min(key.len())]))
     }
 
+    /// How long the last build of `package` here took, in seconds, when one was recorded
+    /// ([`Cache::record_build_seconds`]): the scheduler's estimate of the next.
+    pub fn build_seconds(&self, package: &str) -> Option<f64> {
+        let text = fs::read_to_string(self.root.join("times").join(package)).ok()?;
+        text.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+    }
+
+    /// Records how long a build of `package` took (written whole, then renamed).
+    pub fn record_build_seconds(&self, package: &str, seconds: f64) -> io::Result<()> {
+        let dir = self.root.join("times");
+        fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!(".{package}.tmp"));
+        fs::write(&tmp, format!("{seconds:.1}\n"))?;
+        fs::rename(&tmp, dir.join(package))
+    }
+
     /// The directory for temporaries (same filesystem as the cache entries).
     pub fn tmp(&self) -> PathBuf {
         self.root.join("tmp")

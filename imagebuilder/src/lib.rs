@@ -64,6 +64,7 @@ pub mod remote;
 pub mod reproduce;
 pub mod request;
 pub mod sandbox;
+pub mod seed;
 pub mod sign;
 pub mod spdx;
 pub mod stage;

@@ -5,8 +5,9 @@
 //! `mirror://` URLs resolved, packages put in dependency order (unknown and cyclic
 //! dependencies rejected), and each package's build key computed: a sha256 over its
 //! definition, its source's hash (or its local files' content), its dependencies'
-//! keys, the toolchain's identity, the sandbox its script runs in and the epoch. An unchanged key means an
-//! unchanged output, so the builder never rebuilds it.
+//! keys, the toolchain's identity, the sandbox its script runs in, the version of its
+//! environment and the epoch. An unchanged key means an unchanged output, so the builder
+//! never rebuilds it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -675,6 +676,10 @@ fn assign_keys(packages: &mut [Package], ctx: &Context, epoch: u64) -> Result<()
         // An archive's output is what it installs, not its whole tarball.
         if p.kind == Kind::Archive {
             definition["output"] = serde_json::Value::from("installed");
+        }
+        // What a script's environment holds (`build::SCRIPT_ENV`): only scripts have one.
+        if p.kind == Kind::Build {
+            definition["env"] = serde_json::Value::from(crate::build::SCRIPT_ENV);
         }
         // Only scripts run in the sandbox: other kinds keep their keys.
         if p.kind == Kind::Build

@@ -11,6 +11,7 @@
 //! | `/etc/alternatives`, `/etc/ld.so.cache`, `/etc/ld.so.conf{,.d}` | what compilers and the loader read | read-only |
 //! | `/etc/passwd`, `/etc/group`, `/etc/hosts` | written for the sandbox (`cartbuild`, uid 1000) | read-only |
 //! | `/toolchain` | the toolchain's wrapper and header directories, and whatever else [`Toolchain::inputs`] names, at its own path | read-only |
+//! | `/toolchain/zig-cache`, `/toolchain-cxx/zig-cache` | zig's cache, the build's own: an overlay of an empty directory over zig's compiled runtime ([`crate::seed`]), which stays unchanged | read-write |
 //! | `/build/src` | the unpacked source, the script's working directory | read-write |
 //! | `/build/out` | `$OUT` | read-write |
 //! | `/build/home` | `$HOME` | read-write |
@@ -167,6 +168,23 @@ pub struct Bind {
     pub writable: bool,
 }
 
+/// A directory the script may write to over files it must not change: an overlay mount
+/// at `target` whose lower layer is `lower` (read-only whatever the script does) and whose
+/// upper layer is `upper`, where everything the script writes, changes or deletes there
+/// lands (overlayfs copies a file up before it is changed). `work` is overlayfs's own
+/// scratch directory, on the same filesystem as `upper`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layer {
+    /// The host directory below (shared by every build, never written).
+    pub lower: PathBuf,
+    /// The host directory above (this build's own).
+    pub upper: PathBuf,
+    /// overlayfs's work directory (this build's own).
+    pub work: PathBuf,
+    /// The absolute path inside the sandbox (an existing directory).
+    pub target: PathBuf,
+}
+
 /// What the helper sets up: the layout, the working directory and the command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Spec {
@@ -174,6 +192,13 @@ pub struct Spec {
     pub root: PathBuf,
     /// Bind mounts, in order (a parent before what is mounted inside it).
     pub binds: Vec<Bind>,
+    /// Overlay mounts, after the bind mounts (their targets lie in bound directories).
+    #[serde(default)]
+    pub layers: Vec<Layer>,
+    /// The nice value everything in the sandbox runs at (setpriority(2); 0 is the
+    /// builder's own): builds off the critical path yield the CPU to those on it.
+    #[serde(default)]
+    pub nice: i32,
     /// Symbolic links to create: `(path inside, target)` (merged-usr `/bin -> usr/bin`).
     pub symlinks: Vec<(PathBuf, PathBuf)>,
     /// The working directory inside.
@@ -324,6 +349,8 @@ impl Sandbox {
         let mut spec = Spec {
             root: scratch.to_path_buf(),
             binds: Vec::new(),
+            layers: Vec::new(),
+            nice: 0,
             symlinks: Vec::new(),
             cwd: "/".into(),
             argv: vec!["/bin/sh".into(), "-c".into(), "exit 0".into()],
@@ -495,6 +522,16 @@ fn helper(spec: &Spec, parent: Option<Pid>) -> Result<i32, StepError> {
     // The helper dies with the builder thread that waits for it (a thread that
     // lives until the helper exits, see `Command::output`/`wait`).
     die_with_parent(parent)?;
+    if spec.nice > 0 {
+        // Inherited by every process the sandbox starts; lowering one's own priority
+        // needs no privilege.
+        step(
+            "lower the priority of",
+            here,
+            rustix::process::setpriority_process(None, spec.nice)
+                .map_err(|e| Errno::from_raw(e.raw_os_error())),
+        )?;
+    }
     let me = nix::unistd::getpid();
     let (unshared_r, unshared_w) = step("pipe", here, nix::unistd::pipe())?;
     let (mapped_r, mapped_w) = step("pipe", here, nix::unistd::pipe())?;
@@ -730,6 +767,53 @@ fn mount(
     )
 }
 
+/// Mounts `layer` at `target` (overlayfs, with its extended attributes in the `user.`
+/// namespace, the only one a user namespace may write). When overlayfs refuses (a kernel
+/// without it in user namespaces, an upper filesystem it cannot use, a path its option
+/// syntax cannot carry), the upper directory alone is bound there instead, with one line
+/// on stderr (the build's log): the build then starts from an empty directory, slower but
+/// the same.
+fn mount_layer(layer: &Layer, target: &Path) -> Result<(), StepError> {
+    let dirs = [&layer.lower, &layer.upper, &layer.work];
+    let tried = if dirs.iter().any(|d| {
+        d.as_os_str()
+            .as_encoded_bytes()
+            .iter()
+            .any(|b| matches!(b, b',' | b':' | b'\\'))
+    }) {
+        Err(Errno::EINVAL)
+    } else {
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={},userxattr",
+            layer.lower.display(),
+            layer.upper.display(),
+            layer.work.display()
+        );
+        nix::mount::mount(
+            Some("overlay"),
+            target,
+            Some("overlay"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(options.as_str()),
+        )
+    };
+    if let Err(errno) = tried {
+        eprintln!(
+            "cartbuild: sandbox: cannot layer {} over {} ({errno}): it starts empty",
+            target.display(),
+            layer.lower.display()
+        );
+        mount(
+            Some(&layer.upper),
+            target,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
 /// Remounts a bind mount read-only, keeping the flags the kernel locks on mounts
 /// copied into a less privileged namespace (mount_namespaces(7)): without them the
 /// remount is refused with `EPERM`.
@@ -875,6 +959,9 @@ fn build_root(spec: &Spec) -> Result<(), StepError> {
         if !b.writable {
             remount_read_only(&target)?;
         }
+    }
+    for layer in &spec.layers {
+        mount_layer(layer, &under(root, &layer.target))?;
     }
     for (link, to) in &spec.symlinks {
         let at = under(root, link);
@@ -1028,6 +1115,13 @@ mod tests {
         let mut spec = Spec {
             root: "/x".into(),
             binds: vec![],
+            layers: vec![Layer {
+                lower: "/cache/seed".into(),
+                upper: "/work/zig-cache".into(),
+                work: "/work/zig-cache.work".into(),
+                target: "/toolchain/zig-cache".into(),
+            }],
+            nice: 10,
             symlinks: vec![],
             cwd: "/build/src".into(),
             argv: vec!["/bin/sh".into()],

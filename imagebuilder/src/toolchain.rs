@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 use cartimage::arch::Arch;
 
 use crate::cache::Cache;
+use crate::seed::Seed;
 
 /// Why no toolchain could be set up.
 #[derive(Debug, thiserror::Error)]
@@ -141,8 +142,10 @@ pub struct Toolchain {
     /// headers, zig's installation): the sandbox shows them read-only.
     pub inputs: Vec<PathBuf>,
     /// Directories under `dir` that compilers write to (zig's cache): each build
-    /// gets an empty private one in the sandbox.
+    /// gets a private one in the sandbox, empty or over [`Toolchain::seed`].
     pub scratch: Vec<PathBuf>,
+    /// zig's compiled C runtime, laid under each build's zig cache (zig only).
+    pub seed: Option<Seed>,
     /// The C++ compiler, set up only when a recipe asks for one ([`Toolchain::with_cxx`]).
     pub cxx: Option<Cxx>,
 }
@@ -161,11 +164,13 @@ pub struct Cxx {
     pub description: String,
     /// Host paths zig reads (its installation): shown read-only in the sandbox.
     pub inputs: Vec<PathBuf>,
+    /// zig's compiled C and C++ runtime, laid under each build's zig cache.
+    pub seed: Seed,
 }
 
 impl Cxx {
-    /// Where each build's private zig cache is mounted, under [`Cxx::dir`]: libc++ is
-    /// compiled in it, so nothing one build leaves there reaches another.
+    /// Where each build's private zig cache is mounted, under [`Cxx::dir`]: over
+    /// [`Cxx::seed`], and what the build writes there reaches no other build.
     pub const SCRATCH: &str = "zig-cache";
 
     /// The `CXX` wrapper.
@@ -529,16 +534,13 @@ fn musl_gcc(cache: &Cache, gcc: &Path, arch: Arch) -> Result<Toolchain, Toolchai
         ),
         dir,
         identity,
-        inputs: vec![
-            gcc.to_path_buf(),
-            specs.clone(),
-            libdir.to_path_buf(),
-            libc_include,
-        ]
-        .into_iter()
-        .chain(uapi_paths)
-        .collect(),
+        inputs: [gcc.to_path_buf(), specs.clone(), libdir.to_path_buf()]
+            .into_iter()
+            .chain([libc_include])
+            .chain(uapi_paths)
+            .collect(),
         scratch: Vec::new(),
+        seed: None,
         cxx: None,
     })
 }
@@ -680,6 +682,7 @@ fn zig_cc(cache: &Cache, zig: &Path, arch: Arch) -> Result<Toolchain, ToolchainE
             .collect();
         merge_into(&sys, &libc)
     })?;
+    let seed = Seed::new(cache, zig, &version, &target, false);
     Ok(Toolchain {
         cc: dir.join("bin/cc"),
         ar: dir.join("bin/ar").display().to_string(),
@@ -702,6 +705,7 @@ fn zig_cc(cache: &Cache, zig: &Path, arch: Arch) -> Result<Toolchain, ToolchainE
             .chain(uapi_paths)
             .collect(),
         scratch: vec![PathBuf::from("zig-cache")],
+        seed: Some(seed),
         cxx: None,
     })
 }
@@ -741,6 +745,7 @@ fn zig_cxx(cache: &Cache, zig: &Path, arch: &str) -> Result<Cxx, ToolchainError>
         identity,
         description: format!("zig c++ {} -target {target}", version.trim()),
         inputs: vec![zig.parent().unwrap_or(zig).to_path_buf()],
+        seed: Seed::new(cache, zig, &version, &target, true),
     })
 }
 
