@@ -557,9 +557,12 @@ impl Remote {
             )
             .map_err(|e| miss(e.to_string()))?;
         let layer_path = layer.path().to_path_buf();
-        push_blob_file(&mut client, &layer_digest, layer_size, &layer_path)?;
         let config_digest = Digest::of(&config_bytes);
-        push_blob_bytes(&mut client, &config_digest, &config_bytes)?;
+        let mut blobs = |client: &mut Client| {
+            push_blob_file(client, &layer_digest, layer_size, &layer_path)?;
+            push_blob_bytes(client, &config_digest, &config_bytes)
+        };
+        blobs(&mut client)?;
         let manifest = Manifest {
             schema_version: 2,
             media_type: cartoci::artifact::OCI_MANIFEST.into(),
@@ -577,8 +580,7 @@ impl Remote {
             annotations: BTreeMap::from([(SIGNATURE_ANNOTATION.to_string(), signature)]),
         };
         let bytes = serde_json::to_vec(&manifest).map_err(|e| miss(e.to_string()))?;
-        client.put_manifest(&tag, &bytes)?;
-        Ok(true)
+        put_racing(&mut client, &tag, &bytes, &mut blobs)
     }
 }
 
@@ -715,10 +717,13 @@ fn push_source(client: &mut Client, path: &Path, sha256: &str) -> Result<(), Mis
             path.display()
         )));
     }
-    push_blob_file(client, &digest, size, path)?;
     let config = format!("{{\"schema\":1,\"sha256\":\"{sha256}\"}}").into_bytes();
     let config_digest = Digest::of(&config);
-    push_blob_bytes(client, &config_digest, &config)?;
+    let mut blobs = |client: &mut Client| {
+        push_blob_file(client, &digest, size, path)?;
+        push_blob_bytes(client, &config_digest, &config)
+    };
+    blobs(client)?;
     let manifest = Manifest {
         schema_version: 2,
         media_type: cartoci::artifact::OCI_MANIFEST.into(),
@@ -736,8 +741,33 @@ fn push_source(client: &mut Client, path: &Path, sha256: &str) -> Result<(), Mis
         annotations: BTreeMap::new(),
     };
     let bytes = serde_json::to_vec(&manifest).map_err(|e| miss(e.to_string()))?;
-    client.put_manifest(&tag, &bytes)?;
-    Ok(())
+    put_racing(client, &tag, &bytes, &mut blobs).map(drop)
+}
+
+/// Puts the manifest `bytes` under `tag`, as another builder may at the same moment:
+/// when the registry refuses it (the Debian registry answered one of two simultaneous
+/// pushes of the same entry with `DIGEST_INVALID`), the tag is looked up again. If the
+/// other builder's push landed, the entry is there (whoever signed it, as when the tag
+/// exists before a push) and nothing more is done; else the blobs are checked (`blobs`
+/// uploads what is missing) and the manifest put once more. Whether this builder put it.
+fn put_racing(
+    client: &mut Client,
+    tag: &str,
+    bytes: &[u8],
+    blobs: &mut dyn FnMut(&mut Client) -> Result<(), Miss>,
+) -> Result<bool, Miss> {
+    let Err(first) = client.put_manifest(tag, bytes) else {
+        return Ok(true);
+    };
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    match client.resolve_tag(tag) {
+        Ok(_) => return Ok(false),
+        Err(ClientError::NotFound(_)) => {}
+        Err(_) => return Err(first.into()),
+    }
+    blobs(client)?;
+    client.put_manifest(tag, bytes)?;
+    Ok(true)
 }
 
 /// Writes the tree `out` as a reproducible gzipped tar: entries sorted by name, mtime 0,
