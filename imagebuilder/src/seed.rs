@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::cache::Cache;
+use crate::toolchain::make_dir_atomically;
 
 /// Bumped when what a seed holds changes.
 const SEED_FORMAT: &str = "cartbuild-zig-seed-1";
@@ -71,6 +72,9 @@ pub enum SeedError {
         source: std::io::Error,
     },
 }
+
+/// Seeds being made or made by this process, by directory: whether each is ready.
+static MADE: Mutex<BTreeMap<PathBuf, Arc<OnceLock<bool>>>> = Mutex::new(BTreeMap::new());
 
 /// One zig runtime seed: where it is (or will be) and how to make it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,25 +133,40 @@ impl Seed {
     }
 
     /// Makes the seed unless it is made; returns how long that took (zero when it was
-    /// there). Written into a temporary directory and renamed into place whole, so a
-    /// seed is complete or absent, also with two cartbuilds at once.
+    /// there). Made as toolchain directories are ([`make_dir_atomically`]): complete or
+    /// absent, also with two cartbuilds at once.
     pub fn ensure(&self) -> Result<Duration, SeedError> {
         let started = Instant::now();
         if self.is_ready() {
             return Ok(Duration::ZERO);
         }
+        // What failed inside, kept whole (the helper passes on only I/O errors).
+        let mut failed = None;
+        make_dir_atomically(&self.dir, |tmp| {
+            self.fill(tmp).map_err(|e| {
+                let message = e.to_string();
+                failed = Some(e);
+                std::io::Error::other(message)
+            })
+        })
+        .map_err(|source| {
+            failed.take().unwrap_or_else(|| SeedError::Io {
+                path: self.dir.clone(),
+                source,
+            })
+        })?;
+        Ok(started.elapsed())
+    }
+
+    /// Fills the temporary directory `tmp` of a seed: zig's cache in `tmp/cache`, handed
+    /// to the sandbox user.
+    fn fill(&self, tmp: &Path) -> Result<(), SeedError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| SeedError::Io { path, source }
         };
-        let parent = self.dir.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(parent).map_err(io(parent))?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".seed-")
-            .tempdir_in(parent)
-            .map_err(io(parent))?;
-        let cache = tmp.path().join("cache");
-        let scratch = tmp.path().join("scratch");
+        let cache = tmp.join("cache");
+        let scratch = tmp.join("scratch");
         fs::create_dir(&cache).map_err(io(&cache))?;
         fs::create_dir(&scratch).map_err(io(&scratch))?;
         let mut programs = vec![("cc", "seed.c", SEED_C)];
@@ -169,16 +188,7 @@ impl Seed {
         crate::sandbox::hand_over(&[&cache]).map_err(|e| SeedError::Io {
             path: cache.clone(),
             source: std::io::Error::other(e.to_string()),
-        })?;
-        match fs::rename(tmp.path(), &self.dir) {
-            Ok(()) => {
-                let _ = tmp.keep();
-            }
-            // Another cartbuild made it first: theirs is the same.
-            Err(_) if self.is_ready() => {}
-            Err(e) => return Err(io(&self.dir)(e)),
-        }
-        Ok(started.elapsed())
+        })
     }
 
     /// `zig DRIVER -target T -static MODE FILE`, with `cache` as zig's global cache and
@@ -223,12 +233,7 @@ impl Seed {
         }
         Ok(())
     }
-}
 
-/// Seeds being made or made by this process, by directory: whether each is ready.
-static MADE: Mutex<BTreeMap<PathBuf, Arc<OnceLock<bool>>>> = Mutex::new(BTreeMap::new());
-
-impl Seed {
     /// [`Seed::ensure`] once per process for every caller: the first makes it (calling
     /// `starting` first when there is work to do, and telling `report` how it went), the
     /// others wait for it. Whether the seed can be used; a

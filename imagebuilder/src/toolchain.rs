@@ -381,20 +381,30 @@ fn create_dir_atomically(
     dir: &Path,
     fill: impl FnOnce(&Path) -> std::io::Result<()>,
 ) -> Result<(), ToolchainError> {
+    make_dir_atomically(dir, fill).map_err(|source| ToolchainError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// Creates `dir` (and its parent) unless it exists: `fill` fills a temporary sibling,
+/// which is then renamed into place whole, so `dir` is complete or absent, also with two
+/// cartbuilds at once (the one that comes second keeps the first one's, identical).
+/// Toolchain directories and zig's runtime seeds ([`crate::seed`]) are made so.
+pub(crate) fn make_dir_atomically(
+    dir: &Path,
+    fill: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     if dir.exists() {
         return Ok(());
     }
-    let io = |source| ToolchainError::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
     let parent = dir.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(parent)?;
     let tmp = tempfile::Builder::new()
         .prefix(".toolchain-")
-        .tempdir_in(parent)
-        .map_err(io)?;
-    fill(tmp.path()).map_err(io)?;
-    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).map_err(io)?;
+        .tempdir_in(parent)?;
+    fill(tmp.path())?;
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755))?;
     match fs::rename(tmp.path(), dir) {
         Ok(()) => {
             // The directory now lives at `dir`; nothing for the guard to remove.
@@ -403,7 +413,7 @@ fn create_dir_atomically(
         }
         // Another cartbuild made it first: theirs is identical.
         Err(_) if dir.exists() => Ok(()),
-        Err(e) => Err(io(e)),
+        Err(e) => Err(e),
     }
 }
 
