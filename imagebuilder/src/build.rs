@@ -651,10 +651,6 @@ impl Builder<'_> {
         target: PathBuf,
         seed: Option<&Seed>,
     ) -> Result<(), sandbox::SandboxError> {
-        let prepare = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| sandbox::SandboxError::Prepare { path, source }
-        };
         fs::create_dir_all(&dir).map_err(prepare(&dir))?;
         match seed.filter(|s| self.seed_ready(s)) {
             Some(seed) => {
@@ -690,10 +686,6 @@ impl Builder<'_> {
         nice: i32,
     ) -> Result<Command, sandbox::SandboxError> {
         let inside = Path::new(sandbox::BUILD_DIR);
-        fn prepare(path: &Path) -> impl FnOnce(std::io::Error) -> sandbox::SandboxError {
-            let path = path.to_path_buf();
-            move |source| sandbox::SandboxError::Prepare { path, source }
-        }
         let root = work.join("root");
         fs::create_dir_all(&root).map_err(prepare(&root))?;
         let mut binds = Vec::new();
@@ -972,6 +964,12 @@ pub fn script_env(
     set("NAME", pkg.name.clone());
     set("VERSION", pkg.version.clone());
     env
+}
+
+/// The error of preparing `path` for the sandbox.
+fn prepare(path: &Path) -> impl FnOnce(std::io::Error) -> sandbox::SandboxError {
+    let path = path.to_path_buf();
+    move |source| sandbox::SandboxError::Prepare { path, source }
 }
 
 /// A build's work directory: removed when dropped (success or failure; the log
