@@ -18,27 +18,18 @@ use sha2::{Digest, Sha256};
 /// A recipe with one package built by `script` from the hello tarball, installing
 /// `bin/hello` and `share/report`.
 fn recipe(urls: &[String], sha: &str, script: &str) -> String {
-    format!(
-        r#"[image]
-name = "test"
-version = "1.0"
-epoch = 1700000000
-
-[[package]]
-name = "probe"
-version = "1.0"
-license = "MIT"
-urls = {urls:?}
-sha256 = "{sha}"
-install = ["bin/hello", "share/report"]
-script = """
-zc="${{CC%/bin/cc}}/zig-cache"
+    one_package_recipe(
+        "probe",
+        urls,
+        sha,
+        Some(r#"["bin/hello", "share/report"]"#),
+        &format!(
+            r#"zc="${{CC%/bin/cc}}/zig-cache"
 mkdir -p "$OUT/bin" "$OUT/share"
 touch "$HOME/start"
 $CC $CFLAGS $LDFLAGS -o "$OUT/bin/hello" hello.c
-{script}
-"""
-"#
+{script}"#
+        ),
     )
 }
 

@@ -315,6 +315,25 @@ impl Env {
 
 /// A recipe with one `build` package `hello` fetched from `urls`.
 pub fn hello_recipe(_env: &Env, urls: &[String], sha: &str) -> String {
+    one_package_recipe(
+        "hello",
+        urls,
+        sha,
+        None,
+        "mkdir -p \"$OUT/bin\"\n$CC $CFLAGS $LDFLAGS -o \"$OUT/bin/hello\" hello.c",
+    )
+}
+
+/// A recipe (image `test`) with one `build` package `name` fetched from `urls`, built by
+/// `script`, installing `install` (a TOML array) when given.
+pub fn one_package_recipe(
+    name: &str,
+    urls: &[String],
+    sha: &str,
+    install: Option<&str>,
+    script: &str,
+) -> String {
+    let install = install.map_or(String::new(), |i| format!("install = {i}\n"));
     format!(
         r#"[image]
 name = "test"
@@ -322,14 +341,13 @@ version = "1.0"
 epoch = 1700000000
 
 [[package]]
-name = "hello"
+name = "{name}"
 version = "1.0"
 license = "MIT"
 urls = {urls:?}
 sha256 = "{sha}"
-script = """
-mkdir -p "$OUT/bin"
-$CC $CFLAGS $LDFLAGS -o "$OUT/bin/hello" hello.c
+{install}script = """
+{script}
 """
 "#
     )
