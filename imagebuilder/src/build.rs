@@ -340,7 +340,7 @@ impl Builder<'_> {
             fs::create_dir_all(work.path.join(d)).map_err(io_err(pkg, "unpack"))?;
         }
         let log_path = self.cache.log(&pkg.name, &pkg.key);
-        self.produce(pkg, deps, &work.path, &log_path, nice)?;
+        let cpu = self.produce(pkg, deps, &work.path, &log_path, nice)?;
         self.check_and_strip(pkg, &work.path, &log_path)?;
 
         // Publish: out/ and the log, renamed into place in one step.
@@ -355,8 +355,9 @@ impl Builder<'_> {
         let took = started.elapsed().as_secs_f64();
         // Only a guide for the next build's schedule: not worth failing this one.
         let _ = self.cache.record_build_seconds(&pkg.name, took);
+        let cpu = cpu.map(|c| format!(", CPU {c:.1} s")).unwrap_or_default();
         self.reporter
-            .step(&pkg.name, &format!("done (key {short}, {took:.1} s)"));
+            .step(&pkg.name, &format!("done (key {short}, {took:.1} s{cpu})"));
         Ok(Output {
             dir: out_dir,
             key: pkg.key.clone(),
@@ -373,7 +374,7 @@ impl Builder<'_> {
         work: &Path,
         log_path: &Path,
         nice: i32,
-    ) -> Result<(), BuildError> {
+    ) -> Result<Option<f64>, BuildError> {
         let out = work.join("out");
         let source = || {
             self.sources
@@ -381,7 +382,7 @@ impl Builder<'_> {
                 .ok_or_else(|| BuildError::NoSource(pkg.name.clone()))
         };
         match pkg.kind {
-            Kind::Build => self.run_build(pkg, deps, source()?, work, log_path, nice)?,
+            Kind::Build => return self.run_build(pkg, deps, source()?, work, log_path, nice),
             Kind::File => {
                 if let Install::File(rel) = &pkg.install {
                     let to = out.join(rel);
@@ -421,11 +422,11 @@ impl Builder<'_> {
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Unpacks `source`, lays out the dependencies and runs the package's script (in the
-    /// sandbox when there is one).
+    /// sandbox when there is one); returns the CPU time the sandbox measured.
     fn run_build(
         &self,
         pkg: &Package,
@@ -434,7 +435,7 @@ impl Builder<'_> {
         work: &Path,
         log_path: &Path,
         nice: i32,
-    ) -> Result<(), BuildError> {
+    ) -> Result<Option<f64>, BuildError> {
         let out = work.join("out");
         let toolchain = self
             .toolchain
@@ -489,11 +490,11 @@ impl Builder<'_> {
                 .sandboxed(sb, toolchain, work, &src, pkg, nice)
                 .map_err(sandbox_err)?,
         };
-        self.run_script(pkg, cmd, log_path)?;
+        let cpu = self.run_script(pkg, cmd, log_path)?;
         if self.sandbox.is_some() {
             sandbox::take_back(&out).map_err(sandbox_err)?;
         }
-        Ok(())
+        Ok(cpu)
     }
 
     /// install: what goes into the image must exist, be static, be stripped.
@@ -774,7 +775,7 @@ impl Builder<'_> {
         pkg: &Package,
         mut cmd: Command,
         log_path: &Path,
-    ) -> Result<(), BuildError> {
+    ) -> Result<Option<f64>, BuildError> {
         let fail = |message: String| BuildError::Step {
             package: pkg.name.clone(),
             step: "script",
@@ -802,9 +803,16 @@ impl Builder<'_> {
         // Our copies of the pipe's write end must go, or the reader never sees EOF.
         drop(cmd);
         let mut tail: std::collections::VecDeque<String> = Default::default();
+        let mut cpu = None;
         for line in BufReader::new(reader).split(b'\n') {
             let Ok(line) = line else { break };
             let line = String::from_utf8_lossy(&line).into_owned();
+            // The script could print such a line too: only the last one counts, and
+            // the sandbox writes its own after the script has exited.
+            cpu = line
+                .strip_prefix(sandbox::CPU_LINE)
+                .and_then(|t| t.strip_suffix(" s"))
+                .and_then(|t| t.parse::<f64>().ok());
             let _ = writeln!(log, "{line}");
             self.reporter.log_line(&pkg.name, &line);
             if tail.len() == LOG_TAIL {
@@ -835,7 +843,7 @@ impl Builder<'_> {
                 None => "the script was killed by a signal".into(),
             }));
         }
-        Ok(())
+        Ok(cpu)
     }
 }
 

@@ -67,6 +67,7 @@ use std::process::{Command, Stdio};
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
+use nix::sys::resource::UsageWho;
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid};
 use serde::{Deserialize, Serialize};
@@ -453,6 +454,11 @@ fn io_step<T>(s: &'static str, path: &Path, r: std::io::Result<T>) -> Result<T, 
     )
 }
 
+/// The last line a sandbox writes to its output: the CPU time (user and system) of
+/// everything that ran in it, in seconds (`cartbuild: sandbox: CPU time 12.3 s`).
+/// The builder reports it with the build's wall time.
+pub const CPU_LINE: &str = "cartbuild: sandbox: CPU time ";
+
 /// The entry point of `cartbuild __sandbox SPEC`; returns the exit status (the
 /// script's, or [`SETUP_FAILED`] with one `cartbuild: sandbox: …` line on stderr).
 /// Must be called before the program starts any thread.
@@ -566,11 +572,17 @@ fn helper(spec: &Spec, parent: Option<Pid>) -> Result<i32, StepError> {
             } else {
                 drop(mapped_w);
             }
-            Ok(exit_code(step(
-                "wait for",
-                Path::new("the sandbox"),
-                waitpid(child, None),
-            )?))
+            let status = step("wait for", Path::new("the sandbox"), waitpid(child, None))?;
+            // Every process of the sandbox was reaped by its parent (the init reaps
+            // orphans), so the helper's children's usage is the whole build's.
+            if let Ok(usage) = nix::sys::resource::getrusage(UsageWho::RUSAGE_CHILDREN) {
+                let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+                eprintln!(
+                    "{CPU_LINE}{:.1} s",
+                    secs(usage.user_time()) + secs(usage.system_time())
+                );
+            }
+            Ok(exit_code(status))
         }
     }
 }
