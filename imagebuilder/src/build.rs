@@ -290,7 +290,8 @@ impl Builder<'_> {
     }
 
     /// How long `pkg` is expected to take, in milliseconds (at least 1): nothing when its
-    /// output is cached; else as long as its last build in this cache took; else a guess
+    /// output is cached; else as long as its last build in this cache took (its CPU time,
+    /// see [`Cache::record_build_seconds`]); else a guess
     /// from its source's size, 1 ms per 100 bytes, four times that for C++ (a 23 MiB gdb
     /// of C++ takes far longer than a 50 MiB OpenSSL, whose tarball is mostly tests).
     fn weight(&self, pkg: &Package) -> u64 {
@@ -353,8 +354,12 @@ impl Builder<'_> {
         crate::cache::seal(&result).map_err(io_err(pkg, "install"))?;
         fs::rename(&result, &final_dir).map_err(io_err(pkg, "install"))?;
         let took = started.elapsed().as_secs_f64();
-        // Only a guide for the next build's schedule: not worth failing this one.
-        let _ = self.cache.record_build_seconds(&pkg.name, took);
+        // Only a guide for the next build's schedule: not worth failing this one. The CPU
+        // time when the sandbox measured it: a wall time taken beside other builds (or at
+        // nice 10 behind one) says as much about them as about this package.
+        let _ = self
+            .cache
+            .record_build_seconds(&pkg.name, cpu.unwrap_or(took));
         let cpu = cpu.map(|c| format!(", CPU {c:.1} s")).unwrap_or_default();
         self.reporter
             .step(&pkg.name, &format!("done (key {short}, {took:.1} s{cpu})"));

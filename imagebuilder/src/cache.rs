@@ -208,7 +208,8 @@ impl Cache {
             .filter(|s| s.is_finite() && *s >= 0.0)
     }
 
-    /// Records how long a build of `package` took (written whole, then renamed).
+    /// Records how long a build of `package` took (written whole, then renamed): the CPU
+    /// time of its sandbox when there was one, else its wall time.
     pub fn record_build_seconds(&self, package: &str, seconds: f64) -> io::Result<()> {
         let dir = self.root.join("times");
         fs::create_dir_all(&dir)?;

@@ -576,7 +576,8 @@ fn helper(spec: &Spec, parent: Option<Pid>) -> Result<i32, StepError> {
             // Every process of the sandbox was reaped by its parent (the init reaps
             // orphans), so the helper's children's usage is the whole build's.
             if let Ok(usage) = nix::sys::resource::getrusage(UsageWho::RUSAGE_CHILDREN) {
-                let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+                let secs =
+                    |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
                 eprintln!(
                     "{CPU_LINE}{:.1} s",
                     secs(usage.user_time()) + secs(usage.system_time())

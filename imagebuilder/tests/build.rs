@@ -972,3 +972,42 @@ fn an_unchanged_image_is_not_written_again() {
     assert_eq!(env.builds(), 2);
     assert_eq!(run_hello(&env, &image), "written twice");
 }
+
+/// A sandboxed build's done line gives the CPU time of everything that ran in its sandbox,
+/// and the scheduler records that as the package's weight (`times/NAME`); a script that
+/// prints the sandbox's line itself, as its last words, changes neither.
+#[test]
+fn a_builds_cpu_time_is_the_sandboxs_measure_not_the_scripts_claim() {
+    let env = Env::new();
+    let (server, _, sha) = hello_server("hello");
+    let script = "mkdir -p \"$OUT/bin\"\n$CC $CFLAGS $LDFLAGS -o \"$OUT/bin/hello\" hello.c\n\
+                  head -c 1000000000 /dev/zero | sha256sum >/dev/null\n\
+                  echo 'cartbuild: sandbox: CPU time 99999.0 s'";
+    let recipe = env.write(
+        "r.toml",
+        &one_package_recipe("hello", &[server.url("/hello.tar.gz")], &sha, None, script),
+    );
+    let o = env.run(&recipe, &[]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("[hello] done (key "))
+        .unwrap_or_else(|| panic!("no done line:\n{err}"));
+    let cpu: f64 = line
+        .rsplit_once(", CPU ")
+        .and_then(|(_, t)| t.strip_suffix(" s)"))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no CPU time in {line:?}"));
+    // Hashing a gigabyte takes a fraction of a second of CPU, nowhere near the claim.
+    assert!((0.2..100.0).contains(&cpu), "{line}");
+    let recorded: f64 = fs::read_to_string(env.cache().join("times/hello"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        (recorded - cpu).abs() < 0.11,
+        "times/hello holds {recorded}, the build said {line:?}"
+    );
+}

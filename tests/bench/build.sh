@@ -52,7 +52,8 @@ run() {
 median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.2f", m}'; }
 
 # packages RECIPE: step 5 for one recipe. Per-package times come from cartbuild's
-# "[NAME] done (key ..., S s)" lines, dependencies from the image's manifest.
+# "[NAME] done (key ..., S s, CPU C s)" lines (the CPU time of everything that ran in the
+# package's sandbox), dependencies from the image's manifest.
 packages() {
     local recipe=$1 name cache img log t0 t1
     name=$(basename "$recipe" .toml)
@@ -88,11 +89,13 @@ packages() {
     python3 - "$log" "$img.manifest.json" "$img" "$t0" "$t1" "$noop" "$name" "$rewrite" "$cpu" "$(nproc)" <<'PY'
 import json, os, re, sys
 log, manifest, img, t0, t1, noop, name, rewrite, cpu, cores = sys.argv[1:]
-times = {}
+times, cpus = {}, {}
 for line in open(log):
-    m = re.match(r"^\[(.+?)\] done \(key \w+, ([0-9.]+) s\)", line)
+    m = re.match(r"^\[(.+?)\] done \(key \w+, ([0-9.]+) s(?:, CPU ([0-9.]+) s)?\)", line)
     if m:
         times[m.group(1)] = float(m.group(2))
+        if m.group(3):
+            cpus[m.group(1)] = float(m.group(3))
 deps = {p["name"]: p.get("depends", []) for p in json.load(open(manifest))["packages"]}
 memo = {}
 def chain(p):
@@ -108,10 +111,12 @@ if name == "full":
     cold = float(t1) - float(t0)
     print("full cold build target (<= 600 s on 2 cores): " + ("met" if cold <= 600 else "MISSED"))
     print("full no-change rebuild target (<= 0.3 s): " + ("met" if float(noop) <= 0.3 else "MISSED"))
-print(f"{'package':<20} {'seconds':>8}")
+print(f"{'package':<20} {'seconds':>8} {'CPU s':>8}")
 for p, t in sorted(times.items(), key=lambda kv: -kv[1]):
-    print(f"{p:<20} {t:>8.1f}")
-print(f"sum of package times: {sum(times.values()):.1f} s")
+    c = f"{cpus[p]:>8.1f}" if p in cpus else f"{'':>8}"
+    print(f"{p:<20} {t:>8.1f} {c}")
+print(f"sum of package times: {sum(times.values()):.1f} s; of their CPU times (in their sandboxes): "
+      f"{sum(cpus.values()):.1f} s")
 print(f"critical path: {' -> '.join(path)} = {total:.1f} s")
 size = os.path.getsize(img)
 print(f"image: {img} {size} bytes ({size / 1048576:.1f} MiB)")
