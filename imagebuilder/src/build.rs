@@ -887,8 +887,9 @@ pub fn critical_path_order<'p>(plan: &'p Plan, chain: &BTreeMap<&str, u64>) -> V
 
 /// The version of what [`script_env`] gives a script, part of every `build` package's key:
 /// bumped whenever a value changes, so that no output built with the old environment is
-/// taken for one built with the new (2: `-g0` in `CFLAGS`, `-Os` in `CXXFLAGS`).
-pub const SCRIPT_ENV: &str = "env-2";
+/// taken for one built with the new (2: `-g0` in `CFLAGS`, `-Os` in `CXXFLAGS`; 3:
+/// `CONFIG_SHELL`).
+pub const SCRIPT_ENV: &str = "env-3";
 
 /// `ARCH`, `HOST`, `BUILD` and `HOST_FLAGS` for a script (recipes/README.md): configure's
 /// `--host` is the target triple; `--build` is the same triple for a native build (so
@@ -972,6 +973,10 @@ pub fn script_env(
     set("HOME", d(&work.join("home")));
     set("TMPDIR", d(&work.join("tmp")));
     set("SHELL", "/bin/sh".into());
+    // Autoconf's configure scripts look for a shell with more features than POSIX asks
+    // (bash, where /bin/sh is dash) and run themselves, config.status and libtool with
+    // it, unless CONFIG_SHELL names one: /bin/sh configures the same, in less CPU time.
+    set("CONFIG_SHELL", "/bin/sh".into());
     set("USER", "cartbuild".into());
     set("LOGNAME", "cartbuild".into());
     set("NAME", pkg.name.clone());
