@@ -212,19 +212,30 @@ impl Seed {
             "seed",
         ];
         let command = format!("{} {}", self.zig.display(), args.join(" "));
-        let out = Command::new(&self.zig)
-            .args(args)
+        let mut zig = Command::new(&self.zig);
+        zig.args(args)
             .current_dir(scratch)
             .env_clear()
             .env("PATH", crate::build::SCRIPT_PATH)
             .env("HOME", scratch)
             .env("ZIG_GLOBAL_CACHE_DIR", cache)
-            .env("ZIG_LOCAL_CACHE_DIR", scratch.join("zig-local"))
-            .output()
-            .map_err(|e| SeedError::Zig {
-                command: command.clone(),
-                message: e.to_string(),
-            })?;
+            .env("ZIG_LOCAL_CACHE_DIR", scratch.join("zig-local"));
+        // zig dies with the thread that waits for it (prctl(2), PR_SET_PDEATHSIG: the
+        // thread that forked it), so a cartbuild killed while it makes a seed leaves no
+        // zig compiling the runtime for minutes. The files zig is writing are in the
+        // seed's temporary directory, never in the seed.
+        // SAFETY: the closure runs in the child between fork and exec and makes one
+        // prctl(2) call, which is async-signal-safe and touches no memory.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut zig, || {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let out = zig.output().map_err(|e| SeedError::Zig {
+            command: command.clone(),
+            message: e.to_string(),
+        })?;
         if !out.status.success() {
             return Err(SeedError::Zig {
                 command,

@@ -185,3 +185,67 @@ echo "poisoned: $n" >"$OUT/share/report""#,
     );
     assert_eq!(env.built(), ["probe", "probe", "probe"]);
 }
+
+/// The processes whose working directory is under `dir`, and whose program is zig.
+fn zigs_in(dir: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        // A process may go between the listing and the reads.
+        let (Ok(cwd), Ok(exe)) = (
+            fs::read_link(e.path().join("cwd")),
+            fs::read_link(e.path().join("exe")),
+        ) else {
+            continue;
+        };
+        if cwd.starts_with(dir) && exe.file_name().is_some_and(|n| n == "zig") {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A cartbuild killed (SIGKILL) while zig makes the seed leaves no zig behind: zig dies
+/// with it rather than compiling the runtime for another minute.
+#[test]
+fn a_killed_cartbuild_leaves_no_zig_making_the_seed() {
+    let env = Env::new();
+    let (server, _, sha) = hello_server("hello");
+    let recipe = env.write(
+        "r.toml",
+        &hello_recipe(&env, &[server.url("/hello.tar.gz")], &sha),
+    );
+    let cache = env.cache();
+    let mut child = env
+        .command(&recipe)
+        .args(["--toolchain", "zig"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while zigs_in(&cache).is_empty() && started.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if zigs_in(&cache).is_empty() {
+        let _ = child.kill();
+        panic!("zig never started making the seed in {}", cache.display());
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // zig's own children (one per file it compiles) finish the file they have.
+    let killed = std::time::Instant::now();
+    while !zigs_in(&cache).is_empty() && killed.elapsed().as_secs() < 30 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let left = zigs_in(&cache);
+    for pid in &left {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(left.is_empty(), "zig {left:?} outlived cartbuild by 30 s");
+}
