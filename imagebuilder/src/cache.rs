@@ -148,7 +148,8 @@ impl Cache {
         }
         // Every cartbuild using this cache holds a shared lock on it. One that
         // gets the lock exclusively is alone, so whatever is in tmp/ was left by
-        // an interrupted run (a killed build, a download cut short): remove it.
+        // an interrupted run (a killed build, a download cut short): remove it, and
+        // the half-made toolchain directories and zig seeds in toolchain/.
         let path = root.join("locks/cache.lock");
         let lock_err = |source| CacheError::Lock {
             path: path.clone(),
@@ -164,6 +165,18 @@ impl Cache {
                     } else {
                         fs::remove_file(&p)
                     };
+                }
+            }
+            if let Ok(rd) = fs::read_dir(root.join("toolchain")) {
+                for e in rd.flatten() {
+                    let name = e.file_name();
+                    if name
+                        .to_string_lossy()
+                        .starts_with(crate::toolchain::TEMPORARY_PREFIX)
+                        && e.file_type().is_ok_and(|t| t.is_dir())
+                    {
+                        let _ = fs::remove_dir_all(e.path());
+                    }
                 }
             }
             held.unlock().map_err(lock_err)?;

@@ -387,6 +387,10 @@ fn create_dir_atomically(
     })
 }
 
+/// How the temporaries of [`make_dir_atomically`] begin: one a killed cartbuild left is
+/// removed by the next that has the cache to itself ([`crate::cache::Cache::open`]).
+pub(crate) const TEMPORARY_PREFIX: &str = ".toolchain-";
+
 /// Creates `dir` (and its parent) unless it exists: `fill` fills a temporary sibling,
 /// which is then renamed into place whole, so `dir` is complete or absent, also with two
 /// cartbuilds at once (the one that comes second keeps the first one's, identical).
@@ -401,7 +405,7 @@ pub(crate) fn make_dir_atomically(
     let parent = dir.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(parent)?;
     let tmp = tempfile::Builder::new()
-        .prefix(".toolchain-")
+        .prefix(TEMPORARY_PREFIX)
         .tempdir_in(parent)?;
     fill(tmp.path())?;
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755))?;

@@ -113,9 +113,22 @@ fn leftovers_of_an_interrupted_run_are_removed() {
     // What a killed build and a cut download leave behind.
     fs::create_dir_all(env.cache().join("tmp/work-0123456789ab/src")).unwrap();
     fs::write(env.cache().join("tmp/.tmpAbCdEf"), b"half a download").unwrap();
+    // And a toolchain directory or zig seed half made (its temporary sibling).
+    let half = env.cache().join("toolchain/.toolchain-AbCdEf/cache/h");
+    fs::create_dir_all(&half).unwrap();
+    fs::write(half.join("manifest"), b"half a seed").unwrap();
     let o = env.run(&recipe, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_cache_verified(&env);
+    let left: Vec<_> = fs::read_dir(env.cache().join("toolchain"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !left.is_empty() && left.iter().all(|n| !n.starts_with('.')),
+        "toolchain/ after the run: {left:?}"
+    );
 }
 
 #[test]
