@@ -3,7 +3,9 @@
 //! package built with `--toolchain zig` links without compiling musl (the seed's `libc.a`
 //! is what it finds); a hostile script then overwrites, deletes and adds files in its zig
 //! cache; the seed on the host is byte for byte what it was, and the next build sees it
-//! whole. Needs root (as CI runs it), zig (`pip install ziglang`) and e2fsprogs.
+//! whole. A build over the seed and one where it cannot be laid give the same image, and
+//! a cartbuild killed while zig makes the seed takes zig with it. Needs root (as CI runs
+//! it), zig (`pip install ziglang`) and e2fsprogs.
 
 mod common;
 
@@ -248,4 +250,40 @@ fn a_killed_cartbuild_leaves_no_zig_making_the_seed() {
         );
     }
     assert!(left.is_empty(), "zig {left:?} outlived cartbuild by 30 s");
+}
+
+/// The seed changes how long a build takes, not what it makes (which is why it is in no
+/// build key): the same package built over the seed, and built where the seed cannot be
+/// laid (the build's zig cache starts empty and zig compiles musl itself), gives the same
+/// image byte for byte.
+#[test]
+fn a_build_over_the_seed_makes_what_one_without_it_makes() {
+    let seeded = Env::new();
+    let (server, _, sha) = hello_server("same either way");
+    let text = hello_recipe(&seeded, &[server.url("/hello.tar.gz")], &sha);
+    let o = seeded.run(&seeded.write("r.toml", &text), &["--toolchain", "zig"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let seed = seed_dir(&seeded.cache());
+    let name = seed.parent().unwrap().file_name().unwrap();
+
+    // The seed's directory, empty: taken for made, but with no zig cache in it the
+    // sandbox cannot lay it under the build's own, which then starts empty.
+    let bare = Env::new();
+    fs::create_dir_all(bare.cache().join("toolchain").join(name)).unwrap();
+    let o = bare.run(&bare.write("r.toml", &text), &["--toolchain", "zig"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let log: String = fs::read_dir(bare.cache().join("logs"))
+        .unwrap()
+        .flatten()
+        .map(|e| fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert!(
+        log.contains("cartbuild: sandbox: cannot layer") && log.contains("it starts empty"),
+        "the build without a seed still had one:\n{log}"
+    );
+    assert_eq!(
+        sha256(&fs::read(bare.image()).unwrap()),
+        sha256(&fs::read(seeded.image()).unwrap()),
+        "built over the seed and without it, the images differ"
+    );
 }
