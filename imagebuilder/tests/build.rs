@@ -398,6 +398,7 @@ fn script_environment_is_documented_and_nothing_else() {
         "BUILD",
         "CC",
         "CFLAGS",
+        "CONFIG_SHELL",
         "CPPFLAGS",
         "DEPS",
         "HOME",
@@ -435,6 +436,7 @@ fn script_environment_is_documented_and_nothing_else() {
         ("SOURCE_DATE_EPOCH", "1700000000"),
         ("LC_ALL", "C"),
         ("TZ", "UTC"),
+        ("CONFIG_SHELL", "/bin/sh"),
         ("PREFIX", "/dev/crashcart"),
         // A native build: configure takes the target for the build machine too.
         ("ARCH", std::env::consts::ARCH),
