@@ -813,9 +813,11 @@ impl Builder<'_> {
             let Ok(line) = line else { break };
             let line = String::from_utf8_lossy(&line).into_owned();
             // The script could print such a line too: only the last one counts, and
-            // the sandbox writes its own after the script has exited.
+            // the sandbox writes its own after the script has exited. Without the
+            // sandbox, no line is the builder's.
             cpu = line
                 .strip_prefix(sandbox::CPU_LINE)
+                .filter(|_| self.sandbox.is_some())
                 .and_then(|t| t.strip_suffix(" s"))
                 .and_then(|t| t.parse::<f64>().ok());
             let _ = writeln!(log, "{line}");
@@ -990,8 +992,6 @@ fn prepare(path: &Path) -> impl FnOnce(std::io::Error) -> sandbox::SandboxError 
     move |source| sandbox::SandboxError::Prepare { path, source }
 }
 
-/// A build's work directory: removed when dropped (success or failure; the log
-/// lives elsewhere).
 /// A failed step of building `pkg`.
 fn step_err(
     pkg: &Package,
@@ -1015,6 +1015,8 @@ fn io_err<'a>(
     move |e| step_err(pkg, step, e.to_string(), None)
 }
 
+/// A build's work directory: removed when dropped (success or failure; the log
+/// lives elsewhere).
 struct WorkDir {
     path: PathBuf,
 }

@@ -988,6 +988,20 @@ fn an_unchanged_image_is_not_written_again() {
     assert_eq!(run_hello(&env, &image), "written twice");
 }
 
+/// A build whose script prints the sandbox's CPU line as its last words: the recipe.
+const CLAIMING_CPU: &str = "mkdir -p \"$OUT/bin\"\n$CC $CFLAGS $LDFLAGS -o \"$OUT/bin/hello\" hello.c\n\
+                            head -c 1000000000 /dev/zero | sha256sum >/dev/null\n\
+                            echo 'cartbuild: sandbox: CPU time 99999.0 s'";
+
+/// What `times/hello` in `env`'s cache holds.
+fn recorded_seconds(env: &Env) -> f64 {
+    fs::read_to_string(env.cache().join("times/hello"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// A sandboxed build's done line gives the CPU time of everything that ran in its sandbox,
 /// and the scheduler records that as the package's weight (`times/NAME`); a script that
 /// prints the sandbox's line itself, as its last words, changes neither.
@@ -995,12 +1009,15 @@ fn an_unchanged_image_is_not_written_again() {
 fn a_builds_cpu_time_is_the_sandboxs_measure_not_the_scripts_claim() {
     let env = Env::new();
     let (server, _, sha) = hello_server("hello");
-    let script = "mkdir -p \"$OUT/bin\"\n$CC $CFLAGS $LDFLAGS -o \"$OUT/bin/hello\" hello.c\n\
-                  head -c 1000000000 /dev/zero | sha256sum >/dev/null\n\
-                  echo 'cartbuild: sandbox: CPU time 99999.0 s'";
     let recipe = env.write(
         "r.toml",
-        &one_package_recipe("hello", &[server.url("/hello.tar.gz")], &sha, None, script),
+        &one_package_recipe(
+            "hello",
+            &[server.url("/hello.tar.gz")],
+            &sha,
+            None,
+            CLAIMING_CPU,
+        ),
     );
     let o = env.run(&recipe, &[]);
     let err = stderr(&o);
@@ -1016,13 +1033,40 @@ fn a_builds_cpu_time_is_the_sandboxs_measure_not_the_scripts_claim() {
         .unwrap_or_else(|| panic!("no CPU time in {line:?}"));
     // Hashing a gigabyte takes a fraction of a second of CPU, nowhere near the claim.
     assert!((0.2..100.0).contains(&cpu), "{line}");
-    let recorded: f64 = fs::read_to_string(env.cache().join("times/hello"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let recorded = recorded_seconds(&env);
     assert!(
         (recorded - cpu).abs() < 0.11,
         "times/hello holds {recorded}, the build said {line:?}"
+    );
+}
+
+/// Without the sandbox nothing measures the script's CPU time: its claim is not taken
+/// either, and the weight recorded is the build's wall time.
+#[test]
+fn without_the_sandbox_a_scripts_cpu_claim_is_not_taken() {
+    let env = Env::new();
+    let (server, _, sha) = hello_server("hello");
+    let recipe = env.write(
+        "r.toml",
+        &one_package_recipe(
+            "hello",
+            &[server.url("/hello.tar.gz")],
+            &sha,
+            None,
+            CLAIMING_CPU,
+        ),
+    );
+    let o = env.run(&recipe, &["--no-sandbox"]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("[hello] done (key "))
+        .unwrap_or_else(|| panic!("no done line:\n{err}"));
+    assert!(!line.contains("CPU"), "{line}");
+    let recorded = recorded_seconds(&env);
+    assert!(
+        (0.0..100.0).contains(&recorded),
+        "times/hello holds {recorded}"
     );
 }
