@@ -157,28 +157,10 @@ impl Cache {
         };
         let held = File::create(&path).map_err(lock_err)?;
         if held.try_lock().is_ok() {
-            if let Ok(rd) = fs::read_dir(root.join("tmp")) {
-                for e in rd.flatten() {
-                    let p = e.path();
-                    let _ = if e.file_type().is_ok_and(|t| t.is_dir()) {
-                        fs::remove_dir_all(&p)
-                    } else {
-                        fs::remove_file(&p)
-                    };
-                }
-            }
-            if let Ok(rd) = fs::read_dir(root.join("toolchain")) {
-                for e in rd.flatten() {
-                    let name = e.file_name();
-                    if name
-                        .to_string_lossy()
-                        .starts_with(crate::toolchain::TEMPORARY_PREFIX)
-                        && e.file_type().is_ok_and(|t| t.is_dir())
-                    {
-                        let _ = fs::remove_dir_all(e.path());
-                    }
-                }
-            }
+            remove_leftovers(&root.join("tmp"), |_| true);
+            remove_leftovers(&root.join("toolchain"), |name| {
+                name.starts_with(crate::toolchain::TEMPORARY_PREFIX)
+            });
             held.unlock().map_err(lock_err)?;
         }
         held.lock_shared().map_err(lock_err)?;
@@ -514,6 +496,22 @@ fn check_record(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Removes every entry of `dir` (a directory with what it holds, or a file) whose name
+/// `leftover` picks; what cannot be removed stays, for the next run to try.
+fn remove_leftovers(dir: &Path, leftover: impl Fn(&str) -> bool) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        if !leftover(&e.file_name().to_string_lossy()) {
+            continue;
+        }
+        let p = e.path();
+        let _ = if e.file_type().is_ok_and(|t| t.is_dir()) {
+            fs::remove_dir_all(&p)
+        } else {
+            fs::remove_file(&p)
+        };
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
