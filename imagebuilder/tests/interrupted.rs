@@ -24,24 +24,10 @@ fn marker() -> String {
 
 /// The processes whose command line contains `marker`.
 fn with_marker(marker: &str) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        // A process may go between the listing and the read.
-        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if args.iter().any(|a| a == marker) {
-            pids.push(pid);
-        }
-    }
-    pids
+    processes(|proc| {
+        fs::read(proc.join("cmdline"))
+            .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).any(|a| a == marker.as_bytes()))
+    })
 }
 
 /// Polls `cond` every 50 ms for up to `limit`; whether it became true.

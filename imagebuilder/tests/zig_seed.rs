@@ -190,23 +190,15 @@ echo "poisoned: $n" >"$OUT/share/report""#,
 
 /// The processes whose working directory is under `dir`, and whose program is zig.
 fn zigs_in(dir: &Path) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        // A process may go between the listing and the reads.
+    processes(|proc| {
         let (Ok(cwd), Ok(exe)) = (
-            fs::read_link(e.path().join("cwd")),
-            fs::read_link(e.path().join("exe")),
+            fs::read_link(proc.join("cwd")),
+            fs::read_link(proc.join("exe")),
         ) else {
-            continue;
+            return false;
         };
-        if cwd.starts_with(dir) && exe.file_name().is_some_and(|n| n == "zig") {
-            pids.push(pid);
-        }
-    }
-    pids
+        cwd.starts_with(dir) && exe.file_name().is_some_and(|n| n == "zig")
+    })
 }
 
 /// A cartbuild killed (SIGKILL) while zig makes the seed leaves no zig behind: zig dies

@@ -754,3 +754,17 @@ pub fn spdx_validator() -> PathBuf {
     );
     bin
 }
+
+/// The processes whose `/proc/PID` directory `pick` accepts (a process may go between
+/// the listing and what `pick` reads of it: `pick` then says no).
+pub fn processes(pick: impl Fn(&Path) -> bool) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        if let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok())
+            && pick(&e.path())
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
